@@ -1,0 +1,38 @@
+#include "protocol/proto_desc.h"
+
+#include "protocol/proto_packet.h"
+
+enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geometry *geo,
+				 uint32_t n_buffers, struct proto_desc *out)
+{
+	struct proto_desc d = {
+		.first_page = slot.w0,
+		.type = (uint8_t)(slot.w1 & 0xf),
+		.encoding = (uint8_t)((slot.w1 >> 4) & 0xf),
+		.n_pages = (uint32_t)((slot.w1 >> 8) & 0xfff),
+		.buffer = (uint16_t)((slot.w1 >> 20) & 0xfff),
+		.payload_len = (uint32_t)(slot.w1 >> 32),
+	};
+	switch (d.type) {
+	case PROTO_DESC_RUN:
+	case PROTO_DESC_BUFFER:
+		if (d.n_pages == 0 || d.n_pages > geo->max_run_pages)
+			return PROTO_E_PAGE_COUNT;
+		if (d.first_page >= geo->guest_pages || d.n_pages > geo->guest_pages - d.first_page)
+			return PROTO_E_PAGE_OFFSET;
+		if (d.encoding > PROTO_ENC_ZSTD)
+			return PROTO_E_ENCODING;
+		if (d.type == PROTO_DESC_BUFFER && d.buffer >= n_buffers)
+			return PROTO_E_DESC_BUFFER;
+		if (d.payload_len > (uint64_t)d.n_pages * geo->page_size)
+			return PROTO_E_PAYLOAD_LEN;
+		break;
+	case PROTO_DESC_FENCE:
+	case PROTO_DESC_END:
+		break;
+	default:
+		return PROTO_E_DESC_TYPE;
+	}
+	*out = d;
+	return PROTO_OK;
+}

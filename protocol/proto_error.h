@@ -1,0 +1,47 @@
+/* Decoding errors: one code per malformed field, each with its own message,
+ * so a refused transfer says exactly what was wrong. */
+#ifndef PF_PROTO_ERROR_H
+#define PF_PROTO_ERROR_H
+
+enum proto_err {
+	PROTO_OK = 0,
+	PROTO_E_TRUNCATED,
+	PROTO_E_MAGIC,
+	PROTO_E_VERSION,
+	PROTO_E_HEADER_CHECKSUM,
+	PROTO_E_RESERVED,
+	PROTO_E_CHANNEL_KIND,
+	PROTO_E_CHANNEL_ID,
+	PROTO_E_CHANNEL_COUNT,
+	PROTO_E_SESSION,
+	PROTO_E_PAGE_SIZE,
+	PROTO_E_GUEST_SIZE,
+	PROTO_E_RUN_LIMIT,
+	PROTO_E_GEOMETRY,
+	PROTO_E_FEATURES,
+	PROTO_E_PACKET_TYPE,
+	PROTO_E_ENCODING,
+	PROTO_E_FLAGS,
+	PROTO_E_PAGE_COUNT,
+	PROTO_E_PAGE_OFFSET,
+	PROTO_E_PAYLOAD_LEN,
+	PROTO_E_PAYLOAD_CHECKSUM,
+	PROTO_E_SNAP_INCOMPLETE,
+	PROTO_E_SNAP_STATE,
+	PROTO_E_SNAP_FILE_SIZE,
+	PROTO_E_BITMAP_OFFSET,
+	PROTO_E_BITMAP_LEN,
+	PROTO_E_DATA_OFFSET,
+	PROTO_E_BITMAP_CHECKSUM,
+	PROTO_E_BITMAP_TAIL,
+	PROTO_E_PRESENT_COUNT,
+	PROTO_E_DESC_TYPE,
+	PROTO_E_DESC_BUFFER,
+	_PROTO_E_MAX
+};
+
+/* A short sentence naming the field, e.g. "packet header: page offset past
+ * the end of guest RAM".  Never NULL. */
+const char *proto_strerror(enum proto_err err);
+
+#endif

@@ -1,0 +1,56 @@
+/* Channel handshake: the first 64 bytes on every connection, each way.
+ *
+ *  off size field
+ *    0  4   magic        "PFHS" (0x53484650 little-endian)
+ *    4  2   version      PROTO_VERSION
+ *    6  1   channel_kind 0 main, 1 data
+ *    7  1   channel_id   data channel index (0 for main)
+ *    8 16   session_id   random per transfer; both ends must agree
+ *   24  4   page_size
+ *   28  4   max_run_pages
+ *   32  8   guest_pages
+ *   40  2   n_channels   data channels in this session
+ *   42  2   reserved     0
+ *   44  4   features     PROTO_F_* bits
+ *   48 12   reserved     0
+ *   60  4   crc32c of bytes 0..59
+ */
+#ifndef PF_PROTO_HANDSHAKE_H
+#define PF_PROTO_HANDSHAKE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol/proto_error.h"
+#include "protocol/proto_geometry.h"
+
+#define PROTO_VERSION 1u
+#define PROTO_HANDSHAKE_MAGIC 0x53484650u
+#define PROTO_HANDSHAKE_SIZE 64u
+
+enum proto_channel_kind { PROTO_CHAN_MAIN = 0, PROTO_CHAN_DATA = 1 };
+
+enum proto_feature {
+	PROTO_F_ZSTD = 1u << 0,	/* packets may be zstd-encoded */
+	PROTO_F_PSK = 1u << 1,	/* a PSK challenge-response follows */
+	PROTO_F_ROUNDS = 1u << 2,	/* live migration: several rounds */
+};
+#define PROTO_F_KNOWN (PROTO_F_ZSTD | PROTO_F_PSK | PROTO_F_ROUNDS)
+
+struct proto_handshake {
+	uint8_t channel_kind;
+	uint8_t channel_id;
+	uint8_t session_id[16];
+	struct proto_geometry geo;
+	uint16_t n_channels;
+	uint32_t features;
+};
+
+void proto_handshake_encode(const struct proto_handshake *h, uint8_t out[PROTO_HANDSHAKE_SIZE]);
+/* Structural checks only (magic, version, checksum, ranges). */
+enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct proto_handshake *out);
+/* A decoded peer handshake against what we expect for this session. */
+enum proto_err proto_handshake_match(const struct proto_handshake *peer,
+				     const struct proto_handshake *ours);
+
+#endif

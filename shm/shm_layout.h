@@ -1,0 +1,137 @@
+/* Layout of the control segment shared by the pipeline's processes.
+ *
+ * Everything here lives in shared memory, so: fixed-width fields, no pointers
+ * (offsets from the segment start only), one writer per cache line, and every
+ * offset the protocol depends on pinned by a _Static_assert.  Bump
+ * SHM_ABI_VERSION whenever anything in this file changes; doc/architecture.md
+ * describes the same layout in prose.
+ */
+#ifndef PF_SHM_LAYOUT_H
+#define PF_SHM_LAYOUT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHM_CACHE_LINE 64u
+#define SHM_SEG_MAGIC UINT64_C(0x47455359524546ff) /* "\xffFERYSEG" little-endian */
+#define SHM_ABI_VERSION 1u
+#define SHM_SLOT_SIZE 16u
+#define SHM_RING_MIN_SLOTS 8u
+#define SHM_RING_MAX_SLOTS (1u << 20)
+#define SHM_MAX_WORKERS 64u
+
+/* One ring slot: a fixed 16-byte descriptor, so copies are two 8-byte moves. */
+struct shm_slot {
+	uint64_t w0;
+	uint64_t w1;
+};
+
+/* The shared part of one single-producer/single-consumer ring.
+ *
+ * line 0: tail              written by the producer only
+ * line 1: guard             keeps the adjacent-line prefetcher off line 2
+ * line 2: head              written by the consumer only
+ * line 3: guard
+ * line 4: consumer_sleeping written by the consumer only
+ * line 5: producer_sleeping written by the producer only
+ * then  : slots[size]       written by the producer, read by the consumer
+ *
+ * Indices run free over 2^32; slot = index & (size - 1); used = tail - head.
+ * The ring's size is NOT stored here: each side caches it privately from the
+ * segment header it validated, so a peer cannot change it under us.
+ */
+struct shm_ring_ctrl {
+	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t tail;
+	_Alignas(SHM_CACHE_LINE) uint8_t guard0[SHM_CACHE_LINE];
+	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t head;
+	_Alignas(SHM_CACHE_LINE) uint8_t guard1[SHM_CACHE_LINE];
+	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t consumer_sleeping;
+	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t producer_sleeping;
+};
+
+_Static_assert(offsetof(struct shm_ring_ctrl, tail) == 0, "tail on line 0");
+_Static_assert(offsetof(struct shm_ring_ctrl, head) == 2 * SHM_CACHE_LINE, "head on line 2");
+_Static_assert(offsetof(struct shm_ring_ctrl, consumer_sleeping) == 4 * SHM_CACHE_LINE,
+	       "consumer flag on line 4");
+_Static_assert(offsetof(struct shm_ring_ctrl, producer_sleeping) == 5 * SHM_CACHE_LINE,
+	       "producer flag on line 5");
+_Static_assert(sizeof(struct shm_ring_ctrl) == 6 * SHM_CACHE_LINE, "ring control is 6 lines");
+_Static_assert(sizeof(struct shm_slot) == SHM_SLOT_SIZE, "slot is 16 bytes");
+_Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4,
+	       "atomic u32 has the plain u32 layout");
+
+/* Per-process statistics: one cache line each, written by its owner only with
+ * relaxed stores, read by the supervisor for progress. */
+enum {
+	SHM_STAT_PAGES,		/* pages this process handled */
+	SHM_STAT_ZERO_PAGES,	/* found zero by content */
+	SHM_STAT_HOLE_PAGES,	/* skipped as holes in the guest file */
+	SHM_STAT_BYTES,		/* bytes written / sent / received */
+	SHM_STAT_RUNS,		/* descriptors (page runs) handled */
+	SHM_STAT_HEARTBEAT,	/* bumped by the owner while it makes progress */
+	SHM_STAT_STATE,		/* enum shm_proc_state */
+	SHM_STAT_SPARE,
+	SHM_STAT_COUNT
+};
+
+enum shm_proc_state {
+	SHM_PROC_STARTING = 0,
+	SHM_PROC_LOCKED_DOWN = 1,
+	SHM_PROC_DONE = 2,
+};
+
+struct shm_stats {
+	_Alignas(SHM_CACHE_LINE) _Atomic uint64_t v[SHM_STAT_COUNT];
+};
+_Static_assert(sizeof(struct shm_stats) == SHM_CACHE_LINE, "one stats block per line");
+
+/* The segment header at offset 0.  Written once by the creator before any
+ * other process maps the segment; read once and validated by each attacher. */
+struct shm_seg_header {
+	uint64_t magic;
+	uint32_t abi_version;
+	uint32_t header_size;
+	uint64_t segment_size;
+	uint32_t page_size;	/* guest page size in bytes */
+	uint32_t n_workers;
+	uint32_t ring_slots;	/* power of two */
+	uint32_t slot_size;	/* SHM_SLOT_SIZE */
+	uint32_t n_rings;
+	uint32_t n_stats;
+	uint64_t rings_offset;	/* ring i's control at rings_offset + i * ring_stride */
+	uint64_t ring_stride;
+	uint64_t stats_offset;	/* stats block i at stats_offset + i * SHM_CACHE_LINE */
+	uint64_t guest_pages;
+	uint8_t reserved[SHM_CACHE_LINE * 2 - 80];
+	/* Run control, on its own line: written by the supervisor, read by all. */
+	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t cancel;
+	uint8_t reserved2[SHM_CACHE_LINE - 4];
+};
+
+_Static_assert(offsetof(struct shm_seg_header, magic) == 0, "magic first");
+_Static_assert(offsetof(struct shm_seg_header, abi_version) == 8, "abi at 8");
+_Static_assert(offsetof(struct shm_seg_header, segment_size) == 16, "size at 16");
+_Static_assert(offsetof(struct shm_seg_header, rings_offset) == 48, "rings_offset at 48");
+_Static_assert(offsetof(struct shm_seg_header, guest_pages) == 72, "guest_pages at 72");
+_Static_assert(offsetof(struct shm_seg_header, cancel) == 2 * SHM_CACHE_LINE, "cancel on line 2");
+_Static_assert(sizeof(struct shm_seg_header) == 3 * SHM_CACHE_LINE, "header is 3 lines");
+
+/* Which ring carries what.  Three rings per worker, so no ring ever has more
+ * than one producer or one consumer process. */
+enum shm_ring_kind {
+	SHM_RING_SCAN_TO_WORKER = 0,	/* scanner -> worker i: page runs to check */
+	SHM_RING_WORKER_TO_WRITER = 1,	/* worker i -> writer: iovec descriptors */
+	SHM_RING_WRITER_TO_WORKER = 2,	/* writer -> worker i: buffers coming back */
+	SHM_RING_KINDS = 3
+};
+
+static inline uint32_t shm_ring_index(enum shm_ring_kind kind, uint32_t worker)
+{
+	return worker * SHM_RING_KINDS + (uint32_t)kind;
+}
+
+/* Stats block numbers. */
+enum { SHM_STATS_SCANNER = 0, SHM_STATS_WRITER = 1, SHM_STATS_WORKER0 = 2 };
+
+#endif

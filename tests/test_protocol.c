@@ -1,0 +1,424 @@
+/* Protocol codecs: every message round-trips, and every malformed field is
+ * refused with its own error. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "protocol/proto_bytes.h"
+#include "protocol/proto_crc32c.h"
+#include "protocol/proto_desc.h"
+#include "protocol/proto_handshake.h"
+#include "protocol/proto_packet.h"
+#include "protocol/proto_snapfile.h"
+
+static const struct proto_geometry geo = { .page_size = 4096, .max_run_pages = 64,
+					   .guest_pages = 1000 };
+
+static void test_crc32c_known_vector(void **state)
+{
+	(void)state;
+	assert_int_equal(proto_crc32c(0, "123456789", 9), 0xE3069283u);
+	/* Chained calls equal one call. */
+	uint32_t c = proto_crc32c(0, "12345", 5);
+	assert_int_equal(proto_crc32c(c, "6789", 4), 0xE3069283u);
+	assert_int_equal(proto_crc32c(0, "", 0), 0);
+}
+
+static void test_error_messages_are_distinct(void **state)
+{
+	(void)state;
+	for (int a = 1; a < _PROTO_E_MAX; a++)
+		for (int b = a + 1; b < _PROTO_E_MAX; b++)
+			assert_string_not_equal(proto_strerror(a), proto_strerror(b));
+	assert_string_equal(proto_strerror(_PROTO_E_MAX), "unknown protocol error");
+}
+
+/* ---- handshake ---- */
+
+static struct proto_handshake sample_handshake(void)
+{
+	struct proto_handshake h = { .channel_kind = PROTO_CHAN_DATA, .channel_id = 2,
+				     .geo = geo, .n_channels = 4, .features = PROTO_F_ZSTD };
+	for (int i = 0; i < 16; i++)
+		h.session_id[i] = (uint8_t)(0xa0 + i);
+	return h;
+}
+
+static void resign_handshake(uint8_t *b)
+{
+	put_le32(b + 60, proto_crc32c(0, b, 60));
+}
+
+static void test_handshake_roundtrip(void **state)
+{
+	(void)state;
+	struct proto_handshake h = sample_handshake(), out;
+	uint8_t buf[PROTO_HANDSHAKE_SIZE];
+	proto_handshake_encode(&h, buf);
+	assert_int_equal(proto_handshake_decode(buf, sizeof(buf), &out), PROTO_OK);
+	assert_memory_equal(&h.session_id, &out.session_id, 16);
+	assert_int_equal(out.channel_id, 2);
+	assert_int_equal(out.geo.guest_pages, 1000);
+	assert_int_equal(out.geo.max_run_pages, 64);
+	assert_int_equal(out.features, PROTO_F_ZSTD);
+	assert_int_equal(proto_handshake_match(&out, &h), PROTO_OK);
+}
+
+static enum proto_err handshake_with(size_t off, uint64_t v, size_t width, int resign)
+{
+	struct proto_handshake h = sample_handshake(), out;
+	uint8_t buf[PROTO_HANDSHAKE_SIZE];
+	proto_handshake_encode(&h, buf);
+	if (width == 1)
+		buf[off] = (uint8_t)v;
+	else if (width == 2)
+		put_le16(buf + off, (uint16_t)v);
+	else if (width == 4)
+		put_le32(buf + off, (uint32_t)v);
+	else
+		put_le64(buf + off, v);
+	if (resign)
+		resign_handshake(buf);
+	return proto_handshake_decode(buf, sizeof(buf), &out);
+}
+
+static void test_handshake_malformed_fields(void **state)
+{
+	(void)state;
+	uint8_t buf[PROTO_HANDSHAKE_SIZE];
+	struct proto_handshake h = sample_handshake(), out;
+	proto_handshake_encode(&h, buf);
+	assert_int_equal(proto_handshake_decode(buf, 63, &out), PROTO_E_TRUNCATED);
+	assert_int_equal(handshake_with(0, 0x11223344, 4, 1), PROTO_E_MAGIC);
+	assert_int_equal(handshake_with(4, 2, 2, 1), PROTO_E_VERSION);
+	assert_int_equal(handshake_with(24, 8192, 4, 0), PROTO_E_HEADER_CHECKSUM);
+	assert_int_equal(handshake_with(50, 1, 1, 1), PROTO_E_RESERVED);
+	assert_int_equal(handshake_with(42, 1, 2, 1), PROTO_E_RESERVED);
+	assert_int_equal(handshake_with(6, 7, 1, 1), PROTO_E_CHANNEL_KIND);
+	assert_int_equal(handshake_with(7, 4, 1, 1), PROTO_E_CHANNEL_ID);
+	assert_int_equal(handshake_with(40, 0, 2, 1), PROTO_E_CHANNEL_COUNT);
+	assert_int_equal(handshake_with(40, 65, 2, 1), PROTO_E_CHANNEL_COUNT);
+	assert_int_equal(handshake_with(24, 8192, 4, 1), PROTO_E_PAGE_SIZE);
+	assert_int_equal(handshake_with(28, 0, 4, 1), PROTO_E_RUN_LIMIT);
+	assert_int_equal(handshake_with(28, 2048, 4, 1), PROTO_E_RUN_LIMIT); /* 8 MiB > limit */
+	assert_int_equal(handshake_with(32, 0, 8, 1), PROTO_E_GUEST_SIZE);
+	assert_int_equal(handshake_with(32, UINT64_MAX / 2, 8, 1), PROTO_E_GUEST_SIZE);
+	assert_int_equal(handshake_with(44, 1u << 9, 4, 1), PROTO_E_FEATURES);
+}
+
+static void test_handshake_mismatch(void **state)
+{
+	(void)state;
+	struct proto_handshake ours = sample_handshake(), peer = ours;
+	peer.session_id[15] ^= 1;
+	assert_int_equal(proto_handshake_match(&peer, &ours), PROTO_E_SESSION);
+	peer = ours;
+	peer.geo.page_size = PROTO_PAGE_2M;
+	assert_int_equal(proto_handshake_match(&peer, &ours), PROTO_E_PAGE_SIZE);
+	peer = ours;
+	peer.geo.guest_pages++;
+	assert_int_equal(proto_handshake_match(&peer, &ours), PROTO_E_GUEST_SIZE);
+	peer = ours;
+	peer.geo.max_run_pages = 32;
+	assert_int_equal(proto_handshake_match(&peer, &ours), PROTO_E_RUN_LIMIT);
+	peer = ours;
+	peer.n_channels = 2;
+	assert_int_equal(proto_handshake_match(&peer, &ours), PROTO_E_CHANNEL_COUNT);
+	peer = ours;
+	peer.features = 0;
+	assert_int_equal(proto_handshake_match(&peer, &ours), PROTO_E_FEATURES);
+}
+
+/* ---- packets ---- */
+
+static struct proto_packet data_packet(uint8_t enc, uint64_t first, uint32_t n, uint32_t len)
+{
+	return (struct proto_packet){ .type = PROTO_PKT_DATA, .encoding = enc, .round = 3,
+				      .n_pages = n, .first_page = first, .seq = 77,
+				      .payload_len = len, .payload_crc = 0xdeadbeef };
+}
+
+static enum proto_err decode_packet(const struct proto_packet *p)
+{
+	uint8_t buf[PROTO_PACKET_HEADER_SIZE];
+	struct proto_packet out;
+	proto_packet_encode(p, buf);
+	return proto_packet_decode(buf, sizeof(buf), &geo, &out);
+}
+
+static void test_packet_roundtrip(void **state)
+{
+	(void)state;
+	struct proto_packet p = data_packet(PROTO_ENC_RAW, 936, 64, 64 * 4096), out;
+	uint8_t buf[PROTO_PACKET_HEADER_SIZE];
+	proto_packet_encode(&p, buf);
+	assert_int_equal(proto_packet_decode(buf, sizeof(buf), &geo, &out), PROTO_OK);
+	assert_int_equal(out.type, p.type);
+	assert_int_equal(out.encoding, p.encoding);
+	assert_int_equal(out.round, p.round);
+	assert_int_equal(out.n_pages, p.n_pages);
+	assert_int_equal(out.first_page, p.first_page);
+	assert_int_equal(out.seq, p.seq);
+	assert_int_equal(out.payload_len, p.payload_len);
+	assert_int_equal(out.payload_crc, p.payload_crc);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_SYNC, .round = 4 }), PROTO_OK);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_END,
+							      .payload_len = PROTO_END_BODY_SIZE }),
+			 PROTO_OK);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 1,
+							      .first_page = 999 }),
+			 PROTO_OK);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA,
+							      .encoding = PROTO_ENC_ZSTD, .n_pages = 2,
+							      .payload_len = 100 }),
+			 PROTO_OK);
+
+	struct proto_end_body e = { .packets = 5, .pages = 300, .payload_bytes = 1 << 20,
+				    .crc_of_crcs = 0x1234 }, eo;
+	uint8_t eb[PROTO_END_BODY_SIZE];
+	proto_end_body_encode(&e, eb);
+	assert_int_equal(proto_end_body_decode(eb, sizeof(eb), &eo), PROTO_OK);
+	assert_int_equal(eo.packets, 5);
+	assert_int_equal(eo.pages, 300);
+	assert_int_equal(eo.payload_bytes, 1 << 20);
+	assert_int_equal(eo.crc_of_crcs, 0x1234);
+	assert_int_equal(proto_end_body_decode(eb, 31, &eo), PROTO_E_TRUNCATED);
+	eb[29] = 1;
+	assert_int_equal(proto_end_body_decode(eb, sizeof(eb), &eo), PROTO_E_RESERVED);
+}
+
+static enum proto_err packet_bytes_with(size_t off, uint32_t v, size_t width, int resign)
+{
+	struct proto_packet p = data_packet(PROTO_ENC_RAW, 0, 1, 4096), out;
+	uint8_t buf[PROTO_PACKET_HEADER_SIZE];
+	proto_packet_encode(&p, buf);
+	if (width == 1)
+		buf[off] = (uint8_t)v;
+	else if (width == 2)
+		put_le16(buf + off, (uint16_t)v);
+	else
+		put_le32(buf + off, v);
+	if (resign)
+		put_le32(buf + 44, proto_crc32c(0, buf, 44));
+	return proto_packet_decode(buf, sizeof(buf), &geo, &out);
+}
+
+static void test_packet_malformed_fields(void **state)
+{
+	(void)state;
+	struct proto_packet out;
+	uint8_t buf[PROTO_PACKET_HEADER_SIZE] = { 0 };
+	assert_int_equal(proto_packet_decode(buf, 47, &geo, &out), PROTO_E_TRUNCATED);
+	assert_int_equal(packet_bytes_with(0, 0x11223344, 4, 1), PROTO_E_MAGIC);
+	assert_int_equal(packet_bytes_with(12, 2, 4, 0), PROTO_E_HEADER_CHECKSUM);
+	assert_int_equal(packet_bytes_with(6, 1, 2, 1), PROTO_E_FLAGS);
+	assert_int_equal(packet_bytes_with(40, 1, 4, 1), PROTO_E_RESERVED);
+	assert_int_equal(packet_bytes_with(4, 9, 1, 1), PROTO_E_PACKET_TYPE);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .encoding = 3,
+							      .n_pages = 1 }),
+			 PROTO_E_ENCODING);
+	/* page counts and offsets against the geometry */
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA }), PROTO_E_PAGE_COUNT);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 65 }),
+			 PROTO_E_PAGE_COUNT);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 1,
+							      .first_page = 1000 }),
+			 PROTO_E_PAGE_OFFSET);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 2,
+							      .first_page = 999 }),
+			 PROTO_E_PAGE_OFFSET);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 1,
+							      .first_page = UINT64_MAX }),
+			 PROTO_E_PAGE_OFFSET);
+	/* payload lengths that lie */
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 1,
+							      .payload_len = 1 }),
+			 PROTO_E_PAYLOAD_LEN);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 2,
+							      .encoding = PROTO_ENC_RAW, .payload_len = 4096 }),
+			 PROTO_E_PAYLOAD_LEN);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 2,
+							      .encoding = PROTO_ENC_ZSTD, .payload_len = 8192 }),
+			 PROTO_E_PAYLOAD_LEN);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .n_pages = 2,
+							      .encoding = PROTO_ENC_ZSTD }),
+			 PROTO_E_PAYLOAD_LEN);
+	/* control packets carry no pages */
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_SYNC, .n_pages = 1 }),
+			 PROTO_E_PAGE_COUNT);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_SYNC, .first_page = 1 }),
+			 PROTO_E_PAGE_OFFSET);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_SYNC, .encoding = 1 }),
+			 PROTO_E_ENCODING);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_END, .payload_len = 4 }),
+			 PROTO_E_PAYLOAD_LEN);
+}
+
+/* ---- snapshot header and bitmap ---- */
+
+struct snap {
+	uint8_t header[PROTO_SNAP_FIELDS_SIZE];
+	uint8_t bitmap[16];
+	struct proto_snap_header h;
+	uint64_t file_size;
+};
+
+static void make_snap(struct snap *s)
+{
+	assert_int_equal(proto_snap_header_init(&s->h, 4096, 100 * 4096), PROTO_OK);
+	memset(s->bitmap, 0, sizeof(s->bitmap));
+	proto_bitmap_set(s->bitmap, 0);
+	proto_bitmap_set(s->bitmap, 63);
+	proto_bitmap_set(s->bitmap, 99);
+	s->h.pages_present = 3;
+	s->h.bitmap_crc = proto_crc32c(0, s->bitmap, s->h.bitmap_len);
+	s->h.state = PROTO_SNAP_COMPLETE;
+	proto_snap_header_encode(&s->h, s->header);
+	s->file_size = s->h.data_offset + s->h.guest_size;
+}
+
+static enum proto_err snap_with(size_t off, uint64_t v, size_t width)
+{
+	struct snap s;
+	make_snap(&s);
+	if (width == 4)
+		put_le32(s.header + off, (uint32_t)v);
+	else
+		put_le64(s.header + off, v);
+	put_le32(s.header + 124, proto_crc32c(0, s.header, 124));
+	struct proto_snap_header out;
+	return proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out);
+}
+
+static void test_snapshot_roundtrip(void **state)
+{
+	(void)state;
+	struct snap s;
+	make_snap(&s);
+	assert_int_equal(s.h.bitmap_len, 16);
+	assert_int_equal(s.h.data_offset, 1 << 20);
+	struct proto_snap_header out;
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out), PROTO_OK);
+	assert_int_equal(out.state, PROTO_SNAP_COMPLETE);
+	assert_int_equal(out.page_size, 4096);
+	assert_int_equal(out.guest_size, 100 * 4096);
+	assert_int_equal(out.n_pages, 100);
+	assert_int_equal(out.bitmap_offset, 4096);
+	assert_int_equal(out.bitmap_len, 16);
+	assert_int_equal(out.data_offset, 1 << 20);
+	assert_int_equal(out.pages_present, 3);
+	assert_int_equal(out.bitmap_crc, s.h.bitmap_crc);
+	assert_int_equal(proto_snap_bitmap_check(&out, s.bitmap, sizeof(s.bitmap)), PROTO_OK);
+	assert_true(proto_bitmap_test(s.bitmap, 63));
+	assert_false(proto_bitmap_test(s.bitmap, 64));
+	/* Bit i lives in little-endian u64 word i/64. */
+	assert_int_equal(get_le64(s.bitmap), UINT64_C(1) | UINT64_C(1) << 63);
+}
+
+static void test_snapshot_malformed_fields(void **state)
+{
+	(void)state;
+	struct snap s;
+	struct proto_snap_header out;
+	make_snap(&s);
+	assert_int_equal(proto_snap_header_decode(s.header, 100, s.file_size, &out), PROTO_E_TRUNCATED);
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), 4095, &out),
+			 PROTO_E_TRUNCATED);
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size - 1, &out),
+			 PROTO_E_SNAP_FILE_SIZE);
+	s.header[3] ^= 0x20;
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out), PROTO_E_MAGIC);
+	make_snap(&s);
+	s.header[30] ^= 1;
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out),
+			 PROTO_E_HEADER_CHECKSUM);
+	assert_int_equal(snap_with(8, 2, 4), PROTO_E_VERSION);
+	assert_int_equal(snap_with(12, PROTO_SNAP_WRITING, 4), PROTO_E_SNAP_INCOMPLETE);
+	assert_int_equal(snap_with(12, 7, 4), PROTO_E_SNAP_STATE);
+	assert_int_equal(snap_with(16, 8192, 4), PROTO_E_PAGE_SIZE);
+	assert_int_equal(snap_with(20, 1, 4), PROTO_E_FLAGS);
+	assert_int_equal(snap_with(24, 100 * 4096 + 1, 8), PROTO_E_GUEST_SIZE);
+	assert_int_equal(snap_with(32, 0, 8), PROTO_E_GUEST_SIZE);
+	assert_int_equal(snap_with(40, 8192, 8), PROTO_E_BITMAP_OFFSET);
+	assert_int_equal(snap_with(48, 8, 8), PROTO_E_BITMAP_LEN);
+	assert_int_equal(snap_with(56, (1 << 20) + 4096, 8), PROTO_E_DATA_OFFSET);
+	assert_int_equal(snap_with(56, 4096, 8), PROTO_E_DATA_OFFSET);
+	assert_int_equal(snap_with(64, 101, 8), PROTO_E_PRESENT_COUNT);
+	assert_int_equal(snap_with(100, 1, 4), PROTO_E_RESERVED);
+}
+
+static void test_snapshot_bitmap_malformed(void **state)
+{
+	(void)state;
+	struct snap s;
+	make_snap(&s);
+	assert_int_equal(proto_snap_bitmap_check(&s.h, s.bitmap, 8), PROTO_E_TRUNCATED);
+	s.bitmap[1] ^= 1;
+	assert_int_equal(proto_snap_bitmap_check(&s.h, s.bitmap, 16), PROTO_E_BITMAP_CHECKSUM);
+	make_snap(&s);
+	proto_bitmap_set(s.bitmap, 100); /* past page 99 */
+	s.h.bitmap_crc = proto_crc32c(0, s.bitmap, 16);
+	assert_int_equal(proto_snap_bitmap_check(&s.h, s.bitmap, 16), PROTO_E_BITMAP_TAIL);
+	make_snap(&s);
+	s.h.pages_present = 2;
+	assert_int_equal(proto_snap_bitmap_check(&s.h, s.bitmap, 16), PROTO_E_PRESENT_COUNT);
+	struct proto_snap_header h;
+	assert_int_equal(proto_snap_header_init(&h, 4096, 4097), PROTO_E_GUEST_SIZE);
+	assert_int_equal(proto_snap_header_init(&h, 1024, 4096), PROTO_E_PAGE_SIZE);
+}
+
+/* ---- ring descriptors ---- */
+
+static void test_descriptor_roundtrip_and_checks(void **state)
+{
+	(void)state;
+	struct proto_desc d = { .type = PROTO_DESC_BUFFER, .encoding = PROTO_ENC_ZSTD, .buffer = 17,
+				.n_pages = 64, .payload_len = 12345, .first_page = 936 }, out;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 32, &out), PROTO_OK);
+	assert_int_equal(out.type, d.type);
+	assert_int_equal(out.encoding, d.encoding);
+	assert_int_equal(out.buffer, d.buffer);
+	assert_int_equal(out.n_pages, d.n_pages);
+	assert_int_equal(out.payload_len, d.payload_len);
+	assert_int_equal(out.first_page, d.first_page);
+	struct shm_slot s = proto_desc_pack(&d);
+	assert_int_equal(proto_desc_unpack(s, &geo, 17, &out), PROTO_E_DESC_BUFFER);
+	s.w0 = 937;
+	assert_int_equal(proto_desc_unpack(s, &geo, 32, &out), PROTO_E_PAGE_OFFSET);
+	s = proto_desc_pack(&d);
+	s.w1 = (s.w1 & ~UINT64_C(0xf)) | 9;
+	assert_int_equal(proto_desc_unpack(s, &geo, 32, &out), PROTO_E_DESC_TYPE);
+	s = proto_desc_pack(&d);
+	s.w1 = (s.w1 & ~UINT64_C(0xf0)) | (7u << 4);
+	assert_int_equal(proto_desc_unpack(s, &geo, 32, &out), PROTO_E_ENCODING);
+	d.n_pages = 0;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 32, &out), PROTO_E_PAGE_COUNT);
+	d.n_pages = 1;
+	d.payload_len = 4097;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 32, &out), PROTO_E_PAYLOAD_LEN);
+	struct proto_desc end = { .type = PROTO_DESC_END };
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&end), &geo, 0, &out), PROTO_OK);
+	assert_int_equal(out.type, PROTO_DESC_END);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_crc32c_known_vector),
+		cmocka_unit_test(test_error_messages_are_distinct),
+		cmocka_unit_test(test_handshake_roundtrip),
+		cmocka_unit_test(test_handshake_malformed_fields),
+		cmocka_unit_test(test_handshake_mismatch),
+		cmocka_unit_test(test_packet_roundtrip),
+		cmocka_unit_test(test_packet_malformed_fields),
+		cmocka_unit_test(test_snapshot_roundtrip),
+		cmocka_unit_test(test_snapshot_malformed_fields),
+		cmocka_unit_test(test_snapshot_bitmap_malformed),
+		cmocka_unit_test(test_descriptor_roundtrip_and_checks),
+	};
+	return cmocka_run_group_tests_name("protocol", tests, NULL, NULL);
+}
