@@ -31,6 +31,10 @@ static int allow_names(scmp_filter_ctx ctx, const char *names)
 	}
 
 NAMES_GROUP(add_exit, "exit\0exit_group\0rt_sigreturn\0restart_syscall\0")
+/* A thread created before lock-down may first run after it: glibc then
+ * registers its robust-futex list and rseq area, and unregisters rseq at exit.
+ * Both act on the calling thread only. */
+NAMES_GROUP(add_thread_self, "set_robust_list\0rseq\0")
 NAMES_GROUP(add_basic_io, "read\0write\0readv\0writev\0close\0")
 NAMES_GROUP(add_wake, "poll\0ppoll\0sendto\0recvfrom\0")
 NAMES_GROUP(add_time, "clock_gettime\0clock_getres\0clock_nanosleep\0nanosleep\0gettimeofday\0")
@@ -105,6 +109,7 @@ static int add_sanitizer_runtime(scmp_filter_ctx ctx, int32_t self_pid)
 
 static const struct sb_group groups[] = {
 	{ "@exit", "leave the process, return from signal handlers", add_exit },
+	{ "@thread-self", "per-thread set-up and tear-down glibc does itself", add_thread_self },
 	{ "@basic-io", "read/write/close on fds already held", add_basic_io },
 	{ "@wake", "sleep on and signal the ring wake sockets", add_wake },
 	{ "@time", "clocks and sleeping", add_time },

@@ -5,7 +5,7 @@
 
 #include "sandbox/sb_groups.h"
 
-#define COMMON_GROUPS "@exit", "@basic-io", "@wake", "@time", "@self-info", "@signal-mask", \
+#define COMMON_GROUPS "@exit", "@thread-self", "@basic-io", "@wake", "@time", "@self-info", "@signal-mask", \
 		      "@self-signal", "@memory-release", "@futex", "@fstat"
 
 /* Which groups make up each role: see the process table in doc/architecture.md. */
@@ -55,6 +55,10 @@ scmp_filter_ctx sb_policy_build(enum sb_role role, enum sb_mode mode, int32_t se
 		return NULL;
 	}
 	int rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+	/* Threads started before lock-down (the restore readers) get the same
+	 * filter; the kernel also gives them no_new_privs. */
+	if (rc == 0)
+		rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
 	for (const char *const *g = roles[role].groups; rc == 0 && *g; g++)
 		rc = add_group(ctx, *g, self_pid);
 #ifdef PF_SANITIZER_BUILD

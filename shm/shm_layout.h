@@ -69,9 +69,9 @@ enum {
 	SHM_STAT_HOLE_PAGES,	/* skipped as holes in the guest file */
 	SHM_STAT_BYTES,		/* bytes written / sent / received */
 	SHM_STAT_RUNS,		/* descriptors (page runs) handled */
-	SHM_STAT_HEARTBEAT,	/* bumped by the owner while it makes progress */
+	SHM_STAT_TOTAL_PAGES,	/* pages this process expects to handle (progress) */
 	SHM_STAT_STATE,		/* enum shm_proc_state */
-	SHM_STAT_SPARE,
+	SHM_STAT_FLAGS,		/* SHM_FLAG_* */
 	SHM_STAT_COUNT
 };
 
@@ -80,6 +80,8 @@ enum shm_proc_state {
 	SHM_PROC_LOCKED_DOWN = 1,
 	SHM_PROC_DONE = 2,
 };
+
+#define SHM_FLAG_DIRECT_IO 1u /* the file data fd really has O_DIRECT */
 
 struct shm_stats {
 	_Alignas(SHM_CACHE_LINE) _Atomic uint64_t v[SHM_STAT_COUNT];
@@ -103,7 +105,8 @@ struct shm_seg_header {
 	uint64_t ring_stride;
 	uint64_t stats_offset;	/* stats block i at stats_offset + i * SHM_CACHE_LINE */
 	uint64_t guest_pages;
-	uint8_t reserved[SHM_CACHE_LINE * 2 - 80];
+	uint32_t max_run_pages;	/* pages in one descriptor at most */
+	uint8_t reserved[SHM_CACHE_LINE * 2 - 84];
 	/* Run control, on its own line: written by the supervisor, read by all. */
 	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t cancel;
 	uint8_t reserved2[SHM_CACHE_LINE - 4];
@@ -114,6 +117,7 @@ _Static_assert(offsetof(struct shm_seg_header, abi_version) == 8, "abi at 8");
 _Static_assert(offsetof(struct shm_seg_header, segment_size) == 16, "size at 16");
 _Static_assert(offsetof(struct shm_seg_header, rings_offset) == 48, "rings_offset at 48");
 _Static_assert(offsetof(struct shm_seg_header, guest_pages) == 72, "guest_pages at 72");
+_Static_assert(offsetof(struct shm_seg_header, max_run_pages) == 80, "max_run_pages at 80");
 _Static_assert(offsetof(struct shm_seg_header, cancel) == 2 * SHM_CACHE_LINE, "cancel on line 2");
 _Static_assert(sizeof(struct shm_seg_header) == 3 * SHM_CACHE_LINE, "header is 3 lines");
 

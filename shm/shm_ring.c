@@ -156,3 +156,20 @@ void shm_ring_disarm_consumer(struct shm_ring *r)
 {
 	atomic_store_explicit(&r->ctrl->consumer_sleeping, 0, memory_order_relaxed);
 }
+
+int shm_ring_enqueue_all(struct shm_ring *r, const struct shm_slot *src, uint32_t n)
+{
+	while (n) {
+		int put = shm_ring_enqueue(r, src, n, SHM_RING_VARIABLE);
+		if (put < 0)
+			return put;
+		src += put;
+		n -= (uint32_t)put;
+		if (n) {
+			int w = shm_ring_wait_free(r, 1, -1);
+			if (w < 0)
+				return w;
+		}
+	}
+	return 0;
+}

@@ -196,6 +196,10 @@ static inline int shm_ring_dequeue(struct shm_ring *r, struct shm_slot *dst, uin
 int shm_ring_wait_ready(struct shm_ring *r, uint32_t want, int timeout_ms);
 int shm_ring_wait_free(struct shm_ring *r, uint32_t want, int timeout_ms);
 
+/* Enqueue all n slots, sleeping while the ring is full.  0, or -EPIPE /
+ * -EPROTO / -errno as for the wait calls. */
+int shm_ring_enqueue_all(struct shm_ring *r, const struct shm_slot *src, uint32_t n);
+
 /* For a process that sleeps on several rings at once: arm returns 1 if it
  * may sleep (flag set, fence done, still nothing to do), 0 if there is work
  * now (flag cleared again), or -EPROTO.  After poll() returns, disarm. */

@@ -21,6 +21,10 @@ static int geometry_valid(const struct shm_geometry *g)
 	if (g->ring_slots < SHM_RING_MIN_SLOTS || g->ring_slots > SHM_RING_MAX_SLOTS ||
 	    (g->ring_slots & (g->ring_slots - 1)))
 		return 0;
+	/* Bounds shared with protocol/proto_geometry.h: 12 bits in a descriptor. */
+	if (g->max_run_pages < 1 || g->max_run_pages > 4095 || g->guest_pages < 1 ||
+	    g->guest_pages > (UINT64_C(1) << 46) / g->page_size)
+		return 0;
 	return 1;
 }
 
@@ -75,6 +79,7 @@ int shm_segment_format_fd(int fd, const struct shm_geometry *g)
 	h->ring_stride = l.ring_stride;
 	h->stats_offset = l.stats_offset;
 	h->guest_pages = g->guest_pages;
+	h->max_run_pages = g->max_run_pages;
 	for (uint32_t i = 0; i < l.n_rings; i++)
 		shm_ring_format(base + l.rings_offset + i * l.ring_stride);
 	int rc = munmap(base, l.total) < 0 ? -errno : 0;
@@ -143,6 +148,7 @@ int shm_segment_attach(struct shm_segment *seg, int fd, const char **why)
 		.page_size = h->page_size,
 		.n_workers = h->n_workers,
 		.ring_slots = h->ring_slots,
+		.max_run_pages = h->max_run_pages,
 		.guest_pages = h->guest_pages,
 	};
 	uint32_t n_rings = h->n_rings, n_stats = h->n_stats;

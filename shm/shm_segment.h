@@ -13,6 +13,7 @@ struct shm_geometry {
 	uint32_t page_size;
 	uint32_t n_workers;
 	uint32_t ring_slots;
+	uint32_t max_run_pages;
 	uint64_t guest_pages;
 };
 

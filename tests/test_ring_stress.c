@@ -108,7 +108,8 @@ struct pair {
 
 static void make_pair(struct pair *p, uint32_t slots)
 {
-	struct shm_geometry g = { .page_size = 4096, .n_workers = 1, .ring_slots = slots, .guest_pages = 1 };
+	struct shm_geometry g = { .page_size = 4096, .n_workers = 1, .ring_slots = slots,
+				  .max_run_pages = 1, .guest_pages = 1 };
 	p->seg_fd = shm_segment_create(&g);
 	assert_true(p->seg_fd >= 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p->fds), 0);

@@ -13,7 +13,7 @@
 #include "shm/shm_segment.h"
 
 static const struct shm_geometry geo = { .page_size = 4096, .n_workers = 3, .ring_slots = 64,
-					 .guest_pages = 262144 };
+					 .max_run_pages = 256, .guest_pages = 262144 };
 
 static void test_create_attach_roundtrip(void **state)
 {

@@ -1,0 +1,66 @@
+/* What every pipeline stage does at start-up and on failure.
+ *
+ * Fixed fd contract (doc/architecture.md, "Processes and fds"):
+ *   3  control segment (sealed memfd)
+ *   4  guest RAM file (source: read-only; restore: the destination, read-write)
+ *   5+ role-specific, documented in each stage's main file
+ */
+#ifndef PF_STAGE_H
+#define PF_STAGE_H
+
+#include <stdint.h>
+#include <stdnoreturn.h>
+
+#include "sandbox/sb_lockdown.h"
+#include "shm/shm_segment.h"
+
+#define STAGE_FD_SEGMENT 3
+#define STAGE_FD_GUEST 4
+#define STAGE_FD_ROLE 5
+
+/* Exit codes the supervisor maps to messages. */
+enum stage_exit {
+	STAGE_EXIT_OK = 0,
+	STAGE_EXIT_FAILED = 1,	/* a syscall or the input failed: the message says what */
+	STAGE_EXIT_USAGE = 2,	/* bad command line (a supervisor bug) */
+	STAGE_EXIT_PEER = 3,	/* a peer stage went away: not the root cause */
+};
+
+/* "pageferry-worker[2]" etc.; used as the prefix of every message. */
+void stage_set_name(const char *role, int index);
+const char *stage_name(void);
+
+/* Print "<name>: <fmt...>" as one line to stderr and exit with code. */
+noreturn void stage_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, appending ": strerror(-neg_errno)". */
+noreturn void stage_die_errno(int neg_errno, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Attach and validate the control segment on fd 3, or die. */
+void stage_attach_segment(struct shm_segment *seg);
+/* Map the guest file on fd 4 (size checked against the segment), or die. */
+void *stage_map_guest(const struct shm_segment *seg, int writable);
+/* Bind ring (kind, worker) with its wake fd, or die. */
+void stage_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker, int wake_fd,
+		struct shm_ring *out);
+/* Lock the process into its role; dies naming the failed step. */
+void stage_lockdown(enum sb_role role, int max_fd, int writes_files);
+
+/* Relaxed statistics updates: one writer per block. */
+static inline void stage_stat_add(struct shm_stats *st, int which, uint64_t v)
+{
+	uint64_t cur = atomic_load_explicit(&st->v[which], memory_order_relaxed);
+	atomic_store_explicit(&st->v[which], cur + v, memory_order_relaxed);
+}
+
+static inline void stage_stat_set(struct shm_stats *st, int which, uint64_t v)
+{
+	atomic_store_explicit(&st->v[which], v, memory_order_relaxed);
+}
+
+/* Parse a decimal argument in [min, max] or die with a usage error. */
+uint64_t stage_parse_u64(const char *what, const char *s, uint64_t min, uint64_t max);
+
+/* Ring failures: -EPIPE means a peer died (it reports its own cause). */
+noreturn void stage_die_ring(int rc, const char *ring_name);
+
+#endif

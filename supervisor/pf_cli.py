@@ -1,0 +1,150 @@
+"""pageferry: the user-facing command (the supervisor).
+
+Exit codes: 0 success; 1 the job failed (the message says why); 2 bad usage;
+3 a stage process was killed by a signal (a sandbox violation among them);
+130 interrupted."""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pf_jobs
+
+
+class Context:
+    def __init__(self, stage_dirs, as_json=False):
+        self.stage_dirs = stage_dirs
+        self.json = as_json
+
+    def stage(self, name):
+        return pf_jobs.pf_stages.find_stage(name, self.stage_dirs)
+
+
+def positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+    if not 1 <= v <= 64:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1..64)")
+    return v
+
+
+def default_workers():
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="pageferry",
+        description="Move a virtual machine's RAM: snapshot it to a file, restore it, verify it.",
+        epilog="Exit status: 0 ok, 1 failed (one line says why), 2 usage, 3 a stage process was "
+               "killed (e.g. a sandbox violation), 130 interrupted.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("snapshot", help="write a paused guest's RAM file to a snapshot file",
+                       description="Snapshot a paused guest's RAM file. Zero pages and holes are not "
+                                   "written (the snapshot is sparse); page data goes to the file with "
+                                   "O_DIRECT where the filesystem supports it. The snapshot is written "
+                                   "to OUT.pf-partial and renamed to OUT only once complete and durable.")
+    s.add_argument("--guest", required=True, metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
+    s.add_argument("--out", required=True, metavar="SNAP", help="snapshot file to create (replaced on success)")
+    s.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                   help="zero-checking worker processes (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+
+    r = sub.add_parser("restore", help="restore a snapshot into a RAM file",
+                       description="Restore SNAP into FILE: page data is read with O_DIRECT straight "
+                                   "into FILE's mapping; zero pages stay holes. Incomplete, truncated or "
+                                   "corrupt snapshots are refused. FILE is written as FILE.pf-partial "
+                                   "and renamed only on success.")
+    r.add_argument("snapshot", metavar="SNAP")
+    r.add_argument("--into", required=True, metavar="FILE", help="destination RAM file (replaced on success)")
+    r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                   help="parallel reader threads (default: %(default)s)")
+    r.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+
+    v = sub.add_parser("verify", help="compare two RAM files (exit 0 equal, 1 different)",
+                       description="Compare two RAM files and name the first differing page. "
+                                   "Exit 0 when equal, 1 when different, 2 when they cannot be read.")
+    v.add_argument("a", metavar="A")
+    v.add_argument("b", metavar="B")
+    v.add_argument("--page-size", type=int, default=4096, help="page size for reporting (default 4096)")
+
+    m = sub.add_parser("mkguest", help="make a synthetic guest RAM file",
+                       description="Make a synthetic guest RAM image: zero, random, text (English-like), "
+                                   "mixed (scattered 50%% zero / 30%% text / 20%% random pages) or sparse "
+                                   "(mostly holes).")
+    m.add_argument("pattern", choices=["zero", "random", "text", "mixed", "sparse"])
+    m.add_argument("size", help="size with K/M/G suffix, a multiple of 4 KiB")
+    m.add_argument("file")
+    m.add_argument("--seed", type=int, default=1)
+
+    d = sub.add_parser("demo", help="snapshot, restore and verify a synthetic 1 GiB guest",
+                       description="Make a synthetic mixed 1 GiB guest in /dev/shm, snapshot it to a "
+                                   "file on disk, restore it into /dev/shm, verify the copy is "
+                                   "bit-identical, print the summaries and clean up.")
+    d.add_argument("--size", default="1G", help="guest size (default 1G)")
+    d.add_argument("--dir", default=None, help="directory on a real disk for the snapshot "
+                                              "(default: a temporary directory under /var/tmp)")
+    d.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N")
+    return p
+
+
+def tool(ctx, name, args):
+    return subprocess.run([ctx.stage(name)] + args).returncode
+
+
+def demo(ctx, args):
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    work = tempfile.mkdtemp(prefix="pageferry-demo-", dir=args.dir or "/var/tmp")
+    guest = os.path.join(shm, f"pageferry-demo-{os.getpid()}.ram")
+    copy = guest + ".restored"
+    snap = os.path.join(work, "demo.pfs")
+    try:
+        print(f"== making a {args.size} mixed guest: {guest}", flush=True)
+        if tool(ctx, "pageferry-mkguest", ["mixed", args.size, guest]) != 0:
+            return 1
+        print(f"== snapshot to {snap}", flush=True)
+        pf_jobs.snapshot(ctx, guest, snap, args.workers)
+        usage = os.stat(snap).st_blocks * 512
+        print(f"   snapshot takes {usage / 2**20:.0f} MiB on disk for a {os.stat(guest).st_size / 2**20:.0f} MiB guest")
+        print(f"== restore into {copy}", flush=True)
+        pf_jobs.restore(ctx, snap, copy, args.workers)
+        print("== verify", flush=True)
+        rc = tool(ctx, "pageferry-verify", [guest, copy])
+        print("demo: OK" if rc == 0 else "demo: FAILED, the copies differ")
+        return rc
+    finally:
+        for f in (guest, copy):
+            if os.path.exists(f):
+                os.unlink(f)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(stage_dirs, argv=None):
+    args = build_parser().parse_args(argv)
+    ctx = Context(stage_dirs, getattr(args, "json", False))
+    try:
+        if args.cmd == "snapshot":
+            pf_jobs.snapshot(ctx, args.guest, args.out, args.workers)
+        elif args.cmd == "restore":
+            pf_jobs.restore(ctx, args.snapshot, args.into, args.workers)
+        elif args.cmd == "verify":
+            return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
+        elif args.cmd == "mkguest":
+            return tool(ctx, "pageferry-mkguest", [args.pattern, args.size, args.file, str(args.seed)])
+        elif args.cmd == "demo":
+            return demo(ctx, args)
+    except pf_jobs.JobError as e:
+        print(f"pageferry {args.cmd}: {e}", file=sys.stderr)
+        return e.exit_code
+    except FileNotFoundError as e:
+        print(f"pageferry {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"pageferry {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    return 0

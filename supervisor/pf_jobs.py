@@ -1,0 +1,234 @@
+"""The jobs: snapshot and restore, each a pipeline of stage processes."""
+import os
+import signal
+import stat
+import time
+
+import pf_report
+import pf_segment
+import pf_stages
+from pf_stages import wake_pair
+
+PAGE_4K = 4096
+PAGE_2M = 2 * 1024 * 1024
+RING_SLOTS = 1024
+SNAP_RUN_PAGES = 256  # 1 MiB per descriptor at 4 KiB pages
+
+
+class JobError(Exception):
+    """A failure to report in one line; exit_code is the command's."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _open(path, flags, what, mode=0o644):
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+    except OSError as e:
+        raise JobError(f"cannot {what} {path}: {e.strerror}")
+
+
+def _open_direct(path, flags):
+    """The data fd: O_DIRECT where the filesystem allows it (tmpfs may not)."""
+    try:
+        return os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC), True
+    except OSError as e:
+        if e.errno != 22:  # EINVAL: no O_DIRECT on this filesystem
+            raise JobError(f"cannot open {path} for direct I/O: {e.strerror}")
+        return os.open(path, flags | os.O_CLOEXEC), False
+
+
+def guest_page_size(path, fd):
+    # hugetlbfs reports its huge page size as the block size.
+    return PAGE_2M if os.fstatvfs(fd).f_bsize == PAGE_2M else PAGE_4K
+
+
+def check_guest(path):
+    fd = _open(path, os.O_RDONLY, "open guest")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise JobError(f"guest {path} is not a regular file")
+    page = guest_page_size(path, fd)
+    if st.st_size == 0:
+        raise JobError(f"guest {path} is empty")
+    if st.st_size % page:
+        raise JobError(f"guest {path} is {st.st_size} bytes, not a multiple of its "
+                       f"{page}-byte page size")
+    return fd, st.st_size, page
+
+
+def _fsync_dir(path):
+    d = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(d)
+    finally:
+        os.close(d)
+
+
+class Run:
+    """Runs a pipeline to completion: progress, signals, failure, cleanup."""
+
+    def __init__(self, ctx, verb, total_bytes):
+        self.ctx = ctx
+        self.verb = verb
+        self.pipeline = pf_stages.Pipeline(ctx.stage_dirs)
+        self.progress = pf_report.Progress(verb, total_bytes, not ctx.json)
+        self.sampler = pf_report.AnonSampler()
+        self.cleanup_paths = []
+        self.fds = []
+        self.interrupted = None
+        self.start = time.monotonic()
+
+    def _on_signal(self, signum, frame):
+        self.interrupted = signum
+
+    def watch(self, done_bytes):
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.pipeline.running():
+                failed = self.pipeline.poll(0.1)
+                self.sampler.sample([s.pid for s in self.pipeline.running()])
+                if failed or self.interrupted:
+                    break
+                self.progress.update(done_bytes())
+            self.progress.update(done_bytes(), force=True)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.progress.finish()
+        if self.interrupted or self.pipeline.root_cause():
+            self.pipeline.kill_all()
+            self.pipeline.drain()
+            if self.interrupted:
+                raise JobError(f"interrupted by {signal.Signals(self.interrupted).name}", 130)
+            cause = self.pipeline.root_cause()
+            code = 3 if os.WIFSIGNALED(cause.status) else 1
+            raise JobError(cause.describe_failure(), code)
+        self.pipeline.drain()
+        return time.monotonic() - self.start
+
+    def close(self, success):
+        self.pipeline.close()
+        for fd in self.fds:
+            os.close(fd)
+        if not success:
+            for p in self.cleanup_paths:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+def snapshot(ctx, guest, out, workers):
+    guest_fd, size, page = check_guest(guest)
+    partial = out + ".pf-partial"
+    run = Run(ctx, "snapshot", size)
+    run.fds.append(guest_fd)
+    ok = False
+    try:
+        meta_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create snapshot")
+        run.cleanup_paths.append(partial)
+        run.fds.append(meta_fd)
+        data_fd, _ = _open_direct(partial, os.O_WRONLY)
+        run.fds.append(data_fd)
+        run_pages = max(1, min(SNAP_RUN_PAGES, (4 << 20) // page))
+        seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, RING_SLOTS, run_pages,
+                                 size // page)
+        run.fds.append(os.dup(seg.fd))
+        pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
+        p = run.pipeline
+        writer_fds = {3: seg.fd, 4: guest_fd, 5: meta_fd, 6: data_fd}
+        for i in range(workers):
+            writer_fds[7 + 2 * i] = pairs[(1, i)][1].fileno()
+            writer_fds[8 + 2 * i] = pairs[(2, i)][0].fileno()
+        p.spawn("pageferry-writer", "pageferry-writer", [], writer_fds)
+        for i in range(workers):
+            p.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [i],
+                    {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(),
+                     6: pairs[(1, i)][0].fileno(), 7: pairs[(2, i)][1].fileno()})
+        scanner_fds = {3: seg.fd, 4: guest_fd}
+        scanner_fds.update({5 + i: pairs[(0, i)][0].fileno() for i in range(workers)})
+        p.spawn("pageferry-scanner", "pageferry-scanner", [], scanner_fds)
+        # Our copies must go, or a dead stage's peer would never see it hang up.
+        for a, b in pairs.values():
+            a.close()
+            b.close()
+
+        def done():
+            w = seg.stats(pf_segment.STATS_WRITER)
+            return (w["pages"] + seg.stats(pf_segment.STATS_SCANNER)["hole_pages"]) * page
+
+        secs = run.watch(done)
+        sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
+        zero = sum(seg.stats(pf_segment.STATS_WORKER0 + i)["zero_pages"] for i in range(workers))
+        os.rename(partial, out)
+        _fsync_dir(out)
+        ok = True
+        n_pages = size // page
+        summary = {
+            "command": "snapshot", "guest": guest, "snapshot": out, "workers": workers,
+            "page_size": page, "guest_bytes": size, "bytes_written": wr["bytes"],
+            "pages": {"total": n_pages, "zero": zero, "normal": wr["bytes"] // page,
+                      "hole": sc["hole_pages"]},
+            "seconds": round(secs, 3), "mib_per_s": round(size / pf_report.MiB / secs, 1),
+            "write_mib_per_s": round(wr["bytes"] / pf_report.MiB / secs, 1),
+            "direct_io": bool(wr["flags"] & pf_segment.FLAG_DIRECT_IO),
+            "cpu_seconds": pf_report.pipeline_cpu(p),
+            "peak_rss_kib": pf_report.peak_rss_kib(p),
+            "peak_anon_kib": run.sampler.peak_kib,
+        }
+        seg.close()
+        line = (f"snapshot {out}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
+                f"written ({zero} zero, {sc['hole_pages']} hole pages skipped) in {secs:.2f} s, "
+                f"{summary['mib_per_s']:.0f} MiB/s, direct I/O {'on' if summary['direct_io'] else 'off'}")
+        pf_report.emit_summary(summary, ctx.json, line)
+    finally:
+        run.close(ok)
+
+
+def restore(ctx, snap, into, workers):
+    meta_fd = _open(snap, os.O_RDONLY, "open snapshot")
+    run = Run(ctx, "restore", os.fstat(meta_fd).st_size)
+    run.fds.append(meta_fd)
+    partial = into + ".pf-partial"
+    ok = False
+    try:
+        data_fd, _ = _open_direct(snap, os.O_RDONLY)
+        run.fds.append(data_fd)
+        dest_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
+        run.cleanup_paths.append(partial)
+        run.fds.append(dest_fd)
+        seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), PAGE_4K, 1, 8, 1, 1)
+        run.fds.append(os.dup(seg.fd))
+        p = run.pipeline
+        p.spawn("pageferry-receiver", "pageferry-receiver", ["restore", workers],
+                {3: seg.fd, 4: dest_fd, 5: meta_fd, 6: data_fd})
+
+        def done():
+            st = seg.stats(0)
+            return run.progress.total * st["pages"] / max(st["total_pages"], 1)
+
+        secs = run.watch(done)
+        st = seg.stats(0)
+        size = os.fstat(dest_fd).st_size
+        os.rename(partial, into)
+        ok = True
+        summary = {
+            "command": "restore", "snapshot": snap, "into": into, "threads": workers,
+            "guest_bytes": size, "bytes_read": st["bytes"], "seconds": round(secs, 3),
+            "mib_per_s": round(size / pf_report.MiB / secs, 1),
+            "read_mib_per_s": round(st["bytes"] / pf_report.MiB / secs, 1),
+            "direct_io": bool(st["flags"] & pf_segment.FLAG_DIRECT_IO),
+            "cpu_seconds": pf_report.pipeline_cpu(p),
+            "peak_rss_kib": pf_report.peak_rss_kib(p),
+            "peak_anon_kib": run.sampler.peak_kib,
+        }
+        seg.close()
+        line = (f"restore {into}: {size / pf_report.MiB:.0f} MiB guest, {st['bytes'] / pf_report.MiB:.0f} MiB "
+                f"read in {secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s, direct I/O "
+                f"{'on' if summary['direct_io'] else 'off'}")
+        pf_report.emit_summary(summary, ctx.json, line)
+    finally:
+        run.close(ok)

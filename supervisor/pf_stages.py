@@ -1,0 +1,162 @@
+"""Starting, watching and stopping the pipeline's stage processes.
+
+Each stage is exec'd (posix_spawn) with exactly the fds it needs, dup'ed
+onto the numbers its main file documents; everything else the supervisor
+holds is close-on-exec. Its stderr goes to a pipe we read, so that when a
+run fails we can report the root cause in one line instead of every
+stage's consequential complaints.
+"""
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import time
+
+STAGE_EXIT_PEER = 3  # stage/stage.h: "a peer stage went away", never the root cause
+HIGH_FD = 100
+
+
+def find_stage(name, search_dirs):
+    for d in search_dirs:
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    raise FileNotFoundError(f"stage binary {name} not found in {', '.join(search_dirs)}")
+
+
+class Stage:
+    def __init__(self, label, pid, err_fd):
+        self.label = label
+        self.pid = pid
+        self.err_fd = err_fd
+        self.err = b""
+        self.status = None
+        self.rusage = None
+        self.ended_at = None
+
+    def message(self):
+        lines = [l for l in self.err.decode(errors="replace").splitlines() if l.strip()]
+        return lines[-1] if lines else ""
+
+    def describe_failure(self):
+        st = self.status
+        if os.WIFSIGNALED(st):
+            sig = os.WTERMSIG(st)
+            if sig == signal.SIGSYS:
+                return (f"{self.label} violated its sandbox (a forbidden system call; "
+                        f"killed by SIGSYS)")
+            return f"{self.label} was killed by signal {sig} ({signal.Signals(sig).name})"
+        msg = self.message()
+        return msg or f"{self.label} exited with status {os.WEXITSTATUS(st)}"
+
+    def failed(self):
+        return self.status is not None and not (os.WIFEXITED(self.status) and os.WEXITSTATUS(self.status) == 0)
+
+
+class Pipeline:
+    def __init__(self, search_dirs):
+        self.search_dirs = search_dirs
+        self.stages = []
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    def spawn(self, label, binary, args, fds):
+        """fds: {target_fd_number: fd_we_hold}."""
+        path = find_stage(binary, self.search_dirs)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        # Lift every source above the targets first, so no dup2 clobbers a
+        # source that a later dup2 still needs.
+        lifted = {t: fcntl.fcntl(f, fcntl.F_DUPFD_CLOEXEC, HIGH_FD) for t, f in fds.items()}
+        err = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+        null = fcntl.fcntl(self._devnull, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+                   (os.POSIX_SPAWN_DUP2, err, 2)]
+        actions += [(os.POSIX_SPAWN_DUP2, src, t) for t, src in sorted(lifted.items())]
+        try:
+            pid = os.posix_spawn(path, [binary] + [str(a) for a in args], os.environ,
+                                 file_actions=actions, setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
+        finally:
+            for f in list(lifted.values()) + [err, null, w]:
+                os.close(f)
+        os.set_blocking(r, False)
+        st = Stage(label, pid, r)
+        self.stages.append(st)
+        return st
+
+    def running(self):
+        return [s for s in self.stages if s.status is None]
+
+    def _read_errors(self, timeout):
+        fds = [s.err_fd for s in self.stages if s.err_fd is not None]
+        if not fds:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select(fds, [], [], timeout)
+        for s in self.stages:
+            if s.err_fd in ready:
+                try:
+                    chunk = os.read(s.err_fd, 65536)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    s.err = (s.err + chunk)[-8192:]
+                else:
+                    os.close(s.err_fd)
+                    s.err_fd = None
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for s in self.stages:
+                if s.pid == pid:
+                    s.status, s.rusage, s.ended_at = status, ru, time.monotonic()
+
+    def poll(self, timeout=0.25):
+        """Wait up to timeout; returns the stages that have failed so far."""
+        self._read_errors(timeout)
+        self._reap()
+        return [s for s in self.stages if s.failed()]
+
+    def kill_all(self):
+        for s in self.running():
+            try:
+                os.kill(s.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while self.running() and time.monotonic() < deadline:
+            self.poll(0.05)
+
+    def drain(self):
+        """After every stage ended: collect the rest of their stderr."""
+        end = time.monotonic() + 1
+        while any(s.err_fd is not None for s in self.stages) and time.monotonic() < end:
+            self._read_errors(0.05)
+
+    def root_cause(self):
+        failed = sorted((s for s in self.stages if s.failed()), key=lambda s: s.ended_at)
+        if not failed:
+            return None
+        for s in failed:
+            if not (os.WIFEXITED(s.status) and os.WEXITSTATUS(s.status) == STAGE_EXIT_PEER):
+                return s
+        return failed[0]
+
+    def close(self):
+        for s in self.stages:
+            if s.err_fd is not None:
+                os.close(s.err_fd)
+                s.err_fd = None
+        os.close(self._devnull)
+
+
+def wake_pair():
+    """One socketpair per ring: wake-ups both ways, and hang-up on death."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return a, b
