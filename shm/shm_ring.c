@@ -115,8 +115,14 @@ static int wait_for(struct shm_ring *r, uint32_t want, int timeout_ms, ring_coun
 		}
 		int slept = sleep_on_wake_fd(r, timeout_ms);
 		atomic_store_explicit(my_flag, 0, memory_order_relaxed);
-		if (slept < 0)
-			return slept;
+		if (slept < 0) {
+			/* A peer that published its last entries and exited hangs up
+			 * right after: what it left in the ring still counts. */
+			have = count(r);
+			if (have >= want)
+				return 1;
+			return have < 0 ? (int)have : slept;
+		}
 		if (timeout_ms >= 0) {
 			have = count(r);
 			if (have < 0)

@@ -121,3 +121,20 @@ uint64_t stage_parse_u64(const char *what, const char *s, uint64_t min, uint64_t
 			  (unsigned long long)min, (unsigned long long)max);
 	return v;
 }
+
+#ifdef PF_TEST_HOOKS
+#include <sys/socket.h>
+#include <sys/syscall.h>
+
+void stage_test_hook(const char *role)
+{
+	const char *hook = getenv("PAGEFERRY_TEST_HOOK");
+	size_t n = strlen(role);
+	if (!hook || strncmp(hook, role, n) != 0 || hook[n] != ':')
+		return;
+	if (strcmp(hook + n + 1, "slow") == 0)
+		usleep(2000);
+	else if (strcmp(hook + n + 1, "forbidden") == 0)
+		syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
+}
+#endif

@@ -60,6 +60,19 @@ static inline void stage_stat_set(struct shm_stats *st, int which, uint64_t v)
 /* Parse a decimal argument in [min, max] or die with a usage error. */
 uint64_t stage_parse_u64(const char *what, const char *s, uint64_t min, uint64_t max);
 
+/* Integration-test hook, compiled in only with -Dtest_hooks=true: with
+ * PAGEFERRY_TEST_HOOK=ROLE:ACTION in the environment, the stage whose role is
+ * ROLE does ACTION each time it calls this: "slow" sleeps 2 ms, "forbidden"
+ * makes a system call its sandbox forbids. */
+#ifdef PF_TEST_HOOKS
+void stage_test_hook(const char *role);
+#else
+static inline void stage_test_hook(const char *role)
+{
+	(void)role;
+}
+#endif
+
 /* Ring failures: -EPIPE means a peer died (it reports its own cause). */
 noreturn void stage_die_ring(int rc, const char *ring_name);
 

@@ -209,6 +209,21 @@ static void test_peer_hangup_is_epipe(void **state)
 	assert_int_equal(shm_ring_wait_ready(&f->cons, 1, -1), -EPIPE);
 }
 
+/* The producer's last entries arrive together with its hang-up. */
+static void test_entries_left_by_a_departed_peer_still_count(void **state)
+{
+	struct fixture *f = *state;
+	struct shm_slot s = stamp(9), out;
+	assert_int_equal(shm_ring_arm_consumer(&f->cons), 1);
+	shm_ring_disarm_consumer(&f->cons);
+	assert_int_equal(shm_ring_enqueue(&f->prod, &s, 1, SHM_RING_FIXED), 1);
+	close(f->fds[0]);
+	f->fds[0] = -1;
+	assert_int_equal(shm_ring_wait_ready(&f->cons, 1, -1), 1);
+	assert_int_equal(shm_ring_dequeue(&f->cons, &out, 1, SHM_RING_FIXED), 1);
+	assert_int_equal(shm_ring_wait_ready(&f->cons, 1, -1), -EPIPE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -222,6 +237,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wait_times_out_then_wakes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sleeping_consumer_gets_a_wake_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_peer_hangup_is_epipe, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_entries_left_by_a_departed_peer_still_count, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("shm_ring", tests, NULL, NULL);
 }

@@ -113,6 +113,7 @@ int main(int argc, char **argv)
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from scanner: %s", proto_strerror(err));
 			if (d.type == PROTO_DESC_RUN) {
+				stage_test_hook("worker");
 				check_run(&w, d.first_page, d.n_pages);
 			} else if (d.type == PROTO_DESC_END) {
 				struct proto_desc end = { .type = PROTO_DESC_END };

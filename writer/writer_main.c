@@ -59,6 +59,7 @@ static int drain_ring(struct writer *w, uint32_t i)
 		if (d.encoding == PROTO_ENC_ZERO) {
 			stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, d.n_pages);
 		} else if (d.encoding == PROTO_ENC_RAW) {
+			stage_test_hook("writer");
 			int rc = wr_snapfile_write_run(&w->file, w->guest + d.first_page * w->geo.page_size,
 						       d.first_page, d.n_pages);
 			if (rc < 0)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# pageferry's two entry points (see README.md):
+#   ./run.sh demo   install what is missing, build, run the demo
+#   ./run.sh test   install what is missing, build, run every test
+#                   (a normal build, then an AddressSanitizer+UBSan build)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian bookworm package names; build and tests use bookworm's own versions.
+PACKAGES=(build-essential meson ninja-build pkg-config python3
+          libzstd-dev liburcu-dev libseccomp-dev libcmocka-dev
+          zstd iproute2 e2fsprogs util-linux)
+
+install_missing() {
+	local missing=()
+	for p in "${PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	echo "== installing: ${missing[*]}"
+	local sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo=sudo
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() { # build DIR [meson options...]
+	local dir=$1
+	shift
+	if [ ! -f "$dir/build.ninja" ]; then
+		meson setup "$dir" "$@" >/dev/null
+	else
+		meson configure "$dir" "$@" >/dev/null
+	fi
+	ninja -C "$dir" >/dev/null
+}
+
+case "${1:-}" in
+demo)
+	install_missing
+	build build
+	./build/pageferry demo
+	;;
+test)
+	install_missing
+	build build -Dwerror=true -Dtest_hooks=true
+	echo "== tests (normal build)"
+	meson test -C build --print-errorlogs --num-processes 2
+	echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer build)"
+	build build-asan -Dwerror=true -Dtest_hooks=true -Db_sanitize=address,undefined -Db_lundef=false
+	meson test -C build-asan --print-errorlogs --num-processes 2
+	;;
+*)
+	echo "usage: ./run.sh demo|test" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,311 @@
+#!/usr/bin/python3
+"""Snapshot/restore integration tests: the real pipeline, real processes,
+real seccomp filters, snapshots with O_DIRECT on the real disk (/var/tmp, not
+tmpfs), guests in /dev/shm as a VMM would have them."""
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BUILD = os.environ.get("PAGEFERRY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+PF = os.path.join(BUILD, "pageferry")
+GIB = 1 << 30
+SIZE = os.environ.get("PF_TEST_GUEST_SIZE", "1G")
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def pf(*args, env=None, check=None):
+    e = dict(os.environ, **(env or {}))
+    r = subprocess.run([PF] + [str(a) for a in args], capture_output=True, text=True, env=e)
+    if check is not None and r.returncode != check:
+        raise AssertionError(f"pageferry {' '.join(map(str, args))}: exit {r.returncode}, "
+                             f"stderr: {r.stderr.strip()}")
+    return r
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+class Workspace(unittest.TestCase):
+    def setUp(self):
+        self.disk = tempfile.mkdtemp(prefix="pf-it-", dir="/var/tmp")
+        self.shm = tempfile.mkdtemp(prefix="pf-it-", dir=SHM)
+
+    def tearDown(self):
+        shutil.rmtree(self.disk, ignore_errors=True)
+        shutil.rmtree(self.shm, ignore_errors=True)
+
+    def guest(self, pattern, size=SIZE):
+        path = os.path.join(self.shm, f"{pattern}.ram")
+        pf("mkguest", pattern, size, path, check=0)
+        return path
+
+    def snapshot(self, guest, workers=2, name="snap.pfs", **kw):
+        out = os.path.join(self.disk, name)
+        r = pf("snapshot", "--guest", guest, "--out", out, "--workers", workers, "--json", **kw)
+        return out, r
+
+    def assert_no_output(self, out):
+        self.assertFalse(os.path.exists(out), f"{out} left behind")
+        self.assertFalse(os.path.exists(out + ".pf-partial"), f"{out}.pf-partial left behind")
+
+
+class RoundTrip(Workspace):
+    def roundtrip(self, pattern):
+        guest = self.guest(pattern)
+        size = os.stat(guest).st_size
+        for workers in (1, 2, 4):
+            with self.subTest(pattern=pattern, workers=workers):
+                out, r = self.snapshot(guest, workers, check=0)
+                s = json.loads(r.stdout)
+                self.assertTrue(s["direct_io"], "the data fd was not opened O_DIRECT")
+                self.assertEqual(s["guest_bytes"], size)
+                p = s["pages"]
+                self.assertEqual(p["normal"] + p["zero"] + p["hole"], p["total"])
+                self.assertEqual(s["bytes_written"], p["normal"] * 4096)
+                into = os.path.join(self.shm, "restored.ram")
+                r = pf("restore", out, "--into", into, "--workers", workers, "--json", check=0)
+                self.assertTrue(json.loads(r.stdout)["direct_io"])
+                blocks_before = os.stat(guest).st_blocks
+                v = pf("verify", guest, into)
+                self.assertEqual(v.returncode, 0, v.stdout)
+                self.assertIn("equal", v.stdout)
+                self.assertEqual(os.stat(guest).st_blocks, blocks_before, "verify allocated guest holes")
+                os.unlink(into)
+                os.unlink(out)
+        return s
+
+    def test_zero(self):
+        s = self.roundtrip("zero")
+        self.assertEqual(s["bytes_written"], 0)
+        self.assertEqual(s["pages"]["zero"], s["pages"]["total"])
+
+    def test_random(self):
+        s = self.roundtrip("random")
+        self.assertEqual(s["pages"]["zero"], 0)
+
+    def test_text(self):
+        self.roundtrip("text")
+
+    def test_mixed(self):
+        s = self.roundtrip("mixed")
+        self.assertGreater(s["pages"]["zero"], s["pages"]["total"] // 3)
+
+    def test_sparse(self):
+        s = self.roundtrip("sparse")
+        self.assertGreater(s["pages"]["hole"], s["pages"]["total"] // 2)
+        self.assertEqual(s["bytes_written"], 8 << 20)
+
+
+class DiskSpace(Workspace):
+    def test_mixed_snapshot_takes_space_only_for_nonzero_pages(self):
+        guest = self.guest("mixed")
+        out, r = self.snapshot(guest)
+        s = json.loads(r.stdout)
+        used = os.stat(out).st_blocks * 512
+        data = s["pages"]["normal"] * 4096
+        self.assertLess(s["pages"]["normal"], s["pages"]["total"] * 0.6)
+        # data, plus header, bitmap and the filesystem's extent tree for a
+        # file with tens of thousands of extents: a few MiB at most
+        self.assertGreaterEqual(used, data)
+        self.assertLess(used, data + (4 << 20))
+
+    def test_restored_zero_pages_are_holes(self):
+        guest = self.guest("mixed")
+        out, _ = self.snapshot(guest)
+        into = os.path.join(self.shm, "restored.ram")
+        pf("restore", out, "--into", into, check=0)
+        used = os.stat(into).st_blocks * 512
+        self.assertLess(used, os.stat(into).st_size * 0.6)
+
+
+class BadInput(Workspace):
+    def test_missing_guest(self):
+        out = os.path.join(self.disk, "x.pfs")
+        r = pf("snapshot", "--guest", "/nonexistent/vm.ram", "--out", out)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.strip(),
+                         "pageferry snapshot: cannot open guest /nonexistent/vm.ram: No such file or directory")
+        self.assert_no_output(out)
+
+    def test_guest_size_not_a_page_multiple(self):
+        guest = os.path.join(self.shm, "odd.ram")
+        with open(guest, "wb") as f:
+            f.write(b"x" * 5000)
+        r = pf("snapshot", "--guest", guest, "--out", os.path.join(self.disk, "x.pfs"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("is 5000 bytes, not a multiple of its 4096-byte page size", r.stderr)
+
+    def test_read_only_output(self):
+        guest = self.guest("mixed", "16M")
+        r = pf("snapshot", "--guest", guest, "--out", "/proc/x.pfs")
+        self.assertEqual(r.returncode, 1)
+        self.assertTrue(r.stderr.startswith("pageferry snapshot: cannot create snapshot /proc/x.pfs.pf-partial:"),
+                        r.stderr)
+
+    def good_snapshot(self):
+        guest = self.guest("mixed", "16M")
+        out, _ = self.snapshot(guest, check=0)
+        return out
+
+    def restore_error(self, snap):
+        into = os.path.join(self.shm, "r.ram")
+        r = pf("restore", snap, "--into", into)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertFalse(os.path.exists(into))
+        self.assertFalse(os.path.exists(into + ".pf-partial"))
+        return r.stderr.strip()
+
+    def test_truncated_snapshot_refused(self):
+        snap = self.good_snapshot()
+        os.truncate(snap, os.stat(snap).st_size - 4096)
+        self.assertEqual(self.restore_error(snap),
+                         "pageferry restore: pageferry-receiver: snapshot refused: snapshot file is "
+                         "shorter than its header says (truncated)")
+
+    def test_corrupt_bitmap_refused(self):
+        snap = self.good_snapshot()
+        with open(snap, "r+b") as f:
+            f.seek(4096 + 10)
+            b = f.read(1)
+            f.seek(4096 + 10)
+            f.write(bytes([b[0] ^ 0x40]))
+        self.assertIn("bitmap checksum mismatch", self.restore_error(snap))
+
+    def test_corrupt_header_refused(self):
+        snap = self.good_snapshot()
+        with open(snap, "r+b") as f:
+            f.seek(30)
+            f.write(b"\x07")
+        self.assertIn("header checksum mismatch", self.restore_error(snap))
+
+    def test_incomplete_snapshot_refused(self):
+        snap = self.good_snapshot()
+        with open(snap, "r+b") as f:
+            hdr = bytearray(f.read(128))
+            struct.pack_into("<I", hdr, 12, 1)  # state = WRITING
+            struct.pack_into("<I", hdr, 124, crc32c(bytes(hdr[:124])))
+            f.seek(0)
+            f.write(hdr)
+        self.assertIn("snapshot is incomplete", self.restore_error(snap))
+
+    def test_not_a_snapshot(self):
+        snap = os.path.join(self.disk, "junk.pfs")
+        with open(snap, "wb") as f:
+            f.write(os.urandom(8192))
+        self.assertIn("bad magic", self.restore_error(snap))
+
+
+class Failures(Workspace):
+    def test_killed_supervisor_leaves_a_snapshot_restore_refuses(self):
+        guest = self.guest("random")
+        out = os.path.join(self.disk, "k.pfs")
+        p = subprocess.Popen([PF, "snapshot", "--guest", guest, "--out", out],
+                             env=dict(os.environ, PAGEFERRY_TEST_HOOK="writer:slow"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        p.kill()
+        p.wait()
+        partial = out + ".pf-partial"
+        self.assertTrue(os.path.exists(partial))
+        self.assertFalse(os.path.exists(out))
+        time.sleep(0.5)  # the orphaned stages die of their dead peers
+        into = os.path.join(self.shm, "r.ram")
+        r = pf("restore", partial, "--into", into)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("snapshot is incomplete", r.stderr)
+
+    def test_worker_killed_mid_snapshot(self):
+        guest = self.guest("random")
+        out = os.path.join(self.disk, "w.pfs")
+        p = subprocess.Popen([PF, "snapshot", "--guest", guest, "--out", out, "--workers", "2"],
+                             env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:slow"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.8)
+        victim = None
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{pid}/status") as f:
+                    ppid = [l for l in f if l.startswith("PPid:")][0].split()[1]
+            except OSError:
+                continue
+            if argv[0].endswith(b"pageferry-worker") and int(ppid) == p.pid:
+                victim = int(pid)
+                break
+        self.assertIsNotNone(victim, "no worker found mid-snapshot")
+        os.kill(victim, signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 3)
+        self.assertRegex(err.strip(), r"^pageferry snapshot: pageferry-worker\[\d\] was killed by signal 9 \(SIGKILL\)$")
+        self.assert_no_output(out)
+
+    def test_sandbox_violation_is_reported(self):
+        guest = self.guest("mixed", "16M")
+        out, r = self.snapshot(guest, env={"PAGEFERRY_TEST_HOOK": "worker:forbidden"})
+        self.assertEqual(r.returncode, 3)
+        self.assertRegex(r.stderr.strip(), r"^pageferry snapshot: pageferry-worker\[\d\] violated its sandbox "
+                                           r"\(a forbidden system call; killed by SIGSYS\)$")
+        self.assert_no_output(out)
+
+    def test_full_filesystem(self):
+        if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+            self.skipTest("needs root and mkfs.ext4 for a loop-mounted filesystem")
+        img = os.path.join(self.disk, "small.img")
+        mnt = os.path.join(self.disk, "mnt")
+        os.mkdir(mnt)
+        with open(img, "wb") as f:
+            f.truncate(64 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+        if subprocess.run(["mount", "-o", "loop", img, mnt]).returncode != 0:
+            self.skipTest("cannot loop-mount here")
+        try:
+            guest = self.guest("random", "256M")
+            out = os.path.join(mnt, "full.pfs")
+            r = pf("snapshot", "--guest", guest, "--out", out)
+            self.assertEqual(r.returncode, 1)
+            self.assertRegex(r.stderr.strip(), r"^pageferry snapshot: pageferry-writer: writing pages \d+\.\.\d+ "
+                                               r"to the snapshot: No space left on device$")
+            self.assert_no_output(out)
+        finally:
+            subprocess.run(["umount", mnt])
+
+
+class Usage(Workspace):
+    def test_help_for_every_subcommand(self):
+        for cmd in ("snapshot", "restore", "verify", "mkguest", "demo"):
+            r = pf(cmd, "--help", check=0)
+            self.assertIn(f"usage: pageferry {cmd}", r.stdout)
+
+    def test_verify_names_first_differing_page(self):
+        a = self.guest("random", "4M")
+        b = os.path.join(self.shm, "b.ram")
+        shutil.copy(a, b)
+        with open(b, "r+b") as f:
+            f.seek(5 * 4096 + 17)
+            f.write(b"!")
+        r = pf("verify", a, b)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stdout.strip(), "different: first differing page 5 (offset 20480)")
+
+    def test_bad_worker_count(self):
+        r = pf("snapshot", "--guest", "x", "--out", "y", "--workers", "0")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("0 is out of range (1..64)", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
