@@ -30,9 +30,13 @@ build() { # build DIR [meson options...]
 	if [ ! -f "$dir/build.ninja" ]; then
 		meson setup "$dir" "$@" >/dev/null
 	else
-		meson configure "$dir" "$@" >/dev/null
+		meson setup --reconfigure "$dir" "$@" >/dev/null
 	fi
-	ninja -C "$dir" >/dev/null
+	if ! ninja -C "$dir" >"$dir/ninja.log" 2>&1; then
+		cat "$dir/ninja.log" >&2
+		echo "run.sh: build in $dir failed" >&2
+		exit 1
+	fi
 }
 
 case "${1:-}" in
@@ -49,6 +53,18 @@ test)
 	echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer build)"
 	build build-asan -Dwerror=true -Dtest_hooks=true -Db_sanitize=address,undefined -Db_lundef=false
 	meson test -C build-asan --print-errorlogs --num-processes 2
+	# One plain closing line over both builds (each line of testlog.json is a test).
+	python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
+import json, sys
+ok = bad = skip = 0
+for path in sys.argv[1:]:
+    for line in open(path):
+        r = json.loads(line)["result"]
+        ok += r == "OK"
+        skip += r == "SKIP"
+        bad += r not in ("OK", "SKIP")
+print(f"{ok} passed, {bad} failed, {skip} skipped")
+PY
 	;;
 *)
 	echo "usage: ./run.sh demo|test" >&2

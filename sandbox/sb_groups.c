@@ -96,7 +96,7 @@ static int add_fstat_by_fd(scmp_filter_ctx ctx, int32_t self_pid)
 static int add_sanitizer_runtime(scmp_filter_ctx ctx, int32_t self_pid)
 {
 	(void)self_pid;
-	int rc = allow_names(ctx, "sigaltstack\0prlimit64\0getrlimit\0mremap\0rt_sigaction\0"
+	int rc = allow_names(ctx, "sigaltstack\0prlimit64\0getrlimit\0mremap\0rt_sigaction\0madvise\0"
 				  "sched_getaffinity\0");
 	if (rc == 0)
 		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 1,
