@@ -15,17 +15,23 @@ enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geomet
 	};
 	switch (d.type) {
 	case PROTO_DESC_RUN:
-	case PROTO_DESC_BUFFER:
 		if (d.n_pages == 0 || d.n_pages > geo->max_run_pages)
 			return PROTO_E_PAGE_COUNT;
 		if (d.first_page >= geo->guest_pages || d.n_pages > geo->guest_pages - d.first_page)
 			return PROTO_E_PAGE_OFFSET;
 		if (d.encoding > PROTO_ENC_ZSTD)
 			return PROTO_E_ENCODING;
-		if (d.type == PROTO_DESC_BUFFER && d.buffer >= n_buffers)
+		if (d.encoding == PROTO_ENC_ZSTD && d.buffer >= n_buffers)
 			return PROTO_E_DESC_BUFFER;
-		if (d.payload_len > (uint64_t)d.n_pages * geo->page_size)
+		if (d.payload_len > (uint64_t)d.n_pages * geo->page_size ||
+		    (d.encoding == PROTO_ENC_ZSTD &&
+		     (d.payload_len == 0 || d.payload_len == (uint64_t)d.n_pages * geo->page_size)))
 			return PROTO_E_PAYLOAD_LEN;
+		break;
+	case PROTO_DESC_BUFFER:
+		/* A buffer coming back: only its index means anything. */
+		if (d.buffer >= n_buffers)
+			return PROTO_E_DESC_BUFFER;
 		break;
 	case PROTO_DESC_FENCE:
 	case PROTO_DESC_END:

@@ -34,6 +34,17 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_PRESENT_COUNT] = "present-page count does not match the bitmap",
 	[PROTO_E_DESC_TYPE] = "descriptor has an unknown type",
 	[PROTO_E_DESC_BUFFER] = "descriptor names a buffer that does not exist",
+	[PROTO_E_STATUS] = "status code out of range",
+	[PROTO_E_PSK] = "pre-shared key proof does not match (wrong or missing key)",
+	[PROTO_E_PSK_MISSING] = "one end uses a pre-shared key and the other does not",
+	[PROTO_E_CHANNEL_DUPLICATE] = "data channel id already connected",
+	[PROTO_E_SEQUENCE] = "packet sequence number out of order (lost or replayed packet)",
+	[PROTO_E_ROUND] = "round number goes backwards or skips ahead",
+	[PROTO_E_END_TOTALS] = "end marker totals differ from what arrived",
+	[PROTO_E_END_CHECKSUM] = "end marker checksum differs from the packets that arrived",
+	[PROTO_E_ZSTD_FRAME] = "compressed payload is not a valid zstd frame",
+	[PROTO_E_ZSTD_SIZE] = "compressed payload decompresses to a size other than its page count",
+	[PROTO_E_RESULT] = "result message malformed",
 };
 
 const char *proto_strerror(enum proto_err err)

@@ -17,6 +17,7 @@ void proto_handshake_encode(const struct proto_handshake *h, uint8_t out[PROTO_H
 	put_le32(out + 28, h->geo.max_run_pages);
 	put_le64(out + 32, h->geo.guest_pages);
 	put_le16(out + 40, h->n_channels);
+	put_le16(out + 42, h->status);
 	put_le32(out + 44, h->features);
 	put_le32(out + 60, proto_crc32c(0, out, 60));
 }
@@ -31,7 +32,7 @@ enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct pro
 		return PROTO_E_VERSION;
 	if (get_le32(buf + 60) != proto_crc32c(0, buf, 60))
 		return PROTO_E_HEADER_CHECKSUM;
-	if (get_le16(buf + 42) != 0 || !all_zero(buf + 48, 12))
+	if (!all_zero(buf + 48, 12))
 		return PROTO_E_RESERVED;
 
 	struct proto_handshake h;
@@ -43,6 +44,7 @@ enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct pro
 	h.geo.guest_pages = get_le64(buf + 32);
 	h.n_channels = get_le16(buf + 40);
 	h.features = get_le32(buf + 44);
+	h.status = get_le16(buf + 42);
 
 	if (h.channel_kind != PROTO_CHAN_MAIN && h.channel_kind != PROTO_CHAN_DATA)
 		return PROTO_E_CHANNEL_KIND;
@@ -58,6 +60,8 @@ enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct pro
 		return PROTO_E_GUEST_SIZE;
 	if (h.features & ~PROTO_F_KNOWN)
 		return PROTO_E_FEATURES;
+	if (h.status >= _PROTO_E_MAX)
+		return PROTO_E_STATUS;
 	*out = h;
 	return PROTO_OK;
 }
@@ -75,6 +79,8 @@ enum proto_err proto_handshake_match(const struct proto_handshake *peer,
 		return PROTO_E_RUN_LIMIT;
 	if (peer->n_channels != ours->n_channels)
 		return PROTO_E_CHANNEL_COUNT;
+	if ((peer->features ^ ours->features) & PROTO_F_PSK)
+		return PROTO_E_PSK_MISSING;
 	if (peer->features != ours->features)
 		return PROTO_E_FEATURES;
 	return PROTO_OK;

@@ -10,7 +10,8 @@
  *   28  4   max_run_pages
  *   32  8   guest_pages
  *   40  2   n_channels   data channels in this session
- *   42  2   reserved     0
+ *   42  2   status       in the receiver's reply: 0 accepted, otherwise the
+ *                        enum proto_err saying why it refuses; 0 from senders
  *   44  4   features     PROTO_F_* bits
  *   48 12   reserved     0
  *   60  4   crc32c of bytes 0..59
@@ -44,6 +45,7 @@ struct proto_handshake {
 	struct proto_geometry geo;
 	uint16_t n_channels;
 	uint32_t features;
+	uint16_t status;	/* enum proto_err; PROTO_OK = accepted */
 };
 
 void proto_handshake_encode(const struct proto_handshake *h, uint8_t out[PROTO_HANDSHAKE_SIZE]);

@@ -73,13 +73,16 @@ enum proto_err proto_packet_decode(const uint8_t *buf, size_t len, const struct 
 		break;
 	case PROTO_PKT_SYNC:
 	case PROTO_PKT_END:
+	case PROTO_PKT_RESULT:
 		if (p.encoding != 0)
 			err = PROTO_E_ENCODING;
 		else if (p.n_pages != 0)
 			err = PROTO_E_PAGE_COUNT;
 		else if (p.first_page != 0)
 			err = PROTO_E_PAGE_OFFSET;
-		else if (p.payload_len != (p.type == PROTO_PKT_END ? PROTO_END_BODY_SIZE : 0))
+		else if (p.payload_len != (p.type == PROTO_PKT_END	 ? PROTO_END_BODY_SIZE
+					   : p.type == PROTO_PKT_RESULT ? PROTO_RESULT_BODY_SIZE
+									: 0))
 			err = PROTO_E_PAYLOAD_LEN;
 		else
 			err = PROTO_OK;
@@ -111,5 +114,24 @@ enum proto_err proto_end_body_decode(const uint8_t *buf, size_t len, struct prot
 	out->pages = get_le64(buf + 8);
 	out->payload_bytes = get_le64(buf + 16);
 	out->crc_of_crcs = get_le32(buf + 24);
+	return PROTO_OK;
+}
+
+void proto_result_encode(uint32_t status, uint8_t out[PROTO_RESULT_BODY_SIZE])
+{
+	put_le32(out, status);
+	put_le32(out + 4, 0);
+}
+
+enum proto_err proto_result_decode(const uint8_t *buf, size_t len, uint32_t *status)
+{
+	if (len < PROTO_RESULT_BODY_SIZE)
+		return PROTO_E_TRUNCATED;
+	if (get_le32(buf + 4) != 0)
+		return PROTO_E_RESERVED;
+	uint32_t st = get_le32(buf);
+	if (st >= _PROTO_E_MAX && st != PROTO_RESULT_LOCAL_FAILURE)
+		return PROTO_E_RESULT;
+	*status = st;
 	return PROTO_OK;
 }

@@ -10,7 +10,8 @@
  *   16  8   first_page   DATA: index of the run's first page
  *   24  8   seq          per-channel packet sequence, from 0
  *   32  4   payload_len  DATA ZERO: 0; RAW: n_pages*page_size;
- *                        ZSTD: 1..n_pages*page_size-1; END: 32; SYNC: 0
+ *                        ZSTD: 1..n_pages*page_size-1; END: 32; SYNC: 0;
+ *                        RESULT: 8
  *   36  4   payload_crc  crc32c of the payload (0 for an empty one)
  *   40  4   reserved     0
  *   44  4   header_crc   crc32c of bytes 0..43
@@ -18,7 +19,10 @@
  * END's payload (32 bytes) carries the channel's totals:
  *    0 8 packets (DATA packets sent before END)   8 8 pages
  *   16 8 payload bytes                            24 4 crc32c over the DATA
- *   packets' payload_crc values in order          28 4 reserved 0
+ *   packets' header_crc values in order           28 4 reserved 0
+ *
+ * RESULT's payload (8 bytes): 0 4 status (0 success, else an enum proto_err,
+ * or PROTO_RESULT_LOCAL_FAILURE)   4 4 reserved 0
  */
 #ifndef PF_PROTO_PACKET_H
 #define PF_PROTO_PACKET_H
@@ -33,7 +37,9 @@
 #define PROTO_PACKET_HEADER_SIZE 48u
 #define PROTO_END_BODY_SIZE 32u
 
-enum proto_packet_type { PROTO_PKT_DATA = 1, PROTO_PKT_SYNC = 2, PROTO_PKT_END = 3 };
+enum proto_packet_type { PROTO_PKT_DATA = 1, PROTO_PKT_SYNC = 2, PROTO_PKT_END = 3, PROTO_PKT_RESULT = 4 };
+#define PROTO_RESULT_BODY_SIZE 8u
+#define PROTO_RESULT_LOCAL_FAILURE 0xffffu /* the receiver failed on its side */
 enum proto_encoding { PROTO_ENC_ZERO = 0, PROTO_ENC_RAW = 1, PROTO_ENC_ZSTD = 2 };
 
 struct proto_packet {
@@ -61,5 +67,7 @@ enum proto_err proto_packet_decode(const uint8_t *buf, size_t len, const struct 
 
 void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END_BODY_SIZE]);
 enum proto_err proto_end_body_decode(const uint8_t *buf, size_t len, struct proto_end_body *out);
+void proto_result_encode(uint32_t status, uint8_t out[PROTO_RESULT_BODY_SIZE]);
+enum proto_err proto_result_decode(const uint8_t *buf, size_t len, uint32_t *status);
 
 #endif

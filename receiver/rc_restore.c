@@ -8,28 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dio/dio_sync.h"
 #include "protocol/proto_error.h"
 
 /* A chunk is the unit threads claim: big enough that claiming is rare, small
  * enough that work spreads evenly.  Reads never cross a chunk. */
 #define CHUNK_BYTES (4u << 20)
-
-static int pread_full(int fd, uint8_t *buf, uint64_t len, uint64_t off)
-{
-	while (len) {
-		ssize_t n = pread(fd, buf, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ENODATA; /* shorter than its header promised */
-		buf += n;
-		len -= (uint64_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
 
 int rc_restore_open(struct rc_restore *r, int meta_fd, int data_fd, int dest_fd, const char **why)
 {
@@ -60,7 +44,7 @@ int rc_restore_open(struct rc_restore *r, int meta_fd, int data_fd, int dest_fd,
 		*why = "allocating the bitmap";
 		return -ENOMEM;
 	}
-	int rc = pread_full(meta_fd, r->bitmap, r->hdr.bitmap_len, r->hdr.bitmap_offset);
+	int rc = dio_pread_full(meta_fd, r->bitmap, r->hdr.bitmap_len, r->hdr.bitmap_offset);
 	if (rc < 0) {
 		*why = "reading the snapshot bitmap";
 		return rc;
@@ -88,28 +72,49 @@ int rc_restore_map_dest(struct rc_restore *r, const char **why)
 	return 0;
 }
 
-static void fail(struct rc_restore *r, int neg_errno, uint64_t page)
+static void fail(struct rc_restore *r, int neg_errno)
 {
 	int none = 0;
-	if (atomic_compare_exchange_strong(&r->failed_errno, &none, -neg_errno))
-		atomic_store(&r->failed_page, page);
+	atomic_compare_exchange_strong(&r->failed_errno, &none, -neg_errno);
+}
+
+static void read_done(void *ctx, uint64_t first_page, uint64_t len)
+{
+	(void)first_page;
+	struct rc_reader *rd = ctx;
+	rd->bytes_done += len;
+}
+
+int rc_reader_init(struct rc_reader *rd, struct rc_restore *r)
+{
+	rd->restore = r;
+	rd->bytes_done = 0;
+	return dio_queue_init(&rd->queue, RC_RESTORE_DEPTH, read_done, rd);
+}
+
+static void publish_progress(struct rc_reader *rd, uint64_t pages)
+{
+	struct shm_stats *stats = rd->restore->stats;
+	atomic_fetch_add_explicit(&stats->v[SHM_STAT_BYTES], rd->bytes_done, memory_order_relaxed);
+	atomic_fetch_add_explicit(&stats->v[SHM_STAT_PAGES], pages, memory_order_relaxed);
+	rd->bytes_done = 0;
 }
 
 void *rc_restore_reader(void *arg)
 {
-	struct rc_restore *r = arg;
+	struct rc_reader *rd = arg;
+	struct rc_restore *r = rd->restore;
 	const uint64_t page = r->hdr.page_size;
 	const uint64_t chunk_pages = CHUNK_BYTES / page ? CHUNK_BYTES / page : 1;
 	const uint64_t n_chunks = (r->hdr.n_pages + chunk_pages - 1) / chunk_pages;
 	for (;;) {
 		if (atomic_load(&r->failed_errno))
-			return NULL;
+			break;
 		uint64_t c = atomic_fetch_add(&r->next_chunk, 1);
 		if (c >= n_chunks)
-			return NULL;
+			break;
 		uint64_t p = c * chunk_pages;
 		uint64_t end = p + chunk_pages < r->hdr.n_pages ? p + chunk_pages : r->hdr.n_pages;
-		uint64_t bytes = 0;
 		while (p < end) {
 			while (p < end && !proto_bitmap_test(r->bitmap, p))
 				p++;
@@ -118,16 +123,20 @@ void *rc_restore_reader(void *arg)
 				p++;
 			if (p == run)
 				continue;
-			int rc = pread_full(r->data_fd, r->dest + run * page, (p - run) * page,
-					    r->hdr.data_offset + run * page);
+			int rc = dio_queue_submit(&rd->queue, DIO_READ, r->data_fd, r->dest + run * page,
+						  (p - run) * page, r->hdr.data_offset + run * page, run);
 			if (rc < 0) {
-				fail(r, rc, run);
+				fail(r, rc);
 				return NULL;
 			}
-			bytes += (p - run) * page;
 		}
-		atomic_fetch_add_explicit(&r->stats->v[SHM_STAT_BYTES], bytes, memory_order_relaxed);
-		atomic_fetch_add_explicit(&r->stats->v[SHM_STAT_PAGES], end - c * chunk_pages,
-					  memory_order_relaxed);
+		/* Pages count as restored when their chunk is claimed; bytes when
+		 * their reads complete. */
+		publish_progress(rd, end - c * chunk_pages);
 	}
+	int rc = dio_queue_drain(&rd->queue);
+	if (rc < 0)
+		fail(r, rc);
+	publish_progress(rd, 0);
+	return NULL;
 }

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "dio/dio_queue.h"
 #include "protocol/proto_snapfile.h"
 #include "shm/shm_layout.h"
 
@@ -16,7 +17,15 @@ struct rc_restore {
 	struct shm_stats *stats;
 	_Atomic uint64_t next_chunk;
 	_Atomic int failed_errno;
-	_Atomic uint64_t failed_page;
+};
+
+/* Reads in flight per reader thread. */
+#define RC_RESTORE_DEPTH 64u
+
+struct rc_reader {
+	struct rc_restore *restore;
+	struct dio_queue queue;
+	uint64_t bytes_done;	/* completed, not yet added to the statistics */
 };
 
 /* Read and check header and bitmap.  On a bad file returns -EBADMSG with
@@ -25,8 +34,11 @@ struct rc_restore {
 int rc_restore_open(struct rc_restore *r, int meta_fd, int data_fd, int dest_fd, const char **why);
 /* Size and map the destination (holes everywhere). */
 int rc_restore_map_dest(struct rc_restore *r, const char **why);
-/* Body of each reader thread: claims chunks of the page space and reads the
- * runs of present pages in them straight into the destination mapping. */
+/* Set up one reader's queue: before lock-down. */
+int rc_reader_init(struct rc_reader *rd, struct rc_restore *r);
+/* Body of each reader thread (arg: its struct rc_reader): claims chunks of
+ * the page space and reads the runs of present pages in them straight into
+ * the destination mapping, RC_RESTORE_DEPTH reads in flight. */
 void *rc_restore_reader(void *arg);
 
 #endif

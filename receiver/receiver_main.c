@@ -1,5 +1,13 @@
-/* pageferry-receiver: the destination side.  For now it restores snapshot
- * files; receiving a migration over TCP comes with the migration issue.
+/* pageferry-receiver: the destination side.  It restores snapshot files,
+ * or receives a migration over TCP.
+ *
+ * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS
+ *      fds 3 control segment, 4 destination RAM file (read-write, empty),
+ *      5 pre-shared key file (with PSK 1), 7 + 2i ring to inflater i (we
+ *      produce), 8 + 2i ring from inflater i (buffers back), 7 + 2N + i
+ *      inflater i's arena (read-write).
+ *      Handshakes are read and checked before lock-down (they decide the
+ *      destination's size); every packet is read after it.
  *
  * restore mode fds: 3 control segment (statistics), 4 destination RAM file
  *      (read-write, empty), 5 snapshot (buffered: header and bitmap),
@@ -17,8 +25,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "receiver/rc_net.h"
 #include "receiver/rc_restore.h"
 #include "stage/stage.h"
+#include "workers/wk_arena.h"
 
 #define FD_DEST STAGE_FD_GUEST
 #define FD_META 5
@@ -33,11 +43,69 @@ static void *reader_main(void *arg)
 	return rc_restore_reader(arg);
 }
 
+#define FD_PSK 5
+#define FD_RINGS 7
+
+static int receive_main(char **argv)
+{
+	static struct rc_net r;
+	struct shm_segment seg;
+	stage_attach_segment(&seg);
+	r.n_inflaters = seg.geo.n_workers;
+	r.stats = shm_segment_stats(&seg, 0);
+	int use_psk = (int)stage_parse_u64("psk flag", argv[4], 0, 1);
+	int timeout_ms = (int)stage_parse_u64("accept timeout", argv[5], 0, 86400000);
+	static struct net_psk psk;
+	if (use_psk) {
+		const char *why = "";
+		int rc = net_psk_read(FD_PSK, &psk, &why);
+		if (rc < 0)
+			stage_die_errno(rc, "%s", why);
+	}
+	for (uint32_t i = 0; i < r.n_inflaters; i++) {
+		stage_ring(&seg, SHM_RING_SCAN_TO_WORKER, i, FD_RINGS + 2 * (int)i, &r.inf[i].out);
+		stage_ring(&seg, SHM_RING_WRITER_TO_WORKER, i, FD_RINGS + 2 * (int)i + 1, &r.inf[i].back);
+		r.inf[i].arena = stage_map_arena(FD_RINGS + 2 * (int)r.n_inflaters + (int)i,
+						 wk_arena_size(RC_ARENA_BUFFER_SIZE), 1);
+		for (uint32_t b = 0; b < WK_ARENA_BUFFERS; b++) {
+			r.inf[i].free_buffers[r.inf[i].n_free++] = b;
+			r.inf[i].is_free[b] = true;
+		}
+	}
+	rc_net_accept_session(&r, argv[2], &psk, timeout_ms ? timeout_ms : -1);
+	memset(&psk, 0, sizeof(psk));
+
+	uint64_t size = r.geo.guest_pages * r.geo.page_size;
+	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, r.geo.guest_pages);
+	if (ftruncate(STAGE_FD_GUEST, (off_t)size) < 0)
+		stage_die_errno(-errno, "sizing the destination to %llu bytes", (unsigned long long)size);
+	r.dest = stage_map_file(STAGE_FD_GUEST, "destination", size, 1);
+	/* The inflaters learn the geometry from the first slot of their ring. */
+	struct shm_slot start = { .w0 = r.geo.guest_pages,
+				  .w1 = r.geo.page_size | (uint64_t)r.geo.max_run_pages << 32 };
+	for (uint32_t i = 0; i < r.n_inflaters; i++) {
+		int rc = shm_ring_enqueue_all(&r.inf[i].out, &start, 1);
+		if (rc < 0)
+			stage_die_ring(rc, "ring to inflater");
+	}
+	int max_fd = r.main_fd;
+	for (uint32_t c = 0; c < r.n_channels; c++)
+		max_fd = r.ch[c].fd > max_fd ? r.ch[c].fd : max_fd;
+	stage_lockdown(SB_ROLE_RECEIVER, max_fd, 1);
+	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
+	rc_net_receive(&r);
+	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_DONE);
+	return STAGE_EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
 	stage_set_name("receiver", -1);
+	if (argc == 6 && strcmp(argv[1], "receive") == 0)
+		return receive_main(argv);
 	if (argc != 3 || strcmp(argv[1], "restore") != 0)
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS");
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS | "
+					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS");
 	int threads = (int)stage_parse_u64("thread count", argv[2], 1, MAX_THREADS);
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
@@ -56,11 +124,15 @@ int main(int argc, char **argv)
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
 
+	static struct rc_reader readers[MAX_THREADS];
+	for (int i = 0; i < threads; i++)
+		if ((rc = rc_reader_init(&readers[i], &r)) < 0)
+			stage_die_errno(rc, "setting up asynchronous I/O (io_setup)");
 	pthread_t tid[MAX_THREADS];
 	if ((rc = pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1)) != 0)
 		stage_die_errno(-rc, "pthread_barrier_init");
 	for (int i = 0; i < threads; i++)
-		if ((rc = pthread_create(&tid[i], NULL, reader_main, &r)) != 0)
+		if ((rc = pthread_create(&tid[i], NULL, reader_main, &readers[i])) != 0)
 			stage_die_errno(-rc, "starting reader thread %d", i);
 	stage_lockdown(SB_ROLE_RECEIVER, FD_DATA, 1);
 	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
@@ -70,8 +142,7 @@ int main(int argc, char **argv)
 
 	int err = atomic_load(&r.failed_errno);
 	if (err)
-		stage_die_errno(-err, "reading page %llu of the snapshot",
-				(unsigned long long)atomic_load(&r.failed_page));
+		stage_die_errno(-err, "reading page data from the snapshot");
 	if (fdatasync(FD_DEST) < 0 && errno != EINVAL)
 		stage_die_errno(-errno, "fdatasync of the destination");
 	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_DONE);

@@ -42,6 +42,10 @@ NAMES_GROUP(add_self_info, "getpid\0gettid\0getppid\0getrusage\0sched_yield\0")
 NAMES_GROUP(add_signal_mask, "rt_sigprocmask\0")
 NAMES_GROUP(add_file_io, "pread64\0pwrite64\0preadv\0pwritev\0preadv2\0pwritev2\0lseek\0"
 			 "fdatasync\0fsync\0fallocate\0ftruncate\0fstat\0")
+/* Linux native AIO on a context made before lock-down: it can only read and
+ * write fds the process holds (unlike io_uring, whose operations seccomp
+ * never sees). */
+NAMES_GROUP(add_aio, "io_submit\0io_getevents\0io_pgetevents\0io_destroy\0")
 NAMES_GROUP(add_net_io, "sendmsg\0recvmsg\0getsockopt\0shutdown\0")
 
 /* free() may trim the heap or unmap large chunks; madvise only with advice
@@ -120,6 +124,7 @@ static const struct sb_group groups[] = {
 	{ "@futex", "libc locks", add_futex },
 	{ "@fstat", "fstat on an fd, never by path", add_fstat_by_fd },
 	{ "@file-io", "positioned reads/writes, seek, sync, allocate on held files", add_file_io },
+	{ "@aio", "submit and reap asynchronous reads/writes on a context made before lock-down", add_aio },
 	{ "@net-io", "send/receive on sockets already connected", add_net_io },
 	{ "@sanitizer-runtime", "only in sanitizer builds: mmap/mprotect without PROT_EXEC and friends",
 	  add_sanitizer_runtime },

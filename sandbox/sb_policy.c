@@ -11,8 +11,8 @@
 /* Which groups make up each role: see the process table in doc/architecture.md. */
 static const char *const scanner_groups[] = { COMMON_GROUPS, "@file-io", NULL };
 static const char *const worker_groups[] = { COMMON_GROUPS, NULL };
-static const char *const writer_groups[] = { COMMON_GROUPS, "@file-io", "@net-io", NULL };
-static const char *const receiver_groups[] = { COMMON_GROUPS, "@file-io", "@net-io", NULL };
+static const char *const writer_groups[] = { COMMON_GROUPS, "@file-io", "@aio", "@net-io", NULL };
+static const char *const receiver_groups[] = { COMMON_GROUPS, "@file-io", "@aio", "@net-io", NULL };
 
 static const struct {
 	const char *name;

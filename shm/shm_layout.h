@@ -15,7 +15,7 @@
 
 #define SHM_CACHE_LINE 64u
 #define SHM_SEG_MAGIC UINT64_C(0x47455359524546ff) /* "\xffFERYSEG" little-endian */
-#define SHM_ABI_VERSION 1u
+#define SHM_ABI_VERSION 2u
 #define SHM_SLOT_SIZE 16u
 #define SHM_RING_MIN_SLOTS 8u
 #define SHM_RING_MAX_SLOTS (1u << 20)
@@ -61,8 +61,8 @@ _Static_assert(sizeof(struct shm_slot) == SHM_SLOT_SIZE, "slot is 16 bytes");
 _Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4,
 	       "atomic u32 has the plain u32 layout");
 
-/* Per-process statistics: one cache line each, written by its owner only with
- * relaxed stores, read by the supervisor for progress. */
+/* Per-process statistics: two cache lines each, written by its owner only
+ * with relaxed stores, read by the supervisor for progress. */
 enum {
 	SHM_STAT_PAGES,		/* pages this process handled */
 	SHM_STAT_ZERO_PAGES,	/* found zero by content */
@@ -72,6 +72,14 @@ enum {
 	SHM_STAT_TOTAL_PAGES,	/* pages this process expects to handle (progress) */
 	SHM_STAT_STATE,		/* enum shm_proc_state */
 	SHM_STAT_FLAGS,		/* SHM_FLAG_* */
+	SHM_STAT_PACKETS,	/* network packets sent / received */
+	SHM_STAT_ZC_SENDS,	/* MSG_ZEROCOPY sends whose completion arrived */
+	SHM_STAT_ZC_COPIED,	/* ... of which the kernel copied anyway */
+	SHM_STAT_ROUND,		/* pre-copy round in progress */
+	SHM_STAT_IN_BYTES,	/* bytes given to zstd */
+	SHM_STAT_OUT_BYTES,	/* bytes zstd produced (kept: smaller than input) */
+	SHM_STAT_SPARE1,
+	SHM_STAT_SPARE2,
 	SHM_STAT_COUNT
 };
 
@@ -79,14 +87,16 @@ enum shm_proc_state {
 	SHM_PROC_STARTING = 0,
 	SHM_PROC_LOCKED_DOWN = 1,
 	SHM_PROC_DONE = 2,
+	SHM_PROC_LISTENING = 3,	/* the receiver waits for connections */
 };
 
 #define SHM_FLAG_DIRECT_IO 1u /* the file data fd really has O_DIRECT */
+#define SHM_FLAG_ZEROCOPY 2u  /* the sockets really have SO_ZEROCOPY */
 
 struct shm_stats {
 	_Alignas(SHM_CACHE_LINE) _Atomic uint64_t v[SHM_STAT_COUNT];
 };
-_Static_assert(sizeof(struct shm_stats) == SHM_CACHE_LINE, "one stats block per line");
+_Static_assert(sizeof(struct shm_stats) == 2 * SHM_CACHE_LINE, "a stats block is two lines");
 
 /* The segment header at offset 0.  Written once by the creator before any
  * other process maps the segment; read once and validated by each attacher. */
@@ -103,7 +113,7 @@ struct shm_seg_header {
 	uint32_t n_stats;
 	uint64_t rings_offset;	/* ring i's control at rings_offset + i * ring_stride */
 	uint64_t ring_stride;
-	uint64_t stats_offset;	/* stats block i at stats_offset + i * SHM_CACHE_LINE */
+	uint64_t stats_offset;	/* stats block i at stats_offset + i * sizeof(struct shm_stats) */
 	uint64_t guest_pages;
 	uint32_t max_run_pages;	/* pages in one descriptor at most */
 	uint8_t reserved[SHM_CACHE_LINE * 2 - 84];

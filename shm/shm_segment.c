@@ -40,7 +40,7 @@ static void compute_layout(const struct shm_geometry *g, struct layout *l)
 	l->rings_offset = align_up(sizeof(struct shm_seg_header), SHM_CACHE_LINE);
 	l->ring_stride = align_up(shm_ring_bytes(g->ring_slots), SHM_CACHE_LINE);
 	l->stats_offset = l->rings_offset + (uint64_t)l->n_rings * l->ring_stride;
-	l->total = align_up(l->stats_offset + (uint64_t)l->n_stats * SHM_CACHE_LINE, 4096);
+	l->total = align_up(l->stats_offset + (uint64_t)l->n_stats * sizeof(struct shm_stats), 4096);
 }
 
 uint64_t shm_segment_size(const struct shm_geometry *g)
@@ -200,7 +200,7 @@ void *shm_segment_ring_mem(const struct shm_segment *seg, uint32_t ring)
 
 struct shm_stats *shm_segment_stats(const struct shm_segment *seg, uint32_t block)
 {
-	return (struct shm_stats *)(seg->base + seg->stats_offset + (uint64_t)block * SHM_CACHE_LINE);
+	return (struct shm_stats *)(seg->base + seg->stats_offset + (uint64_t)block * sizeof(struct shm_stats));
 }
 
 int shm_segment_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker,

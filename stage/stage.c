@@ -77,20 +77,28 @@ void stage_attach_segment(struct shm_segment *seg)
 		stage_die_errno(rc, "control segment on fd 3");
 }
 
-void *stage_map_guest(const struct shm_segment *seg, int writable)
+void *stage_map_file(int fd, const char *what, uint64_t size, int writable)
 {
 	struct stat st;
-	if (fstat(STAGE_FD_GUEST, &st) < 0)
-		stage_die_errno(-errno, "guest file on fd 4");
-	uint64_t want = seg->geo.guest_pages * seg->geo.page_size;
-	if ((uint64_t)st.st_size != want)
-		stage_die(STAGE_EXIT_FAILED, "guest file is %llu bytes, the segment says %llu",
-			  (unsigned long long)st.st_size, (unsigned long long)want);
-	void *p = mmap(NULL, want, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
-		       STAGE_FD_GUEST, 0);
+	if (fstat(fd, &st) < 0)
+		stage_die_errno(-errno, "%s on fd %d", what, fd);
+	if ((uint64_t)st.st_size != size)
+		stage_die(STAGE_EXIT_FAILED, "%s is %llu bytes, expected %llu", what,
+			  (unsigned long long)st.st_size, (unsigned long long)size);
+	void *p = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED)
-		stage_die_errno(-errno, "mmap guest file");
+		stage_die_errno(-errno, "mmap %s", what);
 	return p;
+}
+
+void *stage_map_guest(const struct shm_segment *seg, int writable)
+{
+	return stage_map_file(STAGE_FD_GUEST, "guest file", seg->geo.guest_pages * seg->geo.page_size, writable);
+}
+
+void *stage_map_arena(int fd, uint64_t size, int writable)
+{
+	return stage_map_file(fd, "arena", size, writable);
 }
 
 void stage_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker, int wake_fd,

@@ -39,6 +39,10 @@ noreturn void stage_die_errno(int neg_errno, const char *fmt, ...) __attribute__
 void stage_attach_segment(struct shm_segment *seg);
 /* Map the guest file on fd 4 (size checked against the segment), or die. */
 void *stage_map_guest(const struct shm_segment *seg, int writable);
+/* Map a file of exactly `size` bytes shared, or die naming `what`. */
+void *stage_map_file(int fd, const char *what, uint64_t size, int writable);
+/* Map a worker's arena (workers/wk_arena.h) of `size` bytes on fd, or die. */
+void *stage_map_arena(int fd, uint64_t size, int writable);
 /* Bind ring (kind, worker) with its wake fd, or die. */
 void stage_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker, int wake_fd,
 		struct shm_ring *out);

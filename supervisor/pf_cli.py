@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import pf_jobs
+import pf_migrate
 
 
 class Context:
@@ -39,7 +40,8 @@ def default_workers():
 def build_parser():
     p = argparse.ArgumentParser(
         prog="pageferry",
-        description="Move a virtual machine's RAM: snapshot it to a file, restore it, verify it.",
+        description="Move a virtual machine's RAM: snapshot it to a file and restore it, or migrate "
+                    "it over TCP to a pageferry receiver; verify copies.",
         epilog="Exit status: 0 ok, 1 failed (one line says why), 2 usage, 3 a stage process was "
                "killed (e.g. a sandbox violation), 130 interrupted.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
@@ -65,6 +67,43 @@ def build_parser():
     r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="parallel reader threads (default: %(default)s)")
     r.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+
+    g = sub.add_parser("migrate", help="send a paused guest's RAM to a pageferry receiver over TCP",
+                       description="Migrate a paused guest's RAM file to `pageferry receive` on another "
+                                   "host: a main channel plus N data channels, each checked by a "
+                                   "handshake (and a pre-shared key with --psk-file). Zero pages and "
+                                   "holes travel as markers only. Succeeds only when the receiver "
+                                   "confirms that totals and checksums match.")
+    g.add_argument("--guest", required=True, metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
+    g.add_argument("--to", required=True, metavar="tcp:HOST:PORT", help="where `pageferry receive` listens")
+    g.add_argument("--channels", type=positive_int, default=2, metavar="N",
+                   help="data connections (default: %(default)s)")
+    g.add_argument("--compress", default="none", metavar="none|zstd[:LEVEL]",
+                   help="zstd per packet (level 1..19, default 1); pages that do not shrink go raw "
+                        "(default: none)")
+    g.add_argument("--zerocopy", choices=["auto", "on", "off"], default="auto",
+                   help="MSG_ZEROCOPY sends: on fails where the kernel refuses, auto falls back and says "
+                        "so in the summary (default: auto)")
+    g.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                   help="zero-checking / compressing worker processes (default: %(default)s)")
+    g.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="keep retrying a refused connection this long (default: %(default)s)")
+    g.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+
+    c = sub.add_parser("receive", help="receive a migration into a RAM file",
+                       description="Listen for one `pageferry migrate` and write the guest RAM into FILE "
+                                   "(sized from the sender's handshake). Every packet is checked against "
+                                   "the agreed geometry before use. FILE is written as FILE.pf-partial "
+                                   "and renamed only when every channel's totals and checksum match.")
+    c.add_argument("--listen", required=True, metavar="ADDR:PORT", help="address to listen on, e.g. 0.0.0.0:4444")
+    c.add_argument("--into", required=True, metavar="FILE", help="destination RAM file (replaced on success)")
+    c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                   help="decompressing worker processes (default: %(default)s)")
+    c.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
+    c.add_argument("--accept-timeout", type=float, default=0, metavar="SECONDS",
+                   help="give up when no sender connects this long (default: wait forever)")
+    c.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
 
     v = sub.add_parser("verify", help="compare two RAM files (exit 0 equal, 1 different)",
                        description="Compare two RAM files and name the first differing page. "
@@ -132,6 +171,11 @@ def main(stage_dirs, argv=None):
             pf_jobs.snapshot(ctx, args.guest, args.out, args.workers)
         elif args.cmd == "restore":
             pf_jobs.restore(ctx, args.snapshot, args.into, args.workers)
+        elif args.cmd == "migrate":
+            pf_migrate.migrate(ctx, args.guest, args.to, args.channels, args.compress, args.zerocopy,
+                               args.workers, args.psk_file, args.connect_timeout)
+        elif args.cmd == "receive":
+            pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

@@ -1,17 +1,20 @@
 """The control segment as the supervisor sees it: created here (so the
 supervisor owns it), formatted by pageferry-mkseg (so the layout lives in C
 only), and read here for progress. Offsets mirror shm/shm_layout.h
-(SHM_ABI_VERSION 1); doc/architecture.md lists them."""
+(SHM_ABI_VERSION 2); doc/architecture.md lists them."""
 import fcntl
 import mmap
 import os
 import struct
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 STATS_OFFSET_FIELD = 64   # offsetof(struct shm_seg_header, stats_offset)
-STAT_NAMES = ("pages", "zero_pages", "hole_pages", "bytes", "runs", "total_pages", "state", "flags")
+STAT_NAMES = ("pages", "zero_pages", "hole_pages", "bytes", "runs", "total_pages", "state", "flags",
+              "packets", "zc_sends", "zc_copied", "round", "in_bytes", "out_bytes", "spare1", "spare2")
+STATS_SIZE = 128  # sizeof(struct shm_stats)
 STATS_SCANNER, STATS_WRITER, STATS_WORKER0 = 0, 1, 2
 FLAG_DIRECT_IO = 1
+FLAG_ZEROCOPY = 2
 
 
 class Segment:
@@ -35,7 +38,7 @@ class Segment:
         self.stats_offset = struct.unpack_from("<Q", self.map, STATS_OFFSET_FIELD)[0]
 
     def stats(self, block):
-        vals = struct.unpack_from("<8Q", self.map, self.stats_offset + 64 * block)
+        vals = struct.unpack_from("<16Q", self.map, self.stats_offset + STATS_SIZE * block)
         return dict(zip(STAT_NAMES, vals))
 
     def close(self):

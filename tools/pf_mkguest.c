@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -95,27 +96,29 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pageferry mkguest: size must be a non-zero multiple of %u\n", PAGE);
 		return 2;
 	}
-	int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int fd = open(argv[3], O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		die(argv[3]);
 	if (ftruncate(fd, (off_t)size) < 0)
 		die("ftruncate");
 	const size_t chunk = 1u << 20;
-	uint8_t *buf = aligned_alloc(PAGE, chunk);
-	if (!buf)
-		die("malloc");
+	/* Through a shared mapping, not write(): hugetlbfs files can only be
+	 * filled that way. */
+	uint8_t *ram = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (ram == MAP_FAILED)
+		die("mmap");
 	if (strcmp(pattern, "sparse") == 0) {
 		for (int r = 0; r < 8; r++) {
 			uint64_t off = (size / 8) * (uint64_t)r + (size / 16) / chunk * chunk;
 			uint64_t n = size - off < chunk ? size - off : chunk;
-			fill_random(buf, n);
-			if (pwrite(fd, buf, n, (off_t)off) != (ssize_t)n)
-				die("pwrite");
+			fill_random(ram + off, n);
 		}
 	} else {
 		for (uint64_t off = 0; off < size; off += chunk) {
 			size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+			uint8_t *buf = ram + off;
 			if (strcmp(pattern, "zero") == 0) {
+				/* a written zero page, unlike a hole */
 				memset(buf, 0, n);
 			} else if (strcmp(pattern, "random") == 0) {
 				fill_random(buf, n);
@@ -136,10 +139,10 @@ int main(int argc, char **argv)
 				unlink(argv[3]);
 				return 2;
 			}
-			if (pwrite(fd, buf, n, (off_t)off) != (ssize_t)n)
-				die("pwrite");
 		}
 	}
+	if (munmap(ram, size) < 0)
+		die("munmap");
 	if (close(fd) < 0)
 		die("close");
 	return 0;

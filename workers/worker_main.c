@@ -5,20 +5,29 @@
  *      5 wake socket of ring scanner -> this worker   (we consume)
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
- * argv: pageferry-worker INDEX
+ *      8 its arena (read-write), only with zstd
+ * argv: pageferry-worker INDEX [zstd LEVEL]
+ *
+ * With zstd, each data sub-run is compressed into a free arena buffer; a
+ * frame that is not smaller than its pages is dropped and the pages go raw.
+ * Buffers come back from the writer on the return ring once sent.
  *
  * The input descriptors come from another process: each is decoded from a
  * private copy and checked against the geometry before the guest is touched.
  */
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
+#include "workers/wk_arena.h"
 #include "workers/wk_zero.h"
+#include "workers/wk_zstd.h"
 
 #define BURST 32u
+#define FD_ARENA 8
 
 struct worker {
 	struct shm_segment seg;
@@ -28,6 +37,12 @@ struct worker {
 	struct shm_stats *stats;
 	struct shm_slot pending[BURST * 2];
 	uint32_t n_pending;
+	/* zstd only */
+	struct wk_zstd *zstd;
+	uint8_t *arena;
+	uint64_t buffer_size;
+	uint32_t free_buffers[WK_ARENA_BUFFERS], n_free;
+	uint8_t is_free[WK_ARENA_BUFFERS];
 };
 
 static void flush(struct worker *w)
@@ -45,11 +60,56 @@ static void push(struct worker *w, const struct proto_desc *d)
 		flush(w);
 }
 
+/* Take back the buffers the writer is done with.  wait: sleep until one. */
+static void collect_buffers(struct worker *w, int wait)
+{
+	struct shm_slot batch[WK_ARENA_BUFFERS];
+	for (;;) {
+		int n = shm_ring_dequeue(&w->back, batch, WK_ARENA_BUFFERS, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from writer");
+		for (int i = 0; i < n; i++) {
+			struct proto_desc d;
+			enum proto_err err = proto_desc_unpack(batch[i], &w->geo, WK_ARENA_BUFFERS, &d);
+			if (err == PROTO_OK && (d.type != PROTO_DESC_BUFFER || w->is_free[d.buffer]))
+				err = PROTO_E_DESC_BUFFER;
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "buffer returned by the writer: %s", proto_strerror(err));
+			w->is_free[d.buffer] = 1;
+			w->free_buffers[w->n_free++] = d.buffer;
+		}
+		if (n > 0 || !wait)
+			return;
+		flush(w); /* the writer frees buffers only for descriptors it has seen */
+		int rc = shm_ring_wait_ready(&w->back, 1, -1);
+		if (rc < 0)
+			stage_die_ring(rc, "ring from writer");
+	}
+}
+
 static void emit(struct worker *w, uint8_t encoding, uint64_t first, uint32_t n)
 {
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = encoding, .first_page = first,
 				.n_pages = n,
 				.payload_len = encoding == PROTO_ENC_RAW ? n * w->geo.page_size : 0 };
+	if (encoding == PROTO_ENC_RAW && w->zstd) {
+		if (w->n_free == 0)
+			collect_buffers(w, 1);
+		uint32_t b = w->free_buffers[--w->n_free];
+		size_t len = wk_zstd_compress(w->zstd, w->arena + b * w->buffer_size,
+					      w->guest + first * w->geo.page_size, d.payload_len);
+		stage_stat_add(w->stats, SHM_STAT_IN_BYTES, d.payload_len);
+		if (len) {
+			w->is_free[b] = 0;
+			d.encoding = PROTO_ENC_ZSTD;
+			d.buffer = (uint16_t)b;
+			d.payload_len = (uint32_t)len;
+			stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
+		} else {
+			w->n_free++;
+			stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, d.payload_len);
+		}
+	}
 	push(w, &d);
 }
 
@@ -79,8 +139,8 @@ int main(int argc, char **argv)
 {
 	struct worker w = { 0 };
 	stage_set_name("worker", -1);
-	if (argc != 2)
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-worker INDEX");
+	if (argc != 2 && !(argc == 4 && strcmp(argv[2], "zstd") == 0))
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-worker INDEX [zstd LEVEL]");
 	stage_attach_segment(&w.seg);
 	uint32_t index = (uint32_t)stage_parse_u64("worker index", argv[1], 0, w.seg.geo.n_workers - 1);
 	stage_set_name("worker", (int)index);
@@ -92,7 +152,21 @@ int main(int argc, char **argv)
 	stage_ring(&w.seg, SHM_RING_SCAN_TO_WORKER, index, STAGE_FD_ROLE, &w.in);
 	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, STAGE_FD_ROLE + 1, &w.out);
 	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, STAGE_FD_ROLE + 2, &w.back);
-	stage_lockdown(SB_ROLE_WORKER, STAGE_FD_ROLE + 2, 0);
+	int max_fd = STAGE_FD_ROLE + 2;
+	if (argc == 4) {
+		int level = (int)stage_parse_u64("zstd level", argv[3], 1, 19);
+		w.buffer_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
+		w.arena = stage_map_arena(FD_ARENA, wk_arena_size(w.buffer_size), 1);
+		w.zstd = wk_zstd_new(level, w.buffer_size);
+		if (!w.zstd)
+			stage_die(STAGE_EXIT_FAILED, "setting up zstd level %d", level);
+		for (uint32_t b = 0; b < WK_ARENA_BUFFERS; b++) {
+			w.free_buffers[w.n_free++] = b;
+			w.is_free[b] = 1;
+		}
+		max_fd = FD_ARENA;
+	}
+	stage_lockdown(SB_ROLE_WORKER, max_fd, 0);
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 
 	struct shm_slot batch[BURST];

@@ -7,30 +7,25 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "dio/dio_sync.h"
 #include "protocol/proto_crc32c.h"
-
-static int pwrite_full(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
-{
-	while (len) {
-		ssize_t n = pwrite(fd, buf, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		buf += n;
-		len -= (uint64_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
 
 static int write_header(struct wr_snapfile *f)
 {
 	uint8_t block[PROTO_SNAP_HEADER_SIZE] = { 0 };
 	proto_snap_header_encode(&f->hdr, block);
-	return pwrite_full(f->meta_fd, block, sizeof(block), 0);
+	return dio_pwrite_full(f->meta_fd, block, sizeof(block), 0);
+}
+
+/* A write completed in full: only now do its pages count as present. */
+static void write_done(void *ctx, uint64_t first, uint64_t len)
+{
+	struct wr_snapfile *f = ctx;
+	uint64_t n = len / f->hdr.page_size;
+	for (uint64_t p = first; p < first + n; p++)
+		proto_bitmap_set(f->bitmap, p);
+	f->hdr.pages_present += n;
+	f->bytes_written += len;
 }
 
 #define FAIL(step, expr)                 \
@@ -56,36 +51,53 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 		FAIL("getrandom", -errno);
 	f->bitmap = calloc(1, f->hdr.bitmap_len);
 	FAIL("allocating the bitmap", f->bitmap ? 0 : -ENOMEM);
+	FAIL("setting up asynchronous I/O (io_setup)", dio_queue_init(&f->queue, WR_SNAPFILE_DEPTH, write_done, f));
 	/* Header says WRITING from the first byte on: an interrupted snapshot is
 	 * recognisable as such, whatever else made it to disk. */
 	FAIL("writing the header", write_header(f));
-	FAIL("writing the bitmap", pwrite_full(meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
+	FAIL("writing the bitmap", dio_pwrite_full(meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
 	FAIL("sizing the file", ftruncate(meta_fd, (off_t)(f->hdr.data_offset + guest_size)) < 0 ? -errno : 0);
 	return 0;
 }
 
-int wr_snapfile_write_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n)
+int wr_snapfile_flush(struct wr_snapfile *f)
 {
-	uint64_t len = (uint64_t)n * f->hdr.page_size;
-	int rc = pwrite_full(f->data_fd, src, len, f->hdr.data_offset + first * f->hdr.page_size);
-	if (rc < 0)
-		return rc;
-	for (uint64_t p = first; p < first + n; p++)
-		proto_bitmap_set(f->bitmap, p);
-	f->hdr.pages_present += n;
-	f->bytes_written += len;
-	f->pwrite_calls++;
-	return 0;
+	if (!f->pending_pages)
+		return 0;
+	uint64_t page = f->hdr.page_size;
+	int rc = dio_queue_submit(&f->queue, DIO_WRITE, f->data_fd, (void *)f->pending_src,
+				  f->pending_pages * page, f->hdr.data_offset + f->pending_first * page,
+				  f->pending_first);
+	f->pending_pages = 0;
+	f->writes++;
+	return rc;
+}
+
+int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n)
+{
+	uint64_t page = f->hdr.page_size;
+	if (f->pending_pages && first == f->pending_first + f->pending_pages &&
+	    (f->pending_pages + n) * page <= WR_SNAPFILE_MAX_WRITE) {
+		f->pending_pages += n;
+		return 0;
+	}
+	int rc = wr_snapfile_flush(f);
+	f->pending_src = src;
+	f->pending_first = first;
+	f->pending_pages = n;
+	return rc;
 }
 
 int wr_snapfile_finish(struct wr_snapfile *f, const char **what)
 {
-	FAIL("fdatasync of the page data", fdatasync(f->data_fd) < 0 ? -errno : 0);
-	FAIL("writing the bitmap", pwrite_full(f->meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
-	FAIL("fdatasync of the bitmap", fdatasync(f->meta_fd) < 0 ? -errno : 0);
+	FAIL("writing page data to the snapshot", wr_snapfile_flush(f));
+	FAIL("writing page data to the snapshot", dio_queue_drain(&f->queue));
+	FAIL("fdatasync of the snapshot's page data", fdatasync(f->data_fd) < 0 ? -errno : 0);
+	FAIL("writing the snapshot bitmap", dio_pwrite_full(f->meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
+	FAIL("fdatasync of the snapshot bitmap", fdatasync(f->meta_fd) < 0 ? -errno : 0);
 	f->hdr.bitmap_crc = proto_crc32c(0, f->bitmap, f->hdr.bitmap_len);
 	f->hdr.state = PROTO_SNAP_COMPLETE;
-	FAIL("writing the final header", write_header(f));
-	FAIL("fdatasync of the header", fdatasync(f->meta_fd) < 0 ? -errno : 0);
+	FAIL("writing the final snapshot header", write_header(f));
+	FAIL("fdatasync of the snapshot header", fdatasync(f->meta_fd) < 0 ? -errno : 0);
 	return 0;
 }

@@ -1,11 +1,19 @@
 /* Writing a snapshot file (layout in protocol/proto_snapfile.h): the header
- * and bitmap through a buffered fd, page data through an O_DIRECT fd. */
+ * and bitmap through a buffered fd, page data through an O_DIRECT fd with
+ * many writes in flight (dio/dio_queue.h). */
 #ifndef PF_WR_SNAPFILE_H
 #define PF_WR_SNAPFILE_H
 
 #include <stdint.h>
 
+#include "dio/dio_queue.h"
 #include "protocol/proto_snapfile.h"
+
+/* Writes in flight.  Measured on ext4 over a virtual disk (bench/scatter_ref):
+ * scattered 4-8 KiB writes gain up to ~128, sequential ones saturate by ~8. */
+#define WR_SNAPFILE_DEPTH 128u
+/* Adjacent runs merge into one write up to this size. */
+#define WR_SNAPFILE_MAX_WRITE (4u << 20)
 
 struct wr_snapfile {
 	int meta_fd;
@@ -13,19 +21,30 @@ struct wr_snapfile {
 	int direct;		/* data_fd really has O_DIRECT */
 	struct proto_snap_header hdr;
 	uint8_t *bitmap;
-	uint64_t bytes_written;
-	uint64_t pwrite_calls;
+	struct dio_queue queue;
+	/* Adjacent runs not yet submitted. */
+	const uint8_t *pending_src;
+	uint64_t pending_first;
+	uint64_t pending_pages;
+	/* Statistics */
+	uint64_t bytes_written;	/* completed */
+	uint64_t writes;	/* write requests submitted */
 };
 
-/* Size the file, write a WRITING header and an empty bitmap.  -errno with
- * *what naming the step on failure. */
+/* Size the file, write a WRITING header and an empty bitmap, set up the
+ * queue.  -errno with *what naming the step on failure. */
 int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t page_size,
 		      uint64_t guest_size, const char **what);
-/* Write pages [first, first+n) from `src` (the guest mapping at page `first`)
- * to their fixed offset.  Handles short writes. */
-int wr_snapfile_write_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n);
-/* Make the data durable, then the bitmap, then mark the header COMPLETE and
- * make that durable: a crash at any point leaves a file restore refuses. */
+/* Pages [first, first+n) from `src` (the guest mapping at page `first`) go to
+ * their fixed offset: merged with the previous run when adjacent, submitted
+ * otherwise.  A page's bitmap bit is set only once its write completed.
+ * -errno if this or an earlier write failed. */
+int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n);
+/* Submit what is pending without waiting (call before going idle). */
+int wr_snapfile_flush(struct wr_snapfile *f);
+/* Wait for every write, make the data durable, then the bitmap, then mark the
+ * header COMPLETE and make that durable: a crash at any point leaves a file
+ * restore refuses. */
 int wr_snapfile_finish(struct wr_snapfile *f, const char **what);
 
 #endif

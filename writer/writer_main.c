@@ -1,11 +1,16 @@
 /* pageferry-writer: takes the workers' descriptors and writes page data
- * straight from the guest mapping into the snapshot file.
+ * straight from the guest mapping into the snapshot file, or sends it to a
+ * pageferry receiver.
  *
+ * argv: pageferry-writer snapshot
+ *       pageferry-writer migrate HOST:PORT CHANNELS off|auto|on PSK(0|1) ZSTD(0|1) CONNECT_TIMEOUT_MS
  * fds: 3 control segment, 4 guest (read-only),
- *      5 snapshot file, buffered (header and bitmap)
- *      6 the same file opened O_DIRECT (page data only)
+ *      snapshot: 5 snapshot file, buffered (header and bitmap)
+ *                6 the same file opened O_DIRECT (page data only)
+ *      migrate:  5 pre-shared key file (with PSK 1)
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
  *      8 + 2i  wake socket of ring writer -> worker i   (buffers back)
+ *      7 + 2W + i  worker i's arena, read-only (migrate with ZSTD 1)
  *
  * Descriptors are decoded from private copies and checked against the
  * geometry before any offset is computed from them.
@@ -13,14 +18,20 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
 
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
+#include "workers/wk_arena.h"
+#include "writer/wr_net.h"
 #include "writer/wr_snapfile.h"
 
 #define FD_META 5
 #define FD_DATA 6
+#define FD_PSK 5
 #define FD_RINGS 7
 #define BURST 64u
 
@@ -32,8 +43,46 @@ struct writer {
 	bool ended[SHM_MAX_WORKERS];
 	uint32_t n_workers, n_ended;
 	struct shm_stats *stats;
+	bool migrate;
 	struct wr_snapfile file;
+	struct wr_net net;
+	const uint8_t *arena[SHM_MAX_WORKERS];
+	uint64_t buffer_size;
 };
+
+static void return_buffer(void *ctx, uint32_t worker, uint32_t buffer)
+{
+	struct writer *w = ctx;
+	struct proto_desc d = { .type = PROTO_DESC_BUFFER, .buffer = (uint16_t)buffer };
+	struct shm_slot s = proto_desc_pack(&d);
+	/* The ring holds more slots than the worker has buffers: never full. */
+	int rc = shm_ring_enqueue_all(&w->back[worker], &s, 1);
+	if (rc < 0)
+		stage_die_ring(rc, "ring back to worker");
+}
+
+static void send_run(struct writer *w, uint32_t i, const struct proto_desc *d)
+{
+	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = 1,
+				  .n_pages = d->n_pages, .first_page = d->first_page,
+				  .payload_len = d->payload_len };
+	const void *payload = NULL;
+	int32_t worker = -1;
+	if (d->encoding == PROTO_ENC_RAW) {
+		payload = w->guest + d->first_page * w->geo.page_size;
+	} else if (d->encoding == PROTO_ENC_ZSTD) {
+		if (!w->arena[i])
+			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", i);
+		payload = w->arena[i] + d->buffer * w->buffer_size;
+		worker = (int32_t)i;
+	}
+	int rc = wr_net_send(&w->net, &p, payload, worker, d->buffer);
+	if (rc < 0)
+		stage_die_errno(rc, "sending to the receiver");
+	stage_stat_add(w->stats, SHM_STAT_PACKETS, 1);
+	if (p.payload_len)
+		stage_stat_add(w->stats, SHM_STAT_BYTES, p.payload_len);
+}
 
 /* Returns the number of descriptors handled from worker i's ring. */
 static int drain_ring(struct writer *w, uint32_t i)
@@ -44,7 +93,7 @@ static int drain_ring(struct writer *w, uint32_t i)
 		stage_die_ring(n, "ring from worker");
 	for (int k = 0; k < n; k++) {
 		struct proto_desc d;
-		enum proto_err err = proto_desc_unpack(batch[k], &w->geo, 0, &d);
+		enum proto_err err = proto_desc_unpack(batch[k], &w->geo, w->arena[i] ? WK_ARENA_BUFFERS : 0, &d);
 		if (err != PROTO_OK)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %s", i, proto_strerror(err));
 		if (d.type == PROTO_DESC_END) {
@@ -56,16 +105,16 @@ static int drain_ring(struct writer *w, uint32_t i)
 		}
 		if (d.type != PROTO_DESC_RUN || w->ended[i])
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: unexpected type %u", i, d.type);
-		if (d.encoding == PROTO_ENC_ZERO) {
+		if (w->migrate) {
+			send_run(w, i, &d);
+		} else if (d.encoding == PROTO_ENC_ZERO) {
 			stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, d.n_pages);
 		} else if (d.encoding == PROTO_ENC_RAW) {
 			stage_test_hook("writer");
-			int rc = wr_snapfile_write_run(&w->file, w->guest + d.first_page * w->geo.page_size,
-						       d.first_page, d.n_pages);
+			int rc = wr_snapfile_add_run(&w->file, w->guest + d.first_page * w->geo.page_size,
+						     d.first_page, d.n_pages);
 			if (rc < 0)
-				stage_die_errno(rc, "writing pages %llu..%llu to the snapshot",
-						(unsigned long long)d.first_page,
-						(unsigned long long)(d.first_page + d.n_pages - 1));
+				stage_die_errno(rc, "writing page data to the snapshot");
 			stage_stat_add(w->stats, SHM_STAT_BYTES, (uint64_t)d.n_pages * w->geo.page_size);
 		} else {
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: encoding %u in a snapshot", i,
@@ -80,7 +129,12 @@ static int drain_ring(struct writer *w, uint32_t i)
 /* Nothing to do on any ring: sleep on all of their wake sockets at once. */
 static void sleep_on_rings(struct writer *w)
 {
-	struct pollfd pfd[SHM_MAX_WORKERS];
+	/* Writes merged so far go out before we sleep, not after; buffers
+	 * whose sends completed go back before the workers wait for them. */
+	int flushed = w->migrate ? wr_net_reap(&w->net) : wr_snapfile_flush(&w->file);
+	if (flushed < 0)
+		stage_die_errno(flushed, w->migrate ? "sending to the receiver" : "writing page data to the snapshot");
+	struct pollfd pfd[SHM_MAX_WORKERS + PROTO_MAX_CHANNELS];
 	nfds_t n = 0;
 	for (uint32_t i = 0; i < w->n_workers; i++) {
 		if (w->ended[i])
@@ -92,6 +146,9 @@ static void sleep_on_rings(struct writer *w)
 			goto disarm; /* work arrived while arming */
 		pfd[n++] = (struct pollfd){ .fd = w->in[i].wake_fd, .events = POLLIN };
 	}
+	/* Workers may be waiting for buffers that only a completion frees. */
+	if (w->migrate)
+		n += wr_net_pollfds(&w->net, pfd + n, PROTO_MAX_CHANNELS);
 	if (n && poll(pfd, n, 1000) < 0 && errno != EINTR)
 		stage_die_errno(-errno, "poll on worker rings");
 disarm:
@@ -106,12 +163,84 @@ disarm:
 	}
 }
 
+static enum wr_zerocopy parse_zerocopy(const char *s)
+{
+	if (strcmp(s, "off") == 0)
+		return WR_ZC_OFF;
+	if (strcmp(s, "auto") == 0)
+		return WR_ZC_AUTO;
+	if (strcmp(s, "on") == 0)
+		return WR_ZC_ON;
+	stage_die(STAGE_EXIT_USAGE, "zerocopy mode must be off, auto or on, not '%s'", s);
+}
+
+/* Connect and handshake every channel, before lock-down. */
+static void open_migration(struct writer *w, char **argv, int *max_fd)
+{
+	uint32_t channels = (uint32_t)stage_parse_u64("channel count", argv[3], 1, PROTO_MAX_CHANNELS);
+	enum wr_zerocopy zc = parse_zerocopy(argv[4]);
+	int use_psk = (int)stage_parse_u64("psk flag", argv[5], 0, 1);
+	int use_zstd = (int)stage_parse_u64("zstd flag", argv[6], 0, 1);
+	int timeout_ms = (int)stage_parse_u64("connect timeout", argv[7], 0, 3600000);
+	static struct net_psk psk;
+	if (use_psk) {
+		const char *why = "";
+		int rc = net_psk_read(FD_PSK, &psk, &why);
+		if (rc < 0)
+			stage_die_errno(rc, "%s", why);
+	}
+	if (use_zstd) {
+		w->buffer_size = (uint64_t)w->geo.max_run_pages * w->geo.page_size;
+		for (uint32_t i = 0; i < w->n_workers; i++)
+			w->arena[i] = stage_map_arena(FD_RINGS + 2 * (int)w->n_workers + (int)i,
+						      wk_arena_size(w->buffer_size), 0);
+		*max_fd = FD_RINGS + 3 * (int)w->n_workers - 1;
+	}
+	struct proto_handshake hs = { .geo = w->geo, .n_channels = (uint16_t)channels,
+				      .features = (use_zstd ? PROTO_F_ZSTD : 0) | (use_psk ? PROTO_F_PSK : 0) };
+	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
+		stage_die_errno(-errno, "getrandom for the session id");
+	char what[256] = "";
+	int rc = wr_net_open(&w->net, argv[2], &hs, &psk, zc, timeout_ms, what, sizeof(what));
+	if (rc < 0)
+		stage_die_errno(rc, "%s", what);
+	if (rc > 0)
+		stage_die(STAGE_EXIT_FAILED, "%s", what);
+	w->net.buffer_done = return_buffer;
+	w->net.ctx = w;
+	memset(&psk, 0, sizeof(psk));
+	stage_stat_set(w->stats, SHM_STAT_FLAGS, w->net.zerocopy ? SHM_FLAG_ZEROCOPY : 0);
+	/* sockets: the main channel, then the data channels, after our fds */
+	*max_fd = w->net.main_fd > *max_fd ? w->net.main_fd : *max_fd;
+	for (uint32_t i = 0; i < channels; i++)
+		*max_fd = w->net.ch[i].fd > *max_fd ? w->net.ch[i].fd : *max_fd;
+}
+
+static void finish_migration(struct writer *w)
+{
+	uint32_t status = PROTO_OK;
+	int rc = wr_net_finish(&w->net, &status);
+	stage_stat_set(w->stats, SHM_STAT_ZC_SENDS, wr_net_zc_sends(&w->net));
+	stage_stat_set(w->stats, SHM_STAT_ZC_COPIED, wr_net_zc_copied(&w->net));
+	if (rc < 0)
+		stage_die_errno(rc, "finishing the migration");
+	if (rc > 0)
+		stage_die(STAGE_EXIT_FAILED, "the receiver's answer: %s", proto_strerror((enum proto_err)rc));
+	if (status == PROTO_RESULT_LOCAL_FAILURE)
+		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
+	if (status != PROTO_OK)
+		stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s",
+			  proto_strerror((enum proto_err)status));
+}
+
 int main(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
 	struct writer w = { 0 };
 	stage_set_name("writer", -1);
+	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 8 && strcmp(argv[1], "migrate") == 0))
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-writer snapshot | migrate HOST:PORT CHANNELS "
+					    "off|auto|on PSK ZSTD CONNECT_TIMEOUT_MS");
+	w.migrate = argc == 8;
 	stage_attach_segment(&w.seg);
 	w.n_workers = w.seg.geo.n_workers;
 	w.geo = (struct proto_geometry){ .page_size = w.seg.geo.page_size,
@@ -123,14 +252,19 @@ int main(int argc, char **argv)
 		stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, i, FD_RINGS + 2 * (int)i, &w.in[i]);
 		stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, i, FD_RINGS + 2 * (int)i + 1, &w.back[i]);
 	}
-	const char *what = "";
-	int rc = wr_snapfile_begin(&w.file, FD_META, FD_DATA, w.geo.page_size,
-				   w.geo.guest_pages * w.geo.page_size, &what);
-	if (rc < 0)
-		stage_die_errno(rc, "starting the snapshot: %s", what);
-	/* The supervisor reads this to report (and tests assert) real direct I/O. */
-	stage_stat_set(w.stats, SHM_STAT_FLAGS, w.file.direct ? SHM_FLAG_DIRECT_IO : 0);
-	stage_lockdown(SB_ROLE_WRITER, FD_RINGS + 2 * (int)w.n_workers - 1, 1);
+	int rc, max_fd = FD_RINGS + 2 * (int)w.n_workers - 1;
+	if (w.migrate) {
+		open_migration(&w, argv, &max_fd);
+	} else {
+		const char *what = "";
+		rc = wr_snapfile_begin(&w.file, FD_META, FD_DATA, w.geo.page_size,
+					   w.geo.guest_pages * w.geo.page_size, &what);
+		if (rc < 0)
+			stage_die_errno(rc, "starting the snapshot: %s", what);
+		/* The supervisor reads this to report (and tests assert) real direct I/O. */
+		stage_stat_set(w.stats, SHM_STAT_FLAGS, w.file.direct ? SHM_FLAG_DIRECT_IO : 0);
+	}
+	stage_lockdown(SB_ROLE_WRITER, max_fd, !w.migrate);
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 
 	while (w.n_ended < w.n_workers) {
@@ -140,10 +274,17 @@ int main(int argc, char **argv)
 				handled += drain_ring(&w, i);
 		if (handled == 0)
 			sleep_on_rings(&w);
+		else if (w.migrate && (rc = wr_net_reap(&w.net)) < 0)
+			stage_die_errno(rc, "sending to the receiver");
 	}
-	rc = wr_snapfile_finish(&w.file, &what);
-	if (rc < 0)
-		stage_die_errno(rc, "finishing the snapshot: %s", what);
+	if (w.migrate) {
+		finish_migration(&w);
+	} else {
+		const char *what = "";
+		rc = wr_snapfile_finish(&w.file, &what);
+		if (rc < 0)
+			stage_die_errno(rc, "%s", what);
+	}
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);
 	return STAGE_EXIT_OK;
 }

@@ -1,0 +1,164 @@
+#include "dio/dio_queue.h"
+
+#include <errno.h>
+#include <linux/aio_abi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct dio_request {
+	struct iocb cb;
+	uint64_t tag;
+	uint64_t total;		/* bytes asked for, to report on completion */
+	uint8_t *buf;		/* current position (after a short transfer) */
+	uint64_t left;
+	uint64_t off;
+};
+
+#define REAP_BATCH 64
+
+int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *done_ctx)
+{
+	memset(q, 0, sizeof(*q));
+	if (depth == 0 || depth > DIO_QUEUE_MAX_DEPTH)
+		return -EINVAL;
+	q->depth = depth;
+	q->done = done;
+	q->done_ctx = done_ctx;
+	q->req = calloc(depth, sizeof(*q->req));
+	q->free_slots = calloc(depth, sizeof(*q->free_slots));
+	if (!q->req || !q->free_slots) {
+		dio_queue_destroy(q);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < depth; i++)
+		q->free_slots[i] = i;
+	q->n_free = depth;
+	aio_context_t ctx = 0;
+	if (syscall(SYS_io_setup, depth, &ctx) < 0) {
+		int err = -errno;
+		dio_queue_destroy(q);
+		return err;
+	}
+	q->ctx_id = ctx;
+	return 0;
+}
+
+static int submit_slot(struct dio_queue *q, uint32_t slot)
+{
+	struct dio_request *r = &q->req[slot];
+	struct iocb *cb = &r->cb;
+	uint16_t opcode = cb->aio_lio_opcode;
+	uint32_t fd = cb->aio_fildes;
+	memset(cb, 0, sizeof(*cb));
+	cb->aio_data = slot;
+	cb->aio_lio_opcode = opcode;
+	cb->aio_fildes = fd;
+	cb->aio_buf = (uint64_t)(uintptr_t)r->buf;
+	cb->aio_nbytes = r->left;
+	cb->aio_offset = (int64_t)r->off;
+	struct iocb *list[1] = { cb };
+	for (;;) {
+		long n = syscall(SYS_io_submit, (aio_context_t)q->ctx_id, 1L, list);
+		if (n == 1)
+			break;
+		if (n < 0 && errno == EINTR)
+			continue;
+		/* EAGAIN: the kernel is short of request slots right now. */
+		if (n < 0 && errno == EAGAIN && q->in_flight)
+			return -EAGAIN;
+		return n < 0 ? -errno : -EIO;
+	}
+	q->in_flight++;
+	q->submitted++;
+	return 0;
+}
+
+/* Reap at least `min` completions.  A short transfer is resubmitted for the
+ * rest (O_DIRECT rarely does that, but a filling disk can). */
+static int reap(struct dio_queue *q, long min)
+{
+	struct io_event ev[REAP_BATCH];
+	long got;
+	do
+		got = syscall(SYS_io_getevents, (aio_context_t)q->ctx_id, min, (long)REAP_BATCH, ev, NULL);
+	while (got < 0 && errno == EINTR);
+	if (got < 0)
+		return -errno;
+	int first_err = 0;
+	for (long k = 0; k < got; k++) {
+		uint32_t slot = (uint32_t)ev[k].data;
+		if (slot >= q->depth)
+			return -EPROTO;
+		struct dio_request *r = &q->req[slot];
+		q->in_flight--;
+		int64_t res = ev[k].res;
+		if (res < 0 || (res == 0 && r->left)) {
+			if (!first_err)
+				first_err = res < 0 ? (int)res : -EIO;
+			q->free_slots[q->n_free++] = slot;
+			continue;
+		}
+		if ((uint64_t)res < r->left) {
+			r->buf += res;
+			r->off += (uint64_t)res;
+			r->left -= (uint64_t)res;
+			q->short_retries++;
+			int rc = submit_slot(q, slot);
+			if (rc < 0 && !first_err)
+				first_err = rc;
+			continue;
+		}
+		q->free_slots[q->n_free++] = slot;
+		if (q->done)
+			q->done(q->done_ctx, r->tag, r->total);
+	}
+	return first_err;
+}
+
+int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uint64_t len, uint64_t off,
+		     uint64_t tag)
+{
+	while (q->n_free == 0) {
+		int rc = reap(q, 1);
+		if (rc < 0)
+			return rc;
+	}
+	uint32_t slot = q->free_slots[--q->n_free];
+	struct dio_request *r = &q->req[slot];
+	r->tag = tag;
+	r->total = len;
+	r->buf = buf;
+	r->left = len;
+	r->off = off;
+	r->cb.aio_lio_opcode = op == DIO_WRITE ? IOCB_CMD_PWRITE : IOCB_CMD_PREAD;
+	r->cb.aio_fildes = (uint32_t)fd;
+	int rc;
+	while ((rc = submit_slot(q, slot)) == -EAGAIN)
+		if ((rc = reap(q, 1)) < 0)
+			break;
+	if (rc < 0)
+		q->free_slots[q->n_free++] = slot;
+	return rc;
+}
+
+int dio_queue_drain(struct dio_queue *q)
+{
+	int first_err = 0;
+	while (q->in_flight) {
+		int rc = reap(q, 1);
+		if (rc < 0 && !first_err)
+			first_err = rc;
+	}
+	return first_err;
+}
+
+void dio_queue_destroy(struct dio_queue *q)
+{
+	if (q->ctx_id)
+		syscall(SYS_io_destroy, (aio_context_t)q->ctx_id);
+	free(q->req);
+	free(q->free_slots);
+	memset(q, 0, sizeof(*q));
+}

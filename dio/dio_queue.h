@@ -1,0 +1,49 @@
+/* Many O_DIRECT reads or writes in flight from one thread, through Linux
+ * native AIO (io_submit/io_getevents).
+ *
+ * Why AIO and not threads: ext4 holds the inode lock across a synchronous
+ * direct write that allocates blocks, so writer threads serialise; an
+ * asynchronous submission releases it once the bio is queued (measured in
+ * bench/scatter_ref.c).  Why not io_uring: its operations are not seen by
+ * seccomp, and AIO can only read and write the fds it is handed.
+ */
+#ifndef PF_DIO_QUEUE_H
+#define PF_DIO_QUEUE_H
+
+#include <stdint.h>
+
+#define DIO_QUEUE_MAX_DEPTH 1024u
+
+enum dio_op { DIO_READ, DIO_WRITE };
+
+/* Called once per request that completed in full. */
+typedef void (*dio_done_fn)(void *ctx, uint64_t tag, uint64_t len);
+
+struct dio_request;
+
+struct dio_queue {
+	unsigned long ctx_id;		/* aio_context_t */
+	uint32_t depth;
+	uint32_t in_flight;
+	uint32_t n_free;
+	uint32_t *free_slots;
+	struct dio_request *req;
+	dio_done_fn done;
+	void *done_ctx;
+	/* Statistics */
+	uint64_t submitted;		/* io_submit'ed requests, resubmissions included */
+	uint64_t short_retries;
+};
+
+/* Allocates everything and creates the kernel context: call before lock-down. */
+int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *done_ctx);
+/* Queue one request; if all slots are busy, waits for a completion first.
+ * `buf`, `len` and `off` must suit O_DIRECT on `fd`.  -errno on failure
+ * (of this submission or of an earlier request reaped meanwhile). */
+int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uint64_t len, uint64_t off,
+		     uint64_t tag);
+/* Wait until nothing is in flight.  -errno if any request failed. */
+int dio_queue_drain(struct dio_queue *q);
+void dio_queue_destroy(struct dio_queue *q);
+
+#endif

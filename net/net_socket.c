@@ -1,0 +1,163 @@
+#include "net/net_socket.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int net_resolve(const char *hostport, int passive, struct net_addr *out, const char **why)
+{
+	char host[256];
+	const char *port;
+	memset(out, 0, sizeof(*out));
+	snprintf(out->text, sizeof(out->text), "%s", hostport);
+	if (hostport[0] == '[') {
+		const char *end = strchr(hostport, ']');
+		if (!end || end[1] != ':' || (size_t)(end - hostport - 1) >= sizeof(host))
+			goto bad;
+		memcpy(host, hostport + 1, (size_t)(end - hostport - 1));
+		host[end - hostport - 1] = 0;
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(hostport, ':');
+		if (!colon || (size_t)(colon - hostport) >= sizeof(host))
+			goto bad;
+		memcpy(host, hostport, (size_t)(colon - hostport));
+		host[colon - hostport] = 0;
+		port = colon + 1;
+	}
+	if (!*port)
+		goto bad;
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = passive ? AI_PASSIVE : 0 }, *res;
+	int rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
+	if (rc != 0) {
+		*why = gai_strerror(rc);
+		return -EINVAL;
+	}
+	memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
+	out->len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+bad:
+	*why = "expected HOST:PORT";
+	return -EINVAL;
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int net_connect(const struct net_addr *a, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+	for (;;) {
+		int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+			return fd;
+		int err = errno;
+		close(fd);
+		if ((err != ECONNREFUSED && err != EINTR) || now_ms() >= deadline)
+			return -err;
+		struct timespec pause = { 0, 50 * 1000 * 1000 };
+		nanosleep(&pause, NULL);
+	}
+}
+
+int net_listen(const struct net_addr *a)
+{
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 64) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int net_accept(int listen_fd, int timeout_ms, struct net_addr *peer)
+{
+	struct pollfd p = { .fd = listen_fd, .events = POLLIN };
+	int n;
+	do
+		n = poll(&p, 1, timeout_ms);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return -ETIMEDOUT;
+	memset(peer, 0, sizeof(*peer));
+	peer->len = sizeof(peer->ss);
+	int fd = accept4(listen_fd, (struct sockaddr *)&peer->ss, &peer->len, SOCK_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	if (peer->ss.ss_family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&peer->ss;
+		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+		port = ntohs(s4->sin_port);
+	} else if (peer->ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&peer->ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		port = ntohs(s6->sin6_port);
+	}
+	snprintf(peer->text, sizeof(peer->text), "%s:%d", host, port);
+	return fd;
+}
+
+int net_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int net_recv_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t n = recv(fd, p, len, MSG_WAITALL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		if (n == 0)
+			return -ECONNRESET;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int net_set_timeout(int fd, int timeout_ms)
+{
+	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return -errno;
+	return 0;
+}

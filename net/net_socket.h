@@ -1,0 +1,30 @@
+/* TCP plumbing for the writer and the receiver: addresses, connect with a
+ * deadline, listen/accept, exact sends and receives.  Every call returns
+ * -errno (never sets a global) so callers can name what failed. */
+#ifndef PF_NET_SOCKET_H
+#define PF_NET_SOCKET_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct net_addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char text[128];		/* as the user wrote it, for messages */
+};
+
+/* "HOST:PORT" or "[V6]:PORT", numeric or a name.  -EINVAL with *why set. */
+int net_resolve(const char *hostport, int passive, struct net_addr *out, const char **why);
+/* Connect, retrying "connection refused" until timeout_ms has passed (the
+ * receiver may still be starting).  Returns the fd or -errno. */
+int net_connect(const struct net_addr *a, int timeout_ms);
+int net_listen(const struct net_addr *a);
+/* The fd of the next connection, -ETIMEDOUT after timeout_ms (-1: never). */
+int net_accept(int listen_fd, int timeout_ms, struct net_addr *peer);
+/* Whole buffers: 0, or -errno; -ECONNRESET when the peer closed first. */
+int net_send_all(int fd, const void *buf, size_t len);
+int net_recv_all(int fd, void *buf, size_t len);
+/* Bound how long a blocking send/receive may wait (0: forever). */
+int net_set_timeout(int fd, int timeout_ms);
+
+#endif

@@ -1,0 +1,299 @@
+#include "receiver/rc_net.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net/net_socket.h"
+#include "protocol/proto_crc32c.h"
+#include "protocol/proto_desc.h"
+#include "stage/stage.h"
+#include "workers/wk_arena.h"
+
+#define HANDSHAKE_TIMEOUT_MS 10000
+#define DATA_CHANNEL_WAIT_MS 30000
+
+/* Tell the sender why (best effort), then end with the same message. */
+static noreturn void __attribute__((format(printf, 3, 4)))
+fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (r->main_fd >= 0) {
+		struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
+		uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
+		proto_packet_encode(&p, header);
+		proto_result_encode(status, body);
+		if (net_send_all(r->main_fd, header, sizeof(header)) == 0)
+			net_send_all(r->main_fd, body, sizeof(body));
+	}
+	stage_die(STAGE_EXIT_FAILED, "%s", msg);
+}
+
+static int accept_one(struct rc_net *r, int timeout_ms, struct net_addr *peer, const char *what)
+{
+	int fd = net_accept(r->listen_fd, timeout_ms, peer);
+	if (fd == -ETIMEDOUT)
+		stage_die(STAGE_EXIT_FAILED, "no %s connected within %d s", what, timeout_ms / 1000);
+	if (fd < 0)
+		stage_die_errno(fd, "accept on %s", what);
+	int rc = net_set_timeout(fd, HANDSHAKE_TIMEOUT_MS);
+	if (rc < 0)
+		stage_die_errno(rc, "socket timeout");
+	return fd;
+}
+
+/* Answer an offer; on refusal or a failed key proof, die naming why. */
+static void answer(struct rc_net *r, int fd, const struct proto_handshake *agreed, enum proto_err status,
+		   const struct net_psk *psk, const char *who)
+{
+	int rc = net_channel_answer(fd, agreed, status, psk);
+	if (status != PROTO_OK)
+		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, proto_strerror(status));
+	if (rc > 0)
+		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, proto_strerror((enum proto_err)rc));
+	if (rc < 0)
+		stage_die_errno(rc, "handshake with %s", who);
+	(void)r;
+}
+
+static enum proto_err check_main_offer(const struct proto_handshake *h, const struct net_psk *psk)
+{
+	if (h->channel_kind != PROTO_CHAN_MAIN)
+		return PROTO_E_CHANNEL_KIND;
+	if (!!(h->features & PROTO_F_PSK) != (psk->len > 0))
+		return PROTO_E_PSK_MISSING;
+	if (h->features & PROTO_F_ROUNDS)
+		return PROTO_E_FEATURES; /* live migration is not received yet */
+	return PROTO_OK;
+}
+
+void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const struct net_psk *psk,
+			   int accept_timeout_ms)
+{
+	struct net_addr addr, peer;
+	const char *why = "";
+	r->main_fd = -1;
+	if (net_resolve(listen_addr, 1, &addr, &why) < 0)
+		stage_die(STAGE_EXIT_FAILED, "listen address %s: %s", listen_addr, why);
+	r->listen_fd = net_listen(&addr);
+	if (r->listen_fd < 0)
+		stage_die_errno(r->listen_fd, "listen on %s", listen_addr);
+	stage_stat_set(r->stats, SHM_STAT_STATE, SHM_PROC_LISTENING);
+
+	char who[200];
+	int fd = accept_one(r, accept_timeout_ms, &peer, "main channel");
+	snprintf(who, sizeof(who), "main channel from %s", peer.text);
+	struct proto_handshake h;
+	int rc = net_channel_read_offer(fd, &h);
+	if (rc < 0)
+		stage_die_errno(rc, "reading the handshake of %s", who);
+	enum proto_err err = rc > 0 ? (enum proto_err)rc : check_main_offer(&h, psk);
+	answer(r, fd, &h, err, psk, who);
+	r->hs = h;
+	r->geo = h.geo;
+	r->n_channels = h.n_channels;
+	r->main_fd = fd;
+
+	for (uint32_t connected = 0; connected < r->n_channels; connected++) {
+		fd = accept_one(r, DATA_CHANNEL_WAIT_MS, &peer, "data channel");
+		snprintf(who, sizeof(who), "data channel from %s", peer.text);
+		rc = net_channel_read_offer(fd, &h);
+		if (rc < 0)
+			stage_die_errno(rc, "reading the handshake of %s", who);
+		err = rc > 0 ? (enum proto_err)rc : proto_handshake_match(&h, &r->hs);
+		if (err == PROTO_OK && h.channel_kind != PROTO_CHAN_DATA)
+			err = PROTO_E_CHANNEL_KIND;
+		if (err == PROTO_OK && r->ch[h.channel_id].fd > 0)
+			err = PROTO_E_CHANNEL_DUPLICATE;
+		answer(r, fd, &h, err, psk, who);
+		r->ch[h.channel_id].fd = fd;
+		/* From here on a stalled sender is waited for: pages take time. */
+		net_set_timeout(fd, 0);
+	}
+	net_set_timeout(r->main_fd, 0);
+	close(r->listen_fd);
+	r->listen_fd = -1;
+}
+
+static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index);
+
+static void collect_buffers(struct rc_net *r, uint32_t i, int wait, bool *ended)
+{
+	struct rc_inflater *f = &r->inf[i];
+	struct shm_slot batch[WK_ARENA_BUFFERS];
+	for (;;) {
+		int n = shm_ring_dequeue(&f->back, batch, WK_ARENA_BUFFERS, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from inflater");
+		for (int k = 0; k < n; k++) {
+			struct proto_desc d;
+			enum proto_err err = proto_desc_unpack(batch[k], &r->geo, WK_ARENA_BUFFERS, &d);
+			if (err == PROTO_OK && d.type == PROTO_DESC_END && ended) {
+				*ended = true;
+				continue;
+			}
+			if (err == PROTO_OK && (d.type != PROTO_DESC_BUFFER || f->is_free[d.buffer]))
+				err = PROTO_E_DESC_BUFFER;
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "buffer returned by inflater %u: %s", i, proto_strerror(err));
+			f->is_free[d.buffer] = true;
+			f->free_buffers[f->n_free++] = d.buffer;
+		}
+		if (n > 0 || !wait || (ended && *ended))
+			return;
+		int rc = shm_ring_wait_ready(&f->back, 1, -1);
+		if (rc < 0)
+			stage_die_ring(rc, "ring from inflater");
+	}
+}
+
+static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index)
+{
+	for (uint32_t k = 0; k < r->n_inflaters; k++) {
+		uint32_t i = (r->next_inflater + k) % r->n_inflaters;
+		collect_buffers(r, i, 0, NULL);
+		if (r->inf[i].n_free) {
+			r->next_inflater = (i + 1) % r->n_inflaters;
+			*index = i;
+			return &r->inf[i];
+		}
+	}
+	uint32_t i = r->next_inflater;
+	collect_buffers(r, i, 1, NULL);
+	r->next_inflater = (i + 1) % r->n_inflaters;
+	*index = i;
+	return &r->inf[i];
+}
+
+static void recv_or_fail(struct rc_net *r, uint32_t c, void *buf, size_t len, const char *what)
+{
+	int rc = net_recv_all(r->ch[c].fd, buf, len);
+	if (rc == -ECONNRESET)
+		fail(r, PROTO_E_TRUNCATED, "data channel %u: the sender closed the connection in the middle of %s "
+			"(truncated stream)", c, what);
+	if (rc < 0)
+		stage_die_errno(rc, "data channel %u: receiving %s", c, what);
+}
+
+static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *p)
+{
+	uint32_t i;
+	struct rc_inflater *f = free_inflater(r, &i);
+	uint32_t b = f->free_buffers[--f->n_free];
+	f->is_free[b] = false;
+	recv_or_fail(r, c, f->arena + (uint64_t)b * RC_ARENA_BUFFER_SIZE, p->payload_len, "a compressed payload");
+	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .buffer = (uint16_t)b,
+				.n_pages = p->n_pages, .payload_len = p->payload_len, .first_page = p->first_page };
+	struct shm_slot s = proto_desc_pack(&d);
+	int rc = shm_ring_enqueue_all(&f->out, &s, 1);
+	if (rc < 0)
+		stage_die_ring(rc, "ring to inflater");
+}
+
+static void check_end(struct rc_net *r, uint32_t c)
+{
+	struct rc_channel *ch = &r->ch[c];
+	uint8_t body[PROTO_END_BODY_SIZE];
+	struct proto_end_body e;
+	recv_or_fail(r, c, body, sizeof(body), "the end marker");
+	enum proto_err err = proto_end_body_decode(body, sizeof(body), &e);
+	if (err == PROTO_OK && (e.packets != ch->seq || e.pages != ch->pages || e.payload_bytes != ch->payload_bytes))
+		err = PROTO_E_END_TOTALS;
+	if (err == PROTO_OK && e.crc_of_crcs != ch->crc_of_crcs)
+		err = PROTO_E_END_CHECKSUM;
+	if (err != PROTO_OK)
+		fail(r, err, "data channel %u: end marker: %s", c, proto_strerror(err));
+	ch->ended = true;
+	r->n_ended++;
+}
+
+/* One packet from channel c. */
+static void handle_packet(struct rc_net *r, uint32_t c)
+{
+	struct rc_channel *ch = &r->ch[c];
+	uint8_t header[PROTO_PACKET_HEADER_SIZE];
+	recv_or_fail(r, c, header, sizeof(header), "a packet header");
+	struct proto_packet p;
+	enum proto_err err = proto_packet_decode(header, sizeof(header), &r->geo, &p);
+	if (err == PROTO_OK && p.seq != ch->seq)
+		err = PROTO_E_SEQUENCE;
+	if (err == PROTO_OK && p.type == PROTO_PKT_DATA && p.round != 1)
+		err = PROTO_E_ROUND;
+	if (err == PROTO_OK && (p.type == PROTO_PKT_SYNC || p.type == PROTO_PKT_RESULT))
+		err = PROTO_E_PACKET_TYPE;
+	if (err == PROTO_OK && p.encoding == PROTO_ENC_ZSTD && !(r->hs.features & PROTO_F_ZSTD))
+		err = PROTO_E_ENCODING;
+	if (err != PROTO_OK)
+		fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)ch->seq, proto_strerror(err));
+	if (p.type == PROTO_PKT_END) {
+		check_end(r, c);
+		return;
+	}
+	/* Offsets were checked against the geometry by proto_packet_decode. */
+	if (p.encoding == PROTO_ENC_RAW)
+		recv_or_fail(r, c, r->dest + p.first_page * r->geo.page_size, p.payload_len, "raw pages");
+	else if (p.encoding == PROTO_ENC_ZSTD)
+		place_zstd(r, c, &p);
+	else
+		stage_stat_add(r->stats, SHM_STAT_ZERO_PAGES, p.n_pages); /* a fresh destination is all holes */
+	ch->seq++;
+	ch->pages += p.n_pages;
+	ch->payload_bytes += p.payload_len;
+	ch->crc_of_crcs = proto_crc32c(ch->crc_of_crcs, header + 44, 4);
+	stage_stat_add(r->stats, SHM_STAT_PAGES, p.n_pages);
+	stage_stat_add(r->stats, SHM_STAT_BYTES, p.payload_len);
+	stage_stat_add(r->stats, SHM_STAT_PACKETS, 1);
+}
+
+static void finish_inflaters(struct rc_net *r)
+{
+	struct proto_desc end = { .type = PROTO_DESC_END };
+	struct shm_slot s = proto_desc_pack(&end);
+	for (uint32_t i = 0; i < r->n_inflaters; i++) {
+		int rc = shm_ring_enqueue_all(&r->inf[i].out, &s, 1);
+		if (rc < 0)
+			stage_die_ring(rc, "ring to inflater");
+	}
+	for (uint32_t i = 0; i < r->n_inflaters; i++) {
+		bool ended = false;
+		while (!ended)
+			collect_buffers(r, i, 1, &ended);
+	}
+}
+
+void rc_net_receive(struct rc_net *r)
+{
+	struct pollfd pfd[PROTO_MAX_CHANNELS];
+	while (r->n_ended < r->n_channels) {
+		nfds_t n = 0;
+		uint32_t which[PROTO_MAX_CHANNELS];
+		for (uint32_t c = 0; c < r->n_channels; c++)
+			if (!r->ch[c].ended) {
+				pfd[n] = (struct pollfd){ .fd = r->ch[c].fd, .events = POLLIN };
+				which[n++] = c;
+			}
+		int ready = poll(pfd, n, 1000);
+		if (ready < 0 && errno != EINTR)
+			stage_die_errno(-errno, "poll on data channels");
+		for (nfds_t k = 0; ready > 0 && k < n; k++)
+			if (pfd[k].revents)
+				handle_packet(r, which[k]);
+	}
+	finish_inflaters(r);
+	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
+		fail(r, PROTO_RESULT_LOCAL_FAILURE, "fdatasync of the destination: %s", strerror(errno));
+	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
+	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
+	proto_packet_encode(&p, header);
+	proto_result_encode(PROTO_OK, body);
+	int rc = net_send_all(r->main_fd, header, sizeof(header));
+	if (rc < 0 || (rc = net_send_all(r->main_fd, body, sizeof(body))) < 0)
+		stage_die_errno(rc, "sending the result on the main channel");
+}

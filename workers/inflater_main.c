@@ -1,0 +1,117 @@
+/* pageferry-inflater: a destination worker.  Decompresses the zstd payloads
+ * the receiver put in its arena straight into the destination mapping, after
+ * checking the descriptor against the geometry and the output size against
+ * the page count.
+ *
+ * fds: 3 control segment, 4 destination RAM file (read-write),
+ *      5 wake socket of ring receiver -> this inflater (we consume)
+ *      6 wake socket of ring this inflater -> receiver (buffers back)
+ *      7 its arena (read-only)
+ * argv: pageferry-inflater INDEX
+ *
+ * The first slot on the ring is the session geometry (w0 guest pages, w1
+ * page size | max run pages << 32): the receiver learns it from the sender's
+ * handshake.  It is checked here again, and only then do we map the
+ * destination and lock down.
+ */
+#include <errno.h>
+#include <stdint.h>
+
+#include "protocol/proto_desc.h"
+#include "protocol/proto_packet.h"
+#include "stage/stage.h"
+#include "workers/wk_arena.h"
+#include "workers/wk_zstd.h"
+
+#define FD_IN 5
+#define FD_BACK 6
+#define FD_ARENA 7
+#define BURST 16u
+#define ARENA_BUFFER_SIZE PROTO_MAX_RUN_BYTES
+
+static struct proto_geometry await_geometry(struct shm_ring *in)
+{
+	struct shm_slot s;
+	for (;;) {
+		int n = shm_ring_dequeue(in, &s, 1, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from receiver");
+		if (n == 1)
+			break;
+		int rc = shm_ring_wait_ready(in, 1, -1);
+		if (rc < 0)
+			stage_die_ring(rc, "ring from receiver");
+	}
+	struct proto_geometry g = { .page_size = (uint32_t)s.w1, .max_run_pages = (uint32_t)(s.w1 >> 32),
+				    .guest_pages = s.w0 };
+	if (!proto_page_size_valid(g.page_size) || !proto_run_limit_valid(g.page_size, g.max_run_pages) ||
+	    !proto_guest_pages_valid(g.page_size, g.guest_pages))
+		stage_die(STAGE_EXIT_FAILED, "geometry from the receiver: %s", proto_strerror(PROTO_E_GEOMETRY));
+	return g;
+}
+
+int main(int argc, char **argv)
+{
+	stage_set_name("inflater", -1);
+	if (argc != 2)
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-inflater INDEX");
+	struct shm_segment seg;
+	stage_attach_segment(&seg);
+	uint32_t index = (uint32_t)stage_parse_u64("inflater index", argv[1], 0, seg.geo.n_workers - 1);
+	stage_set_name("inflater", (int)index);
+	struct shm_ring in, back;
+	stage_ring(&seg, SHM_RING_SCAN_TO_WORKER, index, FD_IN, &in);
+	stage_ring(&seg, SHM_RING_WRITER_TO_WORKER, index, FD_BACK, &back);
+	struct shm_stats *stats = shm_segment_stats(&seg, SHM_STATS_WORKER0 + index);
+	struct proto_geometry geo = await_geometry(&in);
+	uint8_t *dest = stage_map_file(STAGE_FD_GUEST, "destination", geo.guest_pages * geo.page_size, 1);
+	const uint8_t *arena = stage_map_arena(FD_ARENA, wk_arena_size(ARENA_BUFFER_SIZE), 0);
+	struct wk_zstd *z = wk_zstd_new(0, (size_t)geo.max_run_pages * geo.page_size);
+	if (!z)
+		stage_die(STAGE_EXIT_FAILED, "setting up zstd");
+	stage_lockdown(SB_ROLE_WORKER, FD_ARENA, 0);
+	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
+
+	struct shm_slot batch[BURST];
+	for (;;) {
+		int n = shm_ring_dequeue(&in, batch, BURST, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from receiver");
+		if (n == 0) {
+			int rc = shm_ring_wait_ready(&in, 1, -1);
+			if (rc < 0)
+				stage_die_ring(rc, "ring from receiver");
+			continue;
+		}
+		for (int i = 0; i < n; i++) {
+			struct proto_desc d;
+			enum proto_err err = proto_desc_unpack(batch[i], &geo, WK_ARENA_BUFFERS, &d);
+			if (err == PROTO_OK && d.type == PROTO_DESC_END) {
+				int rc = shm_ring_enqueue_all(&back, &batch[i], 1);
+				if (rc < 0)
+					stage_die_ring(rc, "ring to receiver");
+				stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_DONE);
+				return STAGE_EXIT_OK;
+			}
+			if (err == PROTO_OK && (d.type != PROTO_DESC_RUN || d.encoding != PROTO_ENC_ZSTD))
+				err = PROTO_E_DESC_TYPE;
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "descriptor from receiver: %s", proto_strerror(err));
+			size_t out_len = (size_t)d.n_pages * geo.page_size;
+			err = wk_zstd_decompress(z, dest + d.first_page * geo.page_size, out_len,
+						 arena + (uint64_t)d.buffer * ARENA_BUFFER_SIZE, d.payload_len);
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",
+					  (unsigned long long)d.first_page,
+					  (unsigned long long)(d.first_page + d.n_pages - 1), proto_strerror(err));
+			stage_stat_add(stats, SHM_STAT_PAGES, d.n_pages);
+			stage_stat_add(stats, SHM_STAT_IN_BYTES, d.payload_len);
+			stage_stat_add(stats, SHM_STAT_OUT_BYTES, out_len);
+			struct proto_desc ret = { .type = PROTO_DESC_BUFFER, .buffer = d.buffer };
+			struct shm_slot s = proto_desc_pack(&ret);
+			int rc = shm_ring_enqueue_all(&back, &s, 1);
+			if (rc < 0)
+				stage_die_ring(rc, "ring to receiver");
+		}
+	}
+}

@@ -1,0 +1,303 @@
+#include "writer/wr_net.h"
+
+#include <errno.h>
+#include <time.h> /* before linux/errqueue.h, which needs struct timespec */
+#include <linux/errqueue.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "net/net_socket.h"
+#include "protocol/proto_bytes.h"
+#include "protocol/proto_crc32c.h"
+
+#ifndef SO_EE_ORIGIN_ZEROCOPY
+#define SO_EE_ORIGIN_ZEROCOPY 5
+#endif
+#ifndef SO_EE_CODE_ZEROCOPY_COPIED
+#define SO_EE_CODE_ZEROCOPY_COPIED 1
+#endif
+
+#define RESULT_TIMEOUT_MS 120000 /* the receiver flushes and checks before it answers */
+
+static int open_channel(struct wr_net *n, const struct net_addr *addr, struct proto_handshake *hs,
+			const struct net_psk *psk, int timeout_ms, char *what, size_t what_len, const char *name)
+{
+	int fd = net_connect(addr, timeout_ms);
+	if (fd < 0) {
+		snprintf(what, what_len, "connect %s", addr->text);
+		return fd;
+	}
+	int refused = 0;
+	int rc = net_channel_offer(fd, hs, psk, &refused);
+	if (rc != 0) {
+		if (rc > 0)
+			snprintf(what, what_len, "%s %s: %s%s", name, addr->text,
+				 refused ? "the receiver refused it: " : "", proto_strerror((enum proto_err)rc));
+		else
+			snprintf(what, what_len, "handshake on %s %s", name, addr->text);
+		close(fd);
+		return rc;
+	}
+	(void)n;
+	return fd;
+}
+
+int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
+		const struct net_psk *psk, enum wr_zerocopy zc, int connect_timeout_ms, char *what,
+		size_t what_len)
+{
+	memset(n, 0, sizeof(*n));
+	n->main_fd = -1;
+	n->hs = *hs;
+	n->n_channels = hs->n_channels;
+	n->ch = calloc(n->n_channels, sizeof(*n->ch));
+	if (!n->ch) {
+		snprintf(what, what_len, "allocating channel state");
+		return -ENOMEM;
+	}
+	struct net_addr addr;
+	const char *why = "";
+	if (net_resolve(hostport, 0, &addr, &why) < 0) {
+		snprintf(what, what_len, "address %s: %s", hostport, why);
+		return -EINVAL;
+	}
+	struct proto_handshake h = *hs;
+	h.channel_kind = PROTO_CHAN_MAIN;
+	h.channel_id = 0;
+	int fd = open_channel(n, &addr, &h, psk, connect_timeout_ms, what, what_len, "main channel to");
+	if (fd < 0)
+		return fd;
+	n->main_fd = fd;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Read only once, for the receiver's RESULT: set now, before lock-down. */
+	int rc = net_set_timeout(fd, RESULT_TIMEOUT_MS);
+	if (rc < 0) {
+		snprintf(what, what_len, "socket timeout on the main channel");
+		return rc;
+	}
+	for (uint32_t i = 0; i < n->n_channels; i++) {
+		char name[48];
+		snprintf(name, sizeof(name), "data channel %u to", i);
+		h.channel_kind = PROTO_CHAN_DATA;
+		h.channel_id = (uint8_t)i;
+		fd = open_channel(n, &addr, &h, psk, connect_timeout_ms, what, what_len, name);
+		if (fd < 0)
+			return fd;
+		n->ch[i].fd = fd;
+		if (zc == WR_ZC_OFF)
+			continue;
+		if (setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0) {
+			int err = errno;
+			if (zc == WR_ZC_ON) {
+				snprintf(what, what_len, "--zerocopy on: the kernel refused SO_ZEROCOPY");
+				return -err;
+			}
+			snprintf(n->zc_note, sizeof(n->zc_note), "kernel refused SO_ZEROCOPY: %s", strerror(err));
+			continue;
+		}
+		n->ch[i].zerocopy = true;
+	}
+	n->zerocopy = n->n_channels && n->ch[0].zerocopy;
+	/* Sends block; the receiver's own checks bound how long (a dead peer
+	 * resets the connection). */
+	return 0;
+}
+
+/* Read completion notifications off the error queue.  wait: block until at
+ * least one arrives. */
+static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
+{
+	for (;;) {
+		char control[128];
+		struct msghdr msg = { .msg_control = control, .msg_controllen = sizeof(control) };
+		ssize_t r = recvmsg(c->fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EAGAIN) {
+			if (!wait)
+				break;
+			struct pollfd p = { .fd = c->fd, .events = 0 };
+			if (poll(&p, 1, 10000) < 0 && errno != EINTR)
+				return -errno;
+			if (p.revents & POLLHUP)
+				return -ECONNRESET;
+			continue;
+		}
+		if (r < 0)
+			return -errno;
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+			if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
+			      (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
+				continue;
+			struct sock_extended_err serr;
+			memcpy(&serr, CMSG_DATA(cm), sizeof(serr));
+			if (serr.ee_origin != SO_EE_ORIGIN_ZEROCOPY) {
+				if (serr.ee_errno)
+					return -(int)serr.ee_errno;
+				continue;
+			}
+			/* ids [ee_info, ee_data], 32-bit and wrapping; TCP completes
+			 * them in order, so the range always starts at zc_done. */
+			uint32_t count = serr.ee_data - serr.ee_info + 1;
+			c->zc_done += count;
+			if (serr.ee_code & SO_EE_CODE_ZEROCOPY_COPIED)
+				c->zc_copied += count;
+		}
+		wait = false;
+	}
+	while (c->tail != c->head && c->inflight[c->tail % WR_NET_INFLIGHT].last_zc_id < c->zc_done) {
+		struct wr_inflight *f = &c->inflight[c->tail % WR_NET_INFLIGHT];
+		if (f->worker >= 0 && n->buffer_done)
+			n->buffer_done(n->ctx, (uint32_t)f->worker, f->buffer);
+		c->tail++;
+	}
+	return 0;
+}
+
+int wr_net_reap(struct wr_net *n)
+{
+	for (uint32_t i = 0; i < n->n_channels; i++)
+		if (n->ch[i].zerocopy && n->ch[i].tail != n->ch[i].head) {
+			int rc = reap_channel(n, &n->ch[i], false);
+			if (rc < 0)
+				return rc;
+		}
+	return 0;
+}
+
+/* One whole packet on one channel, zerocopy when it has a payload. */
+static int send_packet(struct wr_net *n, struct wr_channel *c, const uint8_t *header, const void *payload,
+		       size_t payload_len)
+{
+	struct iovec iov[2] = { { (void *)header, PROTO_PACKET_HEADER_SIZE }, { (void *)payload, payload_len } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = payload_len ? 2 : 1 };
+	bool zc = c->zerocopy && payload_len;
+	while (msg.msg_iovlen) {
+		ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL | (zc ? MSG_ZEROCOPY : 0));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == ENOBUFS && zc) {
+			/* Too many notifications outstanding (optmem): wait for one,
+			 * or copy this once if there is none to wait for. */
+			if (c->zc_issued == c->zc_done)
+				zc = false;
+			else if ((r = reap_channel(n, c, true)) < 0)
+				return (int)r;
+			continue;
+		}
+		if (r < 0)
+			return -errno;
+		if (zc)
+			c->zc_issued++;
+		size_t done = (size_t)r;
+		while (msg.msg_iovlen && done >= msg.msg_iov[0].iov_len) {
+			done -= msg.msg_iov[0].iov_len;
+			msg.msg_iov++;
+			msg.msg_iovlen--;
+		}
+		if (msg.msg_iovlen) {
+			msg.msg_iov[0].iov_base = (char *)msg.msg_iov[0].iov_base + done;
+			msg.msg_iov[0].iov_len -= done;
+		}
+	}
+	return 0;
+}
+
+int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer)
+{
+	struct wr_channel *c = &n->ch[n->next];
+	n->next = (n->next + 1) % n->n_channels;
+	while (c->head - c->tail == WR_NET_INFLIGHT) {
+		int rc = reap_channel(n, c, true);
+		if (rc < 0)
+			return rc;
+	}
+	p->seq = c->seq;
+	uint8_t *header = c->headers[c->head % WR_NET_INFLIGHT];
+	proto_packet_encode(p, header);
+	int rc = send_packet(n, c, header, payload, p->payload_len);
+	if (rc < 0)
+		return rc;
+	c->seq++;
+	c->pages += p->n_pages;
+	c->payload_bytes += p->payload_len;
+	c->crc_of_crcs = proto_crc32c(c->crc_of_crcs, header + 44, 4);
+	if (c->zerocopy && p->payload_len) {
+		c->inflight[c->head % WR_NET_INFLIGHT] =
+			(struct wr_inflight){ .last_zc_id = c->zc_issued - 1, .worker = worker, .buffer = buffer };
+		c->head++;
+	} else if (worker >= 0 && n->buffer_done) {
+		n->buffer_done(n->ctx, (uint32_t)worker, buffer);
+	}
+	return 0;
+}
+
+unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max)
+{
+	unsigned k = 0;
+	for (uint32_t i = 0; i < n->n_channels && k < max; i++)
+		if (n->ch[i].tail != n->ch[i].head)
+			pfd[k++] = (struct pollfd){ .fd = n->ch[i].fd, .events = 0 };
+	return k;
+}
+
+int wr_net_finish(struct wr_net *n, uint32_t *status)
+{
+	for (uint32_t i = 0; i < n->n_channels; i++) {
+		struct wr_channel *c = &n->ch[i];
+		struct proto_end_body e = { .packets = c->seq, .pages = c->pages, .payload_bytes = c->payload_bytes,
+					    .crc_of_crcs = c->crc_of_crcs };
+		struct proto_packet p = { .type = PROTO_PKT_END, .payload_len = PROTO_END_BODY_SIZE, .seq = c->seq };
+		uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_END_BODY_SIZE];
+		proto_packet_encode(&p, header);
+		proto_end_body_encode(&e, body);
+		int rc = net_send_all(c->fd, header, sizeof(header));
+		if (rc < 0 || (rc = net_send_all(c->fd, body, sizeof(body))) < 0)
+			return rc;
+	}
+	for (uint32_t i = 0; i < n->n_channels; i++)
+		while (n->ch[i].tail != n->ch[i].head) {
+			int rc = reap_channel(n, &n->ch[i], true);
+			if (rc < 0)
+				return rc;
+		}
+	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
+	int rc = net_recv_all(n->main_fd, header, sizeof(header));
+	if (rc < 0)
+		return rc;
+	struct proto_packet p;
+	struct proto_geometry geo = n->hs.geo;
+	enum proto_err err = proto_packet_decode(header, sizeof(header), &geo, &p);
+	if (err == PROTO_OK && p.type != PROTO_PKT_RESULT)
+		err = PROTO_E_PACKET_TYPE;
+	if (err != PROTO_OK)
+		return (int)err;
+	if ((rc = net_recv_all(n->main_fd, body, sizeof(body))) < 0)
+		return rc;
+	err = proto_result_decode(body, sizeof(body), status);
+	return err == PROTO_OK ? 0 : (int)err;
+}
+
+uint64_t wr_net_zc_sends(const struct wr_net *n)
+{
+	uint64_t s = 0;
+	for (uint32_t i = 0; i < n->n_channels; i++)
+		s += n->ch[i].zc_done;
+	return s;
+}
+
+uint64_t wr_net_zc_copied(const struct wr_net *n)
+{
+	uint64_t s = 0;
+	for (uint32_t i = 0; i < n->n_channels; i++)
+		s += n->ch[i].zc_copied;
+	return s;
+}

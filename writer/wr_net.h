@@ -1,0 +1,75 @@
+/* The writer's network side: the main channel and N data channels to a
+ * pageferry receiver, packets sent with sendmsg (MSG_ZEROCOPY where the
+ * kernel allows), completions reaped from each socket's error queue.
+ *
+ * Nothing handed to the kernel with MSG_ZEROCOPY is reused before its
+ * completion: packet headers live in a per-channel slab slot until then, and
+ * worker arena buffers go back to their worker only then. */
+#ifndef PF_WR_NET_H
+#define PF_WR_NET_H
+
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "net/net_channel.h"
+#include "protocol/proto_packet.h"
+
+#define WR_NET_INFLIGHT 512u	/* packets in flight per channel (power of two) */
+
+enum wr_zerocopy { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON };
+
+typedef void (*wr_buffer_done_fn)(void *ctx, uint32_t worker, uint32_t buffer);
+
+struct wr_inflight {
+	uint64_t last_zc_id;	/* completion id of the packet's last sendmsg */
+	int32_t worker;		/* arena buffer to give back, or -1 */
+	uint32_t buffer;
+};
+
+struct wr_channel {
+	int fd;
+	bool zerocopy;
+	uint64_t seq;		/* DATA packets sent */
+	uint64_t pages, payload_bytes;
+	uint32_t crc_of_crcs;
+	uint64_t zc_issued, zc_done, zc_copied;
+	uint64_t head, tail;	/* in-flight FIFO: [tail, head) */
+	struct wr_inflight inflight[WR_NET_INFLIGHT];
+	uint8_t headers[WR_NET_INFLIGHT][PROTO_PACKET_HEADER_SIZE];
+};
+
+struct wr_net {
+	int main_fd;
+	uint32_t n_channels, next;
+	struct proto_handshake hs;
+	bool zerocopy;		/* SO_ZEROCOPY is on for the data channels */
+	char zc_note[160];	/* why zerocopy is off under auto */
+	wr_buffer_done_fn buffer_done;
+	void *ctx;
+	struct wr_channel *ch;	/* n_channels of them */
+};
+
+/* Connect the main channel and `hs->n_channels` data channels to `hostport`,
+ * handshake and authenticate each.  On failure returns -errno or a positive
+ * enum proto_err, with `what` describing the step (and the receiver's reason
+ * when it refused). */
+int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
+		const struct net_psk *psk, enum wr_zerocopy zc, int connect_timeout_ms, char *what,
+		size_t what_len);
+/* Send one packet: header built from `p` (seq filled in here) plus payload.
+ * worker >= 0 names the arena buffer holding the payload, given back through
+ * buffer_done once the kernel is done with it.  -errno on failure. */
+int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer);
+/* Give back buffers whose sends completed, without waiting. */
+int wr_net_reap(struct wr_net *n);
+/* Fill pfd with the channels that wait for completions (POLLERR wakes a
+ * poll when one arrives); returns how many. */
+unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max);
+/* END on every channel, wait for all completions, then the receiver's RESULT
+ * on the main channel.  *status: PROTO_OK or the receiver's failure. */
+int wr_net_finish(struct wr_net *n, uint32_t *status);
+uint64_t wr_net_zc_sends(const struct wr_net *n);
+uint64_t wr_net_zc_copied(const struct wr_net *n);
+
+#endif
