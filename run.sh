@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 # Debian bookworm package names; build and tests use bookworm's own versions.
 PACKAGES=(build-essential meson ninja-build pkg-config python3
           libzstd-dev liburcu-dev libseccomp-dev libcmocka-dev
-          zstd iproute2 e2fsprogs util-linux)
+          zstd iproute2 e2fsprogs util-linux clang libclang-rt-14-dev)
 
 install_missing() {
 	local missing=()

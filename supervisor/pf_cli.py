@@ -121,10 +121,11 @@ def build_parser():
     m.add_argument("file")
     m.add_argument("--seed", type=int, default=1)
 
-    d = sub.add_parser("demo", help="snapshot, restore and verify a synthetic 1 GiB guest",
+    d = sub.add_parser("demo", help="snapshot, restore, migrate and verify a synthetic 1 GiB guest",
                        description="Make a synthetic mixed 1 GiB guest in /dev/shm, snapshot it to a "
-                                   "file on disk, restore it into /dev/shm, verify the copy is "
-                                   "bit-identical, print the summaries and clean up.")
+                                   "file on disk, restore it into /dev/shm, migrate it over loopback "
+                                   "to a receiver, verify each copy is bit-identical, print the "
+                                   "summaries and clean up.")
     d.add_argument("--size", default="1G", help="guest size (default 1G)")
     d.add_argument("--dir", default=None, help="directory on a real disk for the snapshot "
                                               "(default: a temporary directory under /var/tmp)")
@@ -141,6 +142,7 @@ def demo(ctx, args):
     work = tempfile.mkdtemp(prefix="pageferry-demo-", dir=args.dir or "/var/tmp")
     guest = os.path.join(shm, f"pageferry-demo-{os.getpid()}.ram")
     copy = guest + ".restored"
+    migrated = guest + ".migrated"
     snap = os.path.join(work, "demo.pfs")
     try:
         print(f"== making a {args.size} mixed guest: {guest}", flush=True)
@@ -154,10 +156,26 @@ def demo(ctx, args):
         pf_jobs.restore(ctx, snap, copy, args.workers)
         print("== verify", flush=True)
         rc = tool(ctx, "pageferry-verify", [guest, copy])
+        if rc != 0:
+            print("demo: FAILED, the restored copy differs")
+            return rc
+        os.unlink(copy)
+        port = 20000 + os.getpid() % 20000
+        print(f"== migrate over loopback (127.0.0.1:{port}, 2 channels, zstd) into {migrated}", flush=True)
+        rx = subprocess.Popen([sys.argv[0], "receive", "--listen", f"127.0.0.1:{port}", "--into", migrated,
+                               "--accept-timeout", "30"])
+        try:
+            pf_migrate.migrate(ctx, guest, f"tcp:127.0.0.1:{port}", 2, "zstd", "auto", args.workers, None, 10)
+        finally:
+            if rx.wait(timeout=60) != 0:
+                print("demo: FAILED, the receiver failed")
+                return 1
+        print("== verify", flush=True)
+        rc = tool(ctx, "pageferry-verify", [guest, migrated])
         print("demo: OK" if rc == 0 else "demo: FAILED, the copies differ")
         return rc
     finally:
-        for f in (guest, copy):
+        for f in (guest, copy, migrated):
             if os.path.exists(f):
                 os.unlink(f)
         shutil.rmtree(work, ignore_errors=True)

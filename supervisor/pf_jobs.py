@@ -143,7 +143,7 @@ def snapshot(ctx, guest, out, workers):
         for i in range(workers):
             writer_fds[7 + 2 * i] = pairs[(1, i)][1].fileno()
             writer_fds[8 + 2 * i] = pairs[(2, i)][0].fileno()
-        p.spawn("pageferry-writer", "pageferry-writer", [], writer_fds)
+        p.spawn("pageferry-writer", "pageferry-writer", ["snapshot"], writer_fds)
         for i in range(workers):
             p.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [i],
                     {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(),

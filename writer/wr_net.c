@@ -26,8 +26,10 @@
 
 #define RESULT_TIMEOUT_MS 120000 /* the receiver flushes and checks before it answers */
 
-static int open_channel(struct wr_net *n, const struct net_addr *addr, struct proto_handshake *hs,
-			const struct net_psk *psk, int timeout_ms, char *what, size_t what_len, const char *name)
+/* Connect and handshake one channel: 0 with *fd_out set, or the failure
+ * (-errno or a positive enum proto_err). */
+static int open_channel(const struct net_addr *addr, struct proto_handshake *hs, const struct net_psk *psk,
+			int timeout_ms, char *what, size_t what_len, const char *name, int *fd_out)
 {
 	int fd = net_connect(addr, timeout_ms);
 	if (fd < 0) {
@@ -45,8 +47,8 @@ static int open_channel(struct wr_net *n, const struct net_addr *addr, struct pr
 		close(fd);
 		return rc;
 	}
-	(void)n;
-	return fd;
+	*fd_out = fd;
+	return 0;
 }
 
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
@@ -71,14 +73,15 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 	struct proto_handshake h = *hs;
 	h.channel_kind = PROTO_CHAN_MAIN;
 	h.channel_id = 0;
-	int fd = open_channel(n, &addr, &h, psk, connect_timeout_ms, what, what_len, "main channel to");
-	if (fd < 0)
-		return fd;
+	int fd = -1;
+	int rc = open_channel(&addr, &h, psk, connect_timeout_ms, what, what_len, "main channel to", &fd);
+	if (rc != 0)
+		return rc;
 	n->main_fd = fd;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	/* Read only once, for the receiver's RESULT: set now, before lock-down. */
-	int rc = net_set_timeout(fd, RESULT_TIMEOUT_MS);
+	rc = net_set_timeout(fd, RESULT_TIMEOUT_MS);
 	if (rc < 0) {
 		snprintf(what, what_len, "socket timeout on the main channel");
 		return rc;
@@ -88,9 +91,9 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		snprintf(name, sizeof(name), "data channel %u to", i);
 		h.channel_kind = PROTO_CHAN_DATA;
 		h.channel_id = (uint8_t)i;
-		fd = open_channel(n, &addr, &h, psk, connect_timeout_ms, what, what_len, name);
-		if (fd < 0)
-			return fd;
+		rc = open_channel(&addr, &h, psk, connect_timeout_ms, what, what_len, name, &fd);
+		if (rc != 0)
+			return rc;
 		n->ch[i].fd = fd;
 		if (zc == WR_ZC_OFF)
 			continue;

@@ -1,0 +1,117 @@
+"""A hand-rolled pageferry sender for the receiver's bad-input tests: it
+speaks doc/formats.md's wire format directly, so each test can break exactly
+one field."""
+import hmac
+import hashlib
+import os
+import socket
+import struct
+import time
+
+HS_MAGIC, PK_MAGIC, VERSION = 0x53484650, 0x4B504650, 1
+DATA, SYNC, END, RESULT = 1, 2, 3, 4
+ZERO, RAW, ZSTD = 0, 1, 2
+F_ZSTD, F_PSK = 1, 2
+PAGE = 4096
+
+
+def _crc_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 & -(c & 1))
+        t.append(c)
+    return t
+
+
+_T = _crc_table()
+
+
+def crc32c(data, crc=0):
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = _T[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def handshake(kind, cid, session, guest_pages, n_channels=1, features=0, page=PAGE, run=128,
+              magic=HS_MAGIC, version=VERSION):
+    b = struct.pack("<IHBB16sIIQHHI12x", magic, version, kind, cid, session, page, run, guest_pages,
+                    n_channels, 0, features)
+    return b + struct.pack("<I", crc32c(b))
+
+
+def packet(ptype, enc, first, n_pages, seq, payload_len, rnd=1):
+    b = struct.pack("<IBBHIIQQIII", PK_MAGIC, ptype, enc, 0, rnd, n_pages, first, seq, payload_len, 0, 0)
+    return b + struct.pack("<I", crc32c(b))
+
+
+def end_body(packets, pages, payload, crc):
+    return struct.pack("<QQQII", packets, pages, payload, crc, 0)
+
+
+def connect(port, host="127.0.0.1", timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def psk_exchange(s, key, session, kind, cid):
+    """The sender's half of protocol/proto_auth.h."""
+    nonce_r = recv_exact(s, 32)
+    nonce_s = os.urandom(32)
+    msg = b"pageferry-psk-v1" + b"S" + session + bytes([kind, cid]) + nonce_r + nonce_s
+    s.sendall(nonce_s + hmac.new(key, msg, hashlib.sha256).digest())
+    return recv_exact(s, 36)
+
+
+class Session:
+    """Main channel plus one data channel, handshakes done."""
+
+    def __init__(self, port, guest_pages=1024, features=0, session=None):
+        self.session = session or os.urandom(16)
+        self.guest_pages = guest_pages
+        self.main = connect(port)
+        self.main.sendall(handshake(0, 0, self.session, guest_pages, features=features))
+        self.reply = recv_exact(self.main, 64)
+        self.data = connect(port)
+        self.data.sendall(handshake(1, 0, self.session, guest_pages, features=features))
+        self.data_reply = recv_exact(self.data, 64)
+        self.seq = 0
+        self.crc = 0
+        self.pages = 0
+        self.bytes = 0
+
+    def send(self, enc, first, n_pages, payload=b"", payload_len=None):
+        h = packet(DATA, enc, first, n_pages, self.seq, len(payload) if payload_len is None else payload_len)
+        self.data.sendall(h + payload)
+        self.seq += 1
+        self.crc = crc32c(h[44:48], self.crc)
+        self.pages += n_pages
+        self.bytes += len(payload)
+
+    def end(self):
+        self.data.sendall(packet(END, 0, 0, 0, self.seq, 32) + end_body(self.seq, self.pages, self.bytes, self.crc))
+
+    def close(self):
+        for s in (self.data, self.main):
+            try:
+                s.close()
+            except OSError:
+                pass
