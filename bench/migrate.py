@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""Migration throughput and CPU cost, in one run, as ratios:
+
+  - iperf3, one stream over loopback: the link's reference bandwidth;
+  - pageferry migrate -> receive over loopback for each guest, compression
+    (none, zstd:1), channel count (1, 2, 4) and zerocopy (on, off);
+  - QEMU's multifd migrating the same RAM image with the same channels and
+    compression (bench/qemu_migrate.py).
+
+Guests are made in /dev/shm; every destination is a fresh file on both sides
+(design.md, "a trap when measuring here"). Prints a table, writes JSON and a
+PNG chart.  usage: bench/migrate.py [--size 4G] [--out DIR]
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+PF = os.path.join(ROOT, "build", "pageferry")
+SHM = "/dev/shm"
+
+
+def iperf3():
+    srv = subprocess.Popen(["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "5", "-J"], capture_output=True,
+                       text=True, check=True)
+    srv.wait(timeout=10)
+    return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+
+
+def pageferry(guest, channels, compress, zerocopy):
+    port = random.randint(20000, 60000)
+    into = guest + ".dst"
+    rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
+                           "--json", "--accept-timeout", "30"], stdout=subprocess.PIPE, text=True)
+    tx = subprocess.run([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels",
+                         str(channels), "--compress", compress, "--zerocopy", zerocopy, "--workers", "2",
+                         "--json"], capture_output=True, text=True)
+    out, _ = rx.communicate(timeout=600)
+    if tx.returncode or rx.returncode:
+        raise RuntimeError(f"pageferry failed: {tx.stderr.strip()}")
+    ok = subprocess.run([PF, "verify", guest, into], capture_output=True).returncode == 0
+    os.unlink(into)
+    s, r = json.loads(tx.stdout), json.loads(out)
+    cpu = sum(s["cpu_seconds"].values()) + sum(r["cpu_seconds"].values())
+    return {"seconds": s["seconds"], "bytes_sent": s["bytes_sent"], "cpu": cpu,
+            "cpu_src": sum(s["cpu_seconds"].values()), "cpu_dst": sum(r["cpu_seconds"].values()),
+            "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok}
+
+
+def qemu(guest, channels, compress, zerocopy):
+    port = random.randint(20000, 60000)
+    dest = guest + ".qemu"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "qemu_migrate.py"), guest, dest,
+                        str(channels), compress, "1" if zerocopy == "on" else "0", str(port)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+    q = json.loads(r.stdout)
+    q["cpu"] = q["cpu_src"] + q["cpu_dst"]
+    return q
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4G")
+    ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
+    ap.add_argument("--patterns", default="mixed,random")
+    args = ap.parse_args()
+    gib = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True).stdout) / (1 << 30)
+    link = iperf3()
+    print(f"iperf3 loopback, one stream: {link / 2**20:.0f} MiB/s")
+    rows = []
+    for pattern in args.patterns.split(","):
+        guest = os.path.join(SHM, f"pf-bench-{pattern}.ram")
+        subprocess.run([PF, "mkguest", pattern, args.size, guest], check=True)
+        try:
+            for compress in ("none", "zstd"):
+                for channels in (1, 2, 4):
+                    q = qemu(guest, channels, compress, "on")
+                    for zc in ("on", "off"):
+                        p = pageferry(guest, channels, compress, zc)
+                        row = {"pattern": pattern, "compress": compress, "channels": channels, "zerocopy": zc,
+                               "pf": p, "qemu": q}
+                        rows.append(row)
+                        sent_rate = p["bytes_sent"] / p["seconds"]
+                        qtxt = (f"QEMU {q['seconds']:.2f} s {q['cpu'] / gib:.2f} cpu-s/GiB  speed-up "
+                                f"{q['seconds'] / p['seconds']:.2f}x" if "error" not in q else f"QEMU: {q['error']}")
+                        print(f"{pattern:6} {compress:4} ch={channels} zc={zc:3}: pageferry {p['seconds']:.2f} s "
+                              f"{p['cpu'] / gib:.2f} cpu-s/GiB, sent {sent_rate / 2**20:.0f} MiB/s = "
+                              f"{sent_rate / link:.2f} of iperf3 {'' if p['verified'] else '(VERIFY FAILED) '}| {qtxt}",
+                              flush=True)
+        finally:
+            os.unlink(guest)
+    with open(os.path.join(args.out, "migrate-bench.json"), "w") as f:
+        json.dump({"iperf3_bytes_per_s": link, "size": args.size, "rows": rows}, f, indent=1)
+    chart(rows, link, os.path.join(args.out, "migrate-throughput.png"), args.size)
+
+
+def chart(rows, link, path, size):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart")
+        return
+    labels = [f"{r['pattern']}\n{r['compress']} ch{r['channels']}\nzc {r['zerocopy']}" for r in rows]
+    pf = [r["pf"]["seconds"] for r in rows]
+    qm = [r["qemu"].get("seconds", 0) for r in rows]
+    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.7), 5))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], pf, 0.4, label="pageferry")
+    ax.bar([i + 0.2 for i in x], qm, 0.4, label="QEMU multifd")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, fontsize=6)
+    ax.set_ylabel("seconds to migrate (lower is better)")
+    ax.set_title(f"{size} guest over loopback; iperf3 one stream: {link / 2**20:.0f} MiB/s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
+if __name__ == "__main__":
+    main()
