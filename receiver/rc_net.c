@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "net/net_socket.h"
@@ -114,6 +116,9 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 			err = PROTO_E_CHANNEL_DUPLICATE;
 		answer(r, fd, &h, err, psk, who);
 		r->ch[h.channel_id].fd = fd;
+		r->ch[h.channel_id].staging = malloc(RC_STAGING_BYTES);
+		if (!r->ch[h.channel_id].staging)
+			stage_die_errno(-ENOMEM, "staging buffer");
 		/* From here on a stalled sender is waited for: pages take time. */
 		net_set_timeout(fd, 0);
 	}
@@ -172,12 +177,55 @@ static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index)
 	return &r->inf[i];
 }
 
-static void recv_or_fail(struct rc_net *r, uint32_t c, void *buf, size_t len, const char *what)
+static noreturn void truncated(struct rc_net *r, uint32_t c, const char *what)
 {
-	int rc = net_recv_all(r->ch[c].fd, buf, len);
+	fail(r, PROTO_E_TRUNCATED, "data channel %u: the sender closed the connection in the middle of %s "
+		"(truncated stream)", c, what);
+}
+
+/* Have at least `need` (<= RC_STAGING_BYTES) bytes staged. */
+static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const char *what)
+{
+	struct rc_channel *ch = &r->ch[c];
+	if (ch->fill - ch->start >= need)
+		return;
+	if (ch->start + need > RC_STAGING_BYTES) {
+		memmove(ch->staging, ch->staging + ch->start, ch->fill - ch->start);
+		ch->fill -= ch->start;
+		ch->start = 0;
+	}
+	while (ch->fill - ch->start < need) {
+		ssize_t n = recv(ch->fd, ch->staging + ch->fill, RC_STAGING_BYTES - ch->fill, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
+		if (n == 0)
+			truncated(r, c, what);
+		ch->fill += (uint32_t)n;
+	}
+}
+
+/* Exactly len bytes into dst: what is staged first, the rest straight from
+ * the socket (large payloads skip the staging copy). */
+static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, const char *what)
+{
+	struct rc_channel *ch = &r->ch[c];
+	size_t staged = ch->fill - ch->start < len ? ch->fill - ch->start : len;
+	memcpy(dst, ch->staging + ch->start, staged);
+	ch->start += (uint32_t)staged;
+	if (ch->start == ch->fill)
+		ch->start = ch->fill = 0;
+	if (staged == len)
+		return;
+	if (len - staged < RC_STAGING_BYTES / 4) {
+		stage_at_least(r, c, (uint32_t)(len - staged), what);
+		recv_or_fail(r, c, (uint8_t *)dst + staged, len - staged, what);
+		return;
+	}
+	int rc = net_recv_all(ch->fd, (uint8_t *)dst + staged, len - staged);
 	if (rc == -ECONNRESET)
-		fail(r, PROTO_E_TRUNCATED, "data channel %u: the sender closed the connection in the middle of %s "
-			"(truncated stream)", c, what);
+		truncated(r, c, what);
 	if (rc < 0)
 		stage_die_errno(rc, "data channel %u: receiving %s", c, what);
 }
@@ -219,6 +267,7 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 {
 	struct rc_channel *ch = &r->ch[c];
 	uint8_t header[PROTO_PACKET_HEADER_SIZE];
+	stage_at_least(r, c, sizeof(header), "a packet header");
 	recv_or_fail(r, c, header, sizeof(header), "a packet header");
 	struct proto_packet p;
 	enum proto_err err = proto_packet_decode(header, sizeof(header), &r->geo, &p);
@@ -282,9 +331,15 @@ void rc_net_receive(struct rc_net *r)
 		int ready = poll(pfd, n, 1000);
 		if (ready < 0 && errno != EINTR)
 			stage_die_errno(-errno, "poll on data channels");
-		for (nfds_t k = 0; ready > 0 && k < n; k++)
-			if (pfd[k].revents)
+		for (nfds_t k = 0; ready > 0 && k < n; k++) {
+			if (!pfd[k].revents)
+				continue;
+			/* Then every whole header already staged, without polling. */
+			struct rc_channel *ch = &r->ch[which[k]];
+			do
 				handle_packet(r, which[k]);
+			while (!ch->ended && ch->fill - ch->start >= PROTO_PACKET_HEADER_SIZE);
+		}
 	}
 	finish_inflaters(r);
 	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)

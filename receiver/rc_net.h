@@ -15,9 +15,14 @@
 
 #define RC_ARENA_BUFFER_SIZE PROTO_MAX_RUN_BYTES
 
+#define RC_STAGING_BYTES (256u << 10)
+
 struct rc_channel {
 	int fd;
 	bool ended;
+	/* Bytes received ahead: many small packets per recv.  [start, fill). */
+	uint8_t *staging;
+	uint32_t start, fill;
 	uint64_t seq, pages, payload_bytes;
 	uint32_t crc_of_crcs;
 };

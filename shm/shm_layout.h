@@ -78,8 +78,9 @@ enum {
 	SHM_STAT_ROUND,		/* pre-copy round in progress */
 	SHM_STAT_IN_BYTES,	/* bytes given to zstd */
 	SHM_STAT_OUT_BYTES,	/* bytes zstd produced (kept: smaller than input) */
-	SHM_STAT_SPARE1,
-	SHM_STAT_SPARE2,
+	SHM_STAT_EVENT_US,	/* scanner: CLOCK_MONOTONIC µs of the guest pause;
+				 * writer: of the receiver's confirmation */
+	SHM_STAT_SPARE,
 	SHM_STAT_COUNT
 };
 
@@ -145,7 +146,21 @@ static inline uint32_t shm_ring_index(enum shm_ring_kind kind, uint32_t worker)
 	return worker * SHM_RING_KINDS + (uint32_t)kind;
 }
 
-/* Stats block numbers. */
+/* Stats block numbers.  After the workers' blocks come SHM_MAX_ROUNDS round
+ * records (same size), indexed by the SHM_ROUND_* fields below. */
 enum { SHM_STATS_SCANNER = 0, SHM_STATS_WRITER = 1, SHM_STATS_WORKER0 = 2 };
+#define SHM_MAX_ROUNDS 64u
+
+enum {
+	SHM_ROUND_PAGES = 0,	/* scanner: pages posted in this round */
+	SHM_ROUND_BYTES,	/* scanner: bytes the writer sent during it */
+	SHM_ROUND_USEC,		/* scanner: its duration */
+	SHM_ROUND_DIRTY_PAGES,	/* scanner: dirty pages found at its end */
+	SHM_ROUND_BW,		/* scanner: measured bytes per second */
+	SHM_ROUND_DIRTY_RATE,	/* scanner: dirtied bytes per second */
+	SHM_ROUND_EXPECTED_US,	/* scanner: dirty bytes / bandwidth */
+	SHM_ROUND_THROTTLE,	/* scanner: throttle asked of the guest during it */
+	SHM_ROUND_DONE,		/* 1 once the record is complete */
+};
 
 #endif

@@ -36,7 +36,7 @@ struct layout {
 static void compute_layout(const struct shm_geometry *g, struct layout *l)
 {
 	l->n_rings = g->n_workers * SHM_RING_KINDS;
-	l->n_stats = SHM_STATS_WORKER0 + g->n_workers;
+	l->n_stats = SHM_STATS_WORKER0 + g->n_workers + SHM_MAX_ROUNDS;
 	l->rings_offset = align_up(sizeof(struct shm_seg_header), SHM_CACHE_LINE);
 	l->ring_stride = align_up(shm_ring_bytes(g->ring_slots), SHM_CACHE_LINE);
 	l->stats_offset = l->rings_offset + (uint64_t)l->n_rings * l->ring_stride;
@@ -201,6 +201,13 @@ void *shm_segment_ring_mem(const struct shm_segment *seg, uint32_t ring)
 struct shm_stats *shm_segment_stats(const struct shm_segment *seg, uint32_t block)
 {
 	return (struct shm_stats *)(seg->base + seg->stats_offset + (uint64_t)block * sizeof(struct shm_stats));
+}
+
+struct shm_stats *shm_segment_round(const struct shm_segment *seg, uint32_t round)
+{
+	if (round < 1 || round > SHM_MAX_ROUNDS)
+		return NULL;
+	return shm_segment_stats(seg, SHM_STATS_WORKER0 + seg->geo.n_workers + round - 1);
 }
 
 int shm_segment_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker,

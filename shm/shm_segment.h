@@ -48,6 +48,8 @@ void shm_segment_detach(struct shm_segment *seg);
 /* Local pointers into the segment (no bounds to check: attach did). */
 void *shm_segment_ring_mem(const struct shm_segment *seg, uint32_t ring);
 struct shm_stats *shm_segment_stats(const struct shm_segment *seg, uint32_t block);
+/* Round r's record (1..SHM_MAX_ROUNDS, SHM_ROUND_* fields), or NULL. */
+struct shm_stats *shm_segment_round(const struct shm_segment *seg, uint32_t round);
 
 /* Bind a ring view for one of the segment's rings. */
 int shm_segment_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker,

@@ -114,6 +114,17 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 	return 0;
 }
 
+/* Give back the buffers of sent packets whose notifications all arrived. */
+static void sweep_completed(struct wr_net *n, struct wr_channel *c)
+{
+	while (c->tail != c->queued && c->inflight[c->tail % WR_NET_INFLIGHT].need_done <= c->zc_done) {
+		struct wr_inflight *f = &c->inflight[c->tail % WR_NET_INFLIGHT];
+		if (f->worker >= 0 && n->buffer_done)
+			n->buffer_done(n->ctx, (uint32_t)f->worker, f->buffer);
+		c->tail++;
+	}
+}
+
 /* Read completion notifications off the error queue.  wait: block until at
  * least one arrives. */
 static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
@@ -156,19 +167,14 @@ static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
 		}
 		wait = false;
 	}
-	while (c->tail != c->head && c->inflight[c->tail % WR_NET_INFLIGHT].last_zc_id < c->zc_done) {
-		struct wr_inflight *f = &c->inflight[c->tail % WR_NET_INFLIGHT];
-		if (f->worker >= 0 && n->buffer_done)
-			n->buffer_done(n->ctx, (uint32_t)f->worker, f->buffer);
-		c->tail++;
-	}
+	sweep_completed(n, c);
 	return 0;
 }
 
 int wr_net_reap(struct wr_net *n)
 {
 	for (uint32_t i = 0; i < n->n_channels; i++)
-		if (n->ch[i].zerocopy && n->ch[i].tail != n->ch[i].head) {
+		if (n->ch[i].zerocopy && n->ch[i].tail != n->ch[i].queued) {
 			int rc = reap_channel(n, &n->ch[i], false);
 			if (rc < 0)
 				return rc;
@@ -176,13 +182,13 @@ int wr_net_reap(struct wr_net *n)
 	return 0;
 }
 
-/* One whole packet on one channel, zerocopy when it has a payload. */
-static int send_packet(struct wr_net *n, struct wr_channel *c, const uint8_t *header, const void *payload,
-		       size_t payload_len)
+/* One sendmsg (more if the kernel takes part) for every gathered packet. */
+static int flush_channel(struct wr_net *n, struct wr_channel *c)
 {
-	struct iovec iov[2] = { { (void *)header, PROTO_PACKET_HEADER_SIZE }, { (void *)payload, payload_len } };
-	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = payload_len ? 2 : 1 };
-	bool zc = c->zerocopy && payload_len;
+	if (c->queued == c->head)
+		return 0;
+	struct msghdr msg = { .msg_iov = c->iov, .msg_iovlen = c->n_iov };
+	bool zc = c->zerocopy;
 	while (msg.msg_iovlen) {
 		ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL | (zc ? MSG_ZEROCOPY : 0));
 		if (r < 0 && errno == EINTR)
@@ -211,6 +217,24 @@ static int send_packet(struct wr_net *n, struct wr_channel *c, const uint8_t *he
 			msg.msg_iov[0].iov_len -= done;
 		}
 	}
+	/* TCP completes in order: these packets are done once every
+	 * notification issued so far is (at once, if this flush copied). */
+	for (uint64_t slot = c->queued; slot < c->head; slot++)
+		c->inflight[slot % WR_NET_INFLIGHT].need_done = c->zc_issued;
+	c->queued = c->head;
+	c->n_iov = 0;
+	c->queued_bytes = 0;
+	sweep_completed(n, c);
+	return 0;
+}
+
+int wr_net_flush(struct wr_net *n)
+{
+	for (uint32_t i = 0; i < n->n_channels; i++) {
+		int rc = flush_channel(n, &n->ch[i]);
+		if (rc < 0)
+			return rc;
+	}
 	return 0;
 }
 
@@ -218,28 +242,28 @@ int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, i
 {
 	struct wr_channel *c = &n->ch[n->next];
 	n->next = (n->next + 1) % n->n_channels;
+	int rc;
+	if (c->head - c->queued == WR_NET_BATCH || c->queued_bytes >= WR_NET_BATCH_BYTES)
+		if ((rc = flush_channel(n, c)) < 0)
+			return rc;
 	while (c->head - c->tail == WR_NET_INFLIGHT) {
-		int rc = reap_channel(n, c, true);
-		if (rc < 0)
+		if ((rc = flush_channel(n, c)) < 0 || (rc = reap_channel(n, c, true)) < 0)
 			return rc;
 	}
 	p->seq = c->seq;
 	uint8_t *header = c->headers[c->head % WR_NET_INFLIGHT];
 	proto_packet_encode(p, header);
-	int rc = send_packet(n, c, header, payload, p->payload_len);
-	if (rc < 0)
-		return rc;
+	c->iov[c->n_iov++] = (struct iovec){ header, PROTO_PACKET_HEADER_SIZE };
+	if (p->payload_len)
+		c->iov[c->n_iov++] = (struct iovec){ (void *)payload, p->payload_len };
+	c->inflight[c->head % WR_NET_INFLIGHT] =
+		(struct wr_inflight){ .need_done = UINT64_MAX, .worker = worker, .buffer = buffer };
+	c->head++;
+	c->queued_bytes += PROTO_PACKET_HEADER_SIZE + p->payload_len;
 	c->seq++;
 	c->pages += p->n_pages;
 	c->payload_bytes += p->payload_len;
 	c->crc_of_crcs = proto_crc32c(c->crc_of_crcs, header + 44, 4);
-	if (c->zerocopy && p->payload_len) {
-		c->inflight[c->head % WR_NET_INFLIGHT] =
-			(struct wr_inflight){ .last_zc_id = c->zc_issued - 1, .worker = worker, .buffer = buffer };
-		c->head++;
-	} else if (worker >= 0 && n->buffer_done) {
-		n->buffer_done(n->ctx, (uint32_t)worker, buffer);
-	}
 	return 0;
 }
 
@@ -247,13 +271,16 @@ unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max
 {
 	unsigned k = 0;
 	for (uint32_t i = 0; i < n->n_channels && k < max; i++)
-		if (n->ch[i].tail != n->ch[i].head)
+		if (n->ch[i].tail != n->ch[i].queued)
 			pfd[k++] = (struct pollfd){ .fd = n->ch[i].fd, .events = 0 };
 	return k;
 }
 
 int wr_net_finish(struct wr_net *n, uint32_t *status)
 {
+	int flushed = wr_net_flush(n);
+	if (flushed < 0)
+		return flushed;
 	for (uint32_t i = 0; i < n->n_channels; i++) {
 		struct wr_channel *c = &n->ch[i];
 		struct proto_end_body e = { .packets = c->seq, .pages = c->pages, .payload_bytes = c->payload_bytes,
@@ -267,7 +294,7 @@ int wr_net_finish(struct wr_net *n, uint32_t *status)
 			return rc;
 	}
 	for (uint32_t i = 0; i < n->n_channels; i++)
-		while (n->ch[i].tail != n->ch[i].head) {
+		while (n->ch[i].tail != n->ch[i].queued) {
 			int rc = reap_channel(n, &n->ch[i], true);
 			if (rc < 0)
 				return rc;

@@ -10,19 +10,22 @@
 
 #include <poll.h>
 #include <stdbool.h>
+#include <sys/uio.h>
 #include <stdint.h>
 
 #include "net/net_channel.h"
 #include "protocol/proto_packet.h"
 
 #define WR_NET_INFLIGHT 512u	/* packets in flight per channel (power of two) */
+#define WR_NET_BATCH 64u	/* packets gathered into one sendmsg */
+#define WR_NET_BATCH_BYTES (1u << 20)
 
 enum wr_zerocopy { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON };
 
 typedef void (*wr_buffer_done_fn)(void *ctx, uint32_t worker, uint32_t buffer);
 
 struct wr_inflight {
-	uint64_t last_zc_id;	/* completion id of the packet's last sendmsg */
+	uint64_t need_done;	/* done once this many notifications arrived */
 	int32_t worker;		/* arena buffer to give back, or -1 */
 	uint32_t buffer;
 };
@@ -34,7 +37,12 @@ struct wr_channel {
 	uint64_t pages, payload_bytes;
 	uint32_t crc_of_crcs;
 	uint64_t zc_issued, zc_done, zc_copied;
-	uint64_t head, tail;	/* in-flight FIFO: [tail, head) */
+	/* Packet slots: [tail, queued) sent and awaiting completion,
+	 * [queued, head) gathered for the next sendmsg. */
+	uint64_t head, queued, tail;
+	uint64_t queued_bytes;
+	uint32_t n_iov;
+	struct iovec iov[2 * WR_NET_BATCH];
 	struct wr_inflight inflight[WR_NET_INFLIGHT];
 	uint8_t headers[WR_NET_INFLIGHT][PROTO_PACKET_HEADER_SIZE];
 };
@@ -57,10 +65,14 @@ struct wr_net {
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
 		const struct net_psk *psk, enum wr_zerocopy zc, int connect_timeout_ms, char *what,
 		size_t what_len);
-/* Send one packet: header built from `p` (seq filled in here) plus payload.
- * worker >= 0 names the arena buffer holding the payload, given back through
- * buffer_done once the kernel is done with it.  -errno on failure. */
+/* Queue one packet on the next channel: header built from `p` (seq filled
+ * in here) plus payload.  Packets are gathered, up to WR_NET_BATCH or 1 MiB
+ * per channel, into one sendmsg.  worker >= 0 names the arena buffer holding
+ * the payload, given back through buffer_done once the kernel is done with
+ * it.  -errno on failure. */
 int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer);
+/* Send everything gathered so far (before going idle). */
+int wr_net_flush(struct wr_net *n);
 /* Give back buffers whose sends completed, without waiting. */
 int wr_net_reap(struct wr_net *n);
 /* Fill pfd with the channels that wait for completions (POLLERR wakes a

@@ -131,7 +131,9 @@ static void sleep_on_rings(struct writer *w)
 {
 	/* Writes merged so far go out before we sleep, not after; buffers
 	 * whose sends completed go back before the workers wait for them. */
-	int flushed = w->migrate ? wr_net_reap(&w->net) : wr_snapfile_flush(&w->file);
+	int flushed = w->migrate ? wr_net_flush(&w->net) : wr_snapfile_flush(&w->file);
+	if (flushed == 0 && w->migrate)
+		flushed = wr_net_reap(&w->net);
 	if (flushed < 0)
 		stage_die_errno(flushed, w->migrate ? "sending to the receiver" : "writing page data to the snapshot");
 	struct pollfd pfd[SHM_MAX_WORKERS + PROTO_MAX_CHANNELS];
@@ -274,7 +276,7 @@ int main(int argc, char **argv)
 				handled += drain_ring(&w, i);
 		if (handled == 0)
 			sleep_on_rings(&w);
-		else if (w.migrate && (rc = wr_net_reap(&w.net)) < 0)
+		else if (w.migrate && ((rc = wr_net_flush(&w.net)) < 0 || (rc = wr_net_reap(&w.net)) < 0))
 			stage_die_errno(rc, "sending to the receiver");
 	}
 	if (w.migrate) {
