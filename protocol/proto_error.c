@@ -45,6 +45,7 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_ZSTD_FRAME] = "compressed payload is not a valid zstd frame",
 	[PROTO_E_ZSTD_SIZE] = "compressed payload decompresses to a size other than its page count",
 	[PROTO_E_RESULT] = "result message malformed",
+	[PROTO_E_CANCELLED] = "the migration was cancelled by the sender",
 };
 
 const char *proto_strerror(enum proto_err err)

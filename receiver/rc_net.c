@@ -1,6 +1,7 @@
 #include "receiver/rc_net.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -71,8 +72,6 @@ static enum proto_err check_main_offer(const struct proto_handshake *h, const st
 		return PROTO_E_CHANNEL_KIND;
 	if (!!(h->features & PROTO_F_PSK) != (psk->len > 0))
 		return PROTO_E_PSK_MISSING;
-	if (h->features & PROTO_F_ROUNDS)
-		return PROTO_E_FEATURES; /* live migration is not received yet */
 	return PROTO_OK;
 }
 
@@ -116,6 +115,7 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 			err = PROTO_E_CHANNEL_DUPLICATE;
 		answer(r, fd, &h, err, psk, who);
 		r->ch[h.channel_id].fd = fd;
+		r->ch[h.channel_id].round = 1;
 		r->ch[h.channel_id].staging = malloc(RC_STAGING_BYTES);
 		if (!r->ch[h.channel_id].staging)
 			stage_die_errno(-ENOMEM, "staging buffer");
@@ -129,7 +129,9 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 
 static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index);
 
-static void collect_buffers(struct rc_net *r, uint32_t i, int wait, bool *ended)
+/* Take back buffers from inflater i.  With `ack`, wait until the inflater
+ * echoes a descriptor of type ack_type (its fence or end). */
+static void collect_buffers(struct rc_net *r, uint32_t i, int wait, bool *ack, uint8_t ack_type)
 {
 	struct rc_inflater *f = &r->inf[i];
 	struct shm_slot batch[WK_ARENA_BUFFERS];
@@ -140,8 +142,8 @@ static void collect_buffers(struct rc_net *r, uint32_t i, int wait, bool *ended)
 		for (int k = 0; k < n; k++) {
 			struct proto_desc d;
 			enum proto_err err = proto_desc_unpack(batch[k], &r->geo, WK_ARENA_BUFFERS, &d);
-			if (err == PROTO_OK && d.type == PROTO_DESC_END && ended) {
-				*ended = true;
+			if (err == PROTO_OK && ack && d.type == ack_type) {
+				*ack = true;
 				continue;
 			}
 			if (err == PROTO_OK && (d.type != PROTO_DESC_BUFFER || f->is_free[d.buffer]))
@@ -151,8 +153,10 @@ static void collect_buffers(struct rc_net *r, uint32_t i, int wait, bool *ended)
 			f->is_free[d.buffer] = true;
 			f->free_buffers[f->n_free++] = d.buffer;
 		}
-		if (n > 0 || !wait || (ended && *ended))
+		if ((n > 0 && !ack) || !wait || (ack && *ack))
 			return;
+		if (n > 0)
+			continue;
 		int rc = shm_ring_wait_ready(&f->back, 1, -1);
 		if (rc < 0)
 			stage_die_ring(rc, "ring from inflater");
@@ -163,7 +167,7 @@ static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index)
 {
 	for (uint32_t k = 0; k < r->n_inflaters; k++) {
 		uint32_t i = (r->next_inflater + k) % r->n_inflaters;
-		collect_buffers(r, i, 0, NULL);
+		collect_buffers(r, i, 0, NULL, 0);
 		if (r->inf[i].n_free) {
 			r->next_inflater = (i + 1) % r->n_inflaters;
 			*index = i;
@@ -171,7 +175,7 @@ static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index)
 		}
 	}
 	uint32_t i = r->next_inflater;
-	collect_buffers(r, i, 1, NULL);
+	collect_buffers(r, i, 1, NULL, 0);
 	r->next_inflater = (i + 1) % r->n_inflaters;
 	*index = i;
 	return &r->inf[i];
@@ -262,6 +266,14 @@ static void check_end(struct rc_net *r, uint32_t c)
 	r->n_ended++;
 }
 
+/* A page sent in an earlier round that is zero now. */
+static void zero_pages(struct rc_net *r, const struct proto_packet *p)
+{
+	uint64_t off = p->first_page * r->geo.page_size, len = (uint64_t)p->n_pages * r->geo.page_size;
+	if (fallocate(STAGE_FD_GUEST, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+		memset(r->dest + off, 0, len);
+}
+
 /* One packet from channel c. */
 static void handle_packet(struct rc_net *r, uint32_t c)
 {
@@ -273,9 +285,10 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 	enum proto_err err = proto_packet_decode(header, sizeof(header), &r->geo, &p);
 	if (err == PROTO_OK && p.seq != ch->seq)
 		err = PROTO_E_SEQUENCE;
-	if (err == PROTO_OK && p.type == PROTO_PKT_DATA && p.round != 1)
+	if (err == PROTO_OK && (p.type == PROTO_PKT_DATA || p.type == PROTO_PKT_SYNC) && p.round != ch->round)
 		err = PROTO_E_ROUND;
-	if (err == PROTO_OK && (p.type == PROTO_PKT_SYNC || p.type == PROTO_PKT_RESULT))
+	if (err == PROTO_OK && (p.type == PROTO_PKT_RESULT ||
+				(p.type == PROTO_PKT_SYNC && !(r->hs.features & PROTO_F_ROUNDS))))
 		err = PROTO_E_PACKET_TYPE;
 	if (err == PROTO_OK && p.encoding == PROTO_ENC_ZSTD && !(r->hs.features & PROTO_F_ZSTD))
 		err = PROTO_E_ENCODING;
@@ -285,11 +298,21 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 		check_end(r, c);
 		return;
 	}
+	if (p.type == PROTO_PKT_SYNC) {
+		ch->synced = true;
+		r->n_synced++;
+		ch->seq++;
+		ch->crc_of_crcs = proto_crc32c(ch->crc_of_crcs, header + 44, 4);
+		stage_stat_add(r->stats, SHM_STAT_PACKETS, 1);
+		return;
+	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
 	if (p.encoding == PROTO_ENC_RAW)
 		recv_or_fail(r, c, r->dest + p.first_page * r->geo.page_size, p.payload_len, "raw pages");
 	else if (p.encoding == PROTO_ENC_ZSTD)
 		place_zstd(r, c, &p);
+	else if (p.round > 1)
+		zero_pages(r, &p);
 	else
 		stage_stat_add(r->stats, SHM_STAT_ZERO_PAGES, p.n_pages); /* a fresh destination is all holes */
 	ch->seq++;
@@ -301,47 +324,109 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 	stage_stat_add(r->stats, SHM_STAT_PACKETS, 1);
 }
 
-static void finish_inflaters(struct rc_net *r)
+/* Every inflater has placed everything it was given (type FENCE), or is
+ * done (type END). */
+static void drain_inflaters(struct rc_net *r, uint8_t type)
 {
-	struct proto_desc end = { .type = PROTO_DESC_END };
-	struct shm_slot s = proto_desc_pack(&end);
+	struct proto_desc marker = { .type = type };
+	struct shm_slot s = proto_desc_pack(&marker);
 	for (uint32_t i = 0; i < r->n_inflaters; i++) {
 		int rc = shm_ring_enqueue_all(&r->inf[i].out, &s, 1);
 		if (rc < 0)
 			stage_die_ring(rc, "ring to inflater");
 	}
 	for (uint32_t i = 0; i < r->n_inflaters; i++) {
-		bool ended = false;
-		while (!ended)
-			collect_buffers(r, i, 1, &ended);
+		bool acked = false;
+		while (!acked)
+			collect_buffers(r, i, 1, &acked, type);
 	}
+}
+
+/* Every channel reached the end of the round: older versions of pages are
+ * all placed before any newer one is (design.md §3). */
+static void next_round(struct rc_net *r)
+{
+	drain_inflaters(r, PROTO_DESC_FENCE);
+	for (uint32_t c = 0; c < r->n_channels; c++) {
+		r->ch[c].synced = false;
+		r->ch[c].round++;
+	}
+	r->n_synced = 0;
+	stage_stat_set(r->stats, SHM_STAT_ROUND, r->ch[0].round);
+}
+
+
+static bool active(const struct rc_channel *ch)
+{
+	return !ch->ended && !ch->synced;
+}
+
+/* Handle every whole packet already staged on active channels. */
+static bool handle_staged(struct rc_net *r)
+{
+	bool any = false;
+	for (uint32_t c = 0; c < r->n_channels; c++)
+		while (active(&r->ch[c]) && r->ch[c].fill - r->ch[c].start >= PROTO_PACKET_HEADER_SIZE) {
+			handle_packet(r, c);
+			any = true;
+		}
+	return any;
+}
+
+/* The main channel carries nothing until the end, except a cancellation. */
+static void check_main(struct rc_net *r)
+{
+	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
+	int rc = net_recv_all(r->main_fd, header, sizeof(header));
+	if (rc == -ECONNRESET)
+		fail(r, PROTO_E_TRUNCATED, "main channel: the sender closed the connection (it failed or was killed)");
+	if (rc < 0)
+		stage_die_errno(rc, "main channel");
+	struct proto_packet p;
+	uint32_t status = 0;
+	enum proto_err err = proto_packet_decode(header, sizeof(header), &r->geo, &p);
+	if (err == PROTO_OK && p.type != PROTO_PKT_RESULT)
+		err = PROTO_E_PACKET_TYPE;
+	if (err == PROTO_OK && (rc = net_recv_all(r->main_fd, body, sizeof(body))) < 0)
+		stage_die_errno(rc, "main channel");
+	if (err == PROTO_OK)
+		err = proto_result_decode(body, sizeof(body), &status);
+	if (err != PROTO_OK)
+		fail(r, err, "main channel: %s", proto_strerror(err));
+	stage_die(STAGE_EXIT_FAILED, "%s", status == PROTO_E_CANCELLED ? "cancelled: the sender gave up the migration"
+									: proto_strerror((enum proto_err)status));
 }
 
 void rc_net_receive(struct rc_net *r)
 {
-	struct pollfd pfd[PROTO_MAX_CHANNELS];
+	struct pollfd pfd[PROTO_MAX_CHANNELS + 1];
 	while (r->n_ended < r->n_channels) {
+		if (r->n_synced && r->n_synced + r->n_ended == r->n_channels) {
+			next_round(r);
+			continue;
+		}
+		if (handle_staged(r))
+			continue;
 		nfds_t n = 0;
 		uint32_t which[PROTO_MAX_CHANNELS];
 		for (uint32_t c = 0; c < r->n_channels; c++)
-			if (!r->ch[c].ended) {
+			if (active(&r->ch[c])) {
 				pfd[n] = (struct pollfd){ .fd = r->ch[c].fd, .events = POLLIN };
 				which[n++] = c;
 			}
-		int ready = poll(pfd, n, 1000);
+		pfd[n] = (struct pollfd){ .fd = r->main_fd, .events = POLLIN };
+		int ready = poll(pfd, n + 1, 1000);
 		if (ready < 0 && errno != EINTR)
 			stage_die_errno(-errno, "poll on data channels");
-		for (nfds_t k = 0; ready > 0 && k < n; k++) {
-			if (!pfd[k].revents)
-				continue;
-			/* Then every whole header already staged, without polling. */
-			struct rc_channel *ch = &r->ch[which[k]];
-			do
+		for (nfds_t k = 0; ready > 0 && k < n; k++)
+			if (pfd[k].revents && active(&r->ch[which[k]]))
 				handle_packet(r, which[k]);
-			while (!ch->ended && ch->fill - ch->start >= PROTO_PACKET_HEADER_SIZE);
-		}
+		/* After the data channels, so a sender that died mid-packet is
+		 * reported as the truncated stream it left. */
+		if (ready > 0 && pfd[n].revents)
+			check_main(r);
 	}
-	finish_inflaters(r);
+	drain_inflaters(r, PROTO_DESC_END);
 	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "fdatasync of the destination: %s", strerror(errno));
 	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };

@@ -20,6 +20,8 @@
 struct rc_channel {
 	int fd;
 	bool ended;
+	bool synced;		/* reached the end of the current round */
+	uint32_t round;
 	/* Bytes received ahead: many small packets per recv.  [start, fill). */
 	uint8_t *staging;
 	uint32_t start, fill;
@@ -38,7 +40,7 @@ struct rc_net {
 	int listen_fd, main_fd;
 	struct proto_handshake hs;	/* the session, as agreed on the main channel */
 	struct proto_geometry geo;
-	uint32_t n_channels, n_ended;
+	uint32_t n_channels, n_ended, n_synced;
 	struct rc_channel ch[PROTO_MAX_CHANNELS];
 	uint32_t n_inflaters, next_inflater;
 	struct rc_inflater inf[SHM_MAX_WORKERS];

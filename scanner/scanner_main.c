@@ -2,6 +2,13 @@
  *
  * fds: 3 control segment, 4 guest (read-only),
  *      5 + i  wake socket of ring scanner -> worker i (i < n_workers)
+ *      5 + n_workers  the dirty log, read-write (live mode)
+ * argv: pageferry-scanner
+ *       pageferry-scanner live DOWNTIME_MS MAX_BW_BYTES_S AUTO_CONVERGE MAX_ROUNDS PAUSE_TIMEOUT_MS
+ *
+ * In live mode the whole RAM is round 1; later rounds come from the dirty
+ * log (scanner/sc_precopy.c).  Each round ends with a FENCE on every worker
+ * ring.
  *
  * Holes in the guest file (never written) are found with SEEK_DATA/SEEK_HOLE
  * and skipped without being read: reading them would make the kernel
@@ -10,23 +17,27 @@
  * is full so one slow worker does not stall the others.
  */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "protocol/proto_desc.h"
-#include "stage/stage.h"
+#include "protocol/proto_dirtylog.h"
+#include "scanner/sc_precopy.h"
+#include "scanner/sc_scanner.h"
 
-struct scanner {
-	struct shm_segment seg;
-	struct shm_ring rings[SHM_MAX_WORKERS];
-	struct shm_stats *stats;
-	uint32_t n_workers;
-	uint32_t next;
-};
-
-static void post_run(struct scanner *s, uint64_t first_page, uint32_t n_pages)
+uint64_t sc_now_us(void)
 {
-	struct proto_desc d = { .type = PROTO_DESC_RUN, .first_page = first_page, .n_pages = n_pages };
-	struct shm_slot slot = proto_desc_pack(&d);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void post_slot(struct scanner *s, struct shm_slot slot)
+{
 	for (;;) {
 		for (uint32_t k = 0; k < s->n_workers; k++) {
 			uint32_t w = (s->next + k) % s->n_workers;
@@ -46,12 +57,40 @@ static void post_run(struct scanner *s, uint64_t first_page, uint32_t n_pages)
 	}
 }
 
-static void post_extent(struct scanner *s, uint64_t first, uint64_t end_page)
+/* --max-bandwidth: do not post faster than the limit allows. */
+static void pace(struct scanner *s, uint64_t bytes)
+{
+	if (!s->max_bandwidth)
+		return;
+	s->posted_bytes += bytes;
+	uint64_t due_us = s->posted_bytes * 1000000u / s->max_bandwidth;
+	uint64_t elapsed = sc_now_us() - s->pacing_start_us;
+	if (due_us > elapsed) {
+		uint64_t wait = due_us - elapsed;
+		struct timespec ts = { (time_t)(wait / 1000000u), (long)(wait % 1000000u) * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
+void sc_post_fence(struct scanner *s)
+{
+	struct proto_desc d = { .type = PROTO_DESC_FENCE, .first_page = s->round };
+	struct shm_slot slot = proto_desc_pack(&d);
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		int rc = shm_ring_enqueue_all(&s->rings[i], &slot, 1);
+		if (rc < 0)
+			stage_die_ring(rc, "ring to worker");
+	}
+}
+
+void sc_post_extent(struct scanner *s, uint64_t first, uint64_t end_page)
 {
 	uint32_t run = s->seg.geo.max_run_pages;
 	while (first < end_page) {
 		uint64_t n = end_page - first < run ? end_page - first : run;
-		post_run(s, first, (uint32_t)n);
+		struct proto_desc d = { .type = PROTO_DESC_RUN, .first_page = first, .n_pages = (uint32_t)n };
+		post_slot(s, proto_desc_pack(&d));
+		pace(s, n * s->seg.geo.page_size);
 		stage_stat_add(s->stats, SHM_STAT_PAGES, n);
 		stage_stat_add(s->stats, SHM_STAT_RUNS, 1);
 		first += n;
@@ -79,18 +118,54 @@ static int next_extent(uint64_t pos, uint64_t size, uint64_t *data, uint64_t *ho
 	return 1;
 }
 
+static uint8_t *map_dirty_log(const struct scanner *s, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		stage_die_errno(-errno, "dirty log on fd %d", fd);
+	uint8_t *log = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (log == MAP_FAILED)
+		stage_die_errno(-errno, "mmap dirty log");
+	enum proto_err err = proto_dirtylog_check(log, (uint64_t)st.st_size, s->seg.geo.page_size,
+						  s->seg.geo.guest_pages);
+	if (err != PROTO_OK)
+		stage_die(STAGE_EXIT_FAILED, "dirty log: %s", proto_strerror(err));
+	return log;
+}
+
 int main(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
 	struct scanner s = { 0 };
 	stage_set_name("scanner", -1);
+	int live = argc == 7 && strcmp(argv[1], "live") == 0;
+	if (argc != 1 && !live)
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-scanner [live DOWNTIME_MS MAX_BW AUTO_CONVERGE "
+					    "MAX_ROUNDS PAUSE_TIMEOUT_MS]");
 	stage_attach_segment(&s.seg);
 	s.n_workers = s.seg.geo.n_workers;
 	s.stats = shm_segment_stats(&s.seg, SHM_STATS_SCANNER);
+	s.writer_stats = shm_segment_stats(&s.seg, SHM_STATS_WRITER);
+	s.round = 1;
 	for (uint32_t i = 0; i < s.n_workers; i++)
 		stage_ring(&s.seg, SHM_RING_SCAN_TO_WORKER, i, STAGE_FD_ROLE + (int)i, &s.rings[i]);
-	stage_lockdown(SB_ROLE_SCANNER, STAGE_FD_ROLE + (int)s.n_workers - 1, 0);
+	struct sc_precopy_params params = { 0 };
+	uint8_t *dirty_log = NULL;
+	int max_fd = STAGE_FD_ROLE + (int)s.n_workers - 1;
+	if (live) {
+		params.downtime_limit_us = stage_parse_u64("downtime limit", argv[2], 1, 3600000) * 1000;
+		params.max_bandwidth = stage_parse_u64("max bandwidth", argv[3], 0, UINT64_MAX / 1000000);
+		params.auto_converge = (int)stage_parse_u64("auto-converge", argv[4], 0, 1);
+		params.max_rounds = (uint32_t)stage_parse_u64("max rounds", argv[5], 2, SHM_MAX_ROUNDS);
+		params.pause_timeout_us = stage_parse_u64("pause timeout", argv[6], 1, 600000) * 1000;
+		dirty_log = map_dirty_log(&s, max_fd + 1);
+		params.dirty_buf = calloc(proto_dirtylog_words(s.seg.geo.guest_pages), sizeof(uint64_t));
+		if (!params.dirty_buf)
+			stage_die_errno(-ENOMEM, "allocating the dirty bitmap");
+		max_fd++;
+		s.max_bandwidth = params.max_bandwidth;
+	}
+	stage_lockdown(SB_ROLE_SCANNER, max_fd, 0);
+	s.pacing_start_us = sc_now_us();
 	stage_stat_set(s.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 
 	const uint64_t page = s.seg.geo.page_size;
@@ -101,11 +176,13 @@ int main(int argc, char **argv)
 		uint64_t first = data / page, end = (hole + page - 1) / page;
 		if (first * page > pos)
 			stage_stat_add(s.stats, SHM_STAT_HOLE_PAGES, first - pos / page);
-		post_extent(&s, first, end);
+		sc_post_extent(&s, first, end);
 		pos = end * page;
 	}
 	if (pos < size)
 		stage_stat_add(s.stats, SHM_STAT_HOLE_PAGES, (size - pos) / page);
+	if (live)
+		sc_precopy_run(&s, dirty_log, &params);
 
 	struct proto_desc end = { .type = PROTO_DESC_END };
 	struct shm_slot slot = proto_desc_pack(&end);

@@ -89,7 +89,45 @@ def build_parser():
     g.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="keep retrying a refused connection this long (default: %(default)s)")
+    g.add_argument("--dirty-log", metavar="LOG",
+                   help="live migration: the VMM's dirty log (doc/vmm-interface.md); without it the guest "
+                        "must be paused")
+    g.add_argument("--downtime-limit", type=int, default=300, metavar="MS",
+                   help="live: switch over once the dirty pages left fit in this many ms (default: %(default)s)")
+    g.add_argument("--max-bandwidth", type=float, default=0, metavar="MIB/S",
+                   help="live: cap on what is read and sent per second (default: no cap)")
+    g.add_argument("--auto-converge", action="store_true",
+                   help="live: ask the VMM to throttle the guest while it dirties faster than half the link")
+    g.add_argument("--max-rounds", type=int, default=30, metavar="N",
+                   help="live: give up (the guest keeps running) after N rounds (2..64, default: %(default)s)")
+    g.add_argument("--pause-timeout", type=int, default=5000, metavar="MS",
+                   help="live: how long the VMM may take to acknowledge a pause (default: %(default)s)")
     g.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+
+    st = sub.add_parser("status", help="show running live migrations",
+                        description="Round, bytes sent, dirty bytes left, dirty rate, throughput and "
+                                    "expected downtime of each running live migration. Exit 1 when none runs.")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    cn = sub.add_parser("cancel", help="cancel a running live migration",
+                        description="Stop a running live migration: the guest resumes on the source, the "
+                                    "destination reports the cancellation and keeps nothing.")
+    cn.add_argument("--pid", type=int, help="which migration, when several run")
+
+    gs = sub.add_parser("guestsim", help="run a synthetic guest that dirties its RAM (for live migration)",
+                        description="Create RAM and LOG, then rewrite pages at RATE MiB/s, marking each in the "
+                                    "dirty log as a VMM would, obeying pause/resume and throttle requests. "
+                                    "On pause, writes the CRC-32C of its RAM to --checksum-file. Runs until "
+                                    "SIGTERM/SIGINT.")
+    gs.add_argument("--ram", required=True, metavar="FILE")
+    gs.add_argument("--dirty-log", required=True, metavar="LOG")
+    gs.add_argument("--size", default="1G")
+    gs.add_argument("--rate", type=float, default=64, metavar="MIB/S", help="dirty rate (default: %(default)s)")
+    gs.add_argument("--pattern", default="uniform", metavar="uniform|hot:MIB|sweep",
+                    help="which pages get written (default: %(default)s)")
+    gs.add_argument("--checksum-file", default="/dev/null", metavar="FILE")
+    gs.add_argument("--seed", type=int, default=1)
+    ck = sub.add_parser("checksum", help="print the CRC-32C of a RAM file (as guestsim does)")
+    ck.add_argument("file")
 
     c = sub.add_parser("receive", help="receive a migration into a RAM file",
                        description="Listen for one `pageferry migrate` and write the guest RAM into FILE "
@@ -190,8 +228,24 @@ def main(stage_dirs, argv=None):
         elif args.cmd == "restore":
             pf_jobs.restore(ctx, args.snapshot, args.into, args.workers)
         elif args.cmd == "migrate":
+            live = None
+            if args.dirty_log:
+                if not 2 <= args.max_rounds <= 64:
+                    raise pf_jobs.JobError("--max-rounds must be 2..64", 2)
+                live = {"dirty_log": args.dirty_log, "downtime_limit": args.downtime_limit,
+                        "max_bandwidth": args.max_bandwidth, "auto_converge": args.auto_converge,
+                        "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout}
             pf_migrate.migrate(ctx, args.guest, args.to, args.channels, args.compress, args.zerocopy,
-                               args.workers, args.psk_file, args.connect_timeout)
+                               args.workers, args.psk_file, args.connect_timeout, live)
+        elif args.cmd == "status":
+            return pf_migrate.status(ctx)
+        elif args.cmd == "cancel":
+            return pf_migrate.cancel(ctx, args.pid)
+        elif args.cmd == "guestsim":
+            return tool(ctx, "pageferry-guestsim", ["run", args.ram, args.dirty_log, args.size, str(args.rate),
+                                                   args.pattern, args.checksum_file, str(args.seed)])
+        elif args.cmd == "checksum":
+            return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
             pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout)
         elif args.cmd == "verify":

@@ -84,12 +84,27 @@ class Run:
     def _on_signal(self, signum, frame):
         self.interrupted = signum
 
-    def watch(self, done_bytes):
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def _on_cancel(self, signum, frame):
+        self.cancel_requested = True
+
+    def watch(self, done_bytes, on_cancel=None):
+        """on_cancel: called once on SIGUSR1 (`pageferry cancel`); the stages
+        are then given 10 s to stop by themselves."""
+        self.cancel_requested = False
+        sigs = [signal.SIGINT, signal.SIGTERM]
+        old = {s: signal.signal(s, self._on_signal) for s in sigs}
+        if on_cancel:
+            old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_cancel)
+        cancel_deadline = None
         try:
             while self.pipeline.running():
                 failed = self.pipeline.poll(0.1)
                 self.sampler.sample([s.pid for s in self.pipeline.running()])
+                if self.cancel_requested and cancel_deadline is None:
+                    on_cancel()
+                    cancel_deadline = time.monotonic() + 10
+                if cancel_deadline and time.monotonic() > cancel_deadline:
+                    self.interrupted = signal.SIGUSR1
                 if failed or self.interrupted:
                     break
                 self.progress.update(done_bytes())
@@ -101,6 +116,8 @@ class Run:
         if self.interrupted or self.pipeline.root_cause():
             self.pipeline.kill_all()
             self.pipeline.drain()
+            if self.cancel_requested:
+                raise JobError("cancelled", 1)
             if self.interrupted:
                 raise JobError(f"interrupted by {signal.Signals(self.interrupted).name}", 130)
             cause = self.pipeline.root_cause()

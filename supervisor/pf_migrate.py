@@ -1,5 +1,11 @@
-"""The network jobs: migrate (source) and receive (destination)."""
+"""The network jobs: migrate (source, paused or live) and receive
+(destination)."""
+import json
+import mmap
 import os
+import signal
+import struct
+import time
 
 import pf_jobs
 import pf_report
@@ -43,14 +49,66 @@ def _psk_fd(run, psk_file):
     return fd
 
 
-def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout):
+class DirtyLog:
+    """The supervisor's handle on the VMM interface (doc/vmm-interface.md):
+    enough to let the guest run again whatever happened to the stages."""
+    REQUEST, ACK, THROTTLE, MAGIC = 64, 128, 192, 0x3159545249444650
+
+    def __init__(self, path, page, pages):
+        self.fd = pf_jobs._open(path, os.O_RDWR, "open dirty log")
+        size = os.fstat(self.fd).st_size
+        if size < 4096 + (pages + 63) // 64 * 8:
+            raise JobError(f"dirty log {path} is {size} bytes, too small for {pages} pages")
+        self.map = mmap.mmap(self.fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        magic, _, log_page, log_pages = struct.unpack_from("<QIIQ", self.map, 0)
+        if magic != self.MAGIC:
+            raise JobError(f"dirty log {path}: bad magic: not a pageferry dirty log")
+        if (log_page, log_pages) != (page, pages):
+            raise JobError(f"dirty log {path} describes {log_pages} pages of {log_page} bytes, the guest "
+                           f"{pages} of {page}")
+
+    def resume(self):
+        struct.pack_into("<I", self.map, self.THROTTLE, 0)
+        struct.pack_into("<I", self.map, self.REQUEST, 0)
+
+    def close(self):
+        self.map.close()
+        os.close(self.fd)
+
+
+def status_dir():
+    d = os.environ.get("PAGEFERRY_RUN_DIR", "/run/pageferry")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def round_records(seg, workers):
+    out = []
+    for r in range(1, 65):
+        # A round record is a stats block read by position: SHM_ROUND_* in shm/shm_layout.h.
+        vals = seg.values(pf_segment.STATS_WORKER0 + workers + r - 1)
+        if not vals[8]:  # SHM_ROUND_DONE
+            break
+        out.append({"round": r, "pages": vals[0], "bytes": vals[1], "seconds": round(vals[2] / 1e6, 3),
+                    "dirty_pages": vals[3], "mib_per_s": round(vals[4] / 2**20, 1),
+                    "dirty_mib_per_s": round(vals[5] / 2**20, 1),
+                    "expected_downtime_ms": round(vals[6] / 1000, 1) if vals[6] < 2**63 else None,
+                    "throttle_pct": vals[7]})
+    return out
+
+
+def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None):
     hostport = parse_target(to)
     level = parse_compress(compress)
     guest_fd, size, page = pf_jobs.check_guest(guest)
     run = Run(ctx, "migrate", size)
     run.fds.append(guest_fd)
     ok = False
+    log = None
+    status_path = None
     try:
+        if live:
+            log = DirtyLog(live["dirty_log"], page, size // page)
         psk = _psk_fd(run, psk_file)
         run_pages = max(1, MIGRATE_RUN_BYTES // page)
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, pf_jobs.RING_SLOTS, run_pages,
@@ -72,7 +130,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             writer_fds[7 + 2 * workers + i] = a
         p.spawn("pageferry-writer", "pageferry-writer",
                 ["migrate", hostport, channels, zerocopy, int(psk is not None), int(bool(level)),
-                 int(connect_timeout * 1000)], writer_fds)
+                 int(connect_timeout * 1000), int(bool(live))], writer_fds)
         for i in range(workers):
             fds = {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(1, i)][0].fileno(),
                    7: pairs[(2, i)][1].fileno()}
@@ -83,16 +141,35 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             p.spawn(f"pageferry-worker[{i}]", "pageferry-worker", args, fds)
         scanner_fds = {3: seg.fd, 4: guest_fd}
         scanner_fds.update({5 + i: pairs[(0, i)][0].fileno() for i in range(workers)})
-        p.spawn("pageferry-scanner", "pageferry-scanner", [], scanner_fds)
+        scanner_args = []
+        if live:
+            scanner_fds[5 + workers] = log.fd
+            scanner_args = ["live", live["downtime_limit"], int(live["max_bandwidth"] * 2**20),
+                            int(live["auto_converge"]), live["max_rounds"], live["pause_timeout"]]
+        p.spawn("pageferry-scanner", "pageferry-scanner", scanner_args, scanner_fds)
         for a, b in pairs.values():
             a.close()
             b.close()
+        if live:
+            status_path = os.path.join(status_dir(), f"migrate-{os.getpid()}.json")
+        start = time.monotonic()
 
         def done():
             w = seg.stats(pf_segment.STATS_WRITER)
+            if status_path:
+                write_status(status_path, seg, workers, page, size, to, time.monotonic() - start)
             return (w["pages"] + seg.stats(pf_segment.STATS_SCANNER)["hole_pages"]) * page
 
-        secs = run.watch(done)
+        def on_cancel():
+            seg.set_cancel()
+
+        try:
+            secs = run.watch(done, on_cancel=on_cancel if live else None)
+        except JobError as e:
+            if log:
+                log.resume()
+                raise JobError(f"{e}; the guest keeps running on the source", e.exit_code)
+            raise
         sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
         wk = [seg.stats(pf_segment.STATS_WORKER0 + i) for i in range(workers)]
         zero = sum(s["zero_pages"] for s in wk)
@@ -114,6 +191,14 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             "cpu_seconds_per_gib": round(sum(cpu.values()) / (size / (1 << 30)), 3),
             "peak_anon_kib": run.sampler.peak_kib,
         }
+        if live:
+            sc = seg.stats(pf_segment.STATS_SCANNER)
+            rounds = round_records(seg, workers)
+            summary["live"] = {
+                "rounds": sc["round"], "downtime_ms": round((wr["event_us"] - sc["event_us"]) / 1000, 1),
+                "downtime_limit_ms": live["downtime_limit"], "per_round": rounds,
+                "bytes_per_guest_byte": round(wr["bytes"] / size, 3),
+            }
         seg.close()
         zc_text = ("on" if zc_on else "off") + (f", {wr['zc_copied']} of {wr['zc_sends']} sends copied by the kernel"
                                                  if zc_on else (" (the kernel refused it; fell back to copying)"
@@ -121,9 +206,82 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         line = (f"migrate to {hostport}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"sent on {channels} channel(s) ({zero} zero, {sc['hole_pages']} hole pages not sent) in "
                 f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}; receiver confirmed")
+        if live:
+            lv = summary["live"]
+            line += (f"; live: {lv['rounds']} rounds, downtime {lv['downtime_ms']:.0f} ms "
+                     f"(limit {lv['downtime_limit_ms']} ms), {lv['bytes_per_guest_byte']:.2f} bytes sent per "
+                     f"guest byte; the guest stays paused here, its RAM now lives on the destination")
         pf_report.emit_summary(summary, ctx.json, line)
     finally:
+        if status_path and os.path.exists(status_path):
+            os.unlink(status_path)
+        if log:
+            log.close()
         run.close(ok)
+
+
+def write_status(path, seg, workers, page, size, to, elapsed):
+    sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
+    rounds = round_records(seg, workers)
+    last = rounds[-1] if rounds else {}
+    st = {"pid": os.getpid(), "to": to, "guest_bytes": size, "round": sc["round"],
+          "transferred_bytes": wr["bytes"], "seconds": round(elapsed, 1),
+          "mib_per_s": round(wr["bytes"] / 2**20 / max(elapsed, 1e-3), 1),
+          "remaining_bytes": last.get("dirty_pages", size // page) * page,
+          "dirty_mib_per_s": last.get("dirty_mib_per_s"),
+          "expected_downtime_ms": last.get("expected_downtime_ms"),
+          "throttle_pct": last.get("throttle_pct", 0)}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(st, f)
+    os.replace(tmp, path)
+
+
+def running_migrations():
+    d = os.environ.get("PAGEFERRY_RUN_DIR", "/run/pageferry")
+    out = []
+    if not os.path.isdir(d):
+        return out
+    for name in sorted(os.listdir(d)):
+        if not (name.startswith("migrate-") and name.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(d, name)) as f:
+                st = json.load(f)
+            os.kill(st["pid"], 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        out.append(st)
+    return out
+
+
+def status(ctx):
+    migs = running_migrations()
+    if ctx.json:
+        print(json.dumps(migs, indent=2))
+        return 0 if migs else 1
+    if not migs:
+        print("no live migration is running")
+        return 1
+    for m in migs:
+        ed = m["expected_downtime_ms"]
+        print(f"pid {m['pid']} to {m['to']}: round {m['round']}, {m['transferred_bytes'] / 2**20:.0f} MiB sent, "
+              f"{m['remaining_bytes'] / 2**20:.0f} MiB dirty, dirty rate {m['dirty_mib_per_s']} MiB/s, "
+              f"{m['mib_per_s']:.0f} MiB/s, expected downtime "
+              f"{'unknown' if ed is None else f'{ed:.0f} ms'}, throttle {m['throttle_pct']}%")
+    return 0
+
+
+def cancel(ctx, pid):
+    migs = [m for m in running_migrations() if pid is None or m["pid"] == pid]
+    if not migs:
+        raise JobError("no live migration is running" + (f" with pid {pid}" if pid else ""))
+    if len(migs) > 1:
+        raise JobError("several migrations are running; name one with --pid: " +
+                       ", ".join(str(m["pid"]) for m in migs), 2)
+    os.kill(migs[0]["pid"], signal.SIGUSR1)
+    print(f"cancel requested for migration {migs[0]['pid']}")
+    return 0
 
 
 def receive(ctx, listen, into, workers, psk_file, accept_timeout):

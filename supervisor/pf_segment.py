@@ -9,6 +9,7 @@ import struct
 
 ABI_VERSION = 2
 STATS_OFFSET_FIELD = 64   # offsetof(struct shm_seg_header, stats_offset)
+CANCEL_OFFSET = 128       # offsetof(struct shm_seg_header, cancel)
 STAT_NAMES = ("pages", "zero_pages", "hole_pages", "bytes", "runs", "total_pages", "state", "flags",
               "packets", "zc_sends", "zc_copied", "round", "in_bytes", "out_bytes", "event_us", "spare")
 STATS_SIZE = 128  # sizeof(struct shm_stats)
@@ -31,15 +32,21 @@ class Segment:
         if status != 0:
             raise RuntimeError("pageferry-mkseg could not format the control segment")
         size = os.fstat(self.fd).st_size
-        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         magic_abi = struct.unpack_from("<QI", self.map, 0)
         if magic_abi[1] != ABI_VERSION:
             raise RuntimeError("control segment ABI differs from the supervisor's")
         self.stats_offset = struct.unpack_from("<Q", self.map, STATS_OFFSET_FIELD)[0]
 
+    def values(self, block):
+        return struct.unpack_from("<16Q", self.map, self.stats_offset + STATS_SIZE * block)
+
     def stats(self, block):
-        vals = struct.unpack_from("<16Q", self.map, self.stats_offset + STATS_SIZE * block)
-        return dict(zip(STAT_NAMES, vals))
+        return dict(zip(STAT_NAMES, self.values(block)))
+
+    def set_cancel(self):
+        """Ask every stage to stop (shm_seg_header.cancel, on line 2)."""
+        struct.pack_into("<I", self.map, CANCEL_OFFSET, 1)
 
     def close(self):
         self.map.close()

@@ -86,6 +86,14 @@ int main(int argc, char **argv)
 		for (int i = 0; i < n; i++) {
 			struct proto_desc d;
 			enum proto_err err = proto_desc_unpack(batch[i], &geo, WK_ARENA_BUFFERS, &d);
+			if (err == PROTO_OK && d.type == PROTO_DESC_FENCE) {
+				/* The receiver's round barrier: everything before this is
+				 * placed; say so. */
+				int rc = shm_ring_enqueue_all(&back, &batch[i], 1);
+				if (rc < 0)
+					stage_die_ring(rc, "ring to receiver");
+				continue;
+			}
 			if (err == PROTO_OK && d.type == PROTO_DESC_END) {
 				int rc = shm_ring_enqueue_all(&back, &batch[i], 1);
 				if (rc < 0)

@@ -189,6 +189,11 @@ int main(int argc, char **argv)
 			if (d.type == PROTO_DESC_RUN) {
 				stage_test_hook("worker");
 				check_run(&w, d.first_page, d.n_pages);
+			} else if (d.type == PROTO_DESC_FENCE) {
+				/* End of a pre-copy round: the writer holds our later
+				 * descriptors until every worker has reached it. */
+				push(&w, &d);
+				flush(&w);
 			} else if (d.type == PROTO_DESC_END) {
 				struct proto_desc end = { .type = PROTO_DESC_END };
 				push(&w, &end);

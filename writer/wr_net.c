@@ -238,10 +238,30 @@ int wr_net_flush(struct wr_net *n)
 	return 0;
 }
 
+static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_packet *p, const void *payload,
+			int32_t worker, uint32_t buffer);
+
 int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer)
 {
 	struct wr_channel *c = &n->ch[n->next];
 	n->next = (n->next + 1) % n->n_channels;
+	return queue_packet(n, c, p, payload, worker, buffer);
+}
+
+int wr_net_sync(struct wr_net *n, uint32_t round)
+{
+	for (uint32_t i = 0; i < n->n_channels; i++) {
+		struct proto_packet p = { .type = PROTO_PKT_SYNC, .round = round };
+		int rc = queue_packet(n, &n->ch[i], &p, NULL, -1, 0);
+		if (rc < 0)
+			return rc;
+	}
+	return wr_net_flush(n);
+}
+
+static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_packet *p, const void *payload,
+			int32_t worker, uint32_t buffer)
+{
 	int rc;
 	if (c->head - c->queued == WR_NET_BATCH || c->queued_bytes >= WR_NET_BATCH_BYTES)
 		if ((rc = flush_channel(n, c)) < 0)
@@ -265,6 +285,16 @@ int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, i
 	c->payload_bytes += p->payload_len;
 	c->crc_of_crcs = proto_crc32c(c->crc_of_crcs, header + 44, 4);
 	return 0;
+}
+
+void wr_net_cancel(struct wr_net *n)
+{
+	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
+	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
+	proto_packet_encode(&p, header);
+	proto_result_encode(PROTO_E_CANCELLED, body);
+	if (net_send_all(n->main_fd, header, sizeof(header)) == 0)
+		net_send_all(n->main_fd, body, sizeof(body));
 }
 
 unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max)

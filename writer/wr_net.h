@@ -71,6 +71,10 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
  * the payload, given back through buffer_done once the kernel is done with
  * it.  -errno on failure. */
 int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer);
+/* SYNC(round) on every channel, after everything queued before it. */
+int wr_net_sync(struct wr_net *n, uint32_t round);
+/* Tell the receiver, on the main channel, that we give up (best effort). */
+void wr_net_cancel(struct wr_net *n);
 /* Send everything gathered so far (before going idle). */
 int wr_net_flush(struct wr_net *n);
 /* Give back buffers whose sends completed, without waiting. */

@@ -3,7 +3,7 @@
  * pageferry receiver.
  *
  * argv: pageferry-writer snapshot
- *       pageferry-writer migrate HOST:PORT CHANNELS off|auto|on PSK(0|1) ZSTD(0|1) CONNECT_TIMEOUT_MS
+ *       pageferry-writer migrate HOST:PORT CHANNELS off|auto|on PSK(0|1) ZSTD(0|1) CONNECT_TIMEOUT_MS ROUNDS(0|1)
  * fds: 3 control segment, 4 guest (read-only),
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
@@ -46,6 +47,12 @@ struct writer {
 	bool migrate;
 	struct wr_snapfile file;
 	struct wr_net net;
+	/* Pre-copy rounds: descriptors after a worker's fence wait here. */
+	uint32_t round;
+	bool fenced[SHM_MAX_WORKERS];
+	uint32_t n_fenced;
+	struct shm_slot held[SHM_MAX_WORKERS][BURST];
+	uint32_t n_held[SHM_MAX_WORKERS], held_from[SHM_MAX_WORKERS];
 	const uint8_t *arena[SHM_MAX_WORKERS];
 	uint64_t buffer_size;
 };
@@ -63,7 +70,7 @@ static void return_buffer(void *ctx, uint32_t worker, uint32_t buffer)
 
 static void send_run(struct writer *w, uint32_t i, const struct proto_desc *d)
 {
-	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = 1,
+	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = w->round,
 				  .n_pages = d->n_pages, .first_page = d->first_page,
 				  .payload_len = d->payload_len };
 	const void *payload = NULL;
@@ -87,15 +94,32 @@ static void send_run(struct writer *w, uint32_t i, const struct proto_desc *d)
 /* Returns the number of descriptors handled from worker i's ring. */
 static int drain_ring(struct writer *w, uint32_t i)
 {
-	struct shm_slot batch[BURST];
-	int n = shm_ring_dequeue(&w->in[i], batch, BURST, SHM_RING_VARIABLE);
-	if (n < 0)
-		stage_die_ring(n, "ring from worker");
-	for (int k = 0; k < n; k++) {
+	struct shm_slot *batch = w->held[i];
+	int n = (int)w->n_held[i], k0 = (int)w->held_from[i];
+	if (k0 == n) {
+		n = shm_ring_dequeue(&w->in[i], batch, BURST, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from worker");
+		k0 = 0;
+	}
+	w->n_held[i] = w->held_from[i] = 0;
+	for (int k = k0; k < n; k++) {
 		struct proto_desc d;
 		enum proto_err err = proto_desc_unpack(batch[k], &w->geo, w->arena[i] ? WK_ARENA_BUFFERS : 0, &d);
 		if (err != PROTO_OK)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %s", i, proto_strerror(err));
+		if (d.type == PROTO_DESC_FENCE) {
+			/* This worker's round is done; what follows belongs to the
+			 * next one and waits until every worker got here. */
+			if (d.first_page != w->round)
+				stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: fence for round %llu in round %u",
+					  i, (unsigned long long)d.first_page, w->round);
+			w->fenced[i] = true;
+			w->n_fenced++;
+			w->n_held[i] = (uint32_t)n;
+			w->held_from[i] = (uint32_t)(k + 1);
+			return k + 1 - k0;
+		}
 		if (d.type == PROTO_DESC_END) {
 			if (!w->ended[i]) {
 				w->ended[i] = true;
@@ -123,7 +147,20 @@ static int drain_ring(struct writer *w, uint32_t i)
 		stage_stat_add(w->stats, SHM_STAT_PAGES, d.n_pages);
 		stage_stat_add(w->stats, SHM_STAT_RUNS, 1);
 	}
-	return n;
+	return n - k0;
+}
+
+/* Every worker reached the fence: the round is over on every channel. */
+static void end_round(struct writer *w)
+{
+	int rc = wr_net_sync(&w->net, w->round);
+	if (rc < 0)
+		stage_die_errno(rc, "sending to the receiver");
+	stage_stat_set(w->stats, SHM_STAT_ROUND, w->round);
+	w->round++;
+	w->n_fenced = 0;
+	for (uint32_t i = 0; i < w->n_workers; i++)
+		w->fenced[i] = false;
 }
 
 /* Nothing to do on any ring: sleep on all of their wake sockets at once. */
@@ -139,7 +176,7 @@ static void sleep_on_rings(struct writer *w)
 	struct pollfd pfd[SHM_MAX_WORKERS + PROTO_MAX_CHANNELS];
 	nfds_t n = 0;
 	for (uint32_t i = 0; i < w->n_workers; i++) {
-		if (w->ended[i])
+		if (w->ended[i] || w->fenced[i])
 			continue;
 		int armed = shm_ring_arm_consumer(&w->in[i]);
 		if (armed < 0)
@@ -155,7 +192,7 @@ static void sleep_on_rings(struct writer *w)
 		stage_die_errno(-errno, "poll on worker rings");
 disarm:
 	for (uint32_t i = 0; i < w->n_workers; i++) {
-		if (w->ended[i])
+		if (w->ended[i] || w->fenced[i])
 			continue;
 		shm_ring_disarm_consumer(&w->in[i]);
 		int rc = shm_ring_drain_wakes(&w->in[i]);
@@ -184,6 +221,7 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 	int use_psk = (int)stage_parse_u64("psk flag", argv[5], 0, 1);
 	int use_zstd = (int)stage_parse_u64("zstd flag", argv[6], 0, 1);
 	int timeout_ms = (int)stage_parse_u64("connect timeout", argv[7], 0, 3600000);
+	int rounds = (int)stage_parse_u64("rounds flag", argv[8], 0, 1);
 	static struct net_psk psk;
 	if (use_psk) {
 		const char *why = "";
@@ -199,7 +237,8 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 		*max_fd = FD_RINGS + 3 * (int)w->n_workers - 1;
 	}
 	struct proto_handshake hs = { .geo = w->geo, .n_channels = (uint16_t)channels,
-				      .features = (use_zstd ? PROTO_F_ZSTD : 0) | (use_psk ? PROTO_F_PSK : 0) };
+				      .features = (use_zstd ? PROTO_F_ZSTD : 0) | (use_psk ? PROTO_F_PSK : 0) |
+						  (rounds ? PROTO_F_ROUNDS : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
 	char what[256] = "";
@@ -222,6 +261,9 @@ static void finish_migration(struct writer *w)
 {
 	uint32_t status = PROTO_OK;
 	int rc = wr_net_finish(&w->net, &status);
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	stage_stat_set(w->stats, SHM_STAT_EVENT_US, (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u);
 	stage_stat_set(w->stats, SHM_STAT_ZC_SENDS, wr_net_zc_sends(&w->net));
 	stage_stat_set(w->stats, SHM_STAT_ZC_COPIED, wr_net_zc_copied(&w->net));
 	if (rc < 0)
@@ -239,10 +281,11 @@ int main(int argc, char **argv)
 {
 	struct writer w = { 0 };
 	stage_set_name("writer", -1);
-	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 8 && strcmp(argv[1], "migrate") == 0))
+	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 9 && strcmp(argv[1], "migrate") == 0))
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-writer snapshot | migrate HOST:PORT CHANNELS "
-					    "off|auto|on PSK ZSTD CONNECT_TIMEOUT_MS");
-	w.migrate = argc == 8;
+					    "off|auto|on PSK ZSTD CONNECT_TIMEOUT_MS ROUNDS");
+	w.migrate = argc == 9;
+	w.round = 1;
 	stage_attach_segment(&w.seg);
 	w.n_workers = w.seg.geo.n_workers;
 	w.geo = (struct proto_geometry){ .page_size = w.seg.geo.page_size,
@@ -270,10 +313,18 @@ int main(int argc, char **argv)
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 
 	while (w.n_ended < w.n_workers) {
+		if (w.migrate && atomic_load_explicit(&w.seg.hdr->cancel, memory_order_acquire)) {
+			wr_net_cancel(&w.net);
+			stage_die(STAGE_EXIT_FAILED, "cancelled");
+		}
 		int handled = 0;
 		for (uint32_t i = 0; i < w.n_workers; i++)
-			if (!w.ended[i])
+			if (!w.ended[i] && !w.fenced[i])
 				handled += drain_ring(&w, i);
+		if (w.n_fenced && w.n_fenced + w.n_ended == w.n_workers) {
+			end_round(&w);
+			continue;
+		}
 		if (handled == 0)
 			sleep_on_rings(&w);
 		else if (w.migrate && ((rc = wr_net_flush(&w.net)) < 0 || (rc = wr_net_reap(&w.net)) < 0))
