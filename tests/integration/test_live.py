@@ -1,0 +1,190 @@
+#!/usr/bin/python3
+"""Live migration integration tests: pageferry guestsim as the guest (it
+dirties its RAM and keeps the dirty log as a VMM would), a real receiver
+over loopback and over a veth pair, real seccomp filters.  The destination
+must equal the guest's RAM at the pause: guestsim writes that checksum."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_migrate  # noqa: E402
+from test_migrate import PF, free_port  # noqa: E402
+
+
+class Live(unittest.TestCase):
+    netns = None
+    addr = "127.0.0.1"
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="pf-live-", dir="/dev/shm")
+        self.run_dir = tempfile.mkdtemp(prefix="pf-run-")
+        self.procs = []
+        self.env = dict(os.environ, PAGEFERRY_RUN_DIR=self.run_dir)
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def spawn(self, cmd, ns=None):
+        if ns:
+            cmd = ["ip", "netns", "exec", ns] + cmd
+        p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env=self.env)
+        self.procs.append(p)
+        return p
+
+    def guestsim(self, size="256M", rate=32, pattern="uniform"):
+        self.ram, self.log, self.crc = self.path("guest.ram"), self.path("guest.log"), self.path("guest.crc")
+        g = self.spawn([PF, "guestsim", "--ram", self.ram, "--dirty-log", self.log, "--size", size, "--rate", rate,
+                        "--pattern", pattern, "--checksum-file", self.crc])
+        self.assertEqual(g.stdout.readline().strip(), "ready")
+        return g
+
+    def receiver(self):
+        self.port = free_port()
+        self.into = self.path("dest.ram")
+        return self.spawn([PF, "receive", "--listen", f"{self.addr}:{self.port}", "--into", self.into,
+                           "--accept-timeout", "30", "--workers", "2"], ns=self.netns and self.netns[1])
+
+    def migrate_cmd(self, *extra):
+        return [PF, "migrate", "--guest", self.ram, "--dirty-log", self.log, "--to",
+                f"tcp:{self.addr}:{self.port}", "--json"] + list(extra)
+
+    def migrate(self, *extra):
+        cmd = self.migrate_cmd(*extra)
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns[0]] + cmd
+        return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, env=self.env)
+
+    def checksum(self, path):
+        return subprocess.run([PF, "checksum", path], capture_output=True, text=True, check=True).stdout.strip()
+
+    def assert_destination_is_guest_at_pause(self, rx):
+        out, err = rx.communicate(timeout=60)
+        self.assertEqual(rx.returncode, 0, err)
+        # guestsim acknowledges the pause first, then checksums its RAM.
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.crc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(self.crc) as f:
+            at_pause = f.read().strip()
+        self.assertEqual(self.checksum(self.into), at_pause)
+
+    def guest_running(self, g):
+        """The guest is not paused: the pause request is clear and it writes."""
+        import struct
+        with open(self.log, "rb") as f:
+            head = f.read(256)
+        request, ack = struct.unpack_from("<I", head, 64)[0], struct.unpack_from("<I", head, 128)[0]
+        return request == 0 and ack == 0 and g.poll() is None
+
+    def test_slow_dirtier_converges(self):
+        self.guestsim(rate=32)
+        rx = self.receiver()
+        r = self.migrate("--channels", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        s = json.loads(r.stdout)["live"]
+        self.assertGreaterEqual(s["rounds"], 2)
+        self.assertEqual(len(s["per_round"]), s["rounds"])
+        self.assertGreater(s["downtime_ms"], 0)
+        self.assert_destination_is_guest_at_pause(rx)
+
+    def test_hot_pages_rewritten_every_round_end_newest_on_4_channels(self):
+        # A 4 MiB hot set rewritten at 400 MiB/s: every page changes many
+        # times per round, and rounds go out over 4 channels.
+        self.guestsim(rate=400, pattern="hot:4")
+        rx = self.receiver()
+        r = self.migrate("--channels", "4", "--compress", "zstd", "--downtime-limit", "50", "--max-rounds", "40")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_destination_is_guest_at_pause(rx)
+
+    def test_fast_dirtier_fails_at_max_rounds_and_keeps_running(self):
+        g = self.guestsim(rate=400)
+        rx = self.receiver()
+        r = self.migrate("--max-bandwidth", "40", "--max-rounds", "4", "--downtime-limit", "20")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr.strip(), r"^pageferry migrate: pageferry-scanner: no convergence after 3 "
+                                           r"rounds: .*; the guest keeps running on the source$")
+        self.assertTrue(self.guest_running(g))
+        rx.communicate(timeout=60)
+        self.assertNotEqual(rx.returncode, 0)
+        self.assertFalse(os.path.exists(self.into))
+
+    def test_fast_dirtier_converges_with_auto_converge(self):
+        self.guestsim(rate=400)
+        rx = self.receiver()
+        r = self.migrate("--max-bandwidth", "60", "--max-rounds", "30", "--downtime-limit", "300", "--auto-converge")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        throttles = [x["throttle_pct"] for x in json.loads(r.stdout)["live"]["per_round"]]
+        self.assertGreater(max(throttles), 0)
+        self.assert_destination_is_guest_at_pause(rx)
+
+    def test_cancel_mid_migration(self):
+        g = self.guestsim(rate=16)
+        rx = self.receiver()
+        tx = self.spawn(self.migrate_cmd("--max-bandwidth", "20"))
+        deadline = time.monotonic() + 20
+        while True:
+            st = subprocess.run([PF, "status", "--json"], capture_output=True, text=True, env=self.env)
+            if st.returncode == 0:
+                break
+            self.assertLess(time.monotonic(), deadline, "status never showed the migration")
+            time.sleep(0.2)
+        self.assertEqual(json.loads(st.stdout)[0]["pid"], tx.pid)
+        c = subprocess.run([PF, "cancel"], capture_output=True, text=True, env=self.env)
+        self.assertEqual(c.returncode, 0, c.stderr)
+        _, err = tx.communicate(timeout=60)
+        self.assertEqual(tx.returncode, 1)
+        self.assertEqual(err.strip(), "pageferry migrate: cancelled; the guest keeps running on the source")
+        _, rerr = rx.communicate(timeout=60)
+        self.assertEqual(rx.returncode, 1)
+        self.assertIn("cancelled: the sender gave up the migration", rerr)
+        self.assertFalse(os.path.exists(self.into))
+        self.assertTrue(self.guest_running(g))
+
+    def test_receiver_killed_mid_migration(self):
+        g = self.guestsim(rate=16)
+        rx = self.receiver()
+        tx = self.spawn(self.migrate_cmd("--max-bandwidth", "20"))
+        time.sleep(2)
+        os.killpg(rx.pid, signal.SIGKILL)
+        _, err = tx.communicate(timeout=60)
+        self.assertEqual(tx.returncode, 1)
+        self.assertRegex(err.strip(), r"^pageferry migrate: pageferry-writer: sending to the receiver: "
+                                      r"(Connection reset by peer|Broken pipe); the guest keeps running on the source$")
+        self.assertTrue(self.guest_running(g))
+
+
+class LiveVeth(Live):
+    """The converging case again, across two network namespaces."""
+    setUpClass = classmethod(test_migrate.Veth.setUpClass.__func__)
+    tearDownClass = classmethod(test_migrate.Veth.tearDownClass.__func__)
+
+    def setUp(self):
+        super().setUp()
+        self.netns, self.addr = self.ns, "10.201.0.2"
+
+
+for name in [n for n in dir(Live) if n.startswith("test_") and n != "test_slow_dirtier_converges"]:
+    setattr(LiveVeth, name, None)
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        print("SKIP: network namespaces need root")
+        sys.exit(77)
+    unittest.main(verbosity=2, warnings="ignore")
