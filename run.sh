@@ -52,7 +52,7 @@ test)
 	meson test -C build --print-errorlogs --num-processes 2
 	echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer build)"
 	build build-asan -Dwerror=true -Dtest_hooks=true -Db_sanitize=address,undefined -Db_lundef=false
-	meson test -C build-asan --print-errorlogs --num-processes 2
+	PF_TEST_QUICK=1 meson test -C build-asan --print-errorlogs --num-processes 2
 	# One plain closing line over both builds (each line of testlog.json is a test).
 	python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
 import json, sys

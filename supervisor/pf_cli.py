@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pf_jobs
 import pf_migrate
@@ -159,11 +160,12 @@ def build_parser():
     m.add_argument("file")
     m.add_argument("--seed", type=int, default=1)
 
-    d = sub.add_parser("demo", help="snapshot, restore, migrate and verify a synthetic 1 GiB guest",
+    d = sub.add_parser("demo", help="snapshot, restore, migrate and live-migrate a synthetic 1 GiB guest",
                        description="Make a synthetic mixed 1 GiB guest in /dev/shm, snapshot it to a "
                                    "file on disk, restore it into /dev/shm, migrate it over loopback "
-                                   "to a receiver, verify each copy is bit-identical, print the "
-                                   "summaries and clean up.")
+                                   "to a receiver, then live-migrate a guestsim guest that keeps "
+                                   "writing 64 MiB/s; verify each copy, print the summaries and "
+                                   "clean up.")
     d.add_argument("--size", default="1G", help="guest size (default 1G)")
     d.add_argument("--dir", default=None, help="directory on a real disk for the snapshot "
                                               "(default: a temporary directory under /var/tmp)")
@@ -181,6 +183,7 @@ def demo(ctx, args):
     guest = os.path.join(shm, f"pageferry-demo-{os.getpid()}.ram")
     copy = guest + ".restored"
     migrated = guest + ".migrated"
+    live_ram, live_log, live_crc = guest + ".live", guest + ".dirtylog", guest + ".crc"
     snap = os.path.join(work, "demo.pfs")
     try:
         print(f"== making a {args.size} mixed guest: {guest}", flush=True)
@@ -210,13 +213,52 @@ def demo(ctx, args):
                 return 1
         print("== verify", flush=True)
         rc = tool(ctx, "pageferry-verify", [guest, migrated])
-        print("demo: OK" if rc == 0 else "demo: FAILED, the copies differ")
-        return rc
+        if rc != 0:
+            print("demo: FAILED, the migrated copy differs")
+            return rc
+        os.unlink(migrated)
+        return demo_live(ctx, args, live_ram, live_log, live_crc, migrated, port + 1)
     finally:
-        for f in (guest, copy, migrated):
+        for f in (guest, copy, migrated, live_ram, live_log, live_crc):
             if os.path.exists(f):
                 os.unlink(f)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def demo_live(ctx, args, ram, log, crc, into, port):
+    print(f"== live migration: guestsim writes 64 MiB/s into {args.size} of RAM while it moves "
+          f"(127.0.0.1:{port})", flush=True)
+    sim = subprocess.Popen([ctx.stage("pageferry-guestsim"), "run", ram, log, args.size, "64", "uniform", crc, "1"],
+                           stdout=subprocess.PIPE, text=True)
+    rx = None
+    try:
+        if sim.stdout.readline().strip() != "ready":
+            print("demo: FAILED, guestsim did not start")
+            return 1
+        rx = subprocess.Popen([sys.argv[0], "receive", "--listen", f"127.0.0.1:{port}", "--into", into,
+                               "--accept-timeout", "30"])
+        pf_migrate.migrate(ctx, ram, f"tcp:127.0.0.1:{port}", 2, "none", "auto", args.workers, None, 10,
+                           {"dirty_log": log, "downtime_limit": 300, "max_bandwidth": 0, "auto_converge": True,
+                            "max_rounds": 30, "pause_timeout": 5000})
+        if rx.wait(timeout=60) != 0:
+            print("demo: FAILED, the receiver failed")
+            return 1
+        for _ in range(600):
+            if os.path.exists(crc):
+                break
+            time.sleep(0.05)
+        with open(crc) as f:
+            at_pause = f.read().strip()
+        got = subprocess.run([ctx.stage("pageferry-guestsim"), "checksum", into], capture_output=True,
+                             text=True).stdout.strip()
+        print(f"== guest RAM at the pause: crc32c {at_pause}; destination: {got}")
+        print("demo: OK" if got == at_pause else "demo: FAILED, the live copy differs")
+        return 0 if got == at_pause else 1
+    finally:
+        sim.terminate()
+        sim.wait()
+        if rx and rx.poll() is None:
+            rx.kill()
 
 
 def main(stage_dirs, argv=None):

@@ -9,6 +9,12 @@
  *      7 its arena (read-only)
  * argv: pageferry-inflater INDEX
  *
+ * A frame covers a whole run, zero pages included: it is decompressed into a
+ * private scratch buffer and only the pages that are not zero are copied to
+ * the destination, so zero pages stay holes there.  In rounds after the
+ * first (counted from the receiver's fences) a zero page may replace older
+ * contents and is written as zeros.
+ *
  * The first slot on the ring is the session geometry (w0 guest pages, w1
  * page size | max run pages << 32): the receiver learns it from the sender's
  * handshake.  It is checked here again, and only then do we map the
@@ -16,11 +22,14 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
 #include "workers/wk_arena.h"
+#include "workers/wk_zero.h"
 #include "workers/wk_zstd.h"
 
 #define FD_IN 5
@@ -50,6 +59,19 @@ static struct proto_geometry await_geometry(struct shm_ring *in)
 	return g;
 }
 
+static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t page, uint32_t round,
+		  struct shm_stats *stats)
+{
+	uint64_t zero = 0;
+	for (uint32_t k = 0; k < n_pages; k++, dst += page, src += page) {
+		if (!wk_page_is_zero(src, page))
+			memcpy(dst, src, page);
+		else if (zero++, round > 1)
+			memset(dst, 0, page);
+	}
+	stage_stat_add(stats, SHM_STAT_ZERO_PAGES, zero);
+}
+
 int main(int argc, char **argv)
 {
 	stage_set_name("inflater", -1);
@@ -67,8 +89,13 @@ int main(int argc, char **argv)
 	uint8_t *dest = stage_map_file(STAGE_FD_GUEST, "destination", geo.guest_pages * geo.page_size, 1);
 	const uint8_t *arena = stage_map_arena(FD_ARENA, wk_arena_size(ARENA_BUFFER_SIZE), 0);
 	struct wk_zstd *z = wk_zstd_new(0, (size_t)geo.max_run_pages * geo.page_size);
-	if (!z)
+	uint8_t *scratch = malloc((size_t)geo.max_run_pages * geo.page_size);
+	if (!z || !scratch)
 		stage_die(STAGE_EXIT_FAILED, "setting up zstd");
+	/* Touch it now: its pages must not be first faulted in after lock-down
+	 * through an mmap the sandbox refuses (malloc may have used mmap). */
+	memset(scratch, 0, (size_t)geo.max_run_pages * geo.page_size);
+	uint32_t round = 1;
 	stage_lockdown(SB_ROLE_WORKER, FD_ARENA, 0);
 	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 
@@ -89,6 +116,7 @@ int main(int argc, char **argv)
 			if (err == PROTO_OK && d.type == PROTO_DESC_FENCE) {
 				/* The receiver's round barrier: everything before this is
 				 * placed; say so. */
+				round++;
 				int rc = shm_ring_enqueue_all(&back, &batch[i], 1);
 				if (rc < 0)
 					stage_die_ring(rc, "ring to receiver");
@@ -106,12 +134,13 @@ int main(int argc, char **argv)
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from receiver: %s", proto_strerror(err));
 			size_t out_len = (size_t)d.n_pages * geo.page_size;
-			err = wk_zstd_decompress(z, dest + d.first_page * geo.page_size, out_len,
-						 arena + (uint64_t)d.buffer * ARENA_BUFFER_SIZE, d.payload_len);
+			err = wk_zstd_decompress(z, scratch, out_len, arena + (uint64_t)d.buffer * ARENA_BUFFER_SIZE,
+						 d.payload_len);
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",
 					  (unsigned long long)d.first_page,
 					  (unsigned long long)(d.first_page + d.n_pages - 1), proto_strerror(err));
+			place(dest + d.first_page * geo.page_size, scratch, d.n_pages, geo.page_size, round, stats);
 			stage_stat_add(stats, SHM_STAT_PAGES, d.n_pages);
 			stage_stat_add(stats, SHM_STAT_IN_BYTES, d.payload_len);
 			stage_stat_add(stats, SHM_STAT_OUT_BYTES, out_len);

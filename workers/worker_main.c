@@ -8,8 +8,9 @@
  *      8 its arena (read-write), only with zstd
  * argv: pageferry-worker INDEX [zstd LEVEL]
  *
- * With zstd, each data sub-run is compressed into a free arena buffer; a
- * frame that is not smaller than its pages is dropped and the pages go raw.
+ * With zstd, each run that holds data is compressed whole (zero pages
+ * included) into a free arena buffer; a frame that is not smaller than its
+ * pages is dropped and the run goes out split into raw and zero sub-runs.
  * Buffers come back from the writer on the return ring once sent.
  *
  * The input descriptors come from another process: each is decoded from a
@@ -92,37 +93,49 @@ static void emit(struct worker *w, uint8_t encoding, uint64_t first, uint32_t n)
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = encoding, .first_page = first,
 				.n_pages = n,
 				.payload_len = encoding == PROTO_ENC_RAW ? n * w->geo.page_size : 0 };
-	if (encoding == PROTO_ENC_RAW && w->zstd) {
-		if (w->n_free == 0)
-			collect_buffers(w, 1);
-		uint32_t b = w->free_buffers[--w->n_free];
-		size_t len = wk_zstd_compress(w->zstd, w->arena + b * w->buffer_size,
-					      w->guest + first * w->geo.page_size, d.payload_len);
-		stage_stat_add(w->stats, SHM_STAT_IN_BYTES, d.payload_len);
-		if (len) {
-			w->is_free[b] = 0;
-			d.encoding = PROTO_ENC_ZSTD;
-			d.buffer = (uint16_t)b;
-			d.payload_len = (uint32_t)len;
-			stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
-		} else {
-			w->n_free++;
-			stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, d.payload_len);
-		}
-	}
 	push(w, &d);
+}
+
+/* The whole run as one zstd frame, zero pages included (zstd turns them
+ * into a few bytes, and one frame per run costs far less than one per data
+ * sub-run).  Returns 0 when the run does not shrink. */
+static int emit_compressed(struct worker *w, uint64_t first, uint32_t n)
+{
+	if (w->n_free == 0)
+		collect_buffers(w, 1);
+	uint32_t b = w->free_buffers[--w->n_free];
+	size_t raw = (size_t)n * w->geo.page_size;
+	size_t len = wk_zstd_compress(w->zstd, w->arena + b * w->buffer_size, w->guest + first * w->geo.page_size, raw);
+	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
+	if (!len) {
+		w->n_free++;
+		return 0;
+	}
+	w->is_free[b] = 0;
+	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
+	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .first_page = first,
+				.n_pages = n, .buffer = (uint16_t)b, .payload_len = (uint32_t)len };
+	push(w, &d);
+	return 1;
 }
 
 /* Split a run into maximal sub-runs of data pages and of zero pages. */
 static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
 	const size_t page = w->geo.page_size;
+	static uint8_t is_zero[4096];
+	uint64_t zero_pages = 0;
+	for (uint32_t k = 0; k < n; k++)
+		zero_pages += is_zero[k] = (uint8_t)wk_page_is_zero(w->guest + (first + k) * page, page);
+	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
+	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
+	stage_stat_add(w->stats, SHM_STAT_RUNS, 1);
+	if (w->zstd && zero_pages < n && emit_compressed(w, first, n))
+		return;
 	uint64_t run_start = first;
 	int run_zero = -1;
-	uint64_t zero_pages = 0;
 	for (uint64_t p = first; p < first + n; p++) {
-		int zero = wk_page_is_zero(w->guest + p * page, page);
-		zero_pages += (uint64_t)zero;
+		int zero = is_zero[p - first];
 		if (zero != run_zero && run_zero >= 0) {
 			emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(p - run_start));
 			run_start = p;
@@ -130,9 +143,6 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 		run_zero = zero;
 	}
 	emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(first + n - run_start));
-	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
-	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
-	stage_stat_add(w->stats, SHM_STAT_RUNS, 1);
 }
 
 int main(int argc, char **argv)

@@ -90,9 +90,12 @@ class Base(unittest.TestCase):
 
 class Loopback(Base):
     def test_every_pattern_channels_and_compression(self):
-        for pattern in ("zero", "random", "text", "mixed", "sparse"):
+        # PF_TEST_QUICK (run.sh sets it for the sanitizer build, which runs the
+        # same code 3-5x slower) keeps the corners of the matrix.
+        quick = bool(os.environ.get("PF_TEST_QUICK"))
+        for pattern in ("mixed", "sparse") if quick else ("zero", "random", "text", "mixed", "sparse"):
             guest = self.guest(pattern)
-            for channels in (1, 2, 4):
+            for channels in (1, 4) if quick else (1, 2, 4):
                 for compress in ("none", "zstd"):
                     with self.subTest(pattern=pattern, channels=channels, compress=compress):
                         self.round_trip(pattern, channels, compress, guest=guest)
