@@ -299,7 +299,9 @@ def main(stage_dirs, argv=None):
     except pf_jobs.JobError as e:
         print(f"pageferry {args.cmd}: {e}", file=sys.stderr)
         return e.exit_code
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RuntimeError) as e:
+        # RuntimeError: the control segment could not be made (pf_segment),
+        # e.g. stage binaries from a different build than this script.
         print(f"pageferry {args.cmd}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

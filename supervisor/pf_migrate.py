@@ -76,10 +76,24 @@ class DirtyLog:
         os.close(self.fd)
 
 
+def _run_dirs():
+    """Where status files live: $PAGEFERRY_RUN_DIR, else /run/pageferry (root),
+    else a per-user directory."""
+    if os.environ.get("PAGEFERRY_RUN_DIR"):
+        return [os.environ["PAGEFERRY_RUN_DIR"]]
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return ["/run/pageferry", os.path.join(xdg, "pageferry") if xdg else f"/tmp/pageferry-{os.getuid()}"]
+
+
 def status_dir():
-    d = os.environ.get("PAGEFERRY_RUN_DIR", "/run/pageferry")
-    os.makedirs(d, exist_ok=True)
-    return d
+    for d in _run_dirs():
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            if os.access(d, os.W_OK):
+                return d
+        except OSError:
+            continue
+    raise JobError("no writable directory for the migration's status file (set PAGEFERRY_RUN_DIR)")
 
 
 def round_records(seg, workers):
@@ -238,10 +252,15 @@ def write_status(path, seg, workers, page, size, to, elapsed):
 
 
 def running_migrations():
-    d = os.environ.get("PAGEFERRY_RUN_DIR", "/run/pageferry")
     out = []
-    if not os.path.isdir(d):
-        return out
+    for d in _run_dirs():
+        if os.path.isdir(d):
+            out += _read_statuses(d)
+    return out
+
+
+def _read_statuses(d):
+    out = []
     for name in sorted(os.listdir(d)):
         if not (name.startswith("migrate-") and name.endswith(".json")):
             continue
