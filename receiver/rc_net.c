@@ -3,11 +3,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "net/net_socket.h"
@@ -19,6 +21,12 @@
 #define HANDSHAKE_TIMEOUT_MS 10000
 #define DATA_CHANNEL_WAIT_MS 30000
 
+/* Statistics are updated by every receiving thread. */
+static void stat_add(struct rc_net *r, int which, uint64_t v)
+{
+	atomic_fetch_add_explicit(&r->stats->v[which], v, memory_order_relaxed);
+}
+
 /* Tell the sender why (best effort), then end with the same message. */
 static noreturn void __attribute__((format(printf, 3, 4)))
 fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
@@ -28,6 +36,7 @@ fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	pthread_mutex_lock(&r->main_lock); /* held until we exit: one message */
 	if (r->main_fd >= 0) {
 		struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
 		uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
@@ -237,14 +246,18 @@ static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, co
 static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *p)
 {
 	uint32_t i;
+	pthread_mutex_lock(&r->inflater_lock);
 	struct rc_inflater *f = free_inflater(r, &i);
 	uint32_t b = f->free_buffers[--f->n_free];
 	f->is_free[b] = false;
+	pthread_mutex_unlock(&r->inflater_lock);
 	recv_or_fail(r, c, f->arena + (uint64_t)b * RC_ARENA_BUFFER_SIZE, p->payload_len, "a compressed payload");
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .buffer = (uint16_t)b,
 				.n_pages = p->n_pages, .payload_len = p->payload_len, .first_page = p->first_page };
 	struct shm_slot s = proto_desc_pack(&d);
+	pthread_mutex_lock(&r->inflater_lock);
 	int rc = shm_ring_enqueue_all(&f->out, &s, 1);
+	pthread_mutex_unlock(&r->inflater_lock);
 	if (rc < 0)
 		stage_die_ring(rc, "ring to inflater");
 }
@@ -263,7 +276,6 @@ static void check_end(struct rc_net *r, uint32_t c)
 	if (err != PROTO_OK)
 		fail(r, err, "data channel %u: end marker: %s", c, proto_strerror(err));
 	ch->ended = true;
-	r->n_ended++;
 }
 
 /* A page sent in an earlier round that is zero now. */
@@ -300,10 +312,9 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 	}
 	if (p.type == PROTO_PKT_SYNC) {
 		ch->synced = true;
-		r->n_synced++;
 		ch->seq++;
 		ch->crc_of_crcs = proto_crc32c(ch->crc_of_crcs, header + 44, 4);
-		stage_stat_add(r->stats, SHM_STAT_PACKETS, 1);
+		stat_add(r, SHM_STAT_PACKETS, 1);
 		return;
 	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
@@ -314,14 +325,14 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 	else if (p.round > 1)
 		zero_pages(r, &p);
 	else
-		stage_stat_add(r->stats, SHM_STAT_ZERO_PAGES, p.n_pages); /* a fresh destination is all holes */
+		stat_add(r, SHM_STAT_ZERO_PAGES, p.n_pages); /* a fresh destination is all holes */
 	ch->seq++;
 	ch->pages += p.n_pages;
 	ch->payload_bytes += p.payload_len;
 	ch->crc_of_crcs = proto_crc32c(ch->crc_of_crcs, header + 44, 4);
-	stage_stat_add(r->stats, SHM_STAT_PAGES, p.n_pages);
-	stage_stat_add(r->stats, SHM_STAT_BYTES, p.payload_len);
-	stage_stat_add(r->stats, SHM_STAT_PACKETS, 1);
+	stat_add(r, SHM_STAT_PAGES, p.n_pages);
+	stat_add(r, SHM_STAT_BYTES, p.payload_len);
+	stat_add(r, SHM_STAT_PACKETS, 1);
 }
 
 /* Every inflater has placed everything it was given (type FENCE), or is
@@ -342,44 +353,33 @@ static void drain_inflaters(struct rc_net *r, uint8_t type)
 	}
 }
 
-/* Every channel reached the end of the round: older versions of pages are
- * all placed before any newer one is (design.md §3). */
-static void next_round(struct rc_net *r)
+/* Channel c reached the end of its round: wait until every channel has, and
+ * every inflater has placed what it was given, so that older versions of
+ * pages are all placed before any newer one is (design.md §3). */
+static void end_of_round(struct rc_net *r, uint32_t c)
 {
-	drain_inflaters(r, PROTO_DESC_FENCE);
-	for (uint32_t c = 0; c < r->n_channels; c++) {
-		r->ch[c].synced = false;
-		r->ch[c].round++;
+	if (pthread_barrier_wait(&r->round_end) == PTHREAD_BARRIER_SERIAL_THREAD) {
+		drain_inflaters(r, PROTO_DESC_FENCE);
+		stage_stat_set(r->stats, SHM_STAT_ROUND, r->ch[c].round + 1);
 	}
-	r->n_synced = 0;
-	stage_stat_set(r->stats, SHM_STAT_ROUND, r->ch[0].round);
+	pthread_barrier_wait(&r->round_end);
+	r->ch[c].synced = false;
+	r->ch[c].round++;
 }
 
-
-static bool active(const struct rc_channel *ch)
-{
-	return !ch->ended && !ch->synced;
-}
-
-/* Handle every whole packet already staged on active channels. */
-static bool handle_staged(struct rc_net *r)
-{
-	bool any = false;
-	for (uint32_t c = 0; c < r->n_channels; c++)
-		while (active(&r->ch[c]) && r->ch[c].fill - r->ch[c].start >= PROTO_PACKET_HEADER_SIZE) {
-			handle_packet(r, c);
-			any = true;
-		}
-	return any;
-}
 
 /* The main channel carries nothing until the end, except a cancellation. */
 static void check_main(struct rc_net *r)
 {
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
 	int rc = net_recv_all(r->main_fd, header, sizeof(header));
-	if (rc == -ECONNRESET)
+	if (rc == -ECONNRESET) {
+		/* A sender that died mid-packet left a data channel that can say
+		 * more precisely what it lost: give its thread a moment to. */
+		struct timespec pause = { 0, 500 * 1000 * 1000 };
+		nanosleep(&pause, NULL);
 		fail(r, PROTO_E_TRUNCATED, "main channel: the sender closed the connection (it failed or was killed)");
+	}
 	if (rc < 0)
 		stage_die_errno(rc, "main channel");
 	struct proto_packet p;
@@ -397,35 +397,64 @@ static void check_main(struct rc_net *r)
 									: proto_strerror((enum proto_err)status));
 }
 
+struct channel_arg {
+	struct rc_net *r;
+	uint32_t c;
+};
+
+static void *channel_thread(void *arg)
+{
+	struct channel_arg *a = arg;
+	struct rc_net *r = a->r;
+	struct rc_channel *ch = &r->ch[a->c];
+	pthread_barrier_wait(&r->start);
+	while (!ch->ended) {
+		handle_packet(r, a->c);
+		if (ch->synced)
+			end_of_round(r, a->c);
+	}
+	atomic_fetch_add(&r->n_ended, 1);
+	return NULL;
+}
+
+void rc_net_start_threads(struct rc_net *r)
+{
+	static struct channel_arg args[PROTO_MAX_CHANNELS];
+	int rc;
+	if ((rc = pthread_barrier_init(&r->start, NULL, r->n_channels + 1)) != 0 ||
+	    (rc = pthread_barrier_init(&r->round_end, NULL, r->n_channels)) != 0 ||
+	    (rc = pthread_mutex_init(&r->inflater_lock, NULL)) != 0 || (rc = pthread_mutex_init(&r->main_lock, NULL)) != 0)
+		stage_die_errno(-rc, "setting up the receiving threads");
+	for (uint32_t c = 0; c < r->n_channels; c++) {
+		args[c] = (struct channel_arg){ r, c };
+		if ((rc = pthread_create(&r->threads[c], NULL, channel_thread, &args[c])) != 0)
+			stage_die_errno(-rc, "starting the thread of data channel %u", c);
+	}
+}
+
+/* A sender that ends some channels while others wait for the end of a round
+ * would leave their threads waiting forever. */
+#define LOPSIDED_END_MS 30000
+
 void rc_net_receive(struct rc_net *r)
 {
-	struct pollfd pfd[PROTO_MAX_CHANNELS + 1];
-	while (r->n_ended < r->n_channels) {
-		if (r->n_synced && r->n_synced + r->n_ended == r->n_channels) {
-			next_round(r);
-			continue;
-		}
-		if (handle_staged(r))
-			continue;
-		nfds_t n = 0;
-		uint32_t which[PROTO_MAX_CHANNELS];
-		for (uint32_t c = 0; c < r->n_channels; c++)
-			if (active(&r->ch[c])) {
-				pfd[n] = (struct pollfd){ .fd = r->ch[c].fd, .events = POLLIN };
-				which[n++] = c;
-			}
-		pfd[n] = (struct pollfd){ .fd = r->main_fd, .events = POLLIN };
-		int ready = poll(pfd, n + 1, 1000);
+	pthread_barrier_wait(&r->start);
+	int lopsided_ms = 0;
+	while (atomic_load(&r->n_ended) < r->n_channels) {
+		struct pollfd main = { .fd = r->main_fd, .events = POLLIN };
+		int ready = poll(&main, 1, 200);
 		if (ready < 0 && errno != EINTR)
-			stage_die_errno(-errno, "poll on data channels");
-		for (nfds_t k = 0; ready > 0 && k < n; k++)
-			if (pfd[k].revents && active(&r->ch[which[k]]))
-				handle_packet(r, which[k]);
-		/* After the data channels, so a sender that died mid-packet is
-		 * reported as the truncated stream it left. */
-		if (ready > 0 && pfd[n].revents)
+			stage_die_errno(-errno, "poll on the main channel");
+		if (ready > 0)
 			check_main(r);
+		uint32_t ended = atomic_load(&r->n_ended);
+		lopsided_ms = ended > 0 && ended < r->n_channels ? lopsided_ms + 200 : 0;
+		if (lopsided_ms > LOPSIDED_END_MS)
+			fail(r, PROTO_E_ROUND, "data channels: %u ended while the others still wait for the end of a round",
+			     ended);
 	}
+	for (uint32_t c = 0; c < r->n_channels; c++)
+		pthread_join(r->threads[c], NULL);
 	drain_inflaters(r, PROTO_DESC_END);
 	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "fdatasync of the destination: %s", strerror(errno));

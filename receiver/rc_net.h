@@ -5,6 +5,8 @@
 #ifndef PF_RC_NET_H
 #define PF_RC_NET_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -40,7 +42,14 @@ struct rc_net {
 	int listen_fd, main_fd;
 	struct proto_handshake hs;	/* the session, as agreed on the main channel */
 	struct proto_geometry geo;
-	uint32_t n_channels, n_ended, n_synced;
+	uint32_t n_channels;
+	_Atomic uint32_t n_ended;
+	/* One receiving thread per data channel, so that placing pages (and
+	 * the page faults of a fresh destination) runs on as many cores. */
+	pthread_t threads[PROTO_MAX_CHANNELS];
+	pthread_barrier_t start, round_end;
+	pthread_mutex_t inflater_lock;	/* the inflater rings have one producer at a time */
+	pthread_mutex_t main_lock;	/* one failure message on the main channel */
 	struct rc_channel ch[PROTO_MAX_CHANNELS];
 	uint32_t n_inflaters, next_inflater;
 	struct rc_inflater inf[SHM_MAX_WORKERS];
@@ -52,8 +61,12 @@ struct rc_net {
  * each handshake.  Dies with a message on any failure. */
 void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const struct net_psk *psk,
 			   int accept_timeout_ms);
-/* Read packets until every channel's END has been checked; inflaters
- * finished; then answer RESULT on the main channel. */
+/* Start the receiving threads (before lock-down); they wait for
+ * rc_net_receive. */
+void rc_net_start_threads(struct rc_net *r);
+/* Let the threads read packets until every channel's END has been checked,
+ * watching the main channel meanwhile; finish the inflaters; answer RESULT
+ * on the main channel. */
 void rc_net_receive(struct rc_net *r);
 
 #endif

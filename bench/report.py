@@ -1,0 +1,49 @@
+#!/usr/bin/python3
+"""Markdown tables for doc/benchmarks.md from the JSON that bench/migrate.py
+and bench/live.py write (doc/migrate-bench.json, doc/live-bench.json)."""
+import json
+import os
+import sys
+
+DOC = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "doc")
+
+
+def migrate():
+    with open(os.path.join(DOC, "migrate-bench.json")) as f:
+        d = json.load(f)
+    link = d["iperf3_bytes_per_s"]
+    gib = float(d["size"].rstrip("G"))
+    print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**. Guests of {d['size']}.\n")
+    print("| guest | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to iperf3 | pageferry CPU-s/GiB "
+          "| QEMU s | QEMU CPU-s/GiB | pageferry faster by | verified |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in d["rows"]:
+        p, q = r["pf"], r["qemu"]
+        rate = p["bytes_sent"] / p["seconds"]
+        qs = f"{q['seconds']:.2f}" if "seconds" in q else q.get("error", "?")
+        qc = f"{q['cpu'] / gib:.2f}" if "cpu" in q else "—"
+        sp = f"{q['seconds'] / p['seconds']:.2f}×" if "seconds" in q else "—"
+        print(f"| {r['pattern']} | {r['compress']} | {r['channels']} | {r['zerocopy']} | {p['seconds']:.2f} | "
+              f"{rate / 2**20:.0f} | {rate / link:.2f} | {p['cpu'] / gib:.2f} | {qs} | {qc} | {sp} | "
+              f"{'yes' if p['verified'] else 'NO'} |")
+
+
+def live():
+    with open(os.path.join(DOC, "live-bench.json")) as f:
+        d = json.load(f)
+    print(f"\nGuest {d['size']}, downtime limit {d['downtime_limit_ms']} ms, 2 channels, 2 workers.\n")
+    print("| dirty rate | pattern | total s | downtime ms | rounds | bytes sent / guest size | dirty MiB after each "
+          "round | destination = guest at pause |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in d["rows"]:
+        if not r["converged"]:
+            print(f"| {r['rate']} MiB/s | {r['pattern']} | did not converge: {r['error']} | | | | | |")
+            continue
+        left = ", ".join(f"{x['dirty_pages'] * 4096 / 2**20:.0f}" for x in r["per_round"])
+        print(f"| {r['rate']} MiB/s | {r['pattern']} | {r['seconds']:.2f} | {r['downtime_ms']:.0f} | {r['rounds']} | "
+              f"{r['bytes_per_guest_byte']:.2f} | {left} | {'yes' if r['verified'] else 'NO'} |")
+
+
+if __name__ == "__main__":
+    migrate()
+    live()
