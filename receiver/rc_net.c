@@ -413,7 +413,11 @@ static void *channel_thread(void *arg)
 		if (ch->synced)
 			end_of_round(r, a->c);
 	}
-	atomic_fetch_add(&r->n_ended, 1);
+	if (atomic_fetch_add(&r->n_ended, 1) + 1 == r->n_channels) {
+		char one = 1;
+		if (write(r->done_pipe[1], &one, 1) < 0)
+			stage_die_errno(-errno, "waking the main thread");
+	}
 	return NULL;
 }
 
@@ -425,6 +429,8 @@ void rc_net_start_threads(struct rc_net *r)
 	    (rc = pthread_barrier_init(&r->round_end, NULL, r->n_channels)) != 0 ||
 	    (rc = pthread_mutex_init(&r->inflater_lock, NULL)) != 0 || (rc = pthread_mutex_init(&r->main_lock, NULL)) != 0)
 		stage_die_errno(-rc, "setting up the receiving threads");
+	if (pipe2(r->done_pipe, O_CLOEXEC) < 0)
+		stage_die_errno(-errno, "pipe");
 	for (uint32_t c = 0; c < r->n_channels; c++) {
 		args[c] = (struct channel_arg){ r, c };
 		if ((rc = pthread_create(&r->threads[c], NULL, channel_thread, &args[c])) != 0)
@@ -441,11 +447,12 @@ void rc_net_receive(struct rc_net *r)
 	pthread_barrier_wait(&r->start);
 	int lopsided_ms = 0;
 	while (atomic_load(&r->n_ended) < r->n_channels) {
-		struct pollfd main = { .fd = r->main_fd, .events = POLLIN };
-		int ready = poll(&main, 1, 200);
+		struct pollfd pfd[2] = { { .fd = r->main_fd, .events = POLLIN },
+					 { .fd = r->done_pipe[0], .events = POLLIN } };
+		int ready = poll(pfd, 2, 200);
 		if (ready < 0 && errno != EINTR)
 			stage_die_errno(-errno, "poll on the main channel");
-		if (ready > 0)
+		if (ready > 0 && pfd[0].revents && atomic_load(&r->n_ended) < r->n_channels)
 			check_main(r);
 		uint32_t ended = atomic_load(&r->n_ended);
 		lopsided_ms = ended > 0 && ended < r->n_channels ? lopsided_ms + 200 : 0;

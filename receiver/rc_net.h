@@ -50,6 +50,7 @@ struct rc_net {
 	pthread_barrier_t start, round_end;
 	pthread_mutex_t inflater_lock;	/* the inflater rings have one producer at a time */
 	pthread_mutex_t main_lock;	/* one failure message on the main channel */
+	int done_pipe[2];		/* the last thread to end wakes the main thread */
 	struct rc_channel ch[PROTO_MAX_CHANNELS];
 	uint32_t n_inflaters, next_inflater;
 	struct rc_inflater inf[SHM_MAX_WORKERS];

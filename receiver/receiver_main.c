@@ -88,12 +88,14 @@ static int receive_main(char **argv)
 		if (rc < 0)
 			stage_die_ring(rc, "ring to inflater");
 	}
+	rc_net_start_threads(&r);
 	int max_fd = r.main_fd;
 	for (uint32_t c = 0; c < r.n_channels; c++)
 		max_fd = r.ch[c].fd > max_fd ? r.ch[c].fd : max_fd;
+	for (int k = 0; k < 2; k++)
+		max_fd = r.done_pipe[k] > max_fd ? r.done_pipe[k] : max_fd;
 	/* Threads exist before lock-down; the filter is synchronised to them and
 	 * they read nothing before rc_net_receive lets them go. */
-	rc_net_start_threads(&r);
 	stage_lockdown(SB_ROLE_RECEIVER, max_fd, 1);
 	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	rc_net_receive(&r);

@@ -284,8 +284,11 @@ def main(stage_dirs, argv=None):
         elif args.cmd == "cancel":
             return pf_migrate.cancel(ctx, args.pid)
         elif args.cmd == "guestsim":
-            return tool(ctx, "pageferry-guestsim", ["run", args.ram, args.dirty_log, args.size, str(args.rate),
-                                                   args.pattern, args.checksum_file, str(args.seed)])
+            # Become the guest: signals sent to `pageferry guestsim` must reach it.
+            binary = ctx.stage("pageferry-guestsim")
+            sys.stdout.flush()
+            os.execv(binary, [binary, "run", args.ram, args.dirty_log, args.size, str(args.rate), args.pattern,
+                              args.checksum_file, str(args.seed)])
         elif args.cmd == "checksum":
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
