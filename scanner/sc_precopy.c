@@ -80,10 +80,13 @@ static void end_round(struct precopy *pc, int fetch)
 			 pc->round_start_bytes;
 	uint64_t pages = atomic_load_explicit(&s->stats->v[SHM_STAT_PAGES], memory_order_relaxed) -
 			 pc->round_start_pages;
-	/* The lower of this round's rate and the whole migration's: one fast
-	 * round must not promise a switchover the link cannot keep. */
-	uint64_t bw = bytes * 1000000u / usec;
-	uint64_t overall = (pc->round_start_bytes + bytes) * 1000000u / (now - pc->s->pacing_start_us + 1);
+	/* Bandwidth in guest bytes handled per second (pages, not wire bytes:
+	 * the dirty pages it is compared with will be compressed or found zero
+	 * just the same).  The lower of this round's and the whole migration's:
+	 * one fast round must not promise a switchover the link cannot keep. */
+	uint64_t page = s->seg.geo.page_size;
+	uint64_t bw = pages * page * 1000000u / usec;
+	uint64_t overall = (pc->round_start_pages + pages) * page * 1000000u / (now - s->pacing_start_us + 1);
 	if (bw)
 		pc->last_bw = overall && overall < bw ? overall : bw;
 	if (fetch)
@@ -115,8 +118,8 @@ static void pause_guest(struct precopy *pc)
 	while (!atomic_load_explicit(pc->pause_ack, memory_order_acquire)) {
 		if (sc_now_us() - asked > pc->p->pause_timeout_us) {
 			atomic_store_explicit(pc->pause_request, 0, memory_order_release);
-			stage_die(STAGE_EXIT_FAILED, "the VMM did not acknowledge the pause request within %llu ms; "
-				  "the guest keeps running", (unsigned long long)(pc->p->pause_timeout_us / 1000));
+			stage_die(STAGE_EXIT_FAILED, "the VMM did not acknowledge the pause request within %llu ms",
+				  (unsigned long long)(pc->p->pause_timeout_us / 1000));
 		}
 		sleep_us(100);
 	}
@@ -150,8 +153,8 @@ void sc_precopy_run(struct scanner *s, uint8_t *dirty_log, const struct sc_preco
 		if (s->round + 1 >= p->max_rounds) {
 			atomic_store(pc.throttle, 0);
 			stage_die(STAGE_EXIT_FAILED,
-				  "no convergence after %u rounds: the guest dirties %.0f MiB/s, %.0f MiB/s get sent, "
-				  "%.0f ms of dirty pages left against a %.0f ms downtime limit; the guest keeps running",
+				  "no convergence after %u rounds: the guest dirties %.0f MiB/s, pages move at %.0f MiB/s, "
+				  "%.0f ms of dirty pages left against a %.0f ms downtime limit",
 				  s->round, dirty_rate / 1048576.0, pc.last_bw / 1048576.0, expected / 1000.0,
 				  p->downtime_limit_us / 1000.0);
 		}

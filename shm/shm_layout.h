@@ -156,7 +156,7 @@ enum {
 	SHM_ROUND_BYTES,	/* scanner: bytes the writer sent during it */
 	SHM_ROUND_USEC,		/* scanner: its duration */
 	SHM_ROUND_DIRTY_PAGES,	/* scanner: dirty pages found at its end */
-	SHM_ROUND_BW,		/* scanner: measured bytes per second */
+	SHM_ROUND_BW,		/* scanner: guest bytes handled per second */
 	SHM_ROUND_DIRTY_RATE,	/* scanner: dirtied bytes per second */
 	SHM_ROUND_EXPECTED_US,	/* scanner: dirty bytes / bandwidth */
 	SHM_ROUND_THROTTLE,	/* scanner: throttle asked of the guest during it */
