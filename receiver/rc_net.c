@@ -128,8 +128,8 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 		r->ch[h.channel_id].staging = malloc(RC_STAGING_BYTES);
 		if (!r->ch[h.channel_id].staging)
 			stage_die_errno(-ENOMEM, "staging buffer");
-		/* From here on a stalled sender is waited for: pages take time. */
-		net_set_timeout(fd, 0);
+		/* From here on a sender may pause between packets, but not forever. */
+		net_set_timeout(fd, r->idle_timeout_ms);
 	}
 	net_set_timeout(r->main_fd, 0);
 	close(r->listen_fd);
@@ -196,6 +196,12 @@ static noreturn void truncated(struct rc_net *r, uint32_t c, const char *what)
 		"(truncated stream)", c, what);
 }
 
+static noreturn void idle(struct rc_net *r, uint32_t c)
+{
+	fail(r, PROTO_RESULT_LOCAL_FAILURE, "data channel %u: nothing from the sender for %d s (--idle-timeout)", c,
+	     r->idle_timeout_ms / 1000);
+}
+
 /* Have at least `need` (<= RC_STAGING_BYTES) bytes staged. */
 static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const char *what)
 {
@@ -211,6 +217,8 @@ static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const ch
 		ssize_t n = recv(ch->fd, ch->staging + ch->fill, RC_STAGING_BYTES - ch->fill, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			idle(r, c);
 		if (n < 0)
 			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
 		if (n == 0)
@@ -239,6 +247,8 @@ static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, co
 	int rc = net_recv_all(ch->fd, (uint8_t *)dst + staged, len - staged);
 	if (rc == -ECONNRESET)
 		truncated(r, c, what);
+	if (rc == -ETIMEDOUT)
+		idle(r, c);
 	if (rc < 0)
 		stage_die_errno(rc, "data channel %u: receiving %s", c, what);
 }

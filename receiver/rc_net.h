@@ -51,6 +51,7 @@ struct rc_net {
 	pthread_mutex_t inflater_lock;	/* the inflater rings have one producer at a time */
 	pthread_mutex_t main_lock;	/* one failure message on the main channel */
 	int done_pipe[2];		/* the last thread to end wakes the main thread */
+	int idle_timeout_ms;
 	struct rc_channel ch[PROTO_MAX_CHANNELS];
 	uint32_t n_inflaters, next_inflater;
 	struct rc_inflater inf[SHM_MAX_WORKERS];
@@ -62,6 +63,8 @@ struct rc_net {
  * each handshake.  Dies with a message on any failure. */
 void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const struct net_psk *psk,
 			   int accept_timeout_ms);
+/* How long a data channel may stay silent before the transfer is given up
+ * (0: forever).  Set before rc_net_accept_session. */
 /* Start the receiving threads (before lock-down); they wait for
  * rc_net_receive. */
 void rc_net_start_threads(struct rc_net *r);

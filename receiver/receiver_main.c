@@ -1,7 +1,7 @@
 /* pageferry-receiver: the destination side.  It restores snapshot files,
  * or receives a migration over TCP.
  *
- * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS
+ * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS
  *      fds 3 control segment, 4 destination RAM file (read-write, empty),
  *      5 pre-shared key file (with PSK 1), 7 + 2i ring to inflater i (we
  *      produce), 8 + 2i ring from inflater i (buffers back), 7 + 2N + i
@@ -55,6 +55,7 @@ static int receive_main(char **argv)
 	r.stats = shm_segment_stats(&seg, 0);
 	int use_psk = (int)stage_parse_u64("psk flag", argv[4], 0, 1);
 	int timeout_ms = (int)stage_parse_u64("accept timeout", argv[5], 0, 86400000);
+	r.idle_timeout_ms = (int)stage_parse_u64("idle timeout", argv[6], 0, 86400000);
 	static struct net_psk psk;
 	if (use_psk) {
 		const char *why = "";
@@ -106,11 +107,11 @@ static int receive_main(char **argv)
 int main(int argc, char **argv)
 {
 	stage_set_name("receiver", -1);
-	if (argc == 6 && strcmp(argv[1], "receive") == 0)
+	if (argc == 7 && strcmp(argv[1], "receive") == 0)
 		return receive_main(argv);
 	if (argc != 3 || strcmp(argv[1], "restore") != 0)
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS | "
-					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS");
+					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS");
 	int threads = (int)stage_parse_u64("thread count", argv[2], 1, MAX_THREADS);
 	struct shm_segment seg;
 	stage_attach_segment(&seg);

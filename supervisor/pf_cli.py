@@ -142,6 +142,8 @@ def build_parser():
     c.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
     c.add_argument("--accept-timeout", type=float, default=0, metavar="SECONDS",
                    help="give up when no sender connects this long (default: wait forever)")
+    c.add_argument("--idle-timeout", type=float, default=60, metavar="SECONDS",
+                   help="give up when a data channel stays silent this long, 0 for never (default: %(default)s)")
     c.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
 
     v = sub.add_parser("verify", help="compare two RAM files (exit 0 equal, 1 different)",
@@ -292,7 +294,8 @@ def main(stage_dirs, argv=None):
         elif args.cmd == "checksum":
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
-            pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout)
+            pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
+                               args.idle_timeout)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

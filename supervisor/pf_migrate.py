@@ -303,7 +303,7 @@ def cancel(ctx, pid):
     return 0
 
 
-def receive(ctx, listen, into, workers, psk_file, accept_timeout):
+def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=60):
     partial = into + ".pf-partial"
     run = Run(ctx, "receive", 1)
     ok = False
@@ -326,7 +326,8 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout):
             fds[8 + 2 * i] = pairs[(2, i)][1].fileno()
             fds[7 + 2 * workers + i] = arenas[i]
         p.spawn("pageferry-receiver", "pageferry-receiver",
-                ["receive", listen, workers, int(psk is not None), int(accept_timeout * 1000)], fds)
+                ["receive", listen, workers, int(psk is not None), int(accept_timeout * 1000),
+                 int(idle_timeout * 1000)], fds)
         for i in range(workers):
             p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater", [i],
                     {3: seg.fd, 4: dest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(2, i)][0].fileno(),

@@ -287,6 +287,14 @@ class BadInput(Base):
         s.close()
         self.expect_refusal(rx, "the sender closed the connection in the middle of raw pages (truncated stream)")
 
+    def test_silent_sender_times_out(self):
+        rx = self.receiver("--idle-timeout", 2)
+        s = pfwire.Session(self.port, guest_pages=1024)
+        s.send(pfwire.ZERO, 0, 4)  # then nothing, connections open
+        err = self.expect_refusal(rx, "data channel 0: nothing from the sender for 2 s (--idle-timeout)")
+        self.assertNotIn("closed", err)
+        s.close()
+
     def test_sender_killed_mid_transfer(self):
         rx = self.receiver()
         guest = self.guest("random", "512M")
