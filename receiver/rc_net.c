@@ -192,6 +192,11 @@ static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index)
 
 static noreturn void truncated(struct rc_net *r, uint32_t c, const char *what)
 {
+	/* A cancelling sender says so on the main channel before its data
+	 * channels close: let the main thread report that instead (it does at
+	 * once; 200 ms is a wide margin). */
+	struct timespec pause = { 0, 200 * 1000 * 1000 };
+	nanosleep(&pause, NULL);
 	fail(r, PROTO_E_TRUNCATED, "data channel %u: the sender closed the connection in the middle of %s "
 		"(truncated stream)", c, what);
 }
