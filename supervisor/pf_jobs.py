@@ -138,6 +138,41 @@ class Run:
                     pass
 
 
+def pages_done(run, seg):
+    """Progress for a destination stage that learns the page count as it goes
+    (stats block 0): the share of pages placed, scaled to the progress total."""
+    def done():
+        st = seg.stats(0)
+        return run.progress.total * st["pages"] / max(st["total_pages"], 1)
+    return done
+
+
+def spawn_source(pipeline, seg, guest_fd, workers, writer_args, writer_fds, worker_extra=None,
+                 scanner_args=(), scanner_fds=None):
+    """Start the source pipeline: scanner -> workers -> writer, wired by
+    their rings' wake sockets on the fds each stage's main file documents.
+    writer_fds / scanner_fds: role-specific fds (5, 6; 5 + workers);
+    worker_extra(i) -> (extra args, extra fds) for worker i."""
+    pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
+    fds = {3: seg.fd, 4: guest_fd, **writer_fds}
+    for i in range(workers):
+        fds[7 + 2 * i] = pairs[(1, i)][1].fileno()
+        fds[8 + 2 * i] = pairs[(2, i)][0].fileno()
+    pipeline.spawn("pageferry-writer", "pageferry-writer", writer_args, fds)
+    for i in range(workers):
+        args, extra = worker_extra(i) if worker_extra else ([], {})
+        pipeline.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [i] + args,
+                       {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(1, i)][0].fileno(),
+                        7: pairs[(2, i)][1].fileno(), **extra})
+    fds = {3: seg.fd, 4: guest_fd, **(scanner_fds or {})}
+    fds.update({5 + i: pairs[(0, i)][0].fileno() for i in range(workers)})
+    pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
+    # Our copies must go, or a dead stage's peer would never see it hang up.
+    for a, b in pairs.values():
+        a.close()
+        b.close()
+
+
 def snapshot(ctx, guest, out, workers):
     guest_fd, size, page = check_guest(guest)
     partial = out + ".pf-partial"
@@ -154,24 +189,8 @@ def snapshot(ctx, guest, out, workers):
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, RING_SLOTS, run_pages,
                                  size // page)
         run.fds.append(os.dup(seg.fd))
-        pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
         p = run.pipeline
-        writer_fds = {3: seg.fd, 4: guest_fd, 5: meta_fd, 6: data_fd}
-        for i in range(workers):
-            writer_fds[7 + 2 * i] = pairs[(1, i)][1].fileno()
-            writer_fds[8 + 2 * i] = pairs[(2, i)][0].fileno()
-        p.spawn("pageferry-writer", "pageferry-writer", ["snapshot"], writer_fds)
-        for i in range(workers):
-            p.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [i],
-                    {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(),
-                     6: pairs[(1, i)][0].fileno(), 7: pairs[(2, i)][1].fileno()})
-        scanner_fds = {3: seg.fd, 4: guest_fd}
-        scanner_fds.update({5 + i: pairs[(0, i)][0].fileno() for i in range(workers)})
-        p.spawn("pageferry-scanner", "pageferry-scanner", [], scanner_fds)
-        # Our copies must go, or a dead stage's peer would never see it hang up.
-        for a, b in pairs.values():
-            a.close()
-            b.close()
+        spawn_source(p, seg, guest_fd, workers, ["snapshot"], {5: meta_fd, 6: data_fd})
 
         def done():
             w = seg.stats(pf_segment.STATS_WRITER)
@@ -223,11 +242,7 @@ def restore(ctx, snap, into, workers):
         p.spawn("pageferry-receiver", "pageferry-receiver", ["restore", workers],
                 {3: seg.fd, 4: dest_fd, 5: meta_fd, 6: data_fd})
 
-        def done():
-            st = seg.stats(0)
-            return run.progress.total * st["pages"] / max(st["total_pages"], 1)
-
-        secs = run.watch(done)
+        secs = run.watch(pages_done(run, seg))
         st = seg.stats(0)
         size = os.fstat(dest_fd).st_size
         os.rename(partial, into)

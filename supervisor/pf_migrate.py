@@ -132,38 +132,21 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         if level:
             arenas = [_arena(f"pageferry-arena-{i}", ARENA_BUFFERS * run_pages * page) for i in range(workers)]
             run.fds.extend(arenas)
-        pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
         p = run.pipeline
-        writer_fds = {3: seg.fd, 4: guest_fd}
+        writer_fds = {7 + 2 * workers + i: a for i, a in enumerate(arenas)}
         if psk is not None:
             writer_fds[5] = psk
-        for i in range(workers):
-            writer_fds[7 + 2 * i] = pairs[(1, i)][1].fileno()
-            writer_fds[8 + 2 * i] = pairs[(2, i)][0].fileno()
-        for i, a in enumerate(arenas):
-            writer_fds[7 + 2 * workers + i] = a
-        p.spawn("pageferry-writer", "pageferry-writer",
-                ["migrate", hostport, channels, zerocopy, int(psk is not None), int(bool(level)),
-                 int(connect_timeout * 1000), int(bool(live))], writer_fds)
-        for i in range(workers):
-            fds = {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(1, i)][0].fileno(),
-                   7: pairs[(2, i)][1].fileno()}
-            args = [i]
-            if level:
-                fds[8] = arenas[i]
-                args += ["zstd", level]
-            p.spawn(f"pageferry-worker[{i}]", "pageferry-worker", args, fds)
-        scanner_fds = {3: seg.fd, 4: guest_fd}
-        scanner_fds.update({5 + i: pairs[(0, i)][0].fileno() for i in range(workers)})
-        scanner_args = []
+        scanner_args, scanner_fds = [], {}
         if live:
             scanner_fds[5 + workers] = log.fd
             scanner_args = ["live", live["downtime_limit"], int(live["max_bandwidth"] * 2**20),
                             int(live["auto_converge"]), live["max_rounds"], live["pause_timeout"]]
-        p.spawn("pageferry-scanner", "pageferry-scanner", scanner_args, scanner_fds)
-        for a, b in pairs.values():
-            a.close()
-            b.close()
+        pf_jobs.spawn_source(
+            p, seg, guest_fd, workers,
+            ["migrate", hostport, channels, zerocopy, int(psk is not None), int(bool(level)),
+             int(connect_timeout * 1000), int(bool(live))], writer_fds,
+            worker_extra=(lambda i: (["zstd", level], {8: arenas[i]})) if level else None,
+            scanner_args=scanner_args, scanner_fds=scanner_fds)
         if live:
             status_path = os.path.join(status_dir(), f"migrate-{os.getpid()}.json")
         start = time.monotonic()
@@ -336,11 +319,7 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
             a.close()
             b.close()
 
-        def done():
-            st = seg.stats(0)
-            return run.progress.total * st["pages"] / max(st["total_pages"], 1)
-
-        secs = run.watch(done)
+        secs = run.watch(pf_jobs.pages_done(run, seg))
         st = seg.stats(0)
         size = os.fstat(dest_fd).st_size
         os.rename(partial, into)

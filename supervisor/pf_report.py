@@ -1,7 +1,6 @@
 """What the user sees: a progress line on a terminal, a one-line summary,
 or a JSON summary."""
 import json
-import os
 import sys
 import time
 

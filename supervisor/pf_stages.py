@@ -6,7 +6,6 @@ holds is close-on-exec. Its stderr goes to a pipe we read, so that when a
 run fails we can report the root cause in one line instead of every
 stage's consequential complaints.
 """
-import errno
 import fcntl
 import os
 import select
