@@ -105,11 +105,16 @@ class Live(unittest.TestCase):
 
     def test_hot_pages_rewritten_every_round_end_newest_on_4_channels(self):
         # A 4 MiB hot set rewritten at 400 MiB/s: every page changes many
-        # times per round, and rounds go out over 4 channels.
+        # times per round, and rounds go out over 4 channels.  Rounds this
+        # small are dominated by their fixed costs, so whether 4 MiB fits in
+        # 50 ms depends on the load on a 2-core machine: auto-converge slows
+        # the guest until it does, and the rounds before that are the test.
         self.guestsim(rate=400, pattern="hot:4")
         rx = self.receiver()
-        r = self.migrate("--channels", "4", "--compress", "zstd", "--downtime-limit", "50", "--max-rounds", "40")
+        r = self.migrate("--channels", "4", "--compress", "zstd", "--downtime-limit", "50", "--max-rounds", "40",
+                         "--auto-converge")
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertGreaterEqual(json.loads(r.stdout)["live"]["rounds"], 2)
         self.assert_destination_is_guest_at_pause(rx)
 
     def test_fast_dirtier_fails_at_max_rounds_and_keeps_running(self):
