@@ -7,17 +7,25 @@
   - QEMU's multifd migrating the same RAM image with the same channels and
     compression (bench/qemu_migrate.py).
 
-Guests are made in /dev/shm; every destination is a fresh file on both sides
-(design.md, "a trap when measuring here"). Prints a table, writes JSON and a
-PNG chart.  usage: bench/migrate.py [--size 4G] [--out DIR]
+Guests are made in /dev/shm.  Destinations (design.md, "a trap when measuring
+here") are, on both sides alike, either fresh files (the memory is touched
+for the first time by the migration) or pre-allocated ones (zeros written
+over the file first, as a destination VMM that pre-allocates its RAM does;
+pageferry receives --in-place, QEMU loads into that file).  iperf3 reuses
+one warm buffer, so the pre-allocated rows are the ones to hold against it.
+Prints a table, writes JSON and a PNG chart.
+usage: bench/migrate.py [--size 4G] [--out DIR] [--dest prealloc,fresh]
 """
 import argparse
+import itertools
 import json
 import os
 import random
 import subprocess
 import sys
 import time
+
+import qemu_migrate
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PF = os.path.join(ROOT, "build", "pageferry")
@@ -33,11 +41,30 @@ def iperf3():
     return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8
 
 
-def pageferry(guest, channels, compress, zerocopy):
+def wait_listening(port, rx, timeout=60):
+    """An in-place receiver maps its destination before it listens: start the
+    clock only once it does, as a destination that was set up ahead would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and rx.poll() is None:
+        r = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+        if r.stdout.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the receiver did not start listening")
+
+
+def pageferry(guest, channels, compress, zerocopy, dest):
     port = random.randint(20000, 60000)
     into = guest + ".dst"
+    extra = []
+    if dest == "prealloc":
+        with open(into, "wb") as f:
+            f.truncate(os.path.getsize(guest))
+        qemu_migrate.prefill(into)
+        extra = ["--in-place"]
     rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
-                           "--json", "--accept-timeout", "30"], stdout=subprocess.PIPE, text=True)
+                           "--json", "--accept-timeout", "30"] + extra, stdout=subprocess.PIPE, text=True)
+    wait_listening(port, rx)
     tx = subprocess.run([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels",
                          str(channels), "--compress", compress, "--zerocopy", zerocopy, "--workers", "2",
                          "--json"], capture_output=True, text=True)
@@ -53,11 +80,11 @@ def pageferry(guest, channels, compress, zerocopy):
             "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok}
 
 
-def qemu(guest, channels, compress, zerocopy):
+def qemu(guest, channels, compress, zerocopy, dest):
     port = random.randint(20000, 60000)
     dest = guest + ".qemu"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "qemu_migrate.py"), guest, dest,
-                        str(channels), compress, "1" if zerocopy == "on" else "0", str(port)],
+                        str(channels), compress, "1" if zerocopy == "on" else "0", str(port), dest],
                        capture_output=True, text=True)
     if r.returncode:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
@@ -71,6 +98,7 @@ def main():
     ap.add_argument("--size", default="4G")
     ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
     ap.add_argument("--patterns", default="mixed,random")
+    ap.add_argument("--dest", default="prealloc,fresh", help="destination kinds to run: prealloc, fresh")
     args = ap.parse_args()
     gib = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True).stdout) / (1 << 30)
     link = iperf3()
@@ -80,21 +108,20 @@ def main():
         guest = os.path.join(SHM, f"pf-bench-{pattern}.ram")
         subprocess.run([PF, "mkguest", pattern, args.size, guest], check=True)
         try:
-            for compress in ("none", "zstd"):
-                for channels in (1, 2, 4):
-                    q = qemu(guest, channels, compress, "on")
-                    for zc in ("on", "off"):
-                        p = pageferry(guest, channels, compress, zc)
-                        row = {"pattern": pattern, "compress": compress, "channels": channels, "zerocopy": zc,
-                               "pf": p, "qemu": q}
-                        rows.append(row)
-                        sent_rate = p["bytes_sent"] / p["seconds"]
-                        qtxt = (f"QEMU {q['seconds']:.2f} s {q['cpu'] / gib:.2f} cpu-s/GiB  speed-up "
-                                f"{q['seconds'] / p['seconds']:.2f}x" if "error" not in q else f"QEMU: {q['error']}")
-                        print(f"{pattern:6} {compress:4} ch={channels} zc={zc:3}: pageferry {p['seconds']:.2f} s "
-                              f"{p['cpu'] / gib:.2f} cpu-s/GiB, sent {sent_rate / 2**20:.0f} MiB/s = "
-                              f"{sent_rate / link:.2f} of iperf3 {'' if p['verified'] else '(VERIFY FAILED) '}| {qtxt}",
-                              flush=True)
+            for dest, compress, channels in itertools.product(args.dest.split(","), ("none", "zstd"), (1, 2, 4)):
+                q = qemu(guest, channels, compress, "on", dest)
+                for zc in ("on", "off"):
+                    p = pageferry(guest, channels, compress, zc, dest)
+                    row = {"pattern": pattern, "dest": dest, "compress": compress, "channels": channels,
+                           "zerocopy": zc, "pf": p, "qemu": q}
+                    rows.append(row)
+                    sent_rate = p["bytes_sent"] / p["seconds"]
+                    qtxt = (f"QEMU {q['seconds']:.2f} s {q['cpu'] / gib:.2f} cpu-s/GiB  speed-up "
+                            f"{q['seconds'] / p['seconds']:.2f}x" if "error" not in q else f"QEMU: {q['error']}")
+                    print(f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:3}: pageferry {p['seconds']:.2f} s "
+                          f"{p['cpu'] / gib:.2f} cpu-s/GiB, sent {sent_rate / 2**20:.0f} MiB/s = "
+                          f"{sent_rate / link:.2f} of iperf3 {'' if p['verified'] else '(VERIFY FAILED) '}| {qtxt}",
+                          flush=True)
         finally:
             os.unlink(guest)
     with open(os.path.join(args.out, "migrate-bench.json"), "w") as f:
@@ -110,7 +137,8 @@ def chart(rows, link, path, size):
     except ImportError:
         print("matplotlib missing: no chart")
         return
-    labels = [f"{r['pattern']}\n{r['compress']} ch{r['channels']}\nzc {r['zerocopy']}" for r in rows]
+    labels = [f"{r['pattern']} {r.get('dest', 'fresh')}\n{r['compress']} ch{r['channels']}\nzc {r['zerocopy']}"
+              for r in rows]
     pf = [r["pf"]["seconds"] for r in rows]
     qm = [r["qemu"].get("seconds", 0) for r in rows]
     fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.7), 5))

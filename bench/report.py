@@ -14,16 +14,16 @@ def migrate():
     link = d["iperf3_bytes_per_s"]
     gib = float(d["size"].rstrip("G"))
     print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**. Guests of {d['size']}.\n")
-    print("| guest | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to iperf3 | pageferry CPU-s/GiB "
+    print("| guest | destination | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to iperf3 | pageferry CPU-s/GiB "
           "| QEMU s | QEMU CPU-s/GiB | pageferry faster by | verified |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         p, q = r["pf"], r["qemu"]
         rate = p["bytes_sent"] / p["seconds"]
         qs = f"{q['seconds']:.2f}" if "seconds" in q else q.get("error", "?")
         qc = f"{q['cpu'] / gib:.2f}" if "cpu" in q else "—"
         sp = f"{q['seconds'] / p['seconds']:.2f}×" if "seconds" in q else "—"
-        print(f"| {r['pattern']} | {r['compress']} | {r['channels']} | {r['zerocopy']} | {p['seconds']:.2f} | "
+        print(f"| {r['pattern']} | {r.get('dest', 'fresh')} | {r['compress']} | {r['channels']} | {r['zerocopy']} | {p['seconds']:.2f} | "
               f"{rate / 2**20:.0f} | {rate / link:.2f} | {p['cpu'] / gib:.2f} | {qs} | {qc} | {sp} | "
               f"{'yes' if p['verified'] else 'NO'} |")
 

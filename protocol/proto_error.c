@@ -46,6 +46,8 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_ZSTD_SIZE] = "compressed payload decompresses to a size other than its page count",
 	[PROTO_E_RESULT] = "result message malformed",
 	[PROTO_E_CANCELLED] = "the migration was cancelled by the sender",
+	[PROTO_E_DEST_SIZE] = "the receiver's existing destination file (--in-place) is not the size of the guest",
+	[PROTO_E_SPARSE_BITMAP] = "sparse page bitmap has bits past the run or does not match the payload length",
 };
 
 const char *proto_strerror(enum proto_err err)

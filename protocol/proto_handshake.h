@@ -25,7 +25,7 @@
 #include "protocol/proto_error.h"
 #include "protocol/proto_geometry.h"
 
-#define PROTO_VERSION 1u
+#define PROTO_VERSION 2u
 #define PROTO_HANDSHAKE_MAGIC 0x53484650u
 #define PROTO_HANDSHAKE_SIZE 64u
 

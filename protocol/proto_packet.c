@@ -37,6 +37,13 @@ static enum proto_err check_data(const struct proto_packet *p, const struct prot
 		/* A run that does not shrink is sent raw, so a frame is never as
 		 * large as its pages. */
 		return p->payload_len >= 1 && p->payload_len < raw ? PROTO_OK : PROTO_E_PAYLOAD_LEN;
+	case PROTO_ENC_SPARSE: {
+		/* All pages present would be RAW, none ZERO. */
+		uint32_t bitmap = proto_sparse_bitmap_bytes(p->n_pages);
+		if (p->payload_len <= bitmap || (p->payload_len - bitmap) % geo->page_size)
+			return PROTO_E_PAYLOAD_LEN;
+		return (p->payload_len - bitmap) / geo->page_size < p->n_pages ? PROTO_OK : PROTO_E_PAYLOAD_LEN;
+	}
 	default:
 		return PROTO_E_ENCODING;
 	}
@@ -93,6 +100,19 @@ enum proto_err proto_packet_decode(const uint8_t *buf, size_t len, const struct 
 	if (err == PROTO_OK)
 		*out = p;
 	return err;
+}
+
+enum proto_err proto_sparse_bitmap_check(const uint8_t *bitmap, uint32_t n_pages, uint32_t present)
+{
+	uint32_t words = proto_sparse_bitmap_bytes(n_pages) / 8, set = 0;
+	for (uint32_t k = 0; k < words; k++) {
+		uint64_t w = get_le64(bitmap + 8 * k);
+		uint32_t valid = n_pages - 64 * k < 64 ? n_pages - 64 * k : 64;
+		if (valid < 64 && (w >> valid))
+			return PROTO_E_SPARSE_BITMAP;
+		set += (uint32_t)__builtin_popcountll(w);
+	}
+	return set == present ? PROTO_OK : PROTO_E_SPARSE_BITMAP;
 }
 
 void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END_BODY_SIZE])

@@ -3,14 +3,16 @@
  *  off size field
  *    0  4   magic        "PFPK" (0x4b504650 little-endian)
  *    4  1   type         DATA, SYNC (end of a round on this channel), END
- *    5  1   encoding     DATA: ZERO, RAW or ZSTD; otherwise 0
+ *    5  1   encoding     DATA: ZERO, RAW, ZSTD or SPARSE; otherwise 0
  *    6  2   flags        0 (none defined yet)
  *    8  4   round        pre-copy round this packet belongs to (1-based)
  *   12  4   n_pages      DATA: 1..max_run_pages; otherwise 0
  *   16  8   first_page   DATA: index of the run's first page
  *   24  8   seq          per-channel packet sequence, from 0
  *   32  4   payload_len  DATA ZERO: 0; RAW: n_pages*page_size;
- *                        ZSTD: 1..n_pages*page_size-1; END: 32; SYNC: 0;
+ *                        ZSTD: 1..n_pages*page_size-1;
+ *                        SPARSE: bitmap + present*page_size with
+ *                        1 <= present < n_pages; END: 32; SYNC: 0;
  *                        RESULT: 8
  *   36  4   payload_crc  crc32c of the payload (0 for an empty one)
  *   40  4   reserved     0
@@ -20,6 +22,12 @@
  *    0 8 packets (DATA packets sent before END)   8 8 pages
  *   16 8 payload bytes                            24 4 crc32c over the DATA
  *   packets' header_crc values in order           28 4 reserved 0
+ *
+ * SPARSE's payload: a bitmap of ceil(n_pages / 64) little-endian u64 words
+ * (bit k of word k / 64 set: page first_page + k follows), then the present
+ * pages in order.  A clear bit is a zero page.  One packet thus carries a
+ * window of scattered data and zero pages, as QEMU's multifd packets do,
+ * instead of one packet per short run.
  *
  * RESULT's payload (8 bytes): 0 4 status (0 success, else an enum proto_err,
  * or PROTO_RESULT_LOCAL_FAILURE)   4 4 reserved 0
@@ -40,7 +48,13 @@
 enum proto_packet_type { PROTO_PKT_DATA = 1, PROTO_PKT_SYNC = 2, PROTO_PKT_END = 3, PROTO_PKT_RESULT = 4 };
 #define PROTO_RESULT_BODY_SIZE 8u
 #define PROTO_RESULT_LOCAL_FAILURE 0xffffu /* the receiver failed on its side */
-enum proto_encoding { PROTO_ENC_ZERO = 0, PROTO_ENC_RAW = 1, PROTO_ENC_ZSTD = 2 };
+enum proto_encoding { PROTO_ENC_ZERO = 0, PROTO_ENC_RAW = 1, PROTO_ENC_ZSTD = 2, PROTO_ENC_SPARSE = 3 };
+#define PROTO_SPARSE_BITMAP_MAX 512u /* bytes, for the largest run limit (4095 pages) */
+
+static inline uint32_t proto_sparse_bitmap_bytes(uint32_t n_pages)
+{
+	return (n_pages + 63) / 64 * 8;
+}
 
 struct proto_packet {
 	uint8_t type;
@@ -64,6 +78,15 @@ void proto_packet_encode(const struct proto_packet *p, uint8_t out[PROTO_PACKET_
 /* Decodes and checks every field against the negotiated geometry. */
 enum proto_err proto_packet_decode(const uint8_t *buf, size_t len, const struct proto_geometry *geo,
 				   struct proto_packet *out);
+
+/* A SPARSE packet's bitmap, once received: no bit past n_pages, and exactly
+ * `present` bits set (the count its payload length implies). */
+enum proto_err proto_sparse_bitmap_check(const uint8_t *bitmap, uint32_t n_pages, uint32_t present);
+/* Bit k of a sparse bitmap. */
+static inline int proto_sparse_bit(const uint8_t *bitmap, uint32_t k)
+{
+	return (bitmap[k / 8] >> (k % 8)) & 1;
+}
 
 void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END_BODY_SIZE]);
 enum proto_err proto_end_body_decode(const uint8_t *buf, size_t len, struct proto_end_body *out);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,12 +77,15 @@ static void answer(struct rc_net *r, int fd, const struct proto_handshake *agree
 	(void)r;
 }
 
-static enum proto_err check_main_offer(const struct proto_handshake *h, const struct net_psk *psk)
+static enum proto_err check_main_offer(const struct rc_net *r, const struct proto_handshake *h,
+				       const struct net_psk *psk)
 {
 	if (h->channel_kind != PROTO_CHAN_MAIN)
 		return PROTO_E_CHANNEL_KIND;
 	if (!!(h->features & PROTO_F_PSK) != (psk->len > 0))
 		return PROTO_E_PSK_MISSING;
+	if (r->inplace && h->geo.guest_pages * h->geo.page_size != r->inplace->size)
+		return PROTO_E_DEST_SIZE;
 	return PROTO_OK;
 }
 
@@ -104,7 +109,13 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 	int rc = net_channel_read_offer(fd, &h);
 	if (rc < 0)
 		stage_die_errno(rc, "reading the handshake of %s", who);
-	enum proto_err err = rc > 0 ? (enum proto_err)rc : check_main_offer(&h, psk);
+	enum proto_err err = rc > 0 ? (enum proto_err)rc : check_main_offer(r, &h, psk);
+	if (err == PROTO_E_DEST_SIZE) {
+		net_channel_answer(fd, &h, err, psk);
+		stage_die(STAGE_EXIT_FAILED, "refused %s: the guest is %llu bytes but the destination (--in-place) is %llu",
+			  who, (unsigned long long)(h.geo.guest_pages * h.geo.page_size),
+			  (unsigned long long)r->inplace->size);
+	}
 	answer(r, fd, &h, err, psk, who);
 	r->hs = h;
 	r->geo = h.geo;
@@ -207,19 +218,26 @@ static noreturn void idle(struct rc_net *r, uint32_t c)
 	     r->idle_timeout_ms / 1000);
 }
 
-/* Have at least `need` (<= RC_STAGING_BYTES) bytes staged. */
+/* Have at least `need` (<= RC_STAGING_BYTES) bytes staged.  It reads ahead
+ * a little, so that a stream of small packets costs few recv calls, but not
+ * much: what lands here is copied once more, where a large payload read
+ * straight from the socket is not. */
 static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const char *what)
 {
 	struct rc_channel *ch = &r->ch[c];
 	if (ch->fill - ch->start >= need)
 		return;
-	if (ch->start + need > RC_STAGING_BYTES) {
+	if (ch->start + (need > RC_READAHEAD ? need : RC_READAHEAD) > RC_STAGING_BYTES) {
 		memmove(ch->staging, ch->staging + ch->start, ch->fill - ch->start);
 		ch->fill -= ch->start;
 		ch->start = 0;
 	}
 	while (ch->fill - ch->start < need) {
-		ssize_t n = recv(ch->fd, ch->staging + ch->fill, RC_STAGING_BYTES - ch->fill, 0);
+		uint32_t want = ch->start + need - ch->fill;
+		want = want > RC_READAHEAD ? want : RC_READAHEAD;
+		if (want > RC_STAGING_BYTES - ch->fill)
+			want = RC_STAGING_BYTES - ch->fill;
+		ssize_t n = recv(ch->fd, ch->staging + ch->fill, want, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -232,30 +250,53 @@ static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const ch
 	}
 }
 
-/* Exactly len bytes into dst: what is staged first, the rest straight from
- * the socket (large payloads skip the staging copy). */
-static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, const char *what)
+static void advance_iov(struct iovec **iov, int *n_iov, size_t done)
+{
+	while (*n_iov && done >= (*iov)->iov_len) {
+		done -= (*iov)->iov_len;
+		(*iov)++;
+		(*n_iov)--;
+	}
+	if (*n_iov) {
+		(*iov)->iov_base = (uint8_t *)(*iov)->iov_base + done;
+		(*iov)->iov_len -= done;
+	}
+}
+
+/* Fill the iovecs exactly: from what is staged first, the rest straight from
+ * the socket (payloads skip the staging copy). */
+static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, int n_iov, const char *what)
 {
 	struct rc_channel *ch = &r->ch[c];
-	size_t staged = ch->fill - ch->start < len ? ch->fill - ch->start : len;
-	memcpy(dst, ch->staging + ch->start, staged);
-	ch->start += (uint32_t)staged;
+	while (n_iov && ch->start < ch->fill) {
+		size_t take = ch->fill - ch->start < iov->iov_len ? ch->fill - ch->start : iov->iov_len;
+		memcpy(iov->iov_base, ch->staging + ch->start, take);
+		ch->start += (uint32_t)take;
+		advance_iov(&iov, &n_iov, take);
+	}
 	if (ch->start == ch->fill)
 		ch->start = ch->fill = 0;
-	if (staged == len)
-		return;
-	if (len - staged < RC_STAGING_BYTES / 4) {
-		stage_at_least(r, c, (uint32_t)(len - staged), what);
-		recv_or_fail(r, c, (uint8_t *)dst + staged, len - staged, what);
-		return;
+	while (n_iov) {
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)(n_iov < IOV_MAX ? n_iov : IOV_MAX) };
+		ssize_t n = recvmsg(ch->fd, &m, MSG_WAITALL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			idle(r, c);
+		if (n < 0 && errno == ECONNRESET)
+			truncated(r, c, what);
+		if (n < 0)
+			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
+		if (n == 0)
+			truncated(r, c, what);
+		advance_iov(&iov, &n_iov, (size_t)n);
 	}
-	int rc = net_recv_all(ch->fd, (uint8_t *)dst + staged, len - staged);
-	if (rc == -ECONNRESET)
-		truncated(r, c, what);
-	if (rc == -ETIMEDOUT)
-		idle(r, c);
-	if (rc < 0)
-		stage_die_errno(rc, "data channel %u: receiving %s", c, what);
+}
+
+static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, const char *what)
+{
+	struct iovec iov = { dst, len };
+	recv_iov_or_fail(r, c, &iov, 1, what);
 }
 
 static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *p)
@@ -293,12 +334,46 @@ static void check_end(struct rc_net *r, uint32_t c)
 	ch->ended = true;
 }
 
-/* A page sent in an earlier round that is zero now. */
-static void zero_pages(struct rc_net *r, const struct proto_packet *p)
+/* Pages the source has as zero.  A fresh destination is all holes in round
+ * 1; in later rounds they may have been sent before, and an existing file
+ * (--in-place) may hold anything where it held data. */
+static void zero_pages(struct rc_net *r, uint32_t round, uint64_t first, uint32_t n)
 {
-	uint64_t off = p->first_page * r->geo.page_size, len = (uint64_t)p->n_pages * r->geo.page_size;
-	if (fallocate(STAGE_FD_GUEST, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
-		memset(r->dest + off, 0, len);
+	uint64_t off = first * r->geo.page_size, len = (uint64_t)n * r->geo.page_size;
+	stat_add(r, SHM_STAT_ZERO_PAGES, n);
+	if (round > 1) {
+		if (fallocate(STAGE_FD_GUEST, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+			memset(r->dest + off, 0, len);
+	} else if (r->inplace) {
+		rc_inplace_zero(r->inplace, r->dest, off, len, r->geo.page_size);
+	}
+}
+
+/* A window of data and zero pages: the bitmap, then each run of present
+ * pages straight into the destination with one recvmsg. */
+static void place_sparse(struct rc_net *r, uint32_t c, const struct proto_packet *p)
+{
+	uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
+	uint32_t bitmap_len = proto_sparse_bitmap_bytes(p->n_pages), page = r->geo.page_size;
+	recv_or_fail(r, c, bitmap, bitmap_len, "a sparse page bitmap");
+	enum proto_err err = proto_sparse_bitmap_check(bitmap, p->n_pages, (p->payload_len - bitmap_len) / page);
+	if (err != PROTO_OK)
+		fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)r->ch[c].seq,
+		     proto_strerror(err));
+	struct iovec iov[PROTO_SPARSE_BITMAP_MAX * 4 + 1];
+	int n_iov = 0;
+	for (uint32_t k = 0; k < p->n_pages;) {
+		int present = proto_sparse_bit(bitmap, k);
+		uint32_t end = k + 1;
+		while (end < p->n_pages && proto_sparse_bit(bitmap, end) == present)
+			end++;
+		if (present)
+			iov[n_iov++] = (struct iovec){ r->dest + (p->first_page + k) * page, (size_t)(end - k) * page };
+		else
+			zero_pages(r, p->round, p->first_page + k, end - k);
+		k = end;
+	}
+	recv_iov_or_fail(r, c, iov, n_iov, "sparse pages");
 }
 
 /* One packet from channel c. */
@@ -337,10 +412,10 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 		recv_or_fail(r, c, r->dest + p.first_page * r->geo.page_size, p.payload_len, "raw pages");
 	else if (p.encoding == PROTO_ENC_ZSTD)
 		place_zstd(r, c, &p);
-	else if (p.round > 1)
-		zero_pages(r, &p);
+	else if (p.encoding == PROTO_ENC_SPARSE)
+		place_sparse(r, c, &p);
 	else
-		stat_add(r, SHM_STAT_ZERO_PAGES, p.n_pages); /* a fresh destination is all holes */
+		zero_pages(r, p.round, p.first_page, p.n_pages);
 	ch->seq++;
 	ch->pages += p.n_pages;
 	ch->payload_bytes += p.payload_len;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "net/net_channel.h"
+#include "receiver/rc_inplace.h"
 #include "protocol/proto_packet.h"
 #include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
@@ -18,6 +19,7 @@
 #define RC_ARENA_BUFFER_SIZE PROTO_MAX_RUN_BYTES
 
 #define RC_STAGING_BYTES (256u << 10)
+#define RC_READAHEAD (16u << 10) /* staged by one recv when a header is needed */
 
 struct rc_channel {
 	int fd;
@@ -56,6 +58,7 @@ struct rc_net {
 	uint32_t n_inflaters, next_inflater;
 	struct rc_inflater inf[SHM_MAX_WORKERS];
 	uint8_t *dest;
+	const struct rc_inplace *inplace; /* receiving into an existing file, or NULL */
 	struct shm_stats *stats;
 };
 

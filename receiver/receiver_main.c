@@ -2,7 +2,9 @@
  * or receives a migration over TCP.
  *
  * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS
- *      fds 3 control segment, 4 destination RAM file (read-write, empty),
+ *                      IN_PLACE(0|1)
+ *      fds 3 control segment, 4 destination RAM file (read-write; empty, or
+ *      with IN_PLACE 1 an existing file of the guest's size to overwrite),
  *      5 pre-shared key file (with PSK 1), 7 + 2i ring to inflater i (we
  *      produce), 8 + 2i ring from inflater i (buffers back), 7 + 2N + i
  *      inflater i's arena (read-write).
@@ -56,6 +58,18 @@ static int receive_main(char **argv)
 	int use_psk = (int)stage_parse_u64("psk flag", argv[4], 0, 1);
 	int timeout_ms = (int)stage_parse_u64("accept timeout", argv[5], 0, 86400000);
 	r.idle_timeout_ms = (int)stage_parse_u64("idle timeout", argv[6], 0, 86400000);
+	int in_place = (int)stage_parse_u64("in-place flag", argv[7], 0, 1);
+	static struct rc_inplace inplace;
+	if (in_place) {
+		/* Before anyone connects: mapping its pages is not on the clock. */
+		const char *what = "";
+		int rc = rc_inplace_open(&inplace, STAGE_FD_GUEST, &what);
+		if (rc < 0)
+			stage_die_errno(rc, "%s", what);
+		r.dest = stage_map_file(STAGE_FD_GUEST, "destination", inplace.size, 1);
+		rc_inplace_populate(&inplace, r.dest);
+		r.inplace = &inplace;
+	}
 	static struct net_psk psk;
 	if (use_psk) {
 		const char *why = "";
@@ -78,9 +92,11 @@ static int receive_main(char **argv)
 
 	uint64_t size = r.geo.guest_pages * r.geo.page_size;
 	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, r.geo.guest_pages);
-	if (ftruncate(STAGE_FD_GUEST, (off_t)size) < 0)
-		stage_die_errno(-errno, "sizing the destination to %llu bytes", (unsigned long long)size);
-	r.dest = stage_map_file(STAGE_FD_GUEST, "destination", size, 1);
+	if (!in_place) {
+		if (ftruncate(STAGE_FD_GUEST, (off_t)size) < 0)
+			stage_die_errno(-errno, "sizing the destination to %llu bytes", (unsigned long long)size);
+		r.dest = stage_map_file(STAGE_FD_GUEST, "destination", size, 1);
+	}
 	/* The inflaters learn the geometry from the first slot of their ring. */
 	struct shm_slot start = { .w0 = r.geo.guest_pages,
 				  .w1 = r.geo.page_size | (uint64_t)r.geo.max_run_pages << 32 };
@@ -107,11 +123,11 @@ static int receive_main(char **argv)
 int main(int argc, char **argv)
 {
 	stage_set_name("receiver", -1);
-	if (argc == 7 && strcmp(argv[1], "receive") == 0)
+	if (argc == 8 && strcmp(argv[1], "receive") == 0)
 		return receive_main(argv);
 	if (argc != 3 || strcmp(argv[1], "restore") != 0)
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS | "
-					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS");
+					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS IN_PLACE");
 	int threads = (int)stage_parse_u64("thread count", argv[2], 1, MAX_THREADS);
 	struct shm_segment seg;
 	stage_attach_segment(&seg);

@@ -134,9 +134,17 @@ def build_parser():
                        description="Listen for one `pageferry migrate` and write the guest RAM into FILE "
                                    "(sized from the sender's handshake). Every packet is checked against "
                                    "the agreed geometry before use. FILE is written as FILE.pf-partial "
-                                   "and renamed only when every channel's totals and checksum match.")
+                                   "and renamed only when every channel's totals and checksum match. "
+                                   "With --in-place, FILE is an existing RAM file of the guest's size (the "
+                                   "destination VMM's, pre-allocated or not) written where it is; it is "
+                                   "marked by FILE.pf-incomplete until the transfer is complete.")
     c.add_argument("--listen", required=True, metavar="ADDR:PORT", help="address to listen on, e.g. 0.0.0.0:4444")
-    c.add_argument("--into", required=True, metavar="FILE", help="destination RAM file (replaced on success)")
+    c.add_argument("--into", required=True, metavar="FILE",
+                   help="destination RAM file (replaced on success; with --in-place, overwritten)")
+    c.add_argument("--in-place", action="store_true",
+                   help="write into the existing FILE instead of creating it: its size must be the guest's; "
+                        "its pages are mapped before the sender connects, and pages that are zero at the "
+                        "source are zeroed in it")
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="decompressing worker processes (default: %(default)s)")
     c.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
@@ -295,7 +303,7 @@ def main(stage_dirs, argv=None):
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
             pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
-                               args.idle_timeout)
+                               args.idle_timeout, args.in_place)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

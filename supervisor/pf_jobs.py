@@ -114,7 +114,7 @@ class Run:
                 signal.signal(s, h)
         self.progress.finish()
         if self.interrupted or self.pipeline.root_cause():
-            self.pipeline.kill_all()
+            self.pipeline.kill_all(grace=0 if self.interrupted else 1.0)
             self.pipeline.drain()
             if self.cancel_requested:
                 raise JobError("cancelled", 1)

@@ -4,6 +4,7 @@ import json
 import mmap
 import os
 import signal
+import stat
 import struct
 import time
 
@@ -16,6 +17,7 @@ from pf_stages import wake_pair
 MIGRATE_RUN_BYTES = 512 * 1024   # one packet's pages at most (128 pages of 4 KiB)
 ARENA_BUFFERS = 16               # workers/wk_arena.h
 RECEIVE_BUFFER_BYTES = 4 << 20   # receiver/rc_net.h: RC_ARENA_BUFFER_SIZE
+INCOMPLETE_SUFFIX = ".pf-incomplete"
 
 
 def parse_target(to):
@@ -286,15 +288,35 @@ def cancel(ctx, pid):
     return 0
 
 
-def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=60):
+def _open_in_place(run, into):
+    """The destination VMM's existing RAM file, marked incomplete (FILE.pf-incomplete)
+    until every check passed: it cannot be removed on failure as a partial file is."""
+    dest_fd = pf_jobs._open(into, os.O_RDWR, "open destination (--in-place)")
+    run.fds.append(dest_fd)
+    st = os.fstat(dest_fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        raise JobError(f"--in-place: {into} is not a regular file of the guest's size (it is "
+                       f"{'empty' if stat.S_ISREG(st.st_mode) else 'not a regular file'})", 1)
+    marker = into + INCOMPLETE_SUFFIX
+    with open(marker, "w") as f:
+        f.write(f"pageferry receive --in-place is writing {into}: its contents are not a whole guest "
+                "until this file is gone\n")
+    return dest_fd, marker
+
+
+def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=60, in_place=False):
     partial = into + ".pf-partial"
     run = Run(ctx, "receive", 1)
     ok = False
+    marker = None
     try:
         psk = _psk_fd(run, psk_file)
-        dest_fd = pf_jobs._open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
-        run.cleanup_paths.append(partial)
-        run.fds.append(dest_fd)
+        if in_place:
+            dest_fd, marker = _open_in_place(run, into)
+        else:
+            dest_fd = pf_jobs._open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
+            run.cleanup_paths.append(partial)
+            run.fds.append(dest_fd)
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), pf_jobs.PAGE_4K, workers, pf_jobs.RING_SLOTS, 1, 1)
         run.fds.append(os.dup(seg.fd))
         arenas = [_arena(f"pageferry-inflate-{i}", ARENA_BUFFERS * RECEIVE_BUFFER_BYTES) for i in range(workers)]
@@ -310,9 +332,9 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
             fds[7 + 2 * workers + i] = arenas[i]
         p.spawn("pageferry-receiver", "pageferry-receiver",
                 ["receive", listen, workers, int(psk is not None), int(accept_timeout * 1000),
-                 int(idle_timeout * 1000)], fds)
+                 int(idle_timeout * 1000), int(in_place)], fds)
         for i in range(workers):
-            p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater", [i],
+            p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater", [i] + (["in-place"] if in_place else []),
                     {3: seg.fd, 4: dest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(2, i)][0].fileno(),
                      7: arenas[i]})
         for a, b in pairs.values():
@@ -322,10 +344,14 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
         secs = run.watch(pf_jobs.pages_done(run, seg))
         st = seg.stats(0)
         size = os.fstat(dest_fd).st_size
-        os.rename(partial, into)
+        if in_place:
+            os.unlink(marker)
+        else:
+            os.rename(partial, into)
         ok = True
         summary = {
-            "command": "receive", "listen": listen, "into": into, "workers": workers, "guest_bytes": size,
+            "command": "receive", "listen": listen, "into": into, "in_place": in_place, "workers": workers,
+            "guest_bytes": size,
             "bytes_received": st["bytes"], "packets": st["packets"], "zero_pages": st["zero_pages"],
             "seconds": round(secs, 3), "cpu_seconds": pf_report.pipeline_cpu(p),
             "peak_anon_kib": run.sampler.peak_kib,
@@ -334,5 +360,9 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
         line = (f"receive into {into}: {size / pf_report.MiB:.0f} MiB guest, {st['bytes'] / pf_report.MiB:.0f} MiB "
                 f"received in {st['packets']} packets; totals and checksums match")
         pf_report.emit_summary(summary, ctx.json, line)
+    except JobError as e:
+        if marker:
+            e.args = (f"{e.args[0]}; {into} is incomplete (marked by {marker})",) + e.args[1:]
+        raise
     finally:
         run.close(ok)

@@ -122,9 +122,16 @@ class Pipeline:
         self._reap()
         return [s for s in self.stages if s.failed()]
 
-    def kill_all(self):
+    def kill_all(self, grace=1.0):
+        """After a failure: the others usually end by themselves within a
+        moment (their rings hang up), each with its own reason, and the one
+        that failed first may still be writing its message; then SIGKILL."""
+        deadline = time.monotonic() + grace
+        while self.running() and time.monotonic() < deadline:
+            self.poll(0.05)
         for s in self.running():
             try:
+                s.killed_by_us = True
                 os.kill(s.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
@@ -142,8 +149,11 @@ class Pipeline:
         failed = sorted((s for s in self.stages if s.failed()), key=lambda s: s.ended_at)
         if not failed:
             return None
+        # A stage we killed after the failure, or one that only saw its peer
+        # go, is not the cause.
         for s in failed:
-            if not (os.WIFEXITED(s.status) and os.WEXITSTATUS(s.status) == STAGE_EXIT_PEER):
+            if not getattr(s, "killed_by_us", False) and not (os.WIFEXITED(s.status) and
+                                                              os.WEXITSTATUS(s.status) == STAGE_EXIT_PEER):
                 return s
         return failed[0]
 

@@ -96,7 +96,7 @@ static void test_handshake_malformed_fields(void **state)
 	proto_handshake_encode(&h, buf);
 	assert_int_equal(proto_handshake_decode(buf, 63, &out), PROTO_E_TRUNCATED);
 	assert_int_equal(handshake_with(0, 0x11223344, 4, 1), PROTO_E_MAGIC);
-	assert_int_equal(handshake_with(4, 2, 2, 1), PROTO_E_VERSION);
+	assert_int_equal(handshake_with(4, 1, 2, 1), PROTO_E_VERSION);
 	assert_int_equal(handshake_with(24, 8192, 4, 0), PROTO_E_HEADER_CHECKSUM);
 	assert_int_equal(handshake_with(50, 1, 1, 1), PROTO_E_RESERVED);
 	assert_int_equal(handshake_with(42, 1000, 2, 1), PROTO_E_STATUS);
@@ -220,7 +220,7 @@ static void test_packet_malformed_fields(void **state)
 	assert_int_equal(packet_bytes_with(6, 1, 2, 1), PROTO_E_FLAGS);
 	assert_int_equal(packet_bytes_with(40, 1, 4, 1), PROTO_E_RESERVED);
 	assert_int_equal(packet_bytes_with(4, 9, 1, 1), PROTO_E_PACKET_TYPE);
-	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .encoding = 3,
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .encoding = 4,
 							      .n_pages = 1 }),
 			 PROTO_E_ENCODING);
 	/* page counts and offsets against the geometry */
@@ -294,6 +294,46 @@ static enum proto_err snap_with(size_t off, uint64_t v, size_t width)
 	put_le32(s.header + 124, proto_crc32c(0, s.header, 124));
 	struct proto_snap_header out;
 	return proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out);
+}
+
+static void test_sparse_packets(void **state)
+{
+	(void)state;
+	/* 64 pages: an 8-byte bitmap, then 1..63 present pages. */
+	struct proto_packet p = data_packet(PROTO_ENC_SPARSE, 10, 64, 8 + 3 * 4096);
+	assert_int_equal(decode_packet(&p), PROTO_OK);
+	p.payload_len = 8 + 63 * 4096;
+	assert_int_equal(decode_packet(&p), PROTO_OK);
+	p.payload_len = 8 + 64 * 4096; /* every page present: that is RAW */
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p.payload_len = 8; /* none present: that is ZERO */
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p.payload_len = 8 + 4096 + 1; /* not whole pages */
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p.payload_len = 4;
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p = data_packet(PROTO_ENC_SPARSE, 10, 1, 8 + 4096); /* one page cannot be sparse */
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+
+	/* The bitmap: exactly `present` bits, none past the run. */
+	assert_int_equal(proto_sparse_bitmap_bytes(1), 8);
+	assert_int_equal(proto_sparse_bitmap_bytes(64), 8);
+	assert_int_equal(proto_sparse_bitmap_bytes(65), 16);
+	assert_int_equal(proto_sparse_bitmap_bytes(4095), PROTO_SPARSE_BITMAP_MAX);
+	uint8_t bm[16] = { 0 };
+	bm[0] = 0x05;	/* pages 0 and 2 */
+	bm[8] = 0x01;	/* page 64 */
+	assert_int_equal(proto_sparse_bitmap_check(bm, 70, 3), PROTO_OK);
+	assert_true(proto_sparse_bit(bm, 2) && !proto_sparse_bit(bm, 1) && proto_sparse_bit(bm, 64));
+	assert_int_equal(proto_sparse_bitmap_check(bm, 70, 2), PROTO_E_SPARSE_BITMAP);
+	assert_int_equal(proto_sparse_bitmap_check(bm, 70, 4), PROTO_E_SPARSE_BITMAP);
+	bm[8] = 0x41;	/* page 70: one past the run */
+	assert_int_equal(proto_sparse_bitmap_check(bm, 70, 4), PROTO_E_SPARSE_BITMAP);
+	bm[8] = 0x21;	/* page 69: the last one */
+	assert_int_equal(proto_sparse_bitmap_check(bm, 70, 4), PROTO_OK);
+	bm[8] = 0;
+	bm[7] = 0x80;	/* page 63 of a 60-page run */
+	assert_int_equal(proto_sparse_bitmap_check(bm, 60, 3), PROTO_E_SPARSE_BITMAP);
 }
 
 static void test_snapshot_roundtrip(void **state)
@@ -505,6 +545,7 @@ int main(void)
 		cmocka_unit_test(test_handshake_mismatch),
 		cmocka_unit_test(test_packet_roundtrip),
 		cmocka_unit_test(test_packet_malformed_fields),
+		cmocka_unit_test(test_sparse_packets),
 		cmocka_unit_test(test_snapshot_roundtrip),
 		cmocka_unit_test(test_snapshot_malformed_fields),
 		cmocka_unit_test(test_snapshot_bitmap_malformed),

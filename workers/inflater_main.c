@@ -7,13 +7,14 @@
  *      5 wake socket of ring receiver -> this inflater (we consume)
  *      6 wake socket of ring this inflater -> receiver (buffers back)
  *      7 its arena (read-only)
- * argv: pageferry-inflater INDEX
+ * argv: pageferry-inflater INDEX [in-place]
  *
  * A frame covers a whole run, zero pages included: it is decompressed into a
  * private scratch buffer and only the pages that are not zero are copied to
  * the destination, so zero pages stay holes there.  In rounds after the
- * first (counted from the receiver's fences) a zero page may replace older
- * contents and is written as zeros.
+ * first (counted from the receiver's fences), and in every round when the
+ * destination is an existing file (in-place), a zero page may replace older
+ * contents and is written as zeros where it is not zero already.
  *
  * The first slot on the ring is the session geometry (w0 guest pages, w1
  * page size | max run pages << 32): the receiver learns it from the sender's
@@ -21,6 +22,7 @@
  * destination and lock down.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,14 +61,14 @@ static struct proto_geometry await_geometry(struct shm_ring *in)
 	return g;
 }
 
-static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t page, uint32_t round,
+static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t page, bool may_hold_data,
 		  struct shm_stats *stats)
 {
 	uint64_t zero = 0;
 	for (uint32_t k = 0; k < n_pages; k++, dst += page, src += page) {
 		if (!wk_page_is_zero(src, page))
 			memcpy(dst, src, page);
-		else if (zero++, round > 1)
+		else if (zero++, may_hold_data && !wk_page_is_zero(dst, page))
 			memset(dst, 0, page);
 	}
 	stage_stat_add(stats, SHM_STAT_ZERO_PAGES, zero);
@@ -75,8 +77,9 @@ static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t pag
 int main(int argc, char **argv)
 {
 	stage_set_name("inflater", -1);
-	if (argc != 2)
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-inflater INDEX");
+	if (argc != 2 && !(argc == 3 && strcmp(argv[2], "in-place") == 0))
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-inflater INDEX [in-place]");
+	bool in_place = argc == 3;
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
 	uint32_t index = (uint32_t)stage_parse_u64("inflater index", argv[1], 0, seg.geo.n_workers - 1);
@@ -140,7 +143,8 @@ int main(int argc, char **argv)
 				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",
 					  (unsigned long long)d.first_page,
 					  (unsigned long long)(d.first_page + d.n_pages - 1), proto_strerror(err));
-			place(dest + d.first_page * geo.page_size, scratch, d.n_pages, geo.page_size, round, stats);
+			place(dest + d.first_page * geo.page_size, scratch, d.n_pages, geo.page_size, round > 1 || in_place,
+			      stats);
 			stage_stat_add(stats, SHM_STAT_PAGES, d.n_pages);
 			stage_stat_add(stats, SHM_STAT_IN_BYTES, d.payload_len);
 			stage_stat_add(stats, SHM_STAT_OUT_BYTES, out_len);

@@ -238,32 +238,55 @@ int wr_net_flush(struct wr_net *n)
 	return 0;
 }
 
-static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_packet *p, const void *payload,
+struct payload {
+	const void *prefix;	/* copied into the packet's slot */
+	uint32_t prefix_len;
+	const struct iovec *iov;
+	uint32_t n_iov;
+};
+
+static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_packet *p, const struct payload *pl,
 			int32_t worker, uint32_t buffer);
 
-int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer)
+static struct wr_channel *next_channel(struct wr_net *n)
 {
 	struct wr_channel *c = &n->ch[n->next];
 	n->next = (n->next + 1) % n->n_channels;
-	return queue_packet(n, c, p, payload, worker, buffer);
+	return c;
+}
+
+int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer)
+{
+	struct iovec iov = { (void *)payload, p->payload_len };
+	struct payload pl = { .iov = &iov, .n_iov = p->payload_len ? 1 : 0 };
+	return queue_packet(n, next_channel(n), p, &pl, worker, buffer);
+}
+
+int wr_net_send_iov(struct wr_net *n, struct proto_packet *p, const void *prefix, uint32_t prefix_len,
+		    const struct iovec *iov, uint32_t n_iov)
+{
+	struct payload pl = { .prefix = prefix, .prefix_len = prefix_len, .iov = iov, .n_iov = n_iov };
+	return queue_packet(n, next_channel(n), p, &pl, -1, 0);
 }
 
 int wr_net_sync(struct wr_net *n, uint32_t round)
 {
 	for (uint32_t i = 0; i < n->n_channels; i++) {
 		struct proto_packet p = { .type = PROTO_PKT_SYNC, .round = round };
-		int rc = queue_packet(n, &n->ch[i], &p, NULL, -1, 0);
+		struct payload none = { 0 };
+		int rc = queue_packet(n, &n->ch[i], &p, &none, -1, 0);
 		if (rc < 0)
 			return rc;
 	}
 	return wr_net_flush(n);
 }
 
-static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_packet *p, const void *payload,
+static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_packet *p, const struct payload *pl,
 			int32_t worker, uint32_t buffer)
 {
 	int rc;
-	if (c->head - c->queued == WR_NET_BATCH || c->queued_bytes >= WR_NET_BATCH_BYTES)
+	if (c->head - c->queued == WR_NET_BATCH || c->queued_bytes >= WR_NET_BATCH_BYTES ||
+	    c->n_iov + 1 + pl->n_iov > WR_NET_IOV)
 		if ((rc = flush_channel(n, c)) < 0)
 			return rc;
 	while (c->head - c->tail == WR_NET_INFLIGHT) {
@@ -273,9 +296,11 @@ static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_pac
 	p->seq = c->seq;
 	uint8_t *header = c->headers[c->head % WR_NET_INFLIGHT];
 	proto_packet_encode(p, header);
-	c->iov[c->n_iov++] = (struct iovec){ header, PROTO_PACKET_HEADER_SIZE };
-	if (p->payload_len)
-		c->iov[c->n_iov++] = (struct iovec){ (void *)payload, p->payload_len };
+	if (pl->prefix_len)
+		memcpy(header + PROTO_PACKET_HEADER_SIZE, pl->prefix, pl->prefix_len);
+	c->iov[c->n_iov++] = (struct iovec){ header, PROTO_PACKET_HEADER_SIZE + pl->prefix_len };
+	for (uint32_t k = 0; k < pl->n_iov; k++)
+		c->iov[c->n_iov++] = pl->iov[k];
 	c->inflight[c->head % WR_NET_INFLIGHT] =
 		(struct wr_inflight){ .need_done = UINT64_MAX, .worker = worker, .buffer = buffer };
 	c->head++;

@@ -19,6 +19,8 @@
 #define WR_NET_INFLIGHT 512u	/* packets in flight per channel (power of two) */
 #define WR_NET_BATCH 64u	/* packets gathered into one sendmsg */
 #define WR_NET_BATCH_BYTES (1u << 20)
+#define WR_NET_IOV 1024u	/* iovecs in one sendmsg (the kernel's UIO_MAXIOV) */
+#define WR_NET_SLOT_BYTES (PROTO_PACKET_HEADER_SIZE + PROTO_SPARSE_BITMAP_MAX)
 
 enum wr_zerocopy { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON };
 
@@ -42,9 +44,11 @@ struct wr_channel {
 	uint64_t head, queued, tail;
 	uint64_t queued_bytes;
 	uint32_t n_iov;
-	struct iovec iov[2 * WR_NET_BATCH];
+	struct iovec iov[WR_NET_IOV];
 	struct wr_inflight inflight[WR_NET_INFLIGHT];
-	uint8_t headers[WR_NET_INFLIGHT][PROTO_PACKET_HEADER_SIZE];
+	/* Each packet's header and what follows it that we build (a sparse
+	 * bitmap): kept until the send completes. */
+	uint8_t headers[WR_NET_INFLIGHT][WR_NET_SLOT_BYTES];
 };
 
 struct wr_net {
@@ -71,6 +75,11 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
  * the payload, given back through buffer_done once the kernel is done with
  * it.  -errno on failure. */
 int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer);
+/* The same with the payload in pieces: `prefix_len` (<= PROTO_SPARSE_BITMAP_MAX)
+ * bytes copied into the packet's slot, then `n_iov` (<= WR_NET_IOV - 2)
+ * pieces of guest memory.  p->payload_len covers them all. */
+int wr_net_send_iov(struct wr_net *n, struct proto_packet *p, const void *prefix, uint32_t prefix_len,
+		    const struct iovec *iov, uint32_t n_iov);
 /* SYNC(round) on every channel, after everything queued before it. */
 int wr_net_sync(struct wr_net *n, uint32_t round);
 /* Tell the receiver, on the main channel, that we give up (best effort). */

@@ -29,6 +29,7 @@
 #include "workers/wk_arena.h"
 #include "writer/wr_net.h"
 #include "writer/wr_snapfile.h"
+#include "writer/wr_window.h"
 
 #define FD_META 5
 #define FD_DATA 6
@@ -55,6 +56,10 @@ struct writer {
 	uint32_t n_held[SHM_MAX_WORKERS], held_from[SHM_MAX_WORKERS];
 	const uint8_t *arena[SHM_MAX_WORKERS];
 	uint64_t buffer_size;
+	/* Raw and zero sub-runs not sent yet, one window per worker: a run's
+	 * sub-runs come in order from one worker, possibly over several
+	 * drains of its ring with other workers' in between. */
+	struct wr_window window[SHM_MAX_WORKERS];
 };
 
 static void return_buffer(void *ctx, uint32_t worker, uint32_t buffer)
@@ -68,27 +73,51 @@ static void return_buffer(void *ctx, uint32_t worker, uint32_t buffer)
 		stage_die_ring(rc, "ring back to worker");
 }
 
-static void send_run(struct writer *w, uint32_t i, const struct proto_desc *d)
+static void sent(struct writer *w, int rc, const struct proto_packet *p)
 {
-	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = w->round,
-				  .n_pages = d->n_pages, .first_page = d->first_page,
-				  .payload_len = d->payload_len };
-	const void *payload = NULL;
-	int32_t worker = -1;
-	if (d->encoding == PROTO_ENC_RAW) {
-		payload = w->guest + d->first_page * w->geo.page_size;
-	} else if (d->encoding == PROTO_ENC_ZSTD) {
-		if (!w->arena[i])
-			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", i);
-		payload = w->arena[i] + d->buffer * w->buffer_size;
-		worker = (int32_t)i;
-	}
-	int rc = wr_net_send(&w->net, &p, payload, worker, d->buffer);
 	if (rc < 0)
 		stage_die_errno(rc, "sending to the receiver");
 	stage_stat_add(w->stats, SHM_STAT_PACKETS, 1);
-	if (p.payload_len)
-		stage_stat_add(w->stats, SHM_STAT_BYTES, p.payload_len);
+	if (p->payload_len)
+		stage_stat_add(w->stats, SHM_STAT_BYTES, p->payload_len);
+}
+
+/* The raw and zero sub-runs gathered so far, as one packet. */
+static void send_window(struct writer *w, struct wr_window *win)
+{
+	if (win->n_pages == 0)
+		return;
+	struct proto_packet p = { .round = w->round };
+	uint32_t prefix_len;
+	wr_window_packet(win, &p, &prefix_len);
+	sent(w, wr_net_send_iov(&w->net, &p, win->bitmap, prefix_len, win->extents, win->n_extents), &p);
+	wr_window_clear(win);
+}
+
+static void send_windows(struct writer *w)
+{
+	for (uint32_t i = 0; i < w->n_workers; i++)
+		send_window(w, &w->window[i]);
+}
+
+static void send_run(struct writer *w, uint32_t i, const struct proto_desc *d)
+{
+	if (d->encoding != PROTO_ENC_ZSTD) {
+		struct wr_window *win = &w->window[i];
+		bool data = d->encoding == PROTO_ENC_RAW;
+		if (!wr_window_fits(win, d->first_page, d->n_pages, data))
+			send_window(w, win);
+		wr_window_add(win, d->first_page, d->n_pages, data ? w->guest + d->first_page * w->geo.page_size : NULL);
+		if (wr_window_full(win))
+			send_window(w, win);
+		return;
+	}
+	if (!w->arena[i])
+		stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", i);
+	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = w->round,
+				  .n_pages = d->n_pages, .first_page = d->first_page,
+				  .payload_len = d->payload_len };
+	sent(w, wr_net_send(&w->net, &p, w->arena[i] + d->buffer * w->buffer_size, (int32_t)i, d->buffer), &p);
 }
 
 /* Returns the number of descriptors handled from worker i's ring. */
@@ -153,6 +182,7 @@ static int drain_ring(struct writer *w, uint32_t i)
 /* Every worker reached the fence: the round is over on every channel. */
 static void end_round(struct writer *w)
 {
+	send_windows(w);
 	int rc = wr_net_sync(&w->net, w->round);
 	if (rc < 0)
 		stage_die_errno(rc, "sending to the receiver");
@@ -168,6 +198,8 @@ static void sleep_on_rings(struct writer *w)
 {
 	/* Writes merged so far go out before we sleep, not after; buffers
 	 * whose sends completed go back before the workers wait for them. */
+	if (w->migrate)
+		send_windows(w);
 	int flushed = w->migrate ? wr_net_flush(&w->net) : wr_snapfile_flush(&w->file);
 	if (flushed == 0 && w->migrate)
 		flushed = wr_net_reap(&w->net);
@@ -247,6 +279,8 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
 		stage_die(STAGE_EXIT_FAILED, "%s", what);
+	for (uint32_t i = 0; i < w->n_workers; i++)
+		wr_window_init(&w->window[i], w->geo.max_run_pages, w->geo.page_size);
 	w->net.buffer_done = return_buffer;
 	w->net.ctx = w;
 	memset(&psk, 0, sizeof(psk));
@@ -259,6 +293,7 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 
 static void finish_migration(struct writer *w)
 {
+	send_windows(w);
 	uint32_t status = PROTO_OK;
 	int rc = wr_net_finish(&w->net, &status);
 	struct timespec now;

@@ -112,6 +112,22 @@ class Loopback(Base):
         self.assertLess(s["compressed"]["out_bytes"], s["compressed"]["in_bytes"] // 2)
         self.assertEqual(s["bytes_sent"], s["compressed"]["out_bytes"])
 
+    def test_mixed_guest_travels_in_one_packet_per_window(self):
+        # Data and zero pages alternate every page or few: without SPARSE
+        # packets this guest would take thousands of packets.
+        import json
+        guest = self.guest("mixed", "64M")
+        into = self.path("window.dst")
+        port = free_port()
+        rx = self.start_receiver(port, into, "--json")
+        r = self.migrate(guest, port, "--channels", 1, "--compress", "none")
+        code, out, err = self.finish(rx)
+        self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+        # One packet per 128-page window, give or take a window the writer
+        # sent half-built when it went idle; one per sub-run would be ~8000.
+        self.assertLessEqual(json.loads(out)["packets"], 2 * (64 << 20) // (128 * 4096))
+        self.assert_equal_ram(guest, into)
+
     def test_psk_both_ends(self):
         key = self.path("key")
         with open(key, "w") as f:
@@ -161,6 +177,71 @@ class Veth(Base):
         self.round_trip("text", 1, "none", netns=self.ns, addr=self.addr)
 
 
+class InPlace(Base):
+    """receive --in-place: an existing RAM file (a destination VMM's) is
+    written where it is, whatever it held, and marked until complete."""
+
+    def stale_destination(self, size="64M"):
+        into = self.path("vm.ram")
+        subprocess.run([PF, "mkguest", "random", size, into], check=True)
+        return into
+
+    def test_overwrites_stale_contents_zero_pages_included(self):
+        guest = self.guest("mixed", "64M")
+        for compress in ("none", "zstd"):
+            with self.subTest(compress=compress):
+                into = self.stale_destination()
+                inode = os.stat(into).st_ino
+                port = free_port()
+                rx = self.start_receiver(port, into, "--in-place", "--workers", 2)
+                r = self.migrate(guest, port, "--channels", 2, "--compress", compress)
+                code, _, err = self.finish(rx)
+                self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+                self.assert_equal_ram(guest, into)
+                self.assertEqual(os.stat(into).st_ino, inode)
+                self.assertFalse(os.path.exists(into + ".pf-incomplete"))
+
+    def test_size_mismatch_refused_on_both_ends(self):
+        guest = self.guest("mixed", "64M")
+        into = self.stale_destination("32M")
+        port = free_port()
+        rx = self.start_receiver(port, into, "--in-place")
+        r = self.migrate(guest, port)
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 1, err)
+        self.assertIn("the guest is 67108864 bytes but the destination (--in-place) is 33554432", err)
+        self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", err)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("the receiver's existing destination file (--in-place) is not the size of the guest",
+                      r.stderr)
+        self.assertTrue(os.path.exists(into + ".pf-incomplete"))
+
+    def test_missing_file_refused(self):
+        into = self.path("absent.ram")
+        rx = self.start_receiver(free_port(), into, "--in-place")
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 1, err)
+        self.assertIn(f"cannot open destination (--in-place) {into}: No such file or directory", err)
+        self.assertFalse(os.path.exists(into + ".pf-incomplete"))
+
+    def test_sender_killed_leaves_the_marker(self):
+        guest = self.guest("random", "512M")
+        into = self.stale_destination("512M")
+        port = free_port()
+        rx = self.start_receiver(port, into, "--in-place")
+        tx = subprocess.Popen([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}"],
+                              start_new_session=True, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:slow"))
+        self.procs.append(tx)
+        time.sleep(1.0)
+        os.killpg(tx.pid, signal.SIGKILL)
+        tx.wait()
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 1, err)
+        self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", err)
+        self.assertTrue(os.path.exists(into + ".pf-incomplete"))
+
+
 class BadInput(Base):
     """Each malformed input ends the receiver with its own message and a
     non-zero exit, and leaves no destination file."""
@@ -191,7 +272,7 @@ class BadInput(Base):
     def test_wrong_version(self):
         rx = self.receiver()
         s = pfwire.connect(self.port)
-        s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=2))
+        s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=1))
         self.expect_refusal(rx, "unsupported protocol or format version")
 
     def test_wrong_session_on_a_data_channel(self):
@@ -242,6 +323,20 @@ class BadInput(Base):
         s = pfwire.Session(self.port, guest_pages=1024)
         s.send(pfwire.RAW, 0, 129, b"", payload_len=129 * 4096)
         self.expect_refusal(rx, "page count is zero or over the run limit")
+
+    def test_sparse_bitmap_that_lies(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024)
+        bitmap = struct.pack("<Q", 0b111)  # three pages present, two sent
+        s.send(pfwire.SPARSE, 0, 4, bitmap + b"x" * 2 * 4096)
+        self.expect_refusal(rx, "sparse page bitmap has bits past the run or does not match the payload length")
+
+    def test_sparse_bitmap_past_the_run(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024)
+        bitmap = struct.pack("<Q", 0b100001)  # page 5 of a 4-page run
+        s.send(pfwire.SPARSE, 0, 4, bitmap + b"x" * 2 * 4096)
+        self.expect_refusal(rx, "sparse page bitmap has bits past the run or does not match the payload length")
 
     def test_compressed_length_that_lies(self):
         rx = self.receiver()

@@ -1,0 +1,103 @@
+#include "receiver/rc_inplace.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "workers/wk_zero.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static int add_extent(struct rc_inplace *ip, uint64_t *cap, uint64_t start, uint64_t end)
+{
+	if (ip->n_extents == *cap) {
+		uint64_t grown = *cap ? *cap * 2 : 16;
+		struct rc_extent *e = realloc(ip->extents, grown * sizeof(*e));
+		if (!e)
+			return -ENOMEM;
+		ip->extents = e;
+		*cap = grown;
+	}
+	ip->extents[ip->n_extents++] = (struct rc_extent){ start, end };
+	return 0;
+}
+
+int rc_inplace_open(struct rc_inplace *ip, int fd, const char **what)
+{
+	memset(ip, 0, sizeof(*ip));
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		*what = "fstat of the destination";
+		return -errno;
+	}
+	ip->size = (uint64_t)st.st_size;
+	uint64_t cap = 0, pos = 0;
+	while (pos < ip->size) {
+		off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
+		if (data < 0 && errno == ENXIO)
+			break;
+		if (data < 0 && errno == EINVAL) /* no hole support: all of it may hold data */
+			return add_extent(ip, &cap, pos, ip->size);
+		if (data < 0) {
+			*what = "lseek(SEEK_DATA) in the destination";
+			return -errno;
+		}
+		off_t hole = lseek(fd, data, SEEK_HOLE);
+		if (hole < 0) {
+			*what = "lseek(SEEK_HOLE) in the destination";
+			return -errno;
+		}
+		uint64_t end = (uint64_t)hole < ip->size ? (uint64_t)hole : ip->size;
+		if (add_extent(ip, &cap, (uint64_t)data, end) < 0) {
+			*what = "allocating the destination's extent list";
+			return -ENOMEM;
+		}
+		pos = end;
+	}
+	return 0;
+}
+
+void rc_inplace_populate(const struct rc_inplace *ip, uint8_t *map)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	for (uint64_t k = 0; k < ip->n_extents; k++) {
+		uint64_t start = ip->extents[k].start & ~(uint64_t)(page - 1);
+		(void)madvise(map + start, ip->extents[k].end - start, MADV_POPULATE_WRITE);
+	}
+}
+
+/* The first extent that ends after `off`. */
+static uint64_t first_extent_after(const struct rc_inplace *ip, uint64_t off)
+{
+	uint64_t lo = 0, hi = ip->n_extents;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (ip->extents[mid].end <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+uint64_t rc_inplace_zero(const struct rc_inplace *ip, uint8_t *map, uint64_t off, uint64_t len, uint32_t page)
+{
+	uint64_t written = 0, end = off + len;
+	for (uint64_t k = first_extent_after(ip, off); k < ip->n_extents && ip->extents[k].start < end; k++) {
+		/* Whole pages that overlap this extent. */
+		uint64_t from = ip->extents[k].start > off ? ip->extents[k].start : off;
+		uint64_t to = ip->extents[k].end < end ? ip->extents[k].end : end;
+		from -= (from - off) % page;
+		for (uint64_t p = from; p < to; p += page)
+			if (!wk_page_is_zero(map + p, page)) {
+				memset(map + p, 0, page);
+				written++;
+			}
+	}
+	return written;
+}
