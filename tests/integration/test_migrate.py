@@ -186,6 +186,13 @@ class InPlace(Base):
         subprocess.run([PF, "mkguest", "random", size, into], check=True)
         return into
 
+    def assert_failed_and_marked(self, rx, into):
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 1, err)
+        self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", err)
+        self.assertTrue(os.path.exists(into + ".pf-incomplete"))
+        return err
+
     def test_overwrites_stale_contents_zero_pages_included(self):
         guest = self.guest("mixed", "64M")
         for compress in ("none", "zstd"):
@@ -207,14 +214,11 @@ class InPlace(Base):
         port = free_port()
         rx = self.start_receiver(port, into, "--in-place")
         r = self.migrate(guest, port)
-        code, _, err = self.finish(rx)
-        self.assertEqual(code, 1, err)
+        err = self.assert_failed_and_marked(rx, into)
         self.assertIn("the guest is 67108864 bytes but the destination (--in-place) is 33554432", err)
-        self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", err)
         self.assertEqual(r.returncode, 1)
         self.assertIn("the receiver's existing destination file (--in-place) is not the size of the guest",
                       r.stderr)
-        self.assertTrue(os.path.exists(into + ".pf-incomplete"))
 
     def test_missing_file_refused(self):
         into = self.path("absent.ram")
@@ -236,10 +240,7 @@ class InPlace(Base):
         time.sleep(1.0)
         os.killpg(tx.pid, signal.SIGKILL)
         tx.wait()
-        code, _, err = self.finish(rx)
-        self.assertEqual(code, 1, err)
-        self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", err)
-        self.assertTrue(os.path.exists(into + ".pf-incomplete"))
+        self.assert_failed_and_marked(rx, into)
 
 
 class BadInput(Base):
