@@ -46,7 +46,7 @@ NAMES_GROUP(add_file_io, "pread64\0pwrite64\0preadv\0pwritev\0preadv2\0pwritev2\
  * write fds the process holds (unlike io_uring, whose operations seccomp
  * never sees). */
 NAMES_GROUP(add_aio, "io_submit\0io_getevents\0io_pgetevents\0io_destroy\0")
-NAMES_GROUP(add_net_io, "sendmsg\0recvmsg\0getsockopt\0shutdown\0")
+NAMES_GROUP(add_net_io, "sendmsg\0recvmsg\0getsockopt\0shutdown\0sendfile\0")
 
 /* free() may trim the heap or unmap large chunks; madvise only with advice
  * that drops or hints pages (MADV_REMOVE punches holes in a shared file,

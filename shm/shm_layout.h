@@ -80,7 +80,7 @@ enum {
 	SHM_STAT_OUT_BYTES,	/* bytes zstd produced (kept: smaller than input) */
 	SHM_STAT_EVENT_US,	/* scanner: CLOCK_MONOTONIC µs of the guest pause;
 				 * writer: of the receiver's confirmation */
-	SHM_STAT_SPARE,
+	SHM_STAT_SENDFILE_BYTES, /* writer: guest bytes sent by sendfile */
 	SHM_STAT_COUNT
 };
 
@@ -93,6 +93,7 @@ enum shm_proc_state {
 
 #define SHM_FLAG_DIRECT_IO 1u /* the file data fd really has O_DIRECT */
 #define SHM_FLAG_ZEROCOPY 2u  /* the sockets really have SO_ZEROCOPY */
+#define SHM_FLAG_SENDFILE 4u  /* guest pages go by sendfile from the guest file */
 
 struct shm_stats {
 	_Alignas(SHM_CACHE_LINE) _Atomic uint64_t v[SHM_STAT_COUNT];

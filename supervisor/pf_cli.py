@@ -82,9 +82,11 @@ def build_parser():
     g.add_argument("--compress", default="none", metavar="none|zstd[:LEVEL]",
                    help="zstd per packet (level 1..19, default 1); pages that do not shrink go raw "
                         "(default: none)")
-    g.add_argument("--zerocopy", choices=["auto", "on", "off"], default="auto",
-                   help="MSG_ZEROCOPY sends: on fails where the kernel refuses, auto falls back and says "
-                        "so in the summary (default: auto)")
+    g.add_argument("--zerocopy", choices=["auto", "on", "sendfile", "off"], default="auto",
+                   help="how guest pages reach the socket: sendfile splices them from the guest file, on is "
+                        "MSG_ZEROCOPY, off copies them; each of sendfile and on fails where the kernel "
+                        "refuses it; auto takes sendfile, else MSG_ZEROCOPY, else copies, and the summary "
+                        "says which (default: auto)")
     g.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking / compressing worker processes (default: %(default)s)")
     g.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")

@@ -18,6 +18,7 @@ MIGRATE_RUN_BYTES = 512 * 1024   # one packet's pages at most (128 pages of 4 Ki
 ARENA_BUFFERS = 16               # workers/wk_arena.h
 RECEIVE_BUFFER_BYTES = 4 << 20   # receiver/rc_net.h: RC_ARENA_BUFFER_SIZE
 INCOMPLETE_SUFFIX = ".pf-incomplete"
+WR_SENDFILE_MIN_KIB = 64         # writer/wr_net.c: WR_SENDFILE_MIN
 
 
 def parse_target(to):
@@ -173,6 +174,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         wk = [seg.stats(pf_segment.STATS_WORKER0 + i) for i in range(workers)]
         zero = sum(s["zero_pages"] for s in wk)
         zc_on = bool(wr["flags"] & pf_segment.FLAG_ZEROCOPY)
+        by_sendfile = bool(wr["flags"] & pf_segment.FLAG_SENDFILE)
         cpu = pf_report.pipeline_cpu(p)
         ok = True
         summary = {
@@ -182,7 +184,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             "pages": {"total": size // page, "zero": zero, "hole": sc["hole_pages"],
                       "normal": size // page - zero - sc["hole_pages"]},
             "compressed": {"in_bytes": sum(s["in_bytes"] for s in wk), "out_bytes": sum(s["out_bytes"] for s in wk)},
-            "zerocopy": {"requested": zerocopy, "active": zc_on, "sends": wr["zc_sends"],
+            "zerocopy": {"requested": zerocopy, "active": zc_on, "sendfile": by_sendfile,
+                         "sendfile_bytes": wr["sendfile_bytes"], "sends": wr["zc_sends"],
                          "copied_by_kernel": wr["zc_copied"]},
             "seconds": round(secs, 3), "mib_per_s": round(size / pf_report.MiB / secs, 1),
             "sent_mib_per_s": round(wr["bytes"] / pf_report.MiB / secs, 1),
@@ -199,9 +202,14 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                 "bytes_per_guest_byte": round(wr["bytes"] / size, 3),
             }
         seg.close()
-        zc_text = ("on" if zc_on else "off") + (f", {wr['zc_copied']} of {wr['zc_sends']} sends copied by the kernel"
-                                                 if zc_on else (" (the kernel refused it; fell back to copying)"
-                                                                if zerocopy == "auto" else ""))
+        if by_sendfile:
+            zc_text = (f"sendfile, {wr['sendfile_bytes'] / pf_report.MiB:.0f} MiB spliced from the guest file "
+                       f"(runs under {WR_SENDFILE_MIN_KIB} KiB copied)")
+        elif zc_on:
+            zc_text = f"on (MSG_ZEROCOPY), {wr['zc_copied']} of {wr['zc_sends']} sends copied by the kernel"
+        else:
+            zc_text = "off" + (" (the kernel refused sendfile and MSG_ZEROCOPY; guest pages copied)"
+                               if zerocopy == "auto" else "")
         line = (f"migrate to {hostport}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"sent on {channels} channel(s) ({zero} zero, {sc['hole_pages']} hole pages not sent) in "
                 f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}; receiver confirmed")

@@ -11,11 +11,12 @@ ABI_VERSION = 2
 STATS_OFFSET_FIELD = 64   # offsetof(struct shm_seg_header, stats_offset)
 CANCEL_OFFSET = 128       # offsetof(struct shm_seg_header, cancel)
 STAT_NAMES = ("pages", "zero_pages", "hole_pages", "bytes", "runs", "total_pages", "state", "flags",
-              "packets", "zc_sends", "zc_copied", "round", "in_bytes", "out_bytes", "event_us", "spare")
+              "packets", "zc_sends", "zc_copied", "round", "in_bytes", "out_bytes", "event_us", "sendfile_bytes")
 STATS_SIZE = 128  # sizeof(struct shm_stats)
 STATS_SCANNER, STATS_WRITER, STATS_WORKER0 = 0, 1, 2
 FLAG_DIRECT_IO = 1
 FLAG_ZEROCOPY = 2
+FLAG_SENDFILE = 4
 
 
 class Segment:

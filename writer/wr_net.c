@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/random.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -25,6 +27,25 @@
 #endif
 
 #define RESULT_TIMEOUT_MS 120000 /* the receiver flushes and checks before it answers */
+/* Guest pieces at least this long go by sendfile.  A shorter one costs less
+ * copied inside the gathered sendmsg than as a call of its own that also
+ * ends the TCP segment (mixed guest: 16 KiB made it 0.25 s slower per 4 GiB). */
+#define WR_SENDFILE_MIN (64u << 10)
+
+/* Can the kernel splice pages out of the guest file (tmpfs, memfd and
+ * ordinary files can; some file systems cannot)?  0 or -errno. */
+static int guest_splices(const struct wr_guest *g)
+{
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	loff_t off = 0;
+	ssize_t r = splice(g->fd, &off, pipefd[1], NULL, g->bytes < 4096 ? g->bytes : 4096, SPLICE_F_NONBLOCK);
+	int err = r < 0 ? -errno : 0;
+	close(pipefd[0]);
+	close(pipefd[1]);
+	return err;
+}
 
 /* Connect and handshake one channel: 0 with *fd_out set, or the failure
  * (-errno or a positive enum proto_err). */
@@ -52,12 +73,23 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 }
 
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
-		const struct net_psk *psk, enum wr_zerocopy zc, int connect_timeout_ms, char *what,
-		size_t what_len)
+		const struct net_psk *psk, enum wr_zerocopy zc, const struct wr_guest *guest,
+		int connect_timeout_ms, char *what, size_t what_len)
 {
 	memset(n, 0, sizeof(*n));
 	n->main_fd = -1;
 	n->hs = *hs;
+	n->guest = *guest;
+	if (zc == WR_ZC_SENDFILE || zc == WR_ZC_AUTO) {
+		int rc = guest_splices(guest);
+		if (rc < 0 && zc == WR_ZC_SENDFILE) {
+			snprintf(what, what_len, "--zerocopy sendfile: the kernel cannot splice from the guest file");
+			return rc;
+		}
+		n->sendfile = rc == 0;
+		if (n->sendfile)
+			zc = WR_ZC_OFF; /* no SO_ZEROCOPY: nothing would use it */
+	}
 	n->n_channels = hs->n_channels;
 	n->ch = calloc(n->n_channels, sizeof(*n->ch));
 	if (!n->ch) {
@@ -95,7 +127,7 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		if (rc != 0)
 			return rc;
 		n->ch[i].fd = fd;
-		if (zc == WR_ZC_OFF)
+		if (zc == WR_ZC_OFF || zc == WR_ZC_SENDFILE)
 			continue;
 		if (setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0) {
 			int err = errno;
@@ -103,7 +135,6 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 				snprintf(what, what_len, "--zerocopy on: the kernel refused SO_ZEROCOPY");
 				return -err;
 			}
-			snprintf(n->zc_note, sizeof(n->zc_note), "kernel refused SO_ZEROCOPY: %s", strerror(err));
 			continue;
 		}
 		n->ch[i].zerocopy = true;
@@ -182,15 +213,13 @@ int wr_net_reap(struct wr_net *n)
 	return 0;
 }
 
-/* One sendmsg (more if the kernel takes part) for every gathered packet. */
-static int flush_channel(struct wr_net *n, struct wr_channel *c)
+/* sendmsg until all of iov[0..n_iov) is sent (the kernel may take part). */
+static int send_iovs(struct wr_net *n, struct wr_channel *c, struct iovec *iov, size_t n_iov, int flags)
 {
-	if (c->queued == c->head)
-		return 0;
-	struct msghdr msg = { .msg_iov = c->iov, .msg_iovlen = c->n_iov };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = n_iov };
 	bool zc = c->zerocopy;
 	while (msg.msg_iovlen) {
-		ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL | (zc ? MSG_ZEROCOPY : 0));
+		ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL | flags | (zc ? MSG_ZEROCOPY : 0));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && errno == ENOBUFS && zc) {
@@ -216,6 +245,58 @@ static int flush_channel(struct wr_net *n, struct wr_channel *c)
 			msg.msg_iov[0].iov_base = (char *)msg.msg_iov[0].iov_base + done;
 			msg.msg_iov[0].iov_len -= done;
 		}
+	}
+	return 0;
+}
+
+static bool goes_by_sendfile(const struct wr_net *n, const struct iovec *v)
+{
+	const uint8_t *p = v->iov_base;
+	return n->sendfile && v->iov_len >= WR_SENDFILE_MIN && p >= n->guest.base &&
+	       (uint64_t)(p - n->guest.base) <= n->guest.bytes - v->iov_len;
+}
+
+/* The kernel holds references to the guest's pages until TCP is done with
+ * them: no copy here, and nothing of ours to keep alive. */
+static int sendfile_piece(struct wr_net *n, struct wr_channel *c, const struct iovec *v)
+{
+	off_t off = (off_t)((const uint8_t *)v->iov_base - n->guest.base);
+	size_t left = v->iov_len;
+	while (left) {
+		ssize_t r = sendfile(c->fd, n->guest.fd, &off, left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO; /* the guest file ended early: it shrank under us */
+		left -= (size_t)r;
+		c->sendfile_bytes += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* Send every gathered packet: one sendmsg (more if the kernel takes part),
+ * or with sendfile, long guest pieces spliced between sendmsgs of the rest. */
+static int flush_channel(struct wr_net *n, struct wr_channel *c)
+{
+	if (c->queued == c->head)
+		return 0;
+	size_t i = 0;
+	while (i < c->n_iov) {
+		int rc;
+		if (goes_by_sendfile(n, &c->iov[i])) {
+			rc = sendfile_piece(n, c, &c->iov[i]);
+			i++;
+		} else {
+			size_t j = i + 1;
+			while (j < c->n_iov && !goes_by_sendfile(n, &c->iov[j]))
+				j++;
+			rc = send_iovs(n, c, c->iov + i, j - i, j < c->n_iov ? MSG_MORE : 0);
+			i = j;
+		}
+		if (rc < 0)
+			return rc;
 	}
 	/* TCP completes in order: these packets are done once every
 	 * notification issued so far is (at once, if this flush copied). */
@@ -384,5 +465,13 @@ uint64_t wr_net_zc_copied(const struct wr_net *n)
 	uint64_t s = 0;
 	for (uint32_t i = 0; i < n->n_channels; i++)
 		s += n->ch[i].zc_copied;
+	return s;
+}
+
+uint64_t wr_net_sendfile_bytes(const struct wr_net *n)
+{
+	uint64_t s = 0;
+	for (uint32_t i = 0; i < n->n_channels; i++)
+		s += n->ch[i].sendfile_bytes;
 	return s;
 }

@@ -22,7 +22,19 @@
 #define WR_NET_IOV 1024u	/* iovecs in one sendmsg (the kernel's UIO_MAXIOV) */
 #define WR_NET_SLOT_BYTES (PROTO_PACKET_HEADER_SIZE + PROTO_SPARSE_BITMAP_MAX)
 
-enum wr_zerocopy { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON };
+/* How raw guest pages reach the socket (doc/architecture.md, "Sending pages"):
+ * OFF copies them in sendmsg; ON is MSG_ZEROCOPY; SENDFILE splices them from
+ * the guest file; AUTO takes SENDFILE where the guest file can be spliced,
+ * else MSG_ZEROCOPY where the kernel allows it, else copies. */
+enum wr_zerocopy { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON, WR_ZC_SENDFILE };
+
+/* The guest file as the writer holds it: fd for sendfile, base of its
+ * read-only mapping (the iovecs point into it). */
+struct wr_guest {
+	int fd;
+	const uint8_t *base;
+	uint64_t bytes;
+};
 
 typedef void (*wr_buffer_done_fn)(void *ctx, uint32_t worker, uint32_t buffer);
 
@@ -39,6 +51,7 @@ struct wr_channel {
 	uint64_t pages, payload_bytes;
 	uint32_t crc_of_crcs;
 	uint64_t zc_issued, zc_done, zc_copied;
+	uint64_t sendfile_bytes;
 	/* Packet slots: [tail, queued) sent and awaiting completion,
 	 * [queued, head) gathered for the next sendmsg. */
 	uint64_t head, queued, tail;
@@ -56,7 +69,8 @@ struct wr_net {
 	uint32_t n_channels, next;
 	struct proto_handshake hs;
 	bool zerocopy;		/* SO_ZEROCOPY is on for the data channels */
-	char zc_note[160];	/* why zerocopy is off under auto */
+	bool sendfile;		/* guest pages go by sendfile from guest.fd */
+	struct wr_guest guest;
 	wr_buffer_done_fn buffer_done;
 	void *ctx;
 	struct wr_channel *ch;	/* n_channels of them */
@@ -67,8 +81,8 @@ struct wr_net {
  * enum proto_err, with `what` describing the step (and the receiver's reason
  * when it refused). */
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
-		const struct net_psk *psk, enum wr_zerocopy zc, int connect_timeout_ms, char *what,
-		size_t what_len);
+		const struct net_psk *psk, enum wr_zerocopy zc, const struct wr_guest *guest,
+		int connect_timeout_ms, char *what, size_t what_len);
 /* Queue one packet on the next channel: header built from `p` (seq filled
  * in here) plus payload.  Packets are gathered, up to WR_NET_BATCH or 1 MiB
  * per channel, into one sendmsg.  worker >= 0 names the arena buffer holding
@@ -96,5 +110,6 @@ unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max
 int wr_net_finish(struct wr_net *n, uint32_t *status);
 uint64_t wr_net_zc_sends(const struct wr_net *n);
 uint64_t wr_net_zc_copied(const struct wr_net *n);
+uint64_t wr_net_sendfile_bytes(const struct wr_net *n);
 
 #endif

@@ -242,7 +242,9 @@ static enum wr_zerocopy parse_zerocopy(const char *s)
 		return WR_ZC_AUTO;
 	if (strcmp(s, "on") == 0)
 		return WR_ZC_ON;
-	stage_die(STAGE_EXIT_USAGE, "zerocopy mode must be off, auto or on, not '%s'", s);
+	if (strcmp(s, "sendfile") == 0)
+		return WR_ZC_SENDFILE;
+	stage_die(STAGE_EXIT_USAGE, "zerocopy mode must be off, auto, on or sendfile, not '%s'", s);
 }
 
 /* Connect and handshake every channel, before lock-down. */
@@ -274,7 +276,9 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
 	char what[256] = "";
-	int rc = wr_net_open(&w->net, argv[2], &hs, &psk, zc, timeout_ms, what, sizeof(what));
+	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = w->guest,
+				  .bytes = w->geo.guest_pages * w->geo.page_size };
+	int rc = wr_net_open(&w->net, argv[2], &hs, &psk, zc, &guest, timeout_ms, what, sizeof(what));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
@@ -284,7 +288,8 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 	w->net.buffer_done = return_buffer;
 	w->net.ctx = w;
 	memset(&psk, 0, sizeof(psk));
-	stage_stat_set(w->stats, SHM_STAT_FLAGS, w->net.zerocopy ? SHM_FLAG_ZEROCOPY : 0);
+	stage_stat_set(w->stats, SHM_STAT_FLAGS,
+		       (w->net.zerocopy ? SHM_FLAG_ZEROCOPY : 0) | (w->net.sendfile ? SHM_FLAG_SENDFILE : 0));
 	/* sockets: the main channel, then the data channels, after our fds */
 	*max_fd = w->net.main_fd > *max_fd ? w->net.main_fd : *max_fd;
 	for (uint32_t i = 0; i < channels; i++)
@@ -301,6 +306,7 @@ static void finish_migration(struct writer *w)
 	stage_stat_set(w->stats, SHM_STAT_EVENT_US, (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u);
 	stage_stat_set(w->stats, SHM_STAT_ZC_SENDS, wr_net_zc_sends(&w->net));
 	stage_stat_set(w->stats, SHM_STAT_ZC_COPIED, wr_net_zc_copied(&w->net));
+	stage_stat_set(w->stats, SHM_STAT_SENDFILE_BYTES, wr_net_sendfile_bytes(&w->net));
 	if (rc < 0)
 		stage_die_errno(rc, "finishing the migration");
 	if (rc > 0)
@@ -318,7 +324,7 @@ int main(int argc, char **argv)
 	stage_set_name("writer", -1);
 	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 9 && strcmp(argv[1], "migrate") == 0))
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-writer snapshot | migrate HOST:PORT CHANNELS "
-					    "off|auto|on PSK ZSTD CONNECT_TIMEOUT_MS ROUNDS");
+					    "off|auto|on|sendfile PSK ZSTD CONNECT_TIMEOUT_MS ROUNDS");
 	w.migrate = argc == 9;
 	w.round = 1;
 	stage_attach_segment(&w.seg);

@@ -72,12 +72,12 @@ class Base(unittest.TestCase):
         r = subprocess.run([PF, "verify", a, b], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
-    def round_trip(self, pattern, channels, compress, netns=None, addr="127.0.0.1", guest=None):
+    def round_trip(self, pattern, channels, compress, netns=None, addr="127.0.0.1", guest=None, zerocopy="on"):
         guest = guest or self.guest(pattern)
         into = self.path(f"{pattern}-{channels}-{compress}.dst")
         port = free_port()
         rx = self.start_receiver(port, into, "--workers", 2, netns=netns and netns[1], addr=addr)
-        r = self.migrate(guest, port, "--channels", channels, "--compress", compress, "--zerocopy", "on",
+        r = self.migrate(guest, port, "--channels", channels, "--compress", compress, "--zerocopy", zerocopy,
                          "--json", netns=netns and netns[0], addr=addr)
         code, out, err = self.finish(rx)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -100,6 +100,39 @@ class Loopback(Base):
                     with self.subTest(pattern=pattern, channels=channels, compress=compress):
                         self.round_trip(pattern, channels, compress, guest=guest)
             os.unlink(guest)
+
+    def test_sendfile_every_data_pattern(self):
+        import json
+        quick = bool(os.environ.get("PF_TEST_QUICK"))
+        for pattern in ("random", "mixed") if quick else ("random", "text", "mixed", "sparse"):
+            guest = self.guest(pattern)
+            for channels in (1, 4):
+                for compress in ("none", "zstd"):
+                    with self.subTest(pattern=pattern, channels=channels, compress=compress):
+                        s = json.loads(self.round_trip(pattern, channels, compress, guest=guest,
+                                                       zerocopy="sendfile").stdout)["zerocopy"]
+                        self.assertTrue(s["sendfile"])
+                        self.assertFalse(s["active"])
+                        if pattern in ("random", "text") and compress == "none":
+                            # whole 512 KiB runs: every byte spliced
+                            self.assertEqual(s["sendfile_bytes"], os.path.getsize(guest))
+            os.unlink(guest)
+
+    def test_auto_picks_sendfile_and_says_so(self):
+        guest = self.guest("random")
+        into = self.path("auto.dst")
+        port = free_port()
+        rx = self.start_receiver(port, into)
+        r = self.migrate(guest, port, "--channels", 2)
+        code, out, err = self.finish(rx)
+        self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+        self.assertRegex(r.stdout, r"zerocopy sendfile, \d+ MiB spliced from the guest file")
+        self.assert_equal_ram(guest, into)
+
+    def test_off_copies_every_page(self):
+        import json
+        s = json.loads(self.round_trip("random", 2, "none", zerocopy="off").stdout)["zerocopy"]
+        self.assertEqual((s["sendfile"], s["active"], s["sendfile_bytes"], s["sends"]), (False, False, 0, 0))
 
     def test_summary_reports_zerocopy_and_compression(self):
         import json
@@ -172,6 +205,9 @@ class Veth(Base):
 
     def test_random_2_channels_across_veth(self):
         self.round_trip("random", 2, "none", netns=self.ns, addr=self.addr)
+
+    def test_random_sendfile_4_channels_across_veth(self):
+        self.round_trip("random", 4, "none", netns=self.ns, addr=self.addr, zerocopy="sendfile")
 
     def test_text_1_channel_across_veth(self):
         self.round_trip("text", 1, "none", netns=self.ns, addr=self.addr)
