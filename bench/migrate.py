@@ -2,8 +2,11 @@
 """Migration throughput and CPU cost, in one run, as ratios:
 
   - iperf3, one stream over loopback: the link's reference bandwidth;
+  - `zstd -b1` on 1 GiB of each guest, one core: the reference for zstd rows
+    (their bytes on the wire are few; what bounds them is compression);
   - pageferry migrate -> receive over loopback for each guest, compression
-    (none, zstd:1), channel count (1, 2, 4) and zerocopy (on, off);
+    (none, zstd:1), channel count (1, 2, 4) and how pages reach the socket
+    (--zerocopy on = MSG_ZEROCOPY, sendfile, off = copies);
   - QEMU's multifd migrating the same RAM image with the same channels and
     compression (bench/qemu_migrate.py).
 
@@ -21,6 +24,7 @@ import itertools
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +43,23 @@ def iperf3():
                        text=True, check=True)
     srv.wait(timeout=10)
     return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+
+
+def zstd_bench(guest):
+    """Guest bytes per second that `zstd -b1` compresses on one core, on the
+    guest's first GiB (the patterns repeat their mix throughout)."""
+    sample = guest + ".sample"
+    try:
+        with open(guest, "rb") as src, open(sample, "wb") as dst:
+            for _ in range(1024):
+                dst.write(src.read(1 << 20))
+        r = subprocess.run(["zstd", "-b1", "-i3", sample], capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(sample)
+    speeds = re.findall(r"\(x[\d.]+\),\s*([\d.]+) MB/s", r.stdout + r.stderr)
+    if not speeds:
+        raise RuntimeError(f"zstd -b1 printed no speed: {(r.stdout + r.stderr)[-200:]}")
+    return float(speeds[-1]) * 1e6
 
 
 def wait_listening(port, rx, timeout=60):
@@ -103,29 +124,37 @@ def main():
     gib = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True).stdout) / (1 << 30)
     link = iperf3()
     print(f"iperf3 loopback, one stream: {link / 2**20:.0f} MiB/s")
-    rows = []
+    rows, zstd_ref = [], {}
     for pattern in args.patterns.split(","):
         guest = os.path.join(SHM, f"pf-bench-{pattern}.ram")
         subprocess.run([PF, "mkguest", pattern, args.size, guest], check=True)
         try:
+            zstd_ref[pattern] = zstd_bench(guest)
+            print(f"zstd -b1, one core, {pattern} guest: {zstd_ref[pattern] / 2**20:.0f} MiB/s", flush=True)
             for dest, compress, channels in itertools.product(args.dest.split(","), ("none", "zstd"), (1, 2, 4)):
                 q = qemu(guest, channels, compress, "on", dest)
-                for zc in ("on", "off"):
+                for zc in ("on", "sendfile", "off"):
                     p = pageferry(guest, channels, compress, zc, dest)
                     row = {"pattern": pattern, "dest": dest, "compress": compress, "channels": channels,
                            "zerocopy": zc, "pf": p, "qemu": q}
                     rows.append(row)
                     sent_rate = p["bytes_sent"] / p["seconds"]
+                    if compress == "none":
+                        ref = f"sent {sent_rate / 2**20:.0f} MiB/s = {sent_rate / link:.2f} of iperf3"
+                    else:
+                        guest_rate = gib * 2**30 / p["seconds"]
+                        ref = (f"guest {guest_rate / 2**20:.0f} MiB/s = {guest_rate / zstd_ref[pattern]:.2f} of "
+                               f"zstd -b1")
                     qtxt = (f"QEMU {q['seconds']:.2f} s {q['cpu'] / gib:.2f} cpu-s/GiB  speed-up "
                             f"{q['seconds'] / p['seconds']:.2f}x" if "error" not in q else f"QEMU: {q['error']}")
-                    print(f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:3}: pageferry {p['seconds']:.2f} s "
-                          f"{p['cpu'] / gib:.2f} cpu-s/GiB, sent {sent_rate / 2**20:.0f} MiB/s = "
-                          f"{sent_rate / link:.2f} of iperf3 {'' if p['verified'] else '(VERIFY FAILED) '}| {qtxt}",
-                          flush=True)
+                    print(f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:8}: pageferry {p['seconds']:.2f} s "
+                          f"{p['cpu'] / gib:.2f} cpu-s/GiB, {ref} {'' if p['verified'] else '(VERIFY FAILED) '}"
+                          f"| {qtxt}", flush=True)
         finally:
             os.unlink(guest)
     with open(os.path.join(args.out, "migrate-bench.json"), "w") as f:
-        json.dump({"iperf3_bytes_per_s": link, "size": args.size, "rows": rows}, f, indent=1)
+        json.dump({"iperf3_bytes_per_s": link, "zstd_b1_bytes_per_s": zstd_ref, "size": args.size, "rows": rows},
+                  f, indent=1)
     chart(rows, link, os.path.join(args.out, "migrate-throughput.png"), args.size)
 
 

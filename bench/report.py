@@ -13,18 +13,29 @@ def migrate():
         d = json.load(f)
     link = d["iperf3_bytes_per_s"]
     gib = float(d["size"].rstrip("G"))
-    print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**. Guests of {d['size']}.\n")
-    print("| guest | destination | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to iperf3 | pageferry CPU-s/GiB "
-          "| QEMU s | QEMU CPU-s/GiB | pageferry faster by | verified |")
+    zstd_ref = d.get("zstd_b1_bytes_per_s", {})
+    print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**. Guests of {d['size']}.")
+    for pattern, rate in zstd_ref.items():
+        print(f"`zstd -b1`, one core, on the {pattern} guest: **{rate / 2**20:.0f} MiB/s** of guest bytes.")
+    print("\nReference: compression none, bytes sent per second against iperf3; zstd, guest bytes handled per "
+          "second against `zstd -b1` on one core.\n")
+    print("| guest | destination | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to reference "
+          "| pageferry CPU-s/GiB | QEMU s | QEMU CPU-s/GiB | pageferry faster by | verified |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         p, q = r["pf"], r["qemu"]
         rate = p["bytes_sent"] / p["seconds"]
+        if r["compress"] == "none":
+            ratio = f"{rate / link:.2f} of iperf3"
+        elif r["pattern"] in zstd_ref:
+            ratio = f"{gib * 2**30 / p['seconds'] / zstd_ref[r['pattern']]:.2f} of zstd -b1"
+        else:
+            ratio = f"{rate / link:.2f} of iperf3"
         qs = f"{q['seconds']:.2f}" if "seconds" in q else q.get("error", "?")
         qc = f"{q['cpu'] / gib:.2f}" if "cpu" in q else "—"
         sp = f"{q['seconds'] / p['seconds']:.2f}×" if "seconds" in q else "—"
         print(f"| {r['pattern']} | {r.get('dest', 'fresh')} | {r['compress']} | {r['channels']} | {r['zerocopy']} | {p['seconds']:.2f} | "
-              f"{rate / 2**20:.0f} | {rate / link:.2f} | {p['cpu'] / gib:.2f} | {qs} | {qc} | {sp} | "
+              f"{rate / 2**20:.0f} | {ratio} | {p['cpu'] / gib:.2f} | {qs} | {qc} | {sp} | "
               f"{'yes' if p['verified'] else 'NO'} |")
 
 

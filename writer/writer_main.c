@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -275,6 +276,10 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 						  (rounds ? PROTO_F_ROUNDS : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
+	/* sendfile has no MSG_NOSIGNAL: a receiver that went away must be
+	 * EPIPE, reported, not a silent death by SIGPIPE. */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		stage_die_errno(-errno, "ignoring SIGPIPE");
 	char what[256] = "";
 	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = w->guest,
 				  .bytes = w->geo.guest_pages * w->geo.page_size };
