@@ -159,6 +159,7 @@ def main():
 
 
 def chart(rows, link, path, size):
+    """One panel per guest and destination kind, a pair of bars per configuration."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -166,21 +167,21 @@ def chart(rows, link, path, size):
     except ImportError:
         print("matplotlib missing: no chart")
         return
-    labels = [f"{r['pattern']} {r.get('dest', 'fresh')}\n{r['compress']} ch{r['channels']}\nzc {r['zerocopy']}"
-              for r in rows]
-    pf = [r["pf"]["seconds"] for r in rows]
-    qm = [r["qemu"].get("seconds", 0) for r in rows]
-    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.7), 5))
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], pf, 0.4, label="pageferry")
-    ax.bar([i + 0.2 for i in x], qm, 0.4, label="QEMU multifd")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(labels, fontsize=6)
-    ax.set_ylabel("seconds to migrate (lower is better)")
-    ax.set_title(f"{size} guest over loopback; iperf3 one stream: {link / 2**20:.0f} MiB/s")
-    ax.legend()
+    panels = sorted({(r["pattern"], r.get("dest", "fresh")) for r in rows})
+    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.2 * len(panels)), squeeze=False)
+    for ax, (pattern, dest) in zip(axes[:, 0], panels):
+        sel = [r for r in rows if r["pattern"] == pattern and r.get("dest", "fresh") == dest]
+        x = range(len(sel))
+        ax.bar([i - 0.2 for i in x], [r["pf"]["seconds"] for r in sel], 0.4, label="pageferry")
+        ax.bar([i + 0.2 for i in x], [r["qemu"].get("seconds", 0) for r in sel], 0.4, label="QEMU multifd")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([f"{r['compress']} ch{r['channels']}\n{r['zerocopy']}" for r in sel], fontsize=7)
+        ax.set_ylabel("seconds (lower is better)", fontsize=8)
+        ax.set_title(f"{pattern} guest, {dest} destination", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{size} guest over loopback; iperf3 one stream: {link / 2**20:.0f} MiB/s")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     print(f"chart: {path}")
 
 
