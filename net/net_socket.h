@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 struct net_addr {
 	struct sockaddr_storage ss;
@@ -24,6 +25,9 @@ int net_accept(int listen_fd, int timeout_ms, struct net_addr *peer);
 /* Whole buffers: 0, or -errno; -ECONNRESET when the peer closed first. */
 int net_send_all(int fd, const void *buf, size_t len);
 int net_recv_all(int fd, void *buf, size_t len);
+/* After a partial sendmsg/recvmsg of `done` bytes: drop the iovecs it
+ * finished, trim the first one left. */
+void net_iov_advance(struct iovec **iov, size_t *n_iov, size_t done);
 /* Bound how long a blocking send/receive may wait (0: forever). */
 int net_set_timeout(int fd, int timeout_ms);
 

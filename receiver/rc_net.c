@@ -63,13 +63,14 @@ static int accept_one(struct rc_net *r, int timeout_ms, struct net_addr *peer, c
 	return fd;
 }
 
-/* Answer an offer; on refusal or a failed key proof, die naming why. */
+/* Answer an offer; on refusal or a failed key proof, die naming why (the
+ * refusal's own words, or `detail` where the receiver knows more). */
 static void answer(struct rc_net *r, int fd, const struct proto_handshake *agreed, enum proto_err status,
-		   const struct net_psk *psk, const char *who)
+		   const struct net_psk *psk, const char *who, const char *detail)
 {
 	int rc = net_channel_answer(fd, agreed, status, psk);
 	if (status != PROTO_OK)
-		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, proto_strerror(status));
+		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, detail ? detail : proto_strerror(status));
 	if (rc > 0)
 		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, proto_strerror((enum proto_err)rc));
 	if (rc < 0)
@@ -110,13 +111,11 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 	if (rc < 0)
 		stage_die_errno(rc, "reading the handshake of %s", who);
 	enum proto_err err = rc > 0 ? (enum proto_err)rc : check_main_offer(r, &h, psk);
-	if (err == PROTO_E_DEST_SIZE) {
-		net_channel_answer(fd, &h, err, psk);
-		stage_die(STAGE_EXIT_FAILED, "refused %s: the guest is %llu bytes but the destination (--in-place) is %llu",
-			  who, (unsigned long long)(h.geo.guest_pages * h.geo.page_size),
-			  (unsigned long long)r->inplace->size);
-	}
-	answer(r, fd, &h, err, psk, who);
+	char sizes[128];
+	if (err == PROTO_E_DEST_SIZE)
+		snprintf(sizes, sizeof(sizes), "the guest is %llu bytes but the destination (--in-place) is %llu",
+			 (unsigned long long)(h.geo.guest_pages * h.geo.page_size), (unsigned long long)r->inplace->size);
+	answer(r, fd, &h, err, psk, who, err == PROTO_E_DEST_SIZE ? sizes : NULL);
 	r->hs = h;
 	r->geo = h.geo;
 	r->n_channels = h.n_channels;
@@ -133,7 +132,7 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 			err = PROTO_E_CHANNEL_KIND;
 		if (err == PROTO_OK && r->ch[h.channel_id].fd > 0)
 			err = PROTO_E_CHANNEL_DUPLICATE;
-		answer(r, fd, &h, err, psk, who);
+		answer(r, fd, &h, err, psk, who, NULL);
 		r->ch[h.channel_id].fd = fd;
 		r->ch[h.channel_id].round = 1;
 		r->ch[h.channel_id].staging = malloc(RC_STAGING_BYTES);
@@ -250,34 +249,21 @@ static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const ch
 	}
 }
 
-static void advance_iov(struct iovec **iov, int *n_iov, size_t done)
-{
-	while (*n_iov && done >= (*iov)->iov_len) {
-		done -= (*iov)->iov_len;
-		(*iov)++;
-		(*n_iov)--;
-	}
-	if (*n_iov) {
-		(*iov)->iov_base = (uint8_t *)(*iov)->iov_base + done;
-		(*iov)->iov_len -= done;
-	}
-}
-
 /* Fill the iovecs exactly: from what is staged first, the rest straight from
  * the socket (payloads skip the staging copy). */
-static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, int n_iov, const char *what)
+static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, size_t n_iov, const char *what)
 {
 	struct rc_channel *ch = &r->ch[c];
 	while (n_iov && ch->start < ch->fill) {
 		size_t take = ch->fill - ch->start < iov->iov_len ? ch->fill - ch->start : iov->iov_len;
 		memcpy(iov->iov_base, ch->staging + ch->start, take);
 		ch->start += (uint32_t)take;
-		advance_iov(&iov, &n_iov, take);
+		net_iov_advance(&iov, &n_iov, take);
 	}
 	if (ch->start == ch->fill)
 		ch->start = ch->fill = 0;
 	while (n_iov) {
-		struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)(n_iov < IOV_MAX ? n_iov : IOV_MAX) };
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = n_iov < IOV_MAX ? n_iov : IOV_MAX };
 		ssize_t n = recvmsg(ch->fd, &m, MSG_WAITALL);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -289,7 +275,7 @@ static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, in
 			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
 		if (n == 0)
 			truncated(r, c, what);
-		advance_iov(&iov, &n_iov, (size_t)n);
+		net_iov_advance(&iov, &n_iov, (size_t)n);
 	}
 }
 
@@ -361,7 +347,7 @@ static void place_sparse(struct rc_net *r, uint32_t c, const struct proto_packet
 		fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)r->ch[c].seq,
 		     proto_strerror(err));
 	struct iovec iov[PROTO_SPARSE_BITMAP_MAX * 4 + 1];
-	int n_iov = 0;
+	size_t n_iov = 0;
 	for (uint32_t k = 0; k < p->n_pages;) {
 		int present = proto_sparse_bit(bitmap, k);
 		uint32_t end = k + 1;

@@ -235,16 +235,7 @@ static int send_iovs(struct wr_net *n, struct wr_channel *c, struct iovec *iov, 
 			return -errno;
 		if (zc)
 			c->zc_issued++;
-		size_t done = (size_t)r;
-		while (msg.msg_iovlen && done >= msg.msg_iov[0].iov_len) {
-			done -= msg.msg_iov[0].iov_len;
-			msg.msg_iov++;
-			msg.msg_iovlen--;
-		}
-		if (msg.msg_iovlen) {
-			msg.msg_iov[0].iov_base = (char *)msg.msg_iov[0].iov_base + done;
-			msg.msg_iov[0].iov_len -= done;
-		}
+		net_iov_advance(&msg.msg_iov, &msg.msg_iovlen, (size_t)r);
 	}
 	return 0;
 }
