@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Migration throughput and CPU cost, in one run, as ratios:
 
-  - iperf3, one stream over loopback: the link's reference bandwidth;
+  - iperf3, one stream over loopback, before and after the rows: the link's
+    reference bandwidth (their mean), and what moving a GiB costs the whole
+    machine in CPU-seconds;
   - `zstd -b1` on 1 GiB of each guest, one core: the reference for zstd rows
     (their bytes on the wire are few; what bounds them is compression);
   - pageferry migrate -> receive over loopback for each guest, compression
@@ -16,6 +18,9 @@ for the first time by the migration) or pre-allocated ones (zeros written
 over the file first, as a destination VMM that pre-allocates its RAM does;
 pageferry receives --in-place, QEMU loads into that file).  iperf3 reuses
 one warm buffer, so the pre-allocated rows are the ones to hold against it.
+For every pageferry row it also records how busy the whole machine was
+(/proc/stat) and its CPU-seconds per GiB sent: beside iperf3's, that says
+whether a row is bound by the CPU it needs or waits on something.
 Prints a table, writes JSON and a PNG chart.
 usage: bench/migrate.py [--size 4G] [--out DIR] [--dest prealloc,fresh]
 """
@@ -36,13 +41,39 @@ PF = os.path.join(ROOT, "build", "pageferry")
 SHM = "/dev/shm"
 
 
+def machine_cpu():
+    """(busy, total) CPU-seconds of the whole machine so far, all cores, from
+    /proc/stat: what a command costs including the kernel's softirq work,
+    which on loopback lands on whichever process happens to run."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / hz, sum(v[:8]) / hz
+
+
+def machine_load(run):
+    """Run `run()`; returns (its result, wall seconds, machine CPU-seconds
+    busy meanwhile, fraction of all cores busy)."""
+    b0, t0 = machine_cpu()
+    w0 = time.monotonic()
+    result = run()
+    wall = time.monotonic() - w0
+    b1, t1 = machine_cpu()
+    return result, wall, b1 - b0, (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 def iperf3():
+    """One stream over loopback: bytes per second, and what it costs the
+    machine per GiB sent (sender, receiver and the kernel between them)."""
     srv = subprocess.Popen(["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL)
     time.sleep(0.5)
-    r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "5", "-J"], capture_output=True,
-                       text=True, check=True)
+    r, _, busy, load = machine_load(lambda: subprocess.run(
+        ["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "5", "-J"], capture_output=True, text=True, check=True))
     srv.wait(timeout=10)
-    return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+    end = json.loads(r.stdout)["end"]["sum_received"]
+    return {"bytes_per_s": end["bits_per_second"] / 8, "machine_cpu_s_per_gib": busy / (end["bytes"] / 2**30),
+            "machine_busy": load}
 
 
 def zstd_bench(guest):
@@ -86,9 +117,10 @@ def pageferry(guest, channels, compress, zerocopy, dest):
     rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
                            "--json", "--accept-timeout", "30"] + extra, stdout=subprocess.PIPE, text=True)
     wait_listening(port, rx)
-    tx = subprocess.run([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels",
-                         str(channels), "--compress", compress, "--zerocopy", zerocopy, "--workers", "2",
-                         "--json"], capture_output=True, text=True)
+    started = time.monotonic()
+    tx, wall, busy, load = machine_load(lambda: subprocess.run(
+        [PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
+         "--compress", compress, "--zerocopy", zerocopy, "--workers", "2", "--json"], capture_output=True, text=True))
     out, _ = rx.communicate(timeout=600)
     if tx.returncode or rx.returncode:
         raise RuntimeError(f"pageferry failed: {tx.stderr.strip()}")
@@ -98,7 +130,9 @@ def pageferry(guest, channels, compress, zerocopy, dest):
     cpu = sum(s["cpu_seconds"].values()) + sum(r["cpu_seconds"].values())
     return {"seconds": s["seconds"], "bytes_sent": s["bytes_sent"], "cpu": cpu,
             "cpu_src": sum(s["cpu_seconds"].values()), "cpu_dst": sum(r["cpu_seconds"].values()),
-            "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok}
+            "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok,
+            "machine_busy": load, "machine_cpu_s_per_gib_sent": busy / (s["bytes_sent"] / 2**30),
+            "migrate_window": (started, started + wall)}
 
 
 def qemu(guest, channels, compress, zerocopy, dest):
@@ -122,8 +156,13 @@ def main():
     ap.add_argument("--dest", default="prealloc,fresh", help="destination kinds to run: prealloc, fresh")
     args = ap.parse_args()
     gib = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True).stdout) / (1 << 30)
-    link = iperf3()
-    print(f"iperf3 loopback, one stream: {link / 2**20:.0f} MiB/s")
+    iperf_start = iperf3()
+    print(f"iperf3 loopback, one stream, before: {iperf_start['bytes_per_s'] / 2**20:.0f} MiB/s, "
+          f"{iperf_start['machine_cpu_s_per_gib']:.2f} machine CPU-s per GiB, "
+          f"{iperf_start['machine_busy'] * 100:.0f}% of the machine busy", flush=True)
+    # The reference for this run's rows: the mean of this reading and one
+    # taken after them (this VM's loopback moves by tens of percent).
+    link = iperf_start["bytes_per_s"]
     rows, zstd_ref = [], {}
     for pattern in args.patterns.split(","):
         guest = os.path.join(SHM, f"pf-bench-{pattern}.ram")
@@ -148,13 +187,19 @@ def main():
                     qtxt = (f"QEMU {q['seconds']:.2f} s {q['cpu'] / gib:.2f} cpu-s/GiB  speed-up "
                             f"{q['seconds'] / p['seconds']:.2f}x" if "error" not in q else f"QEMU: {q['error']}")
                     print(f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:8}: pageferry {p['seconds']:.2f} s "
-                          f"{p['cpu'] / gib:.2f} cpu-s/GiB, {ref} {'' if p['verified'] else '(VERIFY FAILED) '}"
+                          f"{p['cpu'] / gib:.2f} cpu-s/GiB, {ref}, machine {p['machine_busy'] * 100:.0f}% busy "
+                          f"{p['machine_cpu_s_per_gib_sent']:.2f} cpu-s/GiB sent {'' if p['verified'] else '(VERIFY FAILED) '}"
                           f"| {qtxt}", flush=True)
         finally:
             os.unlink(guest)
+    iperf_end = iperf3()
+    link = (iperf_start["bytes_per_s"] + iperf_end["bytes_per_s"]) / 2
+    print(f"iperf3 loopback, one stream, after: {iperf_end['bytes_per_s'] / 2**20:.0f} MiB/s, "
+          f"{iperf_end['machine_cpu_s_per_gib']:.2f} machine CPU-s per GiB; mean of both {link / 2**20:.0f} MiB/s "
+          f"(the rows above used the first)")
     with open(os.path.join(args.out, "migrate-bench.json"), "w") as f:
-        json.dump({"iperf3_bytes_per_s": link, "zstd_b1_bytes_per_s": zstd_ref, "size": args.size, "rows": rows},
-                  f, indent=1)
+        json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": [iperf_start, iperf_end], "cpus": os.cpu_count(),
+                   "zstd_b1_bytes_per_s": zstd_ref, "size": args.size, "rows": rows}, f, indent=1)
     chart(rows, link, os.path.join(args.out, "migrate-throughput.png"), args.size)
 
 
@@ -179,7 +224,7 @@ def chart(rows, link, path, size):
         ax.set_ylabel("seconds (lower is better)", fontsize=8)
         ax.set_title(f"{pattern} guest, {dest} destination", fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{size} guest over loopback; iperf3 one stream: {link / 2**20:.0f} MiB/s")
+    fig.suptitle(f"{size} guest over loopback; iperf3 one stream: {link / 2**20:.0f} MiB/s (mean of two runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     print(f"chart: {path}")

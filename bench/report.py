@@ -14,14 +14,23 @@ def migrate():
     link = d["iperf3_bytes_per_s"]
     gib = float(d["size"].rstrip("G"))
     zstd_ref = d.get("zstd_b1_bytes_per_s", {})
-    print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**. Guests of {d['size']}.")
+    runs = d.get("iperf3_runs", [])
+    if runs:
+        each = " and ".join(f"{x['bytes_per_s'] / 2**20:.0f}" for x in runs)
+        cost = " and ".join(f"{x['machine_cpu_s_per_gib']:.2f}" for x in runs)
+        print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**, the mean of {each} MiB/s measured "
+              f"before and after the rows; it costs the machine {cost} CPU-s per GiB sent "
+              f"({d.get('cpus', '?')} cores). Guests of {d['size']}.")
+    else:
+        print(f"iperf3, one stream over loopback: **{link / 2**20:.0f} MiB/s**. Guests of {d['size']}.")
     for pattern, rate in zstd_ref.items():
         print(f"`zstd -b1`, one core, on the {pattern} guest: **{rate / 2**20:.0f} MiB/s** of guest bytes.")
     print("\nReference: compression none, bytes sent per second against iperf3; zstd, guest bytes handled per "
           "second against `zstd -b1` on one core.\n")
     print("| guest | destination | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to reference "
-          "| pageferry CPU-s/GiB | QEMU s | QEMU CPU-s/GiB | pageferry faster by | verified |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| pageferry CPU-s/GiB | machine busy | machine CPU-s per GiB sent | QEMU s | QEMU CPU-s/GiB "
+          "| pageferry faster by | verified |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         p, q = r["pf"], r["qemu"]
         rate = p["bytes_sent"] / p["seconds"]
@@ -34,8 +43,11 @@ def migrate():
         qs = f"{q['seconds']:.2f}" if "seconds" in q else q.get("error", "?")
         qc = f"{q['cpu'] / gib:.2f}" if "cpu" in q else "—"
         sp = f"{q['seconds'] / p['seconds']:.2f}×" if "seconds" in q else "—"
+        busy = f"{p['machine_busy'] * 100:.0f}%" if "machine_busy" in p else "—"
+        per_sent = (f"{p['machine_cpu_s_per_gib_sent']:.2f}" if "machine_busy" in p and r["compress"] == "none"
+                    else "—")
         print(f"| {r['pattern']} | {r.get('dest', 'fresh')} | {r['compress']} | {r['channels']} | {r['zerocopy']} | {p['seconds']:.2f} | "
-              f"{rate / 2**20:.0f} | {ratio} | {p['cpu'] / gib:.2f} | {qs} | {qc} | {sp} | "
+              f"{rate / 2**20:.0f} | {ratio} | {p['cpu'] / gib:.2f} | {busy} | {per_sent} | {qs} | {qc} | {sp} | "
               f"{'yes' if p['verified'] else 'NO'} |")
 
 
