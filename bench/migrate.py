@@ -53,14 +53,14 @@ def machine_cpu():
 
 
 def machine_load(run):
-    """Run `run()`; returns (its result, wall seconds, machine CPU-seconds
-    busy meanwhile, fraction of all cores busy)."""
+    """Run `run()`; returns (its result, (start, end) CLOCK_MONOTONIC seconds,
+    machine CPU-seconds busy meanwhile, fraction of all cores busy)."""
     b0, t0 = machine_cpu()
-    w0 = time.monotonic()
+    window = [time.monotonic()]
     result = run()
-    wall = time.monotonic() - w0
+    window.append(time.monotonic())
     b1, t1 = machine_cpu()
-    return result, wall, b1 - b0, (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+    return result, tuple(window), b1 - b0, (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 def iperf3():
@@ -117,8 +117,7 @@ def pageferry(guest, channels, compress, zerocopy, dest):
     rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
                            "--json", "--accept-timeout", "30"] + extra, stdout=subprocess.PIPE, text=True)
     wait_listening(port, rx)
-    started = time.monotonic()
-    tx, wall, busy, load = machine_load(lambda: subprocess.run(
+    tx, window, busy, load = machine_load(lambda: subprocess.run(
         [PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
          "--compress", compress, "--zerocopy", zerocopy, "--workers", "2", "--json"], capture_output=True, text=True))
     out, _ = rx.communicate(timeout=600)
@@ -132,7 +131,7 @@ def pageferry(guest, channels, compress, zerocopy, dest):
             "cpu_src": sum(s["cpu_seconds"].values()), "cpu_dst": sum(r["cpu_seconds"].values()),
             "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok,
             "machine_busy": load, "machine_cpu_s_per_gib_sent": busy / (s["bytes_sent"] / 2**30),
-            "migrate_window": (started, started + wall)}
+            "migrate_window": window}
 
 
 def qemu(guest, channels, compress, zerocopy, dest):

@@ -40,12 +40,13 @@ def main():
     size = sys.argv[6] if len(sys.argv) > 6 else "4G"
     guest = os.path.join(migrate.SHM, f"pf-profile-{pattern}.ram")
     subprocess.run([migrate.PF, "mkguest", pattern, size, guest], check=True)
-    data = tempfile.mktemp(prefix="pf-profile-", suffix=".data")
+    fd, data = tempfile.mkstemp(prefix="pf-profile-", suffix=".data")
+    os.close(fd)
     try:
         # CLOCK_MONOTONIC timestamps: comparable with the window of the
         # `migrate` command that bench/migrate.py records.
-        perf = subprocess.Popen(["perf", "record", "-a", "-k", "CLOCK_MONOTONIC", "-o", data], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        perf = subprocess.Popen(["perf", "record", "-a", "-k", "CLOCK_MONOTONIC", "-o", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         run = migrate.pageferry(guest, channels, compress, zerocopy, dest)
         perf.send_signal(signal.SIGINT)
@@ -54,26 +55,27 @@ def main():
                                 text=True, check=True).stdout
     finally:
         os.unlink(guest)
-        if os.path.exists(data):
-            os.unlink(data)
+        os.unlink(data)
     print(f"{pattern} {size}, {channels} channel(s), {compress}, --zerocopy {zerocopy}, {dest}: "
           f"{run['seconds']:.2f} s, machine {run['machine_busy'] * 100:.0f}% busy, verified {run['verified']}")
     begin, end = run["migrate_window"]
     samples = []
     for line in script.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and begin <= float(parts[-1].rstrip(":")) <= end:
-            samples.append((float(parts[-1].rstrip(":")), kind(" ".join(parts[:-1]))))
+        if len(parts) < 2:
+            continue
+        t = float(parts[-1].rstrip(":"))
+        if begin <= t <= end:
+            samples.append((t, kind(" ".join(parts[:-1]))))
     if not samples:
         sys.exit("perf recorded no samples")
     total = collections.Counter(k for _, k in samples)
     names = [n for n, _ in KINDS] + ["other"]
     print(f"samples while `migrate` ran ({end - begin:.2f} s):")
     print("share of all samples: " + ", ".join(f"{n} {100 * total[n] / len(samples):.1f}%" for n in names))
-    start = begin
     steps = collections.defaultdict(collections.Counter)
     for t, k in samples:
-        steps[int((t - start) / 0.1)][k] += 1
+        steps[int((t - begin) / 0.1)][k] += 1
     print("time s  " + " ".join(f"{n:>11}" for n in names) + "   (samples per 100 ms, all cores)")
     for step in sorted(steps):
         print(f"{step / 10:6.1f}  " + " ".join(f"{steps[step][n]:>11}" for n in names))
