@@ -17,7 +17,7 @@ enable_backports() {
 	elif [ -f /etc/apt/sources.list ]; then
 		grep -q 'bookworm-backports' /etc/apt/sources.list && return 0
 		local line
-		line=$(grep -E '^deb[[:space:]]+[^[:space:]]+[[:space:]]+bookworm[[:space:]]' /etc/apt/sources.list | head -1)
+		line=$(grep -E '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+[[:space:]]+bookworm[[:space:]]' /etc/apt/sources.list | head -1)
 		[ -n "$line" ] || { echo "no bookworm entry to extend in /etc/apt/sources.list" >&2; exit 1; }
 		echo "${line/ bookworm / bookworm-backports }" | $sudo tee -a /etc/apt/sources.list >/dev/null
 	else

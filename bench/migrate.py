@@ -1,28 +1,43 @@
 #!/usr/bin/python3
-"""Migration throughput and CPU cost, in one run, as ratios:
+"""Migration throughput and CPU cost against iperf3 and QEMU, in one run, as ratios:
 
   - iperf3, one stream over loopback, before and after the rows: the link's
     reference bandwidth (their mean), and what moving a GiB costs the whole
     machine in CPU-seconds;
-  - `zstd -b1` on 1 GiB of each guest, one core: the reference for zstd rows
-    (their bytes on the wire are few; what bounds them is compression);
-  - pageferry migrate -> receive over loopback for each guest, compression
-    (none, zstd:1), channel count (1, 2, 4) and how pages reach the socket
-    (--zerocopy on = MSG_ZEROCOPY, sendfile, off = copies);
-  - QEMU's multifd migrating the same RAM image with the same channels and
-    compression (bench/qemu_migrate.py).
+  - `zstd -b1` on (up to) 1 GiB of each guest, one core: the reference for
+    zstd rows (their bytes on the wire are few; what bounds them is
+    compression);
+  - pageferry migrate -> receive over loopback, and QEMU 10 multifd migrating
+    the same RAM image (bench/qemu_migrate.py, max-bandwidth set far above the
+    link), for each guest, destination kind, compression (none, zstd:1),
+    channel count and pageferry --zerocopy mode.
 
-Guests are made in /dev/shm.  Destinations (design.md, "a trap when measuring
-here") are, on both sides alike, either fresh files (the memory is touched
-for the first time by the migration) or pre-allocated ones (zeros written
-over the file first, as a destination VMM that pre-allocates its RAM does;
-pageferry receives --in-place, QEMU loads into that file).  iperf3 reuses
-one warm buffer, so the pre-allocated rows are the ones to hold against it.
-For every pageferry row it also records how busy the whole machine was
-(/proc/stat) and its CPU-seconds per GiB sent: beside iperf3's, that says
-whether a row is bound by the CPU it needs or waits on something.
-Prints a table, writes JSON and a PNG chart.
-usage: bench/migrate.py [--size 4G] [--out DIR] [--dest prealloc,fresh]
+Every row runs --reps times per program, interleaved (pageferry, QEMU, then
+QEMU, pageferry, ...: this VM's speed drifts within minutes), and reports the
+median with the min-max range.  Time is end to end on a wall clock: for
+pageferry from launching `migrate` (its receiver already listening) to its
+exit, which follows the receiver's confirmation; for QEMU from its `migrate`
+command (its destination already waiting) to the destination leaving
+`inmigrate`.  CPU-seconds: pageferry's two commands over their whole lives
+(supervisors and every stage, from wait4), QEMU's two processes over the
+migration.  Both destinations are checked bit-exact against the guest after
+each run.
+
+Destinations (bench/destination.py; design.md §4, the first-touch trap) are
+the same condition for both programs and checked (allocated blocks) before
+each run: prealloc = zeros written over a file of the guest's size
+(pageferry receive --in-place, QEMU loads into it with prealloc=on); fresh =
+memory the migration touches first.  iperf3 reuses one warm buffer, so the
+prealloc rows are the ones to hold against it.  For every pageferry run it
+also records how busy the whole machine was (/proc/stat) and its CPU-seconds
+per GiB sent: beside iperf3's, that says whether a row is bound by the CPU
+it needs or waits on something.
+Prints the estimated duration first, a line per run and per row, writes
+JSON (DIR/migrate-bench.json) and a PNG chart.
+
+usage: bench/migrate.py [--size 1G] [--patterns mixed,random,zero,text]
+         [--dest prealloc,fresh] [--compress none,zstd] [--channels 2]
+         [--zerocopy auto] [--reps 3] [--pageferry build/pageferry] [--out DIR]
 """
 import argparse
 import itertools
@@ -30,10 +45,13 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+import destination
 import qemu_migrate
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -93,6 +111,8 @@ def zstd_bench(guest):
     return float(speeds[-1]) * 1e6
 
 
+
+
 def wait_listening(port, rx, timeout=60):
     """An in-place receiver maps its destination before it listens: start the
     clock only once it does, as a destination that was set up ahead would."""
@@ -102,59 +122,162 @@ def wait_listening(port, rx, timeout=60):
         if r.stdout.strip():
             return
         time.sleep(0.05)
+    if rx.poll() is not None:
+        rx.finish()
+        raise RuntimeError(f"the receiver exited: {rx.stderr.strip()[-300:]}")
     raise RuntimeError("the receiver did not start listening")
 
 
+class Command:
+    """A command whose output goes to files and whose CPU is read from
+    wait4: the process's own and that of every process it reaped (a
+    pageferry front end reaps its stages).  Reaped only here, never by
+    Popen, so that the rusage is not lost."""
+
+    def __init__(self, argv):
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=self.err, text=True)
+        self.returncode = None
+
+    def _wait(self, flags):
+        if self.returncode is None:
+            pid, status, ru = os.wait4(self.proc.pid, flags)
+            if pid:
+                self.returncode = self.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.cpu = ru.ru_utime + ru.ru_stime
+        return self.returncode
+
+    def poll(self):
+        return self._wait(os.WNOHANG)
+
+    def finish(self):
+        self._wait(0)
+        self.out.seek(0)
+        self.err.seek(0)
+        self.stdout, self.stderr = self.out.read(), self.err.read()
+        self.out.close()
+        self.err.close()
+        return self
+
+
+def verify(guest, dest):
+    return subprocess.run([PF, "verify", guest, dest], capture_output=True).returncode == 0
+
+
 def pageferry(guest, channels, compress, zerocopy, dest):
+    """One pageferry receive + migrate of `guest` into a `dest` destination
+    (destination.KINDS); compress is none or zstd (level 1)."""
     port = random.randint(20000, 60000)
     into = guest + ".dst"
-    extra = []
-    if dest == "prealloc":
-        with open(into, "wb") as f:
-            f.truncate(os.path.getsize(guest))
-        qemu_migrate.prefill(into)
-        extra = ["--in-place"]
-    rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
-                           "--json", "--accept-timeout", "30"] + extra, stdout=subprocess.PIPE, text=True)
-    wait_listening(port, rx)
-    tx, window, busy, load = machine_load(lambda: subprocess.run(
-        [PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
-         "--compress", compress, "--zerocopy", zerocopy, "--workers", "2", "--json"], capture_output=True, text=True))
-    out, _ = rx.communicate(timeout=600)
-    if tx.returncode or rx.returncode:
-        raise RuntimeError(f"pageferry failed: {tx.stderr.strip()}")
-    ok = subprocess.run([PF, "verify", guest, into], capture_output=True).returncode == 0
-    os.unlink(into)
-    s, r = json.loads(tx.stdout), json.loads(out)
-    cpu = sum(s["cpu_seconds"].values()) + sum(r["cpu_seconds"].values())
-    return {"seconds": s["seconds"], "bytes_sent": s["bytes_sent"], "cpu": cpu,
-            "cpu_src": sum(s["cpu_seconds"].values()), "cpu_dst": sum(r["cpu_seconds"].values()),
+    size = os.path.getsize(guest)
+    destination.prepare(into, size, dest, sparse_file=False)
+    allocated = destination.check(into, size, dest)
+    try:
+        rx = Command([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
+                      "--json", "--accept-timeout", "30"] + (["--in-place"] if dest == "prealloc" else []))
+        try:
+            wait_listening(port, rx)
+        except RuntimeError:
+            if rx.poll() is None:
+                rx.proc.kill()
+                rx.finish()
+            raise
+        tx, window, busy, load = machine_load(lambda: Command(
+            [PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
+             "--compress", "zstd:1" if compress == "zstd" else compress, "--zerocopy", zerocopy,
+             "--workers", "2", "--json"]).finish())
+        rx.finish()
+        if tx.returncode or rx.returncode:
+            raise RuntimeError(f"pageferry failed: {(tx.stderr.strip() or rx.stderr.strip())[-300:]}")
+        ok = verify(guest, into)
+    finally:
+        destination.remove(into)
+    s, r = json.loads(tx.stdout), json.loads(rx.stdout)
+    return {"seconds": window[1] - window[0], "self_seconds": s["seconds"], "bytes_sent": s["bytes_sent"],
+            "cpu": tx.cpu + rx.cpu, "cpu_src": tx.cpu, "cpu_dst": rx.cpu,
+            "cpu_stages": sum(s["cpu_seconds"].values()) + sum(r["cpu_seconds"].values()),
             "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok,
-            "machine_busy": load, "machine_cpu_s_per_gib_sent": busy / (s["bytes_sent"] / 2**30),
-            "migrate_window": window}
+            "machine_busy": load,
+            "machine_cpu_s_per_gib_sent": busy / (s["bytes_sent"] / 2**30) if s["bytes_sent"] else None,
+            "migrate_window": window, "dest_allocated_before": allocated}
 
 
 def qemu(guest, channels, compress, zerocopy, dest):
-    port = random.randint(20000, 60000)
-    dest = guest + ".qemu"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "qemu_migrate.py"), guest, dest,
-                        str(channels), compress, "1" if zerocopy == "on" else "0", str(port), dest],
-                       capture_output=True, text=True)
-    if r.returncode:
-        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
-    q = json.loads(r.stdout)
-    q["cpu"] = q["cpu_src"] + q["cpu_dst"]
-    return q
+    """One QEMU migration of the same image into the same kind of destination."""
+    into = guest + ".dst"
+    try:
+        q = qemu_migrate.run(guest, into, channels, compress, zerocopy, random.randint(20000, 60000), dest)
+        q["verified"] = verify(guest, into)
+        return q
+    finally:
+        destination.remove(into)
+
+
+# Medians and ranges of these; the rest of a summary comes from the median run.
+SUMMED = ("seconds", "cpu", "cpu_src", "cpu_dst", "self_seconds", "qemu_total_time_s", "machine_busy",
+          "machine_cpu_s_per_gib_sent")
+
+
+def summarize(runs):
+    """The median run's fields, the median and [min, max] of each SUMMED
+    figure, verified only if every run was, and the runs themselves."""
+    if any("error" in r for r in runs):
+        return {"error": next(r["error"] for r in runs if "error" in r), "runs": runs}
+    by_time = sorted(runs, key=lambda r: r["seconds"])
+    out = dict(by_time[len(by_time) // 2])
+    for k in SUMMED:
+        if all(r.get(k) is not None for r in runs):
+            vals = [r[k] for r in runs]
+            out[k] = statistics.median(vals)
+            out[k + "_range"] = [min(vals), max(vals)]
+    out["verified"] = all(r.get("verified") for r in runs)
+    out["runs"] = runs
+    return out
+
+
+def estimate_s(gib, patterns, rows, reps):
+    """A guess from runs on this 2-core VM (prepare + run + verify + QEMU's
+    start-up), to say at the start what the chosen matrix will cost."""
+    per_pattern = 3 + 18 * gib  # mkguest, zstd -b1 three rounds
+    per_pair = 2 + 8 * gib  # one pageferry and one QEMU run, prepared and verified
+    return 12 + patterns * per_pattern + rows * reps * per_pair
+
+
+def fmt_range(d, key, scale=1.0, prec=2):
+    lo, hi = d.get(key + "_range", [d[key], d[key]])
+    return f"{d[key] / scale:.{prec}f} [{lo / scale:.{prec}f}-{hi / scale:.{prec}f}]"
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="4G")
+    global PF
+    ap = argparse.ArgumentParser(description="pageferry vs iperf3 and QEMU multifd; see the module docstring")
+    ap.add_argument("--size", default="1G")
     ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
-    ap.add_argument("--patterns", default="mixed,random")
-    ap.add_argument("--dest", default="prealloc,fresh", help="destination kinds to run: prealloc, fresh")
+    ap.add_argument("--patterns", default="mixed,random,zero,text")
+    ap.add_argument("--dest", default="prealloc,fresh", help="destination kinds: prealloc, fresh")
+    ap.add_argument("--compress", default="none,zstd", help="none, zstd (level 1)")
+    ap.add_argument("--channels", default="2", help="channel counts, e.g. 1,2,4")
+    ap.add_argument("--zerocopy", default="auto", help="pageferry --zerocopy modes, e.g. auto,on,off")
+    ap.add_argument("--qemu-zerocopy", action="store_true", help="QEMU zero-copy-send on uncompressed rows")
+    ap.add_argument("--reps", type=int, default=3, help="runs of each program per row (median, range)")
+    ap.add_argument("--pageferry", default=PF, help="the pageferry command to measure")
     args = ap.parse_args()
-    gib = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True).stdout) / (1 << 30)
+    PF = os.path.abspath(args.pageferry)
+    size = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True,
+                              check=True).stdout)
+    gib = size / (1 << 30)
+    patterns = args.patterns.split(",")
+    dests = args.dest.split(",")
+    for d in dests:
+        if d not in destination.KINDS:
+            sys.exit(f"--dest {d}: expected {', '.join(destination.KINDS)}")
+    matrix = list(itertools.product(dests, args.compress.split(","), [int(c) for c in args.channels.split(",")],
+                                    args.zerocopy.split(",")))
+    rows_total = len(patterns) * len(matrix)
+    est = estimate_s(gib, len(patterns), rows_total, args.reps)
+    t_start = time.monotonic()
+    print(f"{rows_total} rows x {args.reps} runs of each program, {args.size} guests, {PF}: "
+          f"estimated {est / 60:.0f} min", flush=True)
     iperf_start = iperf3()
     print(f"iperf3 loopback, one stream, before: {iperf_start['bytes_per_s'] / 2**20:.0f} MiB/s, "
           f"{iperf_start['machine_cpu_s_per_gib']:.2f} machine CPU-s per GiB, "
@@ -162,48 +285,83 @@ def main():
     # The reference for this run's rows: the mean of this reading and one
     # taken after them (this VM's loopback moves by tens of percent).
     link = iperf_start["bytes_per_s"]
-    rows, zstd_ref = [], {}
-    for pattern in args.patterns.split(","):
+    rows, zstd_ref, qemu_params_shown = [], {}, False
+    for pattern in patterns:
         guest = os.path.join(SHM, f"pf-bench-{pattern}.ram")
         subprocess.run([PF, "mkguest", pattern, args.size, guest], check=True)
         try:
             zstd_ref[pattern] = zstd_bench(guest)
             print(f"zstd -b1, one core, {pattern} guest: {zstd_ref[pattern] / 2**20:.0f} MiB/s", flush=True)
-            for dest, compress, channels in itertools.product(args.dest.split(","), ("none", "zstd"), (1, 2, 4)):
-                q = qemu(guest, channels, compress, "on", dest)
-                for zc in ("on", "sendfile", "off"):
-                    p = pageferry(guest, channels, compress, zc, dest)
-                    row = {"pattern": pattern, "dest": dest, "compress": compress, "channels": channels,
-                           "zerocopy": zc, "pf": p, "qemu": q}
-                    rows.append(row)
-                    sent_rate = p["bytes_sent"] / p["seconds"]
-                    if compress == "none":
-                        ref = f"sent {sent_rate / 2**20:.0f} MiB/s = {sent_rate / link:.2f} of iperf3"
-                    else:
-                        guest_rate = gib * 2**30 / p["seconds"]
-                        ref = (f"guest {guest_rate / 2**20:.0f} MiB/s = {guest_rate / zstd_ref[pattern]:.2f} of "
-                               f"zstd -b1")
-                    qtxt = (f"QEMU {q['seconds']:.2f} s {q['cpu'] / gib:.2f} cpu-s/GiB  speed-up "
-                            f"{q['seconds'] / p['seconds']:.2f}x" if "error" not in q else f"QEMU: {q['error']}")
-                    print(f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:8}: pageferry {p['seconds']:.2f} s "
-                          f"{p['cpu'] / gib:.2f} cpu-s/GiB, {ref}, machine {p['machine_busy'] * 100:.0f}% busy "
-                          f"{p['machine_cpu_s_per_gib_sent']:.2f} cpu-s/GiB sent {'' if p['verified'] else '(VERIFY FAILED) '}"
-                          f"| {qtxt}", flush=True)
+            for dest, compress, channels, zc in matrix:
+                runs = {"pf": [], "qemu": []}
+                for rep in range(args.reps):
+                    order = ("pf", "qemu") if rep % 2 == 0 else ("qemu", "pf")
+                    for prog in order:
+                        try:
+                            if prog == "pf":
+                                r = pageferry(guest, channels, compress, zc, dest)
+                            else:
+                                r = qemu(guest, channels, compress, args.qemu_zerocopy, dest)
+                        except RuntimeError as e:
+                            r = {"error": str(e)}
+                        runs[prog].append(r)
+                        if "error" in r:
+                            print(f"  run {rep + 1} {prog}: FAILED: {r['error']}", flush=True)
+                            continue
+                        own = r.get("self_seconds", r.get("qemu_total_time_s"))
+                        print(f"  run {rep + 1} {prog:4}: {r['seconds']:.2f} s ({own:.2f} s by its own count), "
+                              f"{r['cpu']:.2f} cpu-s, dest allocated "
+                              f"before {r['dest_allocated_before'] >> 20} MiB"
+                              f"{'' if r['verified'] else ', VERIFY FAILED'}", flush=True)
+                        if prog == "qemu" and not qemu_params_shown:
+                            print(f"  QEMU {'.'.join(str(r['version'][k]) for k in ('major', 'minor', 'micro'))} query-migrate-parameters: " +
+                                  ", ".join(f"{k}={v}" for k, v in r["params"].items()) +
+                                  "; capabilities: " + ", ".join(f"{k}={v}" for k, v in r["capabilities"].items()),
+                                  flush=True)
+                            qemu_params_shown = True
+                p, q = summarize(runs["pf"]), summarize(runs["qemu"])
+                rows.append({"pattern": pattern, "dest": dest, "compress": compress, "channels": channels,
+                             "zerocopy": zc, "pf": p, "qemu": q})
+                label = f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:8}"
+                if "error" in p:
+                    print(f"{label}: pageferry FAILED: {p['error']}", flush=True)
+                    continue
+                sent_rate = p["bytes_sent"] / p["seconds"]
+                if compress == "none":
+                    ref = f"sent {sent_rate / 2**20:.0f} MiB/s = {sent_rate / link:.2f} of iperf3"
+                else:
+                    guest_rate = size / p["seconds"]
+                    ref = f"guest {guest_rate / 2**20:.0f} MiB/s = {guest_rate / zstd_ref[pattern]:.2f} of zstd -b1"
+                qtxt = (f"QEMU {fmt_range(q, 'seconds')} s {fmt_range(q, 'cpu', gib)} cpu-s/GiB  "
+                        f"QEMU/pageferry time {q['seconds'] / p['seconds']:.2f}x"
+                        f"{'' if q['verified'] else ' (QEMU VERIFY FAILED)'}"
+                        if "error" not in q else f"QEMU: {q['error']}")
+                per_sent = (f" {p['machine_cpu_s_per_gib_sent']:.2f} cpu-s/GiB sent"
+                            if p.get("machine_cpu_s_per_gib_sent") is not None else "")
+                done = len(rows)
+                spent = time.monotonic() - t_start
+                print(f"{label}: pageferry {fmt_range(p, 'seconds')} s {fmt_range(p, 'cpu', gib)} cpu-s/GiB, {ref}, "
+      f"machine {p['machine_busy'] * 100:.0f}% busy{per_sent} "
+                      f"{'' if p['verified'] else '(VERIFY FAILED) '}| {qtxt}  "
+                      f"[{done}/{rows_total} rows, {spent / 60:.1f} min, "
+                      f"~{spent / done * (rows_total - done) / 60:.1f} min left]", flush=True)
         finally:
             os.unlink(guest)
     iperf_end = iperf3()
     link = (iperf_start["bytes_per_s"] + iperf_end["bytes_per_s"]) / 2
     print(f"iperf3 loopback, one stream, after: {iperf_end['bytes_per_s'] / 2**20:.0f} MiB/s, "
           f"{iperf_end['machine_cpu_s_per_gib']:.2f} machine CPU-s per GiB; mean of both {link / 2**20:.0f} MiB/s "
-          f"(the rows above used the first)")
+          f"(the rows above used the first); {(time.monotonic() - t_start) / 60:.1f} min in all")
     with open(os.path.join(args.out, "migrate-bench.json"), "w") as f:
         json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": [iperf_start, iperf_end], "cpus": os.cpu_count(),
-                   "zstd_b1_bytes_per_s": zstd_ref, "size": args.size, "rows": rows}, f, indent=1)
+                   "zstd_b1_bytes_per_s": zstd_ref, "size": args.size, "reps": args.reps,
+                   "timing": "wall clock, end to end; median of reps, [min, max]", "rows": rows}, f, indent=1)
     chart(rows, link, os.path.join(args.out, "migrate-throughput.png"), args.size)
 
 
 def chart(rows, link, path, size):
-    """One panel per guest and destination kind, a pair of bars per configuration."""
+    """One panel per guest, a pair of bars (median, min-max whiskers) per
+    destination, compression, channel count and zerocopy mode."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -211,23 +369,28 @@ def chart(rows, link, path, size):
     except ImportError:
         print("matplotlib missing: no chart")
         return
-    panels = sorted({(r["pattern"], r.get("dest", "fresh")) for r in rows})
-    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.2 * len(panels)), squeeze=False)
-    for ax, (pattern, dest) in zip(axes[:, 0], panels):
-        sel = [r for r in rows if r["pattern"] == pattern and r.get("dest", "fresh") == dest]
+    panels = list(dict.fromkeys(r["pattern"] for r in rows))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.0 * len(panels)), squeeze=False)
+    for ax, pattern in zip(axes[:, 0], panels):
+        sel = [r for r in rows if r["pattern"] == pattern]
         x = range(len(sel))
-        ax.bar([i - 0.2 for i in x], [r["pf"]["seconds"] for r in sel], 0.4, label="pageferry")
-        ax.bar([i + 0.2 for i in x], [r["qemu"].get("seconds", 0) for r in sel], 0.4, label="QEMU multifd")
+        for shift, prog, name in ((-0.2, "pf", "pageferry"), (0.2, "qemu", "QEMU multifd")):
+            med = [r[prog].get("seconds", 0) for r in sel]
+            rng = [r[prog].get("seconds_range", [m, m]) for r, m in zip(sel, med)]
+            ax.bar([i + shift for i in x], med, 0.4, label=name,
+                   yerr=[[m - lo for m, (lo, _) in zip(med, rng)], [hi - m for m, (_, hi) in zip(med, rng)]],
+                   capsize=2)
         ax.set_xticks(list(x))
-        ax.set_xticklabels([f"{r['compress']} ch{r['channels']}\n{r['zerocopy']}" for r in sel], fontsize=7)
+        ax.set_xticklabels([f"{r.get('dest', 'fresh')} {r['compress']}\nch{r['channels']} {r['zerocopy']}"
+                            for r in sel], fontsize=7)
         ax.set_ylabel("seconds (lower is better)", fontsize=8)
-        ax.set_title(f"{pattern} guest, {dest} destination", fontsize=9)
+        ax.set_title(f"{pattern} guest", fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{size} guest over loopback; iperf3 one stream: {link / 2**20:.0f} MiB/s (mean of two runs)")
+    fig.suptitle(f"{size} guest over loopback, median and min-max; "
+                 f"iperf3 one stream: {link / 2**20:.0f} MiB/s (mean of two runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     print(f"chart: {path}")
-
 
 if __name__ == "__main__":
     main()

@@ -4,23 +4,48 @@
 Source and destination are QEMU processes with the guest RAM as
 `-object memory-backend-file,share=on,mem-path=IMAGE`, never started (-S),
 so the source is paused. Multifd uses the same channel count and compression
-as pageferry, zero-page-detection=multifd, and zero-copy-send where QEMU
-allows it (multifd without compression). Prints one JSON line: seconds (QEMU's
-own total-time), CPU seconds of each side, and QEMU's version.
+as pageferry and zero-page-detection=multifd; zero-copy-send only if asked
+(QEMU's default is off; on loopback the kernel copies zero-copy sends anyway).
 
-usage: qemu_migrate.py IMAGE DEST_IMAGE CHANNELS none|zstd ZEROCOPY(0|1) PORT
+QEMU's defaults would not measure QEMU: max-bandwidth is 128 MiB/s unless set,
+so it is set far above any link here (MAX_BANDWIDTH), and downtime-limit is
+set to QEMU's maximum, because a paused source has nothing to converge: QEMU
+goes to its completion phase as soon as it has a bandwidth estimate instead
+of syncing the dirty bitmap again. The parameters are read back
+(query-migrate-parameters) and a run whose max-bandwidth did not take is
+refused.
+
+The destination is the same condition pageferry gets (bench/destination.py),
+checked before QEMU starts: prealloc = zeros written over a file of the guest's
+size and the destination QEMU started with prealloc=on (its RAM mapped before
+the clock starts, as `pageferry receive --in-place` maps its file before it
+listens); fresh = a file of the guest's size with nothing allocated.
+
+Time: from the `migrate` command until the destination has left `inmigrate`
+(the whole image loaded), wall clock; QEMU's own total-time is recorded too.
+CPU: both QEMU processes over that window.
+
+usage: qemu_migrate.py IMAGE DEST --dest-kind prealloc|fresh [--channels N]
+                       [--compress none|zstd] [--zerocopy] [--port P]
+Prints one JSON object. DEST is removed afterwards.
 """
+import argparse
 import json
 import os
+import random
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
+import destination
+
+MAX_BANDWIDTH = 100 << 30  # bytes/s: far above loopback's few GiB/s
+DOWNTIME_LIMIT_MS = 2000 * 1000  # QEMU's maximum
+
 
 class QMP:
-    def __init__(self, path):
+    def __init__(self, path, proc):
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -28,8 +53,8 @@ class QMP:
                 self.s.connect(path)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"QEMU did not open its QMP socket {path}")
                 time.sleep(0.05)
         self.f = self.s.makefile("rw")
         self.greeting = json.loads(self.f.readline())
@@ -39,7 +64,10 @@ class QMP:
         self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
         self.f.flush()
         while True:
-            msg = json.loads(self.f.readline())
+            line = self.f.readline()
+            if not line:
+                raise RuntimeError(f"{name}: QEMU closed its QMP socket")
+            msg = json.loads(line)
             if "return" in msg:
                 return msg["return"]
             if "error" in msg:
@@ -47,78 +75,122 @@ class QMP:
 
 
 def cpu_seconds(pid):
+    """utime + stime of the whole process (all its threads)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(image, qmp_path, incoming):
+def start(image, qmp_path, incoming, log, prealloc=False):
     size = os.path.getsize(image)
-    cmd = ["qemu-system-x86_64", "-machine", "q35,memory-backend=ram", "-accel", "kvm" if os.path.exists("/dev/kvm") else "tcg",
-           "-m", f"{size // (1 << 20)}M", "-object",
-           f"memory-backend-file,id=ram,size={size},mem-path={image},share=on",
+    backend = f"memory-backend-file,id=ram,size={size},mem-path={image},share=on"
+    if prealloc:
+        backend += ",prealloc=on"
+    cmd = ["qemu-system-x86_64", "-machine", "q35,memory-backend=ram",
+           "-accel", "kvm" if os.path.exists("/dev/kvm") else "tcg",
+           "-m", f"{size // (1 << 20)}M", "-object", backend,
            "-nodefaults", "-display", "none", "-S", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if incoming:
         cmd += ["-incoming", "defer"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
 
 
-def prefill(path):
-    """Write zeros over the whole file, so that its memory is touched before the timed part."""
-    chunk = bytes(1 << 20)
-    with open(path, "r+b") as f:
-        for _ in range(os.path.getsize(path) >> 20):
-            f.write(chunk)
+def configure(q, is_src, channels, comp, zerocopy):
+    caps = [{"capability": "multifd", "state": True},
+            {"capability": "x-ignore-shared", "state": False}]  # share=on RAM must still be sent
+    if is_src:
+        caps.append({"capability": "zero-copy-send", "state": zerocopy})
+    q.cmd("migrate-set-capabilities", capabilities=caps)
+    params = {"multifd-channels": channels, "multifd-compression": comp, "zero-page-detection": "multifd"}
+    if comp == "zstd":
+        params["multifd-zstd-level"] = 1
+    if is_src:
+        params["max-bandwidth"] = MAX_BANDWIDTH
+        params["downtime-limit"] = DOWNTIME_LIMIT_MS
+    q.cmd("migrate-set-parameters", **params)
 
 
-def main():
-    image, dest, channels, comp, zerocopy, port = sys.argv[1:7]
-    prealloc = len(sys.argv) > 7 and sys.argv[7] == "prealloc"
-    channels, zerocopy = int(channels), comp == "none" and zerocopy == "1"
-    with open(dest, "wb") as f:
-        f.truncate(os.path.getsize(image))
-    if prealloc:  # a destination VMM that pre-allocated its RAM (design.md: "a trap when measuring here")
-        prefill(dest)
+def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900):
+    """One QEMU migration of IMAGE into DEST (prepared here as `dest_kind`);
+    DEST is left in place for the caller to verify and remove."""
+    zerocopy = bool(zerocopy) and comp == "none"  # QEMU refuses zero-copy-send with compression
+    size = os.path.getsize(image)
+    destination.prepare(dest, size, dest_kind)
+    allocated = destination.check(dest, size, dest_kind)
     tmp = tempfile.mkdtemp(prefix="pf-qemu-")
-    src = start(image, f"{tmp}/src.qmp", False)
-    dst = start(dest, f"{tmp}/dst.qmp", True)
+    logs = {side: open(f"{tmp}/{side}.log", "w+") for side in ("src", "dst")}
+    procs = {}
     try:
-        qs, qd = QMP(f"{tmp}/src.qmp"), QMP(f"{tmp}/dst.qmp")
-        for q, is_src in ((qs, True), (qd, False)):
-            caps = [{"capability": "multifd", "state": True}]
-            if is_src and zerocopy:
-                caps.append({"capability": "zero-copy-send", "state": True})
-            q.cmd("migrate-set-capabilities", capabilities=caps)
-            params = {"multifd-channels": channels, "multifd-compression": comp,
-                      "zero-page-detection": "multifd"}
-            if comp == "zstd":
-                params["multifd-zstd-level"] = 1
-            q.cmd("migrate-set-parameters", **params)
+        procs["src"] = start(image, f"{tmp}/src.qmp", False, logs["src"])
+        procs["dst"] = start(dest, f"{tmp}/dst.qmp", True, logs["dst"], prealloc=dest_kind == "prealloc")
+        qs, qd = QMP(f"{tmp}/src.qmp", procs["src"]), QMP(f"{tmp}/dst.qmp", procs["dst"])
+        configure(qs, True, channels, comp, zerocopy)
+        configure(qd, False, channels, comp, zerocopy)
+        params = qs.cmd("query-migrate-parameters")
+        if params["max-bandwidth"] != MAX_BANDWIDTH:
+            raise RuntimeError(f"QEMU kept max-bandwidth at {params['max-bandwidth']} bytes/s")
+        caps = {c["capability"]: c["state"] for c in qs.cmd("query-migrate-capabilities")}
         qd.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-        c0 = cpu_seconds(src.pid), cpu_seconds(dst.pid)
+        c0 = cpu_seconds(procs["src"].pid), cpu_seconds(procs["dst"].pid)
+        t0 = time.monotonic()
         qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
         while True:
             st = qs.cmd("query-migrate")
             if st.get("status") in ("completed", "failed", "cancelled"):
                 break
-            time.sleep(0.01)
-        # The destination finishes loading after the source reports completion.
-        while qd.cmd("query-status").get("status") == "inmigrate":
-            time.sleep(0.01)
-        c1 = cpu_seconds(src.pid), cpu_seconds(dst.pid)
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"QEMU migration still {st.get('status')} after {timeout} s")
+            time.sleep(0.005)
         if st["status"] != "completed":
             raise RuntimeError(f"QEMU migration {st['status']}: {st.get('error-desc', '')}")
-        print(json.dumps({"seconds": st["total-time"] / 1000.0, "cpu_src": c1[0] - c0[0],
-                          "cpu_dst": c1[1] - c0[1], "ram": st.get("ram", {}),
-                          "version": qs.greeting["QMP"]["version"]["qemu"]}))
+        # The destination finishes loading after the source reports completion.
+        while qd.cmd("query-status").get("status") == "inmigrate":
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError("the QEMU destination never left inmigrate")
+            time.sleep(0.005)
+        t1 = time.monotonic()
+        c1 = cpu_seconds(procs["src"].pid), cpu_seconds(procs["dst"].pid)
+        return {"seconds": t1 - t0, "qemu_total_time_s": st["total-time"] / 1000.0,
+                "cpu_src": c1[0] - c0[0], "cpu_dst": c1[1] - c0[1], "cpu": c1[0] - c0[0] + c1[1] - c0[1],
+                "ram": st.get("ram", {}), "version": qs.greeting["QMP"]["version"]["qemu"],
+                "dest": dest_kind, "dest_allocated_before": allocated,
+                "params": {k: params[k] for k in ("max-bandwidth", "downtime-limit", "multifd-channels",
+                                                  "multifd-compression", "multifd-zstd-level",
+                                                  "zero-page-detection")},
+                "capabilities": {k: caps[k] for k in ("multifd", "zero-copy-send", "x-ignore-shared")}}
+    except RuntimeError as e:
+        tails = []
+        for side, f in logs.items():
+            f.seek(0)
+            text = f.read().strip()
+            if text:
+                tails.append(f"{side} QEMU: {text.splitlines()[-1]}")
+        raise RuntimeError("; ".join([str(e)] + tails)) from None
     finally:
-        for p in (src, dst):
+        for p in procs.values():
             p.kill()
             p.wait()
-        os.unlink(dest)
-        for f in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, f))
+        for f in logs.values():
+            f.close()
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
         os.rmdir(tmp)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("image")
+    ap.add_argument("dest")
+    ap.add_argument("--dest-kind", required=True, choices=destination.KINDS)
+    ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--compress", choices=("none", "zstd"), default="none")
+    ap.add_argument("--zerocopy", action="store_true")
+    ap.add_argument("--port", type=int, default=random.randint(20000, 60000))
+    a = ap.parse_args()
+    try:
+        print(json.dumps(run(a.image, a.dest, a.channels, a.compress, a.zerocopy, a.port, a.dest_kind)))
+    finally:
+        destination.remove(a.dest)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,18 @@ static long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A connect that gets no answer (SYN dropped by a dead link) must not block
+ * for the kernel's two minutes of SYN retries: SO_SNDTIMEO bounds connect(2)
+ * too (it then fails with EINPROGRESS), TCP_USER_TIMEOUT the retries. */
+static int bound_connect(int fd, long long left_ms)
+{
+	int ms = left_ms < 1000 ? 1000 : left_ms > 3600000 ? 3600000 : (int)left_ms;
+	unsigned int user_ms = (unsigned int)ms;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms)) < 0)
+		return -errno;
+	return net_set_timeout(fd, ms);
+}
+
 int net_connect(const struct net_addr *a, int timeout_ms)
 {
 	long long deadline = now_ms() + timeout_ms;
@@ -65,9 +77,12 @@ int net_connect(const struct net_addr *a, int timeout_ms)
 		int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			return -errno;
-		if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+		int err = -bound_connect(fd, deadline - now_ms());
+		if (err == 0 && connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0 &&
+		    (err = -net_set_timeout(fd, 0)) == 0)
 			return fd;
-		int err = errno;
+		if (err == 0)
+			err = errno == EINPROGRESS ? ETIMEDOUT : errno;
 		close(fd);
 		if ((err != ECONNREFUSED && err != EINTR) || now_ms() >= deadline)
 			return -err;
@@ -161,6 +176,47 @@ int net_set_timeout(int fd, int timeout_ms)
 	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
 		return -errno;
 	return 0;
+}
+
+int net_set_io_timeout(int fd, int io_timeout_ms)
+{
+	int one = 1, secs = (io_timeout_ms + 999) / 1000;
+	/* Keepalive probes are what notice a dead peer on a connection that
+	 * sends nothing (the receiver's data channels, the sender's main
+	 * channel while it waits for the result): the first after half the
+	 * timeout, then one every sixth; with TCP_USER_TIMEOUT set the kernel
+	 * gives up when the timeout has passed since the peer was last heard. */
+	int idle = secs / 2 > 1 ? secs / 2 : 1, intvl = secs / 6 > 1 ? secs / 6 : 1;
+	int cnt = (secs - idle) / intvl > 1 ? (secs - idle) / intvl : 1;
+	unsigned int user_ms = (unsigned int)io_timeout_ms;
+	if (io_timeout_ms <= 0) {
+		user_ms = 0;
+		if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms)) < 0)
+			return -errno;
+		return net_set_timeout(fd, 0);
+	}
+	if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
+		return -errno;
+	return net_set_timeout(fd, io_timeout_ms);
+}
+
+int net_is_dead_link(int neg_errno)
+{
+	switch (-neg_errno) {
+	case ETIMEDOUT:	  /* TCP_USER_TIMEOUT or keepalive gave up */
+	case EAGAIN:	  /* SO_SNDTIMEO / SO_RCVTIMEO */
+	case EHOSTUNREACH: /* the kernel's last soft error when it gave up */
+	case ENETUNREACH:
+	case EHOSTDOWN:
+	case ENETDOWN:
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 void net_iov_advance(struct iovec **iov, size_t *n_iov, size_t done)

@@ -17,7 +17,8 @@ struct net_addr {
 /* "HOST:PORT" or "[V6]:PORT", numeric or a name.  -EINVAL with *why set. */
 int net_resolve(const char *hostport, int passive, struct net_addr *out, const char **why);
 /* Connect, retrying "connection refused" until timeout_ms has passed (the
- * receiver may still be starting).  Returns the fd or -errno. */
+ * receiver may still be starting); a peer that never answers is given up at
+ * the same deadline (-ETIMEDOUT).  Returns the fd or -errno. */
 int net_connect(const struct net_addr *a, int timeout_ms);
 int net_listen(const struct net_addr *a);
 /* The fd of the next connection, -ETIMEDOUT after timeout_ms (-1: never). */
@@ -30,5 +31,15 @@ int net_recv_all(int fd, void *buf, size_t len);
 void net_iov_advance(struct iovec **iov, size_t *n_iov, size_t done);
 /* Bound how long a blocking send/receive may wait (0: forever). */
 int net_set_timeout(int fd, int timeout_ms);
+/* The progress timeout (--io-timeout) of a connected socket: unacknowledged
+ * data (TCP_USER_TIMEOUT) and, on an idle connection, keepalive probes left
+ * unanswered end the connection once io_timeout_ms passed without progress;
+ * sends and receives block at most that long.  setsockopt is not in any
+ * stage's sandbox: call it before lock-down.  0 leaves the socket unbounded. */
+int net_set_io_timeout(int fd, int io_timeout_ms);
+/* Whether a failed send/receive means the link or the peer's host stopped
+ * answering (the kernel's verdict, or a send/receive timeout), as opposed to
+ * a peer that closed or reset the connection. */
+int net_is_dead_link(int neg_errno);
 
 #endif

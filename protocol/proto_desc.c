@@ -23,9 +23,10 @@ enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geomet
 			return PROTO_E_ENCODING;
 		if (d.encoding == PROTO_ENC_ZSTD && d.buffer >= n_buffers)
 			return PROTO_E_DESC_BUFFER;
-		if (d.payload_len > (uint64_t)d.n_pages * geo->page_size ||
+		/* RAW: payload_len is the run's CRC, any value (proto_desc.h). */
+		if ((d.encoding == PROTO_ENC_ZERO && d.payload_len != 0) ||
 		    (d.encoding == PROTO_ENC_ZSTD &&
-		     (d.payload_len == 0 || d.payload_len == (uint64_t)d.n_pages * geo->page_size)))
+		     (d.payload_len == 0 || d.payload_len >= (uint64_t)d.n_pages * geo->page_size)))
 			return PROTO_E_PAYLOAD_LEN;
 		break;
 	case PROTO_DESC_BUFFER:

@@ -6,10 +6,20 @@
  *   w0 = first_page
  *   w1 = type (bits 0-3) | encoding (4-7) | n_pages (8-19) | buffer (20-31)
  *        | payload_len (32-63)
+ *
+ * What payload_len means depends on the RUN's encoding:
+ *   ZERO: 0.
+ *   RAW:  the CRC-32C of the run's n_pages pages, as the worker read them
+ *         (the length is implied: n_pages * page_size).  Scanner -> worker
+ *         runs are ZERO-encoded "to check" runs and carry 0.
+ *   ZSTD: the frame's length in bytes, 1 .. n_pages * page_size - 4; the
+ *         frame's CRC-32C follows it, little-endian, in the same arena
+ *         buffer (proto_desc_frame_crc), so a frame leaves 4 bytes of room.
  */
 #ifndef PF_PROTO_DESC_H
 #define PF_PROTO_DESC_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "protocol/proto_error.h"
@@ -24,6 +34,7 @@ enum proto_desc_type {
 };
 
 #define PROTO_DESC_MAX_BUFFERS 4096u
+#define PROTO_DESC_FRAME_CRC_BYTES 4u	/* after a ZSTD frame in its buffer */
 
 struct proto_desc {
 	uint8_t type;
@@ -48,5 +59,18 @@ static inline struct shm_slot proto_desc_pack(const struct proto_desc *d)
  * consumer knows to exist (0 when buffers are not used on this ring). */
 enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geometry *geo,
 				 uint32_t n_buffers, struct proto_desc *out);
+
+/* The CRC-32C stored after a ZSTD frame of payload_len bytes in an arena
+ * buffer of buffer_size bytes; false if the descriptor leaves it no room
+ * (the producer is not trusted: check before reading). */
+static inline bool proto_desc_frame_crc(const uint8_t *buffer, uint64_t buffer_size, uint32_t payload_len,
+					uint32_t *crc)
+{
+	if ((uint64_t)payload_len + PROTO_DESC_FRAME_CRC_BYTES > buffer_size)
+		return false;
+	const uint8_t *p = buffer + payload_len;
+	*crc = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+	return true;
+}
 
 #endif

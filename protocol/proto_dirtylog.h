@@ -1,20 +1,29 @@
 /* The dirty log: how a VMM tells pageferry which guest pages it wrote, and
  * how the two agree on pausing the guest.  A file (memfd, /dev/shm) both map
- * MAP_SHARED; doc/vmm-interface.md is the VMM author's guide.  Version 1,
+ * MAP_SHARED; doc/vmm-interface.md is the VMM author's guide.  Version 2,
  * little-endian (the only byte order both ends share on one host anyway).
  *
  *  off  size  field            written by
  *    0   8    magic "PFDIRTY1"  VMM, once
- *    8   4    version (1)       VMM, once
+ *    8   4    version (2)       VMM, once
  *   12   4    page_size         VMM, once (the guest RAM file's page size)
  *   16   8    n_pages           VMM, once (guest RAM size / page_size)
  *   24   8    bitmap_offset     VMM, once (4096)
- *   64   4    pause_request     pageferry: 1 = stop the vCPUs, 0 = run them
+ *   64   4    pause_request     pageferry: 1 = stop the vCPUs (while the lease
+ *                               holds), 0 = run them, 2 = handed off: the
+ *                               guest now lives on the destination, stay
+ *                               stopped and never resume on a lapsed lease
  *  128   4    pause_ack         VMM: 1 once every vCPU is stopped and every
  *                               write before the stop has its bit set; 0 once
  *                               running again
  *  192   4    throttle_pct      pageferry: 0..99, share of time the VMM should
  *                               keep vCPUs from running (auto-converge)
+ *  256   4    lease_beat        pageferry: bumped at least every 100 ms while
+ *                               it works; with pause_request 1, a VMM that sees
+ *                               it unchanged for lease_ms (its own clock)
+ *                               stores pause_request 0 (compare-and-swap from
+ *                               1) and resumes the guest by itself
+ *  260   4    lease_ms          pageferry, before it asks for a pause
  * 4096        bitmap: ceil(n_pages / 64) 64-bit words; page i is bit i % 64
  *             of word i / 64.  The VMM sets bits with an atomic OR (seq-cst or
  *             release) after the write to the page; pageferry takes a word
@@ -30,11 +39,19 @@
 #include "protocol/proto_error.h"
 
 #define PROTO_DIRTYLOG_MAGIC 0x3159545249444650ull /* "PFDIRTY1" */
-#define PROTO_DIRTYLOG_VERSION 1u
+#define PROTO_DIRTYLOG_VERSION 2u
 #define PROTO_DIRTYLOG_BITMAP_OFFSET 4096u
 #define PROTO_DIRTYLOG_PAUSE_REQUEST 64u
 #define PROTO_DIRTYLOG_PAUSE_ACK 128u
 #define PROTO_DIRTYLOG_THROTTLE 192u
+#define PROTO_DIRTYLOG_LEASE_BEAT 256u
+#define PROTO_DIRTYLOG_LEASE_MS 260u
+
+enum proto_dirtylog_pause {
+	PROTO_DIRTYLOG_RUN = 0,
+	PROTO_DIRTYLOG_PAUSED = 1,
+	PROTO_DIRTYLOG_HANDED_OFF = 2,
+};
 
 static inline uint64_t proto_dirtylog_words(uint64_t n_pages)
 {

@@ -48,6 +48,14 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_CANCELLED] = "the migration was cancelled by the sender",
 	[PROTO_E_DEST_SIZE] = "the receiver's existing destination file (--in-place) is not the size of the guest",
 	[PROTO_E_SPARSE_BITMAP] = "sparse page bitmap has bits past the run or does not match the payload length",
+	[PROTO_E_SNAP_OLD_VERSION] = "snapshot format version 1 is not supported by this pageferry (it reads version 2)",
+	[PROTO_E_EXTENT_TABLE] = "extent table offset is not where this format puts it",
+	[PROTO_E_EXTENT_COUNT] = "extent count is larger than the page count",
+	[PROTO_E_EXTENT_CHECKSUM] = "extent table checksum mismatch (corrupt extent table)",
+	[PROTO_E_EXTENT_RANGE] = "extent is empty or lies past the end of the guest",
+	[PROTO_E_EXTENT_OVERLAP] = "extent overlaps another extent",
+	[PROTO_E_EXTENT_ABSENT] = "extent covers a page the bitmap does not have",
+	[PROTO_E_EXTENT_TOTAL] = "extents do not cover exactly the pages the bitmap has",
 };
 
 const char *proto_strerror(enum proto_err err)

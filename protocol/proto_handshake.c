@@ -28,8 +28,10 @@ enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct pro
 		return PROTO_E_TRUNCATED;
 	if (get_le32(buf) != PROTO_HANDSHAKE_MAGIC)
 		return PROTO_E_MAGIC;
-	if (get_le16(buf + 4) != PROTO_VERSION)
+	if (get_le16(buf + 4) != PROTO_VERSION) {
+		out->version = get_le16(buf + 4);
 		return PROTO_E_VERSION;
+	}
 	if (get_le32(buf + 60) != proto_crc32c(0, buf, 60))
 		return PROTO_E_HEADER_CHECKSUM;
 	if (!all_zero(buf + 48, 12))
@@ -45,6 +47,7 @@ enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct pro
 	h.n_channels = get_le16(buf + 40);
 	h.features = get_le32(buf + 44);
 	h.status = get_le16(buf + 42);
+	h.version = PROTO_VERSION;
 
 	if (h.channel_kind != PROTO_CHAN_MAIN && h.channel_kind != PROTO_CHAN_DATA)
 		return PROTO_E_CHANNEL_KIND;

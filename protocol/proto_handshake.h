@@ -25,7 +25,9 @@
 #include "protocol/proto_error.h"
 #include "protocol/proto_geometry.h"
 
-#define PROTO_VERSION 2u
+/* 3: DATA packets carry their payload's CRC-32C; END and RESULT bodies
+ * their own.  2: SPARSE packets. */
+#define PROTO_VERSION 3u
 #define PROTO_HANDSHAKE_MAGIC 0x53484650u
 #define PROTO_HANDSHAKE_SIZE 64u
 
@@ -46,10 +48,12 @@ struct proto_handshake {
 	uint16_t n_channels;
 	uint32_t features;
 	uint16_t status;	/* enum proto_err; PROTO_OK = accepted */
+	uint16_t version;	/* as decoded (PROTO_VERSION once accepted) */
 };
 
 void proto_handshake_encode(const struct proto_handshake *h, uint8_t out[PROTO_HANDSHAKE_SIZE]);
-/* Structural checks only (magic, version, checksum, ranges). */
+/* Structural checks only (magic, version, checksum, ranges).  On
+ * PROTO_E_VERSION only out->version is set: the version the peer speaks. */
 enum proto_err proto_handshake_decode(const uint8_t *buf, size_t len, struct proto_handshake *out);
 /* A decoded peer handshake against what we expect for this session. */
 enum proto_err proto_handshake_match(const struct proto_handshake *peer,

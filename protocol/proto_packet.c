@@ -97,6 +97,10 @@ enum proto_err proto_packet_decode(const uint8_t *buf, size_t len, const struct 
 	default:
 		err = PROTO_E_PACKET_TYPE;
 	}
+	/* Only page payloads carry a checksum here; END and RESULT bodies
+	 * carry their own. */
+	if (err == PROTO_OK && !proto_packet_has_payload_crc(&p) && p.payload_crc != 0)
+		err = PROTO_E_RESERVED;
 	if (err == PROTO_OK)
 		*out = p;
 	return err;
@@ -122,14 +126,15 @@ void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END
 	put_le64(out + 8, e->pages);
 	put_le64(out + 16, e->payload_bytes);
 	put_le32(out + 24, e->crc_of_crcs);
+	put_le32(out + 28, proto_crc32c(0, out, 28));
 }
 
 enum proto_err proto_end_body_decode(const uint8_t *buf, size_t len, struct proto_end_body *out)
 {
 	if (len < PROTO_END_BODY_SIZE)
 		return PROTO_E_TRUNCATED;
-	if (get_le32(buf + 28) != 0)
-		return PROTO_E_RESERVED;
+	if (get_le32(buf + 28) != proto_crc32c(0, buf, 28))
+		return PROTO_E_PAYLOAD_CHECKSUM;
 	out->packets = get_le64(buf + 0);
 	out->pages = get_le64(buf + 8);
 	out->payload_bytes = get_le64(buf + 16);
@@ -140,15 +145,15 @@ enum proto_err proto_end_body_decode(const uint8_t *buf, size_t len, struct prot
 void proto_result_encode(uint32_t status, uint8_t out[PROTO_RESULT_BODY_SIZE])
 {
 	put_le32(out, status);
-	put_le32(out + 4, 0);
+	put_le32(out + 4, proto_crc32c(0, out, 4));
 }
 
 enum proto_err proto_result_decode(const uint8_t *buf, size_t len, uint32_t *status)
 {
 	if (len < PROTO_RESULT_BODY_SIZE)
 		return PROTO_E_TRUNCATED;
-	if (get_le32(buf + 4) != 0)
-		return PROTO_E_RESERVED;
+	if (get_le32(buf + 4) != proto_crc32c(0, buf, 4))
+		return PROTO_E_RESULT;
 	uint32_t st = get_le32(buf);
 	if (st >= _PROTO_E_MAX && st != PROTO_RESULT_LOCAL_FAILURE)
 		return PROTO_E_RESULT;

@@ -14,14 +14,18 @@
  *                        SPARSE: bitmap + present*page_size with
  *                        1 <= present < n_pages; END: 32; SYNC: 0;
  *                        RESULT: 8
- *   36  4   payload_crc  crc32c of the payload (0 for an empty one)
+ *   36  4   payload_crc  DATA RAW, ZSTD, SPARSE: CRC-32C of the payload
+ *                        bytes as sent (SPARSE: bitmap then pages); 0 for
+ *                        every other packet (ZERO, SYNC, END, RESULT: END
+ *                        and RESULT bodies end in their own CRC)
  *   40  4   reserved     0
  *   44  4   header_crc   crc32c of bytes 0..43
  *
  * END's payload (32 bytes) carries the channel's totals:
- *    0 8 packets (DATA packets sent before END)   8 8 pages
- *   16 8 payload bytes                            24 4 crc32c over the DATA
- *   packets' header_crc values in order           28 4 reserved 0
+ *    0 8 packets (DATA and SYNC sent before END)  8 8 pages
+ *   16 8 payload bytes                            24 4 crc32c over those
+ *   packets' header_crc values in order           28 4 crc32c of bytes 0..27
+ * Each header_crc covers its payload_crc, so the chain covers the payloads.
  *
  * SPARSE's payload: a bitmap of ceil(n_pages / 64) little-endian u64 words
  * (bit k of word k / 64 set: page first_page + k follows), then the present
@@ -30,7 +34,7 @@
  * instead of one packet per short run.
  *
  * RESULT's payload (8 bytes): 0 4 status (0 success, else an enum proto_err,
- * or PROTO_RESULT_LOCAL_FAILURE)   4 4 reserved 0
+ * or PROTO_RESULT_LOCAL_FAILURE)   4 4 crc32c of bytes 0..3
  */
 #ifndef PF_PROTO_PACKET_H
 #define PF_PROTO_PACKET_H
@@ -86,6 +90,12 @@ enum proto_err proto_sparse_bitmap_check(const uint8_t *bitmap, uint32_t n_pages
 static inline int proto_sparse_bit(const uint8_t *bitmap, uint32_t k)
 {
 	return (bitmap[k / 8] >> (k % 8)) & 1;
+}
+
+/* Does a DATA packet's payload have a checksum (a non-empty page payload)? */
+static inline int proto_packet_has_payload_crc(const struct proto_packet *p)
+{
+	return p->type == PROTO_PKT_DATA && p->encoding != PROTO_ENC_ZERO;
 }
 
 void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END_BODY_SIZE]);

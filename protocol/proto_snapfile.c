@@ -13,10 +13,20 @@ static uint64_t bitmap_len_for(uint64_t n_pages)
 	return (n_pages + 63) / 64 * 8;
 }
 
-static uint64_t data_offset_for(uint64_t bitmap_len)
+static uint64_t align_up(uint64_t v, uint64_t a)
 {
-	uint64_t end = PROTO_SNAP_HEADER_SIZE + bitmap_len;
-	return (end + PROTO_SNAP_DATA_ALIGN - 1) / PROTO_SNAP_DATA_ALIGN * PROTO_SNAP_DATA_ALIGN;
+	return (v + a - 1) / a * a;
+}
+
+static uint64_t table_offset_for(uint64_t bitmap_len)
+{
+	return align_up(PROTO_SNAP_HEADER_SIZE + bitmap_len, PROTO_SNAP_TABLE_ALIGN);
+}
+
+/* After the extent table's worst case: one record per page. */
+static uint64_t data_offset_for(uint64_t bitmap_len, uint64_t n_pages)
+{
+	return align_up(table_offset_for(bitmap_len) + n_pages * PROTO_SNAP_EXTENT_SIZE, PROTO_SNAP_DATA_ALIGN);
 }
 
 enum proto_err proto_snap_header_init(struct proto_snap_header *h, uint32_t page_size,
@@ -34,7 +44,8 @@ enum proto_err proto_snap_header_init(struct proto_snap_header *h, uint32_t page
 	h->n_pages = guest_size / page_size;
 	h->bitmap_offset = PROTO_SNAP_HEADER_SIZE;
 	h->bitmap_len = bitmap_len_for(h->n_pages);
-	h->data_offset = data_offset_for(h->bitmap_len);
+	h->extent_table_offset = table_offset_for(h->bitmap_len);
+	h->data_offset = data_offset_for(h->bitmap_len, h->n_pages);
 	return PROTO_OK;
 }
 
@@ -53,6 +64,9 @@ void proto_snap_header_encode(const struct proto_snap_header *h, uint8_t out[PRO
 	put_le64(out + 64, h->pages_present);
 	memcpy(out + 72, h->snapshot_id, 16);
 	put_le32(out + 88, h->bitmap_crc);
+	put_le32(out + 92, h->extent_crc);
+	put_le64(out + 96, h->extent_table_offset);
+	put_le64(out + 104, h->extent_count);
 	put_le32(out + 124, proto_crc32c(0, out, 124));
 }
 
@@ -63,13 +77,15 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
 		return PROTO_E_TRUNCATED;
 	if (memcmp(buf, snap_magic, 8) != 0)
 		return PROTO_E_MAGIC;
+	if (get_le32(buf + 8) == 1)
+		return PROTO_E_SNAP_OLD_VERSION;
 	if (get_le32(buf + 8) != PROTO_SNAP_VERSION)
 		return PROTO_E_VERSION;
 	if (get_le32(buf + 124) != proto_crc32c(0, buf, 124))
 		return PROTO_E_HEADER_CHECKSUM;
 	if (get_le32(buf + 20) != 0)
 		return PROTO_E_FLAGS;
-	if (!all_zero(buf + 92, 32))
+	if (!all_zero(buf + 112, 12))
 		return PROTO_E_RESERVED;
 
 	struct proto_snap_header h = {
@@ -82,6 +98,9 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
 		.data_offset = get_le64(buf + 56),
 		.pages_present = get_le64(buf + 64),
 		.bitmap_crc = get_le32(buf + 88),
+		.extent_crc = get_le32(buf + 92),
+		.extent_table_offset = get_le64(buf + 96),
+		.extent_count = get_le64(buf + 104),
 	};
 	memcpy(h.snapshot_id, buf + 72, 16);
 
@@ -98,11 +117,14 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
 		return PROTO_E_BITMAP_OFFSET;
 	if (h.bitmap_len != bitmap_len_for(h.n_pages))
 		return PROTO_E_BITMAP_LEN;
-	if (h.data_offset % PROTO_SNAP_DATA_ALIGN || h.data_offset < h.bitmap_offset + h.bitmap_len ||
-	    h.data_offset > h.bitmap_offset + h.bitmap_len + PROTO_SNAP_DATA_ALIGN)
+	if (h.extent_table_offset != table_offset_for(h.bitmap_len))
+		return PROTO_E_EXTENT_TABLE;
+	if (h.data_offset != data_offset_for(h.bitmap_len, h.n_pages))
 		return PROTO_E_DATA_OFFSET;
 	if (h.pages_present > h.n_pages)
 		return PROTO_E_PRESENT_COUNT;
+	if (h.extent_count > h.pages_present)
+		return PROTO_E_EXTENT_COUNT;
 	/* The writer sizes the file to cover every page slot before it marks
 	 * the snapshot complete; a shorter file was truncated afterwards. */
 	if (file_size < h.data_offset + h.guest_size)
@@ -126,5 +148,46 @@ enum proto_err proto_snap_bitmap_check(const struct proto_snap_header *h, const 
 			return PROTO_E_BITMAP_TAIL;
 	if (present != h->pages_present)
 		return PROTO_E_PRESENT_COUNT;
+	return PROTO_OK;
+}
+
+void proto_snap_extent_encode(const struct proto_snap_extent *e, uint8_t out[PROTO_SNAP_EXTENT_SIZE])
+{
+	put_le64(out, e->first_page);
+	put_le32(out + 8, e->n_pages);
+	put_le32(out + 12, e->crc);
+}
+
+enum proto_err proto_snap_extent_decode(const uint8_t in[PROTO_SNAP_EXTENT_SIZE], const struct proto_snap_header *h,
+					struct proto_snap_extent *out)
+{
+	struct proto_snap_extent e = { .first_page = get_le64(in), .n_pages = get_le32(in + 8),
+				       .crc = get_le32(in + 12) };
+	if (e.n_pages == 0 || e.first_page >= h->n_pages || e.n_pages > h->n_pages - e.first_page)
+		return PROTO_E_EXTENT_RANGE;
+	*out = e;
+	return PROTO_OK;
+}
+
+enum proto_err proto_snap_extent_claim(const struct proto_snap_header *h, const uint8_t *bitmap, uint8_t *seen,
+				       const struct proto_snap_extent *e)
+{
+	(void)h; /* the range was checked by proto_snap_extent_decode */
+	for (uint64_t p = e->first_page; p < e->first_page + e->n_pages; p++) {
+		if (!proto_bitmap_test(bitmap, p))
+			return PROTO_E_EXTENT_ABSENT;
+		if (proto_bitmap_test(seen, p))
+			return PROTO_E_EXTENT_OVERLAP;
+		proto_bitmap_set(seen, p);
+	}
+	return PROTO_OK;
+}
+
+enum proto_err proto_snap_extents_end(const struct proto_snap_header *h, uint64_t total, uint32_t table_crc)
+{
+	if (table_crc != h->extent_crc)
+		return PROTO_E_EXTENT_CHECKSUM;
+	if (total != h->pages_present)
+		return PROTO_E_EXTENT_TOTAL;
 	return PROTO_OK;
 }

@@ -3,6 +3,11 @@
  *   [0, 4096)                      header (below), written through a buffered fd
  *   [4096, 4096 + bitmap_len)      bitmap: little-endian u64 words, bit i of
  *                                  word i/64 set = page i is stored in the file
+ *   [extent_table_offset, + n_pages*16)
+ *                                  extent table: one 16-byte record per extent
+ *                                  of pages written (below), extent_count used;
+ *                                  reserved for the worst case (every page its
+ *                                  own extent), sparse beyond what is used
  *   [data_offset, + n_pages*page)  page i at data_offset + i * page_size,
  *                                  written with O_DIRECT; absent pages are holes
  *
@@ -20,8 +25,16 @@
  *   64  8  pages_present  set bits in the bitmap
  *   72 16  snapshot_id    random
  *   88  4  bitmap_crc     crc32c of the bitmap bytes
- *   92 32  reserved       0
+ *   92  4  extent_crc     crc32c of the extent_count records, in file order
+ *   96  8  extent_table_offset  bitmap end rounded up to 4096
+ *  104  8  extent_count   records used, <= n_pages
+ *  112 12  reserved       0
  *  124  4  header_crc     crc32c of bytes 0..123
+ *
+ * Extent record (16 bytes): first_page u64, n_pages u32, crc32c u32 of the
+ * extent's n_pages * page_size bytes of page data.  Extents are disjoint,
+ * non-empty, inside the guest, cover only pages the bitmap has, and together
+ * exactly pages_present pages: every stored page is covered by one checksum.
  */
 #ifndef PF_PROTO_SNAPFILE_H
 #define PF_PROTO_SNAPFILE_H
@@ -31,7 +44,9 @@
 
 #include "protocol/proto_error.h"
 
-#define PROTO_SNAP_VERSION 1u
+#define PROTO_SNAP_VERSION 2u
+#define PROTO_SNAP_EXTENT_SIZE 16u
+#define PROTO_SNAP_TABLE_ALIGN 4096u
 #define PROTO_SNAP_HEADER_SIZE 4096u
 #define PROTO_SNAP_FIELDS_SIZE 128u
 #define PROTO_SNAP_DATA_ALIGN (1u << 20)
@@ -49,6 +64,15 @@ struct proto_snap_header {
 	uint64_t pages_present;
 	uint8_t snapshot_id[16];
 	uint32_t bitmap_crc;
+	uint32_t extent_crc;
+	uint64_t extent_table_offset;
+	uint64_t extent_count;
+};
+
+struct proto_snap_extent {
+	uint64_t first_page;
+	uint32_t n_pages;
+	uint32_t crc;
 };
 
 /* Fill in the derived fields (n_pages, offsets, bitmap length) for a guest.
@@ -66,6 +90,19 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
  * no bits past the last page, and the present count. */
 enum proto_err proto_snap_bitmap_check(const struct proto_snap_header *h, const uint8_t *bitmap,
 				       size_t len);
+
+void proto_snap_extent_encode(const struct proto_snap_extent *e, uint8_t out[PROTO_SNAP_EXTENT_SIZE]);
+/* Decode one record, check it lies inside the guest and is not empty. */
+enum proto_err proto_snap_extent_decode(const uint8_t in[PROTO_SNAP_EXTENT_SIZE], const struct proto_snap_header *h,
+					struct proto_snap_extent *out);
+/* Check a decoded extent against the (checked) bitmap and the pages of the
+ * extents before it: `seen` is a zeroed array of h->bitmap_len bytes the
+ * caller keeps for the whole table; the extent's pages are added to it. */
+enum proto_err proto_snap_extent_claim(const struct proto_snap_header *h, const uint8_t *bitmap, uint8_t *seen,
+				       const struct proto_snap_extent *e);
+/* After the last record: every present page was claimed (total = the sum
+ * of the extents' n_pages) and the records' CRC matches the header's. */
+enum proto_err proto_snap_extents_end(const struct proto_snap_header *h, uint64_t total, uint32_t table_crc);
 
 static inline int proto_bitmap_test(const uint8_t *bitmap, uint64_t page)
 {

@@ -17,7 +17,9 @@
 #include "net/net_socket.h"
 #include "protocol/proto_crc32c.h"
 #include "protocol/proto_desc.h"
+#include "receiver/rc_commit.h"
 #include "stage/stage.h"
+#include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
 
 #define HANDSHAKE_TIMEOUT_MS 10000
@@ -50,6 +52,17 @@ fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
 	stage_die(STAGE_EXIT_FAILED, "%s", msg);
 }
 
+/* How long a connection may stay silent: a little longer than --io-timeout,
+ * so that on a dead link the kernel's verdict (keepalive, after
+ * --io-timeout) comes first and a silent sender on a live link is told
+ * apart from it. */
+static int silence_ms(const struct rc_net *r)
+{
+	if (r->io_timeout_ms <= 0)
+		return 0;
+	return r->io_timeout_ms + (r->io_timeout_ms / 4 > 2000 ? r->io_timeout_ms / 4 : 2000);
+}
+
 static int accept_one(struct rc_net *r, int timeout_ms, struct net_addr *peer, const char *what)
 {
 	int fd = net_accept(r->listen_fd, timeout_ms, peer);
@@ -57,9 +70,9 @@ static int accept_one(struct rc_net *r, int timeout_ms, struct net_addr *peer, c
 		stage_die(STAGE_EXIT_FAILED, "no %s connected within %d s", what, timeout_ms / 1000);
 	if (fd < 0)
 		stage_die_errno(fd, "accept on %s", what);
-	int rc = net_set_timeout(fd, HANDSHAKE_TIMEOUT_MS);
-	if (rc < 0)
-		stage_die_errno(rc, "socket timeout");
+	int rc = net_set_io_timeout(fd, r->io_timeout_ms);
+	if (rc < 0 || (rc = net_set_timeout(fd, HANDSHAKE_TIMEOUT_MS)) < 0)
+		stage_die_errno(rc, "socket timeouts on the %s from %s", what, peer->text);
 	return fd;
 }
 
@@ -76,6 +89,12 @@ static void answer(struct rc_net *r, int fd, const struct proto_handshake *agree
 	if (rc < 0)
 		stage_die_errno(rc, "handshake with %s", who);
 	(void)r;
+}
+
+static void version_detail(char *buf, size_t len, const struct proto_handshake *h)
+{
+	snprintf(buf, len, "%s: the sender speaks wire protocol version %u, this receiver version %u",
+		 proto_strerror(PROTO_E_VERSION), h->version, PROTO_VERSION);
 }
 
 static enum proto_err check_main_offer(const struct rc_net *r, const struct proto_handshake *h,
@@ -106,6 +125,7 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 	char who[200];
 	int fd = accept_one(r, accept_timeout_ms, &peer, "main channel");
 	snprintf(who, sizeof(who), "main channel from %s", peer.text);
+	snprintf(r->peer, sizeof(r->peer), "%s", peer.text);
 	struct proto_handshake h;
 	int rc = net_channel_read_offer(fd, &h);
 	if (rc < 0)
@@ -115,7 +135,10 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 	if (err == PROTO_E_DEST_SIZE)
 		snprintf(sizes, sizeof(sizes), "the guest is %llu bytes but the destination (--in-place) is %llu",
 			 (unsigned long long)(h.geo.guest_pages * h.geo.page_size), (unsigned long long)r->inplace->size);
-	answer(r, fd, &h, err, psk, who, err == PROTO_E_DEST_SIZE ? sizes : NULL);
+	else if (err == PROTO_E_VERSION)
+		version_detail(sizes, sizeof(sizes), &h);
+	/* An offer that did not decode gets the placeholder geometry back. */
+	answer(r, fd, rc > 0 ? NULL : &h, err, psk, who, err == PROTO_E_DEST_SIZE || err == PROTO_E_VERSION ? sizes : NULL);
 	r->hs = h;
 	r->geo = h.geo;
 	r->n_channels = h.n_channels;
@@ -132,16 +155,19 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 			err = PROTO_E_CHANNEL_KIND;
 		if (err == PROTO_OK && r->ch[h.channel_id].fd > 0)
 			err = PROTO_E_CHANNEL_DUPLICATE;
-		answer(r, fd, &h, err, psk, who, NULL);
+		char detail[128];
+		if (err == PROTO_E_VERSION)
+			version_detail(detail, sizeof(detail), &h);
+		answer(r, fd, rc > 0 ? NULL : &h, err, psk, who, err == PROTO_E_VERSION ? detail : NULL);
 		r->ch[h.channel_id].fd = fd;
 		r->ch[h.channel_id].round = 1;
 		r->ch[h.channel_id].staging = malloc(RC_STAGING_BYTES);
 		if (!r->ch[h.channel_id].staging)
 			stage_die_errno(-ENOMEM, "staging buffer");
 		/* From here on a sender may pause between packets, but not forever. */
-		net_set_timeout(fd, r->idle_timeout_ms);
+		net_set_timeout(fd, silence_ms(r));
 	}
-	net_set_timeout(r->main_fd, 0);
+	net_set_timeout(r->main_fd, silence_ms(r));
 	close(r->listen_fd);
 	r->listen_fd = -1;
 }
@@ -211,10 +237,25 @@ static noreturn void truncated(struct rc_net *r, uint32_t c, const char *what)
 		"(truncated stream)", c, what);
 }
 
+/* SO_RCVTIMEO expired: the link answers keepalive probes, the sender sent nothing. */
 static noreturn void idle(struct rc_net *r, uint32_t c)
 {
-	fail(r, PROTO_RESULT_LOCAL_FAILURE, "data channel %u: nothing from the sender for %d s (--idle-timeout)", c,
-	     r->idle_timeout_ms / 1000);
+	fail(r, PROTO_RESULT_LOCAL_FAILURE, "data channel %u: nothing from the sender at %s for more than %d s "
+	     "(--io-timeout)", c, r->peer, r->io_timeout_ms / 1000);
+}
+
+/* The kernel gave the connection up (TCP_USER_TIMEOUT, keepalive). */
+static noreturn void dead_link(struct rc_net *r)
+{
+	fail(r, PROTO_RESULT_LOCAL_FAILURE, "the link to %s is dead: no progress for %d s (--io-timeout)", r->peer,
+	     r->io_timeout_ms / 1000);
+}
+
+/* recv into a destination page the filesystem could not allocate. */
+static void check_fault(struct rc_net *r, int err)
+{
+	if (err == EFAULT && stage_fault_reason(STAGE_MAP_DEST))
+		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", stage_fault_reason(STAGE_MAP_DEST));
 }
 
 /* Have at least `need` (<= RC_STAGING_BYTES) bytes staged.  It reads ahead
@@ -241,6 +282,8 @@ static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const ch
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			idle(r, c);
+		if (n < 0 && net_is_dead_link(-errno))
+			dead_link(r);
 		if (n < 0)
 			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
 		if (n == 0)
@@ -269,8 +312,12 @@ static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, si
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			idle(r, c);
+		if (n < 0 && net_is_dead_link(-errno))
+			dead_link(r);
 		if (n < 0 && errno == ECONNRESET)
 			truncated(r, c, what);
+		if (n < 0)
+			check_fault(r, errno);
 		if (n < 0)
 			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
 		if (n == 0)
@@ -285,6 +332,94 @@ static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, co
 	recv_iov_or_fail(r, c, &iov, 1, what);
 }
 
+/* The suspect-page bitmap of a live migration: set or clear bits
+ * [first, first + n), keeping n_suspect.  Channels place disjoint pages
+ * within a round and rounds are separated by a barrier; the atomics only
+ * keep neighbouring pages of one word apart. */
+static void suspect_update(struct rc_net *r, uint64_t first, uint32_t n, bool set)
+{
+	uint64_t end = first + n;
+	for (uint64_t w = first / 64; w * 64 < end; w++) {
+		uint64_t lo = first > w * 64 ? first - w * 64 : 0, hi = end - w * 64 < 64 ? end - w * 64 : 64;
+		uint64_t mask = (hi == 64 ? ~0ull : (1ull << hi) - 1) & ~((1ull << lo) - 1);
+		if (set) {
+			uint64_t old = atomic_fetch_or_explicit(&r->suspect[w], mask, memory_order_relaxed);
+			atomic_fetch_add_explicit(&r->n_suspect, (uint64_t)__builtin_popcountll(mask & ~old),
+						  memory_order_relaxed);
+		} else {
+			uint64_t old = atomic_fetch_and_explicit(&r->suspect[w], ~mask, memory_order_relaxed);
+			atomic_fetch_sub_explicit(&r->n_suspect, (uint64_t)__builtin_popcountll(mask & old),
+						  memory_order_relaxed);
+		}
+	}
+}
+
+/* A packet's pages arrived whole (its checksum matched, or it had none to
+ * corrupt: ZERO): whatever an earlier round left suspect there is fixed. */
+static void pages_verified(struct rc_net *r, const struct proto_packet *p)
+{
+	if (r->suspect && atomic_load_explicit(&r->n_suspect, memory_order_relaxed))
+		suspect_update(r, p->first_page, p->n_pages, false);
+}
+
+/* Compare a DATA packet's payload with its checksum, right after receiving
+ * it.  A paused migration fails at once, naming the packet.  A live one
+ * may see a page the guest wrote after the worker took its checksum and
+ * before TCP read it (sendfile and MSG_ZEROCOPY send from the guest); such
+ * a page is in the dirty log and comes again in a later round, so the
+ * packet's pages are only marked suspect here; what is still suspect after
+ * every END fails the transfer (check_suspects).  A zstd frame was taken
+ * from the worker's own buffer, never from the guest: it has no excuse. */
+static void payload_checked(struct rc_net *r, uint32_t c, const struct proto_packet *p, uint32_t crc)
+{
+	if (crc == p->payload_crc) {
+		pages_verified(r, p);
+		return;
+	}
+	if (!r->suspect || p->encoding == PROTO_ENC_ZSTD)
+		fail(r, PROTO_E_PAYLOAD_CHECKSUM, "data channel %u, packet %llu (pages %llu..%llu): %s (corrupted in transit)",
+		     c, (unsigned long long)p->seq, (unsigned long long)p->first_page,
+		     (unsigned long long)(p->first_page + p->n_pages - 1), proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
+	suspect_update(r, p->first_page, p->n_pages, true);
+	pthread_mutex_lock(&r->mismatch_lock);
+	if (r->n_mismatches < RC_MISMATCH_LOG)
+		r->mismatches[r->n_mismatches++] = (struct rc_mismatch){
+			.channel = c, .round = p->round, .n_pages = p->n_pages, .seq = p->seq, .first_page = p->first_page
+		};
+	pthread_mutex_unlock(&r->mismatch_lock);
+}
+
+/* After every END: a page still suspect was never sent again with a
+ * matching checksum, so the mismatch was not the guest's doing. */
+static void check_suspects(struct rc_net *r)
+{
+	if (!r->suspect || atomic_load(&r->n_suspect) == 0)
+		return;
+	uint64_t words = (r->geo.guest_pages + 63) / 64, first = 0, w = 0;
+	while (w < words && !atomic_load_explicit(&r->suspect[w], memory_order_relaxed))
+		w++;
+	if (w == words)
+		return;
+	first = w * 64 + (uint64_t)__builtin_ctzll(atomic_load_explicit(&r->suspect[w], memory_order_relaxed));
+	uint64_t last = first;
+	while (last + 1 < r->geo.guest_pages &&
+	       (atomic_load_explicit(&r->suspect[(last + 1) / 64], memory_order_relaxed) >> ((last + 1) % 64)) & 1)
+		last++;
+	const struct rc_mismatch *m = NULL;
+	for (uint32_t k = 0; k < r->n_mismatches && !m; k++)
+		if (first >= r->mismatches[k].first_page && first < r->mismatches[k].first_page + r->mismatches[k].n_pages)
+			m = &r->mismatches[k];
+	if (m)
+		fail(r, PROTO_E_PAYLOAD_CHECKSUM,
+		     "data channel %u, packet %llu (pages %llu..%llu, round %u): %s (corrupted in transit): pages "
+		     "%llu..%llu never arrived again intact",
+		     m->channel, (unsigned long long)m->seq, (unsigned long long)m->first_page,
+		     (unsigned long long)(m->first_page + m->n_pages - 1), m->round,
+		     proto_strerror(PROTO_E_PAYLOAD_CHECKSUM), (unsigned long long)first, (unsigned long long)last);
+	fail(r, PROTO_E_PAYLOAD_CHECKSUM, "pages %llu..%llu: %s (corrupted in transit) and never arrived again intact",
+	     (unsigned long long)first, (unsigned long long)last, proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
+}
+
 static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *p)
 {
 	uint32_t i;
@@ -293,7 +428,9 @@ static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *
 	uint32_t b = f->free_buffers[--f->n_free];
 	f->is_free[b] = false;
 	pthread_mutex_unlock(&r->inflater_lock);
-	recv_or_fail(r, c, f->arena + (uint64_t)b * RC_ARENA_BUFFER_SIZE, p->payload_len, "a compressed payload");
+	uint8_t *frame = f->arena + (uint64_t)b * RC_ARENA_BUFFER_SIZE;
+	recv_or_fail(r, c, frame, p->payload_len, "a compressed payload");
+	payload_checked(r, c, p, proto_crc32c(0, frame, p->payload_len));
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .buffer = (uint16_t)b,
 				.n_pages = p->n_pages, .payload_len = p->payload_len, .first_page = p->first_page };
 	struct shm_slot s = proto_desc_pack(&d);
@@ -359,7 +496,15 @@ static void place_sparse(struct rc_net *r, uint32_t c, const struct proto_packet
 			zero_pages(r, p->round, p->first_page + k, end - k);
 		k = end;
 	}
+	/* Receiving consumes the iovecs: keep where the pages went. */
+	struct iovec placed[sizeof(iov) / sizeof(iov[0])];
+	memcpy(placed, iov, n_iov * sizeof(iov[0]));
 	recv_iov_or_fail(r, c, iov, n_iov, "sparse pages");
+	/* Still in cache: checked before the packet counts as placed. */
+	uint32_t crc = proto_crc32c(0, bitmap, bitmap_len);
+	for (size_t k = 0; k < n_iov; k++)
+		crc = proto_crc32c(crc, placed[k].iov_base, placed[k].iov_len);
+	payload_checked(r, c, p, crc);
 }
 
 /* One packet from channel c. */
@@ -394,14 +539,18 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 		return;
 	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
-	if (p.encoding == PROTO_ENC_RAW)
-		recv_or_fail(r, c, r->dest + p.first_page * r->geo.page_size, p.payload_len, "raw pages");
-	else if (p.encoding == PROTO_ENC_ZSTD)
+	if (p.encoding == PROTO_ENC_RAW) {
+		uint8_t *at = r->dest + p.first_page * r->geo.page_size;
+		recv_or_fail(r, c, at, p.payload_len, "raw pages");
+		payload_checked(r, c, &p, proto_crc32c(0, at, p.payload_len));
+	} else if (p.encoding == PROTO_ENC_ZSTD) {
 		place_zstd(r, c, &p);
-	else if (p.encoding == PROTO_ENC_SPARSE)
+	} else if (p.encoding == PROTO_ENC_SPARSE) {
 		place_sparse(r, c, &p);
-	else
+	} else {
 		zero_pages(r, p.round, p.first_page, p.n_pages);
+		pages_verified(r, &p);
+	}
 	ch->seq++;
 	ch->pages += p.n_pages;
 	ch->payload_bytes += p.payload_len;
@@ -444,8 +593,9 @@ static void end_of_round(struct rc_net *r, uint32_t c)
 }
 
 
-/* The main channel carries nothing until the end, except a cancellation. */
-static void check_main(struct rc_net *r)
+/* The sender's RESULT on the main channel: during the transfer only a
+ * cancellation; after our "prepared", its commit decision. */
+static uint32_t read_sender_result(struct rc_net *r)
 {
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
 	int rc = net_recv_all(r->main_fd, header, sizeof(header));
@@ -456,6 +606,8 @@ static void check_main(struct rc_net *r)
 		nanosleep(&pause, NULL);
 		fail(r, PROTO_E_TRUNCATED, "main channel: the sender closed the connection (it failed or was killed)");
 	}
+	if (rc < 0 && net_is_dead_link(rc))
+		dead_link(r);
 	if (rc < 0)
 		stage_die_errno(rc, "main channel");
 	struct proto_packet p;
@@ -469,8 +621,19 @@ static void check_main(struct rc_net *r)
 		err = proto_result_decode(body, sizeof(body), &status);
 	if (err != PROTO_OK)
 		fail(r, err, "main channel: %s", proto_strerror(err));
+	return status;
+}
+
+static noreturn void sender_gave_up(uint32_t status)
+{
 	stage_die(STAGE_EXIT_FAILED, "%s", status == PROTO_E_CANCELLED ? "cancelled: the sender gave up the migration"
 									: proto_strerror((enum proto_err)status));
+}
+
+/* The main channel carries nothing until the end, except a cancellation. */
+static void check_main(struct rc_net *r)
+{
+	sender_gave_up(read_sender_result(r));
 }
 
 struct channel_arg {
@@ -490,6 +653,8 @@ static void *channel_thread(void *arg)
 			end_of_round(r, a->c);
 	}
 	if (atomic_fetch_add(&r->n_ended, 1) + 1 == r->n_channels) {
+		/* Every channel is past its END: nothing can clear a page now. */
+		check_suspects(r);
 		char one = 1;
 		if (write(r->done_pipe[1], &one, 1) < 0)
 			stage_die_errno(-errno, "waking the main thread");
@@ -507,12 +672,22 @@ void rc_net_start_threads(struct rc_net *r)
 		stage_die_errno(-rc, "setting up the receiving threads");
 	if (pipe2(r->done_pipe, O_CLOEXEC) < 0)
 		stage_die_errno(-errno, "pipe");
+	if (r->hs.features & PROTO_F_ROUNDS) {
+		/* Before lock-down; pages of it are touched only where a
+		 * mismatch happens. */
+		r->suspect = calloc((r->geo.guest_pages + 63) / 64, sizeof(*r->suspect));
+		if (!r->suspect || (rc = pthread_mutex_init(&r->mismatch_lock, NULL)) != 0)
+			stage_die_errno(r->suspect ? -rc : -ENOMEM, "allocating the suspect-page bitmap");
+	}
 	for (uint32_t c = 0; c < r->n_channels; c++) {
 		args[c] = (struct channel_arg){ r, c };
 		if ((rc = pthread_create(&r->threads[c], NULL, channel_thread, &args[c])) != 0)
 			stage_die_errno(-rc, "starting the thread of data channel %u", c);
 	}
 }
+
+/* The sender's front end answers at once; this bounds a sender that hangs. */
+#define COMMIT_DECISION_MS 60000
 
 /* A sender that ends some channels while others wait for the end of a round
  * would leave their threads waiting forever. */
@@ -541,11 +716,28 @@ void rc_net_receive(struct rc_net *r)
 	drain_inflaters(r, PROTO_DESC_END);
 	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "fdatasync of the destination: %s", strerror(errno));
+	/* Everything checked and durable: "prepared".  The sender decides; only
+	 * its RESULT(OK) lets the front end commit (doc/architecture.md, "The
+	 * handoff"), and the front end, not us, answers once it has. */
 	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
 	proto_packet_encode(&p, header);
 	proto_result_encode(PROTO_OK, body);
 	int rc = net_send_all(r->main_fd, header, sizeof(header));
 	if (rc < 0 || (rc = net_send_all(r->main_fd, body, sizeof(body))) < 0)
-		stage_die_errno(rc, "sending the result on the main channel");
+		stage_die_errno(rc, "telling the sender the copy is prepared");
+	struct pollfd pfd = { .fd = r->main_fd, .events = POLLIN };
+	int ready;
+	do
+		ready = poll(&pfd, 1, COMMIT_DECISION_MS);
+	while (ready < 0 && errno == EINTR);
+	if (ready < 0)
+		stage_die_errno(-errno, "waiting for the sender's commit");
+	if (ready == 0)
+		stage_die(STAGE_EXIT_FAILED, "the sender did not confirm the commit within %d s; nothing was committed",
+			  COMMIT_DECISION_MS / 1000);
+	uint32_t status = read_sender_result(r);
+	if (status != PROTO_OK)
+		sender_gave_up(status);
+	rc_commit_handover(r->main_fd);
 }

@@ -33,6 +33,15 @@ struct rc_channel {
 	uint32_t crc_of_crcs;
 };
 
+/* A live migration's packets whose payload checksum did not match
+ * (doc/architecture.md, "Payload checksums"): the guest may have written a
+ * page after its checksum was taken and before TCP read it. */
+#define RC_MISMATCH_LOG 64u
+struct rc_mismatch {
+	uint32_t channel, round, n_pages;
+	uint64_t seq, first_page;
+};
+
 struct rc_inflater {
 	struct shm_ring out, back;
 	uint8_t *arena;
@@ -53,12 +62,20 @@ struct rc_net {
 	pthread_mutex_t inflater_lock;	/* the inflater rings have one producer at a time */
 	pthread_mutex_t main_lock;	/* one failure message on the main channel */
 	int done_pipe[2];		/* the last thread to end wakes the main thread */
-	int idle_timeout_ms;
+	int io_timeout_ms;		/* --io-timeout (0: none) */
+	char peer[128];		/* the main channel's peer, HOST:PORT, for messages */
 	struct rc_channel ch[PROTO_MAX_CHANNELS];
 	uint32_t n_inflaters, next_inflater;
 	struct rc_inflater inf[SHM_MAX_WORKERS];
 	uint8_t *dest;
 	const struct rc_inplace *inplace; /* receiving into an existing file, or NULL */
+	/* Live migrations only: a bit per guest page whose last copy arrived
+	 * with a checksum mismatch; n_suspect of them set. */
+	_Atomic uint64_t *suspect;
+	_Atomic uint64_t n_suspect;
+	pthread_mutex_t mismatch_lock;
+	uint32_t n_mismatches;
+	struct rc_mismatch mismatches[RC_MISMATCH_LOG];
 	struct shm_stats *stats;
 };
 

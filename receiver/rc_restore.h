@@ -1,22 +1,33 @@
-/* Restoring a snapshot file into a destination RAM file. */
+/* Restoring a snapshot file into a destination RAM file, or checking one
+ * (`pageferry check`: the same reading and verification, no destination). */
 #ifndef PF_RC_RESTORE_H
 #define PF_RC_RESTORE_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "dio/dio_queue.h"
 #include "protocol/proto_snapfile.h"
+#include "receiver/rc_extents.h"
 #include "shm/shm_layout.h"
 
+/* Check mode: page data read per O_DIRECT read, per thread. */
+#define RC_CHECK_BUF (1u << 20)
+
 struct rc_restore {
-	int meta_fd, data_fd, dest_fd;
+	int meta_fd, data_fd, dest_fd;	/* dest_fd -1: check only */
 	int direct;
 	struct proto_snap_header hdr;
 	uint8_t *bitmap;
-	uint8_t *dest;		/* destination mapping, read-write */
+	uint8_t *dest;		/* destination mapping, read-write; NULL: check only */
 	struct shm_stats *stats;
 	_Atomic uint64_t next_chunk;
 	_Atomic int failed_errno;
+	/* Verification: reader threads meet here once every page is read, then
+	 * claim batches of extent records. */
+	pthread_barrier_t all_read;
+	_Atomic uint64_t next_batch;
+	_Atomic uint64_t bad_extent;	/* lowest index + 1 of an extent that does not match */
 };
 
 /* Reads in flight per reader thread. */
@@ -26,19 +37,31 @@ struct rc_reader {
 	struct rc_restore *restore;
 	struct dio_queue queue;
 	uint64_t bytes_done;	/* completed, not yet added to the statistics */
+	uint8_t records[RC_EXTENT_BATCH * PROTO_SNAP_EXTENT_SIZE];
+	uint8_t *buf;		/* check only: RC_CHECK_BUF bytes, O_DIRECT-aligned */
 };
 
-/* Read and check header and bitmap.  On a bad file returns -EBADMSG with
- * *why set to the protocol error's message; -errno otherwise with *why
- * naming the step. */
+/* Read and check header, bitmap and extent table.  On a bad file returns
+ * -EBADMSG with *why set to the protocol error's message; -errno otherwise
+ * with *why naming the step.  dest_fd -1: check only. */
 int rc_restore_open(struct rc_restore *r, int meta_fd, int data_fd, int dest_fd, const char **why);
 /* Size and map the destination (holes everywhere). */
 int rc_restore_map_dest(struct rc_restore *r, const char **why);
-/* Set up one reader's queue: before lock-down. */
+/* Set up one reader: before lock-down. */
 int rc_reader_init(struct rc_reader *rd, struct rc_restore *r);
 /* Body of each reader thread (arg: its struct rc_reader): claims chunks of
  * the page space and reads the runs of present pages in them straight into
- * the destination mapping, RC_RESTORE_DEPTH reads in flight. */
+ * the destination mapping, RC_RESTORE_DEPTH reads in flight; once every
+ * thread has, claims batches of extents and checks their CRCs (check
+ * only: reads each extent's pages and checks them, nothing else).
+ * r->all_read must be a barrier for exactly the reader threads. */
 void *rc_restore_reader(void *arg);
+/* After the threads: 0, or -errno of a failed read (*why names it), or
+ * -EBADMSG with the extent that does not match named in line (one line). */
+int rc_restore_result(struct rc_restore *r, char *line, size_t len);
+
+/* The whole restore or check: receiver_main's "restore THREADS" and
+ * "check THREADS" modes.  Fds as receiver_main.c documents. */
+int rc_restore_main(int threads, int check_only);
 
 #endif

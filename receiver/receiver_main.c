@@ -1,23 +1,29 @@
 /* pageferry-receiver: the destination side.  It restores snapshot files,
  * or receives a migration over TCP.
  *
- * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS
+ * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS IO_TIMEOUT_MS
  *                      IN_PLACE(0|1)
  *      fds 3 control segment, 4 destination RAM file (read-write; empty, or
  *      with IN_PLACE 1 an existing file of the guest's size to overwrite),
- *      5 pre-shared key file (with PSK 1), 7 + 2i ring to inflater i (we
+ *      5 pre-shared key file (with PSK 1), 6 our end of the commit
+ *      socket to the front end (receiver/rc_commit.h), 7 + 2i ring to inflater i (we
  *      produce), 8 + 2i ring from inflater i (buffers back), 7 + 2N + i
  *      inflater i's arena (read-write).
  *      Handshakes are read and checked before lock-down (they decide the
  *      destination's size); every packet is read after it.
  *
  * restore mode fds: 3 control segment (statistics), 4 destination RAM file
- *      (read-write, empty), 5 snapshot (buffered: header and bitmap),
- *      6 the snapshot again, O_DIRECT (page data)
+ *      (read-write, empty), 5 snapshot (buffered: header, bitmap, extent
+ *      table), 6 the snapshot again, O_DIRECT (page data)
  * argv: pageferry-receiver restore THREADS
+ * check mode (`pageferry check`): the same without fd 4; verifies every
+ *      extent's checksum against the snapshot's data, writes nothing.
+ * argv: pageferry-receiver check THREADS
  *
- * The snapshot is untrusted input: header and bitmap are decoded field by
- * field and checked (protocol/proto_snapfile.c) before any offset is used.
+ * The snapshot is untrusted input: header, bitmap and extent table are
+ * decoded field by field and checked (protocol/proto_snapfile.c,
+ * receiver/rc_extents.c) before any offset is used; after the pages are
+ * read, every extent's CRC-32C is checked (receiver/rc_restore.c).
  * Reader threads are started before lock-down and wait on a barrier, so the
  * seccomp filter (synchronised to every thread) covers them before they read
  * a single page.
@@ -27,23 +33,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "receiver/rc_commit.h"
 #include "receiver/rc_net.h"
 #include "receiver/rc_restore.h"
 #include "stage/stage.h"
+#include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
-
-#define FD_DEST STAGE_FD_GUEST
-#define FD_META 5
-#define FD_DATA 6
-#define MAX_THREADS 64
-
-static pthread_barrier_t start_line;
-
-static void *reader_main(void *arg)
-{
-	pthread_barrier_wait(&start_line);
-	return rc_restore_reader(arg);
-}
 
 #define FD_PSK 5
 #define FD_RINGS 7
@@ -57,7 +52,7 @@ static int receive_main(char **argv)
 	r.stats = shm_segment_stats(&seg, 0);
 	int use_psk = (int)stage_parse_u64("psk flag", argv[4], 0, 1);
 	int timeout_ms = (int)stage_parse_u64("accept timeout", argv[5], 0, 86400000);
-	r.idle_timeout_ms = (int)stage_parse_u64("idle timeout", argv[6], 0, 86400000);
+	r.io_timeout_ms = (int)stage_parse_u64("io timeout", argv[6], 0, 86400000);
 	int in_place = (int)stage_parse_u64("in-place flag", argv[7], 0, 1);
 	static struct rc_inplace inplace;
 	if (in_place) {
@@ -106,7 +101,7 @@ static int receive_main(char **argv)
 			stage_die_ring(rc, "ring to inflater");
 	}
 	rc_net_start_threads(&r);
-	int max_fd = r.main_fd;
+	int max_fd = r.main_fd > RC_FD_COMMIT ? r.main_fd : RC_FD_COMMIT;
 	for (uint32_t c = 0; c < r.n_channels; c++)
 		max_fd = r.ch[c].fd > max_fd ? r.ch[c].fd : max_fd;
 	for (int k = 0; k < 2; k++)
@@ -123,50 +118,12 @@ static int receive_main(char **argv)
 int main(int argc, char **argv)
 {
 	stage_set_name("receiver", -1);
+	stage_tie_to_supervisor();
 	if (argc == 8 && strcmp(argv[1], "receive") == 0)
 		return receive_main(argv);
-	if (argc != 3 || strcmp(argv[1], "restore") != 0)
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS | "
-					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS IDLE_TIMEOUT_MS IN_PLACE");
-	int threads = (int)stage_parse_u64("thread count", argv[2], 1, MAX_THREADS);
-	struct shm_segment seg;
-	stage_attach_segment(&seg);
-
-	static struct rc_restore r;
-	const char *why = "";
-	int rc = rc_restore_open(&r, FD_META, FD_DATA, FD_DEST, &why);
-	if (rc == -EBADMSG)
-		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
-	if (rc < 0)
-		stage_die_errno(rc, "%s", why);
-	r.stats = shm_segment_stats(&seg, 0);
-	stage_stat_set(r.stats, SHM_STAT_FLAGS, r.direct ? SHM_FLAG_DIRECT_IO : 0);
-	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, r.hdr.n_pages);
-	rc = rc_restore_map_dest(&r, &why);
-	if (rc < 0)
-		stage_die_errno(rc, "%s", why);
-
-	static struct rc_reader readers[MAX_THREADS];
-	for (int i = 0; i < threads; i++)
-		if ((rc = rc_reader_init(&readers[i], &r)) < 0)
-			stage_die_errno(rc, "setting up asynchronous I/O (io_setup)");
-	pthread_t tid[MAX_THREADS];
-	if ((rc = pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1)) != 0)
-		stage_die_errno(-rc, "pthread_barrier_init");
-	for (int i = 0; i < threads; i++)
-		if ((rc = pthread_create(&tid[i], NULL, reader_main, &readers[i])) != 0)
-			stage_die_errno(-rc, "starting reader thread %d", i);
-	stage_lockdown(SB_ROLE_RECEIVER, FD_DATA, 1);
-	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
-	pthread_barrier_wait(&start_line);
-	for (int i = 0; i < threads; i++)
-		pthread_join(tid[i], NULL);
-
-	int err = atomic_load(&r.failed_errno);
-	if (err)
-		stage_die_errno(-err, "reading page data from the snapshot");
-	if (fdatasync(FD_DEST) < 0 && errno != EINVAL)
-		stage_die_errno(-errno, "fdatasync of the destination");
-	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_DONE);
-	return STAGE_EXIT_OK;
+	if (argc != 3 || (strcmp(argv[1], "restore") != 0 && strcmp(argv[1], "check") != 0))
+		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS | check THREADS | "
+					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS IO_TIMEOUT_MS IN_PLACE");
+	int threads = (int)stage_parse_u64("thread count", argv[2], 1, 64);
+	return rc_restore_main(threads, strcmp(argv[1], "check") == 0);
 }

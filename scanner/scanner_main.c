@@ -137,6 +137,7 @@ int main(int argc, char **argv)
 {
 	struct scanner s = { 0 };
 	stage_set_name("scanner", -1);
+	stage_tie_to_supervisor();
 	int live = argc == 7 && strcmp(argv[1], "live") == 0;
 	if (argc != 1 && !live)
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-scanner [live DOWNTIME_MS MAX_BW AUTO_CONVERGE "

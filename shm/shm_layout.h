@@ -15,7 +15,7 @@
 
 #define SHM_CACHE_LINE 64u
 #define SHM_SEG_MAGIC UINT64_C(0x47455359524546ff) /* "\xffFERYSEG" little-endian */
-#define SHM_ABI_VERSION 2u
+#define SHM_ABI_VERSION 3u
 #define SHM_SLOT_SIZE 16u
 #define SHM_RING_MIN_SLOTS 8u
 #define SHM_RING_MAX_SLOTS (1u << 20)
@@ -118,7 +118,10 @@ struct shm_seg_header {
 	uint64_t stats_offset;	/* stats block i at stats_offset + i * sizeof(struct shm_stats) */
 	uint64_t guest_pages;
 	uint32_t max_run_pages;	/* pages in one descriptor at most */
-	uint8_t reserved[SHM_CACHE_LINE * 2 - 84];
+	uint32_t fp_chunk_pages; /* pages per fingerprint chunk (below) */
+	uint64_t fp_offset;	/* u64 fingerprint of chunk c at fp_offset + 8 c */
+	uint64_t fp_chunks;
+	uint8_t reserved[SHM_CACHE_LINE * 2 - 104];
 	/* Run control, on its own line: written by the supervisor, read by all. */
 	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t cancel;
 	uint8_t reserved2[SHM_CACHE_LINE - 4];
@@ -130,6 +133,9 @@ _Static_assert(offsetof(struct shm_seg_header, segment_size) == 16, "size at 16"
 _Static_assert(offsetof(struct shm_seg_header, rings_offset) == 48, "rings_offset at 48");
 _Static_assert(offsetof(struct shm_seg_header, guest_pages) == 72, "guest_pages at 72");
 _Static_assert(offsetof(struct shm_seg_header, max_run_pages) == 80, "max_run_pages at 80");
+_Static_assert(offsetof(struct shm_seg_header, fp_chunk_pages) == 84, "fp_chunk_pages at 84");
+_Static_assert(offsetof(struct shm_seg_header, fp_offset) == 88, "fp_offset at 88");
+_Static_assert(offsetof(struct shm_seg_header, fp_chunks) == 96, "fp_chunks at 96");
 _Static_assert(offsetof(struct shm_seg_header, cancel) == 2 * SHM_CACHE_LINE, "cancel on line 2");
 _Static_assert(sizeof(struct shm_seg_header) == 3 * SHM_CACHE_LINE, "header is 3 lines");
 
@@ -163,5 +169,34 @@ enum {
 	SHM_ROUND_THROTTLE,	/* scanner: throttle asked of the guest during it */
 	SHM_ROUND_DONE,		/* 1 once the record is complete */
 };
+
+/* Guest fingerprints (doc/formats.md): the workers XOR, for every non-zero
+ * page they check, shm_fp_mix(page, crc32c of the page) into the u64 of the
+ * page's chunk of SHM_FP_CHUNK_BYTES; a writer that re-reads the guest at
+ * the end computes the same table and compares, so a page written during
+ * the copy is found (a guest that was not stopped).  XOR makes the order in
+ * which workers add their pages irrelevant. */
+#define SHM_FP_CHUNK_BYTES (2u << 20)
+
+static inline uint32_t shm_fp_chunk_pages(uint32_t page_size)
+{
+	return page_size >= SHM_FP_CHUNK_BYTES ? 1u : SHM_FP_CHUNK_BYTES / page_size;
+}
+
+/* splitmix64's finaliser, twice: every bit of index and crc reaches every
+ * bit of the result, so two changed pages do not cancel by accident. */
+static inline uint64_t shm_fp_mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= UINT64_C(0xbf58476d1ce4e5b9);
+	x ^= x >> 27;
+	x *= UINT64_C(0x94d049bb133111eb);
+	return x ^ (x >> 31);
+}
+
+static inline uint64_t shm_fp_mix(uint64_t page, uint32_t crc)
+{
+	return shm_fp_mix64(shm_fp_mix64(page + UINT64_C(0x9e3779b97f4a7c15)) ^ crc);
+}
 
 #endif

@@ -29,8 +29,8 @@ static int geometry_valid(const struct shm_geometry *g)
 }
 
 struct layout {
-	uint32_t n_rings, n_stats;
-	uint64_t rings_offset, ring_stride, stats_offset, total;
+	uint32_t n_rings, n_stats, fp_chunk_pages;
+	uint64_t rings_offset, ring_stride, stats_offset, fp_offset, fp_chunks, total;
 };
 
 static void compute_layout(const struct shm_geometry *g, struct layout *l)
@@ -40,7 +40,10 @@ static void compute_layout(const struct shm_geometry *g, struct layout *l)
 	l->rings_offset = align_up(sizeof(struct shm_seg_header), SHM_CACHE_LINE);
 	l->ring_stride = align_up(shm_ring_bytes(g->ring_slots), SHM_CACHE_LINE);
 	l->stats_offset = l->rings_offset + (uint64_t)l->n_rings * l->ring_stride;
-	l->total = align_up(l->stats_offset + (uint64_t)l->n_stats * sizeof(struct shm_stats), 4096);
+	l->fp_chunk_pages = shm_fp_chunk_pages(g->page_size);
+	l->fp_chunks = (g->guest_pages + l->fp_chunk_pages - 1) / l->fp_chunk_pages;
+	l->fp_offset = l->stats_offset + (uint64_t)l->n_stats * sizeof(struct shm_stats);
+	l->total = align_up(l->fp_offset + l->fp_chunks * sizeof(uint64_t), 4096);
 }
 
 uint64_t shm_segment_size(const struct shm_geometry *g)
@@ -80,6 +83,9 @@ int shm_segment_format_fd(int fd, const struct shm_geometry *g)
 	h->stats_offset = l.stats_offset;
 	h->guest_pages = g->guest_pages;
 	h->max_run_pages = g->max_run_pages;
+	h->fp_chunk_pages = l.fp_chunk_pages;
+	h->fp_offset = l.fp_offset;
+	h->fp_chunks = l.fp_chunks;
 	for (uint32_t i = 0; i < l.n_rings; i++)
 		shm_ring_format(base + l.rings_offset + i * l.ring_stride);
 	int rc = munmap(base, l.total) < 0 ? -errno : 0;
@@ -154,6 +160,8 @@ int shm_segment_attach(struct shm_segment *seg, int fd, const char **why)
 	uint32_t n_rings = h->n_rings, n_stats = h->n_stats;
 	uint64_t rings_offset = h->rings_offset, ring_stride = h->ring_stride,
 		 stats_offset = h->stats_offset;
+	uint32_t fp_chunk_pages = h->fp_chunk_pages;
+	uint64_t fp_offset = h->fp_offset, fp_chunks = h->fp_chunks;
 
 	if (magic != SHM_SEG_MAGIC)
 		REFUSE(-EBADMSG, "control segment has a bad magic");
@@ -169,7 +177,8 @@ int shm_segment_attach(struct shm_segment *seg, int fd, const char **why)
 	compute_layout(&g, &l);
 	if (seg_size != size || l.total != size || n_rings != l.n_rings || n_stats != l.n_stats ||
 	    rings_offset != l.rings_offset || ring_stride != l.ring_stride ||
-	    stats_offset != l.stats_offset)
+	    stats_offset != l.stats_offset || fp_chunk_pages != l.fp_chunk_pages ||
+	    fp_offset != l.fp_offset || fp_chunks != l.fp_chunks)
 		REFUSE(-EBADMSG, "control segment offsets disagree with its geometry");
 
 	seg->geo = g;
@@ -178,6 +187,9 @@ int shm_segment_attach(struct shm_segment *seg, int fd, const char **why)
 	seg->rings_offset = rings_offset;
 	seg->ring_stride = ring_stride;
 	seg->stats_offset = stats_offset;
+	seg->fp_chunk_pages = fp_chunk_pages;
+	seg->fp_offset = fp_offset;
+	seg->fp_chunks = fp_chunks;
 	return 0;
 fail:
 	munmap(base, size);
@@ -208,6 +220,11 @@ struct shm_stats *shm_segment_round(const struct shm_segment *seg, uint32_t roun
 	if (round < 1 || round > SHM_MAX_ROUNDS)
 		return NULL;
 	return shm_segment_stats(seg, SHM_STATS_WORKER0 + seg->geo.n_workers + round - 1);
+}
+
+_Atomic uint64_t *shm_segment_fingerprints(const struct shm_segment *seg)
+{
+	return (_Atomic uint64_t *)(seg->base + seg->fp_offset);
 }
 
 int shm_segment_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker,

@@ -27,6 +27,9 @@ struct shm_segment {
 	uint64_t rings_offset;
 	uint64_t ring_stride;
 	uint64_t stats_offset;
+	uint32_t fp_chunk_pages;	/* guest fingerprint table (shm_layout.h) */
+	uint64_t fp_offset;
+	uint64_t fp_chunks;
 	struct shm_seg_header *hdr;
 };
 
@@ -50,6 +53,9 @@ void *shm_segment_ring_mem(const struct shm_segment *seg, uint32_t ring);
 struct shm_stats *shm_segment_stats(const struct shm_segment *seg, uint32_t block);
 /* Round r's record (1..SHM_MAX_ROUNDS, SHM_ROUND_* fields), or NULL. */
 struct shm_stats *shm_segment_round(const struct shm_segment *seg, uint32_t round);
+
+/* The guest fingerprint table: fp_chunks u64, XORed into by the workers. */
+_Atomic uint64_t *shm_segment_fingerprints(const struct shm_segment *seg);
 
 /* Bind a ring view for one of the segment's rings. */
 int shm_segment_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker,

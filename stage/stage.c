@@ -1,11 +1,14 @@
 #include "stage/stage.h"
+#include "stage/stage_sigbus.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,6 +45,15 @@ static noreturn void vdie(int code, int neg_errno, const char *fmt, va_list ap)
 	line[n++] = '\n';
 	(void)!write(2, line, (size_t)n);
 	_exit(code);
+}
+
+void stage_tie_to_supervisor(void)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+		stage_die_errno(-errno, "prctl(PR_SET_PDEATHSIG)");
+	const char *expected = getenv("PAGEFERRY_SUPERVISOR_PID");
+	if (expected && strtol(expected, NULL, 10) != (long)getppid())
+		stage_die(STAGE_EXIT_PEER, "the pageferry process that started this stage is gone");
 }
 
 void stage_die(int code, const char *fmt, ...)
@@ -88,6 +100,8 @@ void *stage_map_file(int fd, const char *what, uint64_t size, int writable)
 	void *p = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED)
 		stage_die_errno(-errno, "mmap %s", what);
+	if (fd == STAGE_FD_GUEST) /* source guest, or the destination it becomes */
+		stage_sigbus_watch(writable ? STAGE_MAP_DEST : STAGE_MAP_GUEST, p, size, fd);
 	return p;
 }
 
@@ -142,6 +156,8 @@ void stage_test_hook(const char *role)
 		return;
 	if (strcmp(hook + n + 1, "slow") == 0)
 		usleep(2000);
+	else if (strcmp(hook + n + 1, "crawl") == 0)
+		usleep(20000);
 	else if (strcmp(hook + n + 1, "forbidden") == 0)
 		syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
 }

@@ -30,6 +30,13 @@ enum stage_exit {
 void stage_set_name(const char *role, int index);
 const char *stage_name(void);
 
+/* Die with the supervisor: a stage never outlives the `pageferry` process
+ * that started it (PR_SET_PDEATHSIG), so a killed front end leaves nothing
+ * running that could finish, pause a guest or write a file on its own.  The
+ * parent check closes the race of a supervisor that died before the prctl:
+ * $PAGEFERRY_SUPERVISOR_PID names the parent we must still have. */
+void stage_tie_to_supervisor(void);
+
 /* Print "<name>: <fmt...>" as one line to stderr and exit with code. */
 noreturn void stage_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Same, appending ": strerror(-neg_errno)". */
@@ -66,7 +73,8 @@ uint64_t stage_parse_u64(const char *what, const char *s, uint64_t min, uint64_t
 
 /* Integration-test hook, compiled in only with -Dtest_hooks=true: with
  * PAGEFERRY_TEST_HOOK=ROLE:ACTION in the environment, the stage whose role is
- * ROLE does ACTION each time it calls this: "slow" sleeps 2 ms, "forbidden"
+ * ROLE does ACTION each time it calls this: "slow" sleeps 2 ms, "crawl"
+ * 20 ms (a transfer that lasts long enough to be killed mid-way), "forbidden"
  * makes a system call its sandbox forbids. */
 #ifdef PF_TEST_HOOKS
 void stage_test_hook(const char *role);

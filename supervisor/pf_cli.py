@@ -11,8 +11,10 @@ import sys
 import tempfile
 import time
 
+import pf_check
 import pf_jobs
 import pf_migrate
+import pf_status
 
 
 class Context:
@@ -31,6 +33,16 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
     if not 1 <= v <= 64:
         raise argparse.ArgumentTypeError(f"{v} is out of range (1..64)")
+    return v
+
+
+def io_timeout(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds between 1 and 86400, not '{text}'")
     return v
 
 
@@ -69,6 +81,17 @@ def build_parser():
                    help="parallel reader threads (default: %(default)s)")
     r.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
 
+    chk = sub.add_parser("check", help="verify a snapshot without restoring it",
+                         description="Verify SNAP without restoring it: header, bitmap and extent table "
+                                     "are checked, then every stored page is read (O_DIRECT where the "
+                                     "filesystem supports it) and each extent's CRC-32C compared. Exit 0 "
+                                     "with one summary line when it is good; 1 with one line naming what "
+                                     "is wrong (for page data: the pages that do not match).")
+    chk.add_argument("snapshot", metavar="SNAP")
+    chk.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                     help="parallel reader threads (default: %(default)s)")
+    chk.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+
     g = sub.add_parser("migrate", help="send a paused guest's RAM to a pageferry receiver over TCP",
                        description="Migrate a paused guest's RAM file to `pageferry receive` on another "
                                    "host: a main channel plus N data channels, each checked by a "
@@ -92,6 +115,9 @@ def build_parser():
     g.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="keep retrying a refused connection this long (default: %(default)s)")
+    g.add_argument("--io-timeout", type=io_timeout, default=30, metavar="SECONDS",
+                   help="give up when the receiver makes no progress this long: a dead link ends the "
+                        "migration within it, and a live guest keeps running (1..86400, default: %(default)s)")
     g.add_argument("--dirty-log", metavar="LOG",
                    help="live migration: the VMM's dirty log (doc/vmm-interface.md); without it the guest "
                         "must be paused")
@@ -105,6 +131,10 @@ def build_parser():
                    help="live: give up (the guest keeps running) after N rounds (2..64, default: %(default)s)")
     g.add_argument("--pause-timeout", type=int, default=5000, metavar="MS",
                    help="live: how long the VMM may take to acknowledge a pause (default: %(default)s)")
+    g.add_argument("--pause-lease", type=int, default=5000, metavar="MS",
+                   help="live: while the guest is paused, pageferry renews a lease in the dirty log; a VMM "
+                        "that sees it lapse for this long resumes the guest by itself, so a killed or hung "
+                        "pageferry never leaves it paused (500..3600000, default: %(default)s)")
     g.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
 
     st = sub.add_parser("status", help="show running live migrations",
@@ -152,8 +182,12 @@ def build_parser():
     c.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
     c.add_argument("--accept-timeout", type=float, default=0, metavar="SECONDS",
                    help="give up when no sender connects this long (default: wait forever)")
-    c.add_argument("--idle-timeout", type=float, default=60, metavar="SECONDS",
-                   help="give up when a data channel stays silent this long, 0 for never (default: %(default)s)")
+    c.add_argument("--io-timeout", type=io_timeout, default=30, metavar="SECONDS",
+                   help="give up when the sender makes no progress this long: a dead link is noticed within "
+                        "it, a silent sender on a live link a little later (1..86400, default: %(default)s)")
+    # The receiver's former name for it.
+    c.add_argument("--idle-timeout", dest="io_timeout", type=io_timeout, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
     c.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
 
     v = sub.add_parser("verify", help="compare two RAM files (exit 0 equal, 1 different)",
@@ -251,7 +285,7 @@ def demo_live(ctx, args, ram, log, crc, into, port):
                                "--accept-timeout", "30"])
         pf_migrate.migrate(ctx, ram, f"tcp:127.0.0.1:{port}", 2, "none", "auto", args.workers, None, 10,
                            {"dirty_log": log, "downtime_limit": 300, "max_bandwidth": 0, "auto_converge": True,
-                            "max_rounds": 30, "pause_timeout": 5000})
+                            "max_rounds": 30, "pause_timeout": 5000, "pause_lease": 5000})
         if rx.wait(timeout=60) != 0:
             print("demo: FAILED, the receiver failed")
             return 1
@@ -281,20 +315,25 @@ def main(stage_dirs, argv=None):
             pf_jobs.snapshot(ctx, args.guest, args.out, args.workers)
         elif args.cmd == "restore":
             pf_jobs.restore(ctx, args.snapshot, args.into, args.workers)
+        elif args.cmd == "check":
+            pf_check.check(ctx, args.snapshot, args.workers)
         elif args.cmd == "migrate":
             live = None
             if args.dirty_log:
                 if not 2 <= args.max_rounds <= 64:
                     raise pf_jobs.JobError("--max-rounds must be 2..64", 2)
+                if not 500 <= args.pause_lease <= 3600000:
+                    raise pf_jobs.JobError("--pause-lease must be 500..3600000 ms", 2)
                 live = {"dirty_log": args.dirty_log, "downtime_limit": args.downtime_limit,
                         "max_bandwidth": args.max_bandwidth, "auto_converge": args.auto_converge,
-                        "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout}
+                        "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout,
+                        "pause_lease": args.pause_lease}
             pf_migrate.migrate(ctx, args.guest, args.to, args.channels, args.compress, args.zerocopy,
-                               args.workers, args.psk_file, args.connect_timeout, live)
+                               args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout)
         elif args.cmd == "status":
-            return pf_migrate.status(ctx)
+            return pf_status.status(ctx)
         elif args.cmd == "cancel":
-            return pf_migrate.cancel(ctx, args.pid)
+            return pf_status.cancel(ctx, args.pid)
         elif args.cmd == "guestsim":
             # Become the guest: signals sent to `pageferry guestsim` must reach it.
             binary = ctx.stage("pageferry-guestsim")
@@ -305,7 +344,7 @@ def main(stage_dirs, argv=None):
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
             pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
-                               args.idle_timeout, args.in_place)
+                               args.io_timeout, args.in_place)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

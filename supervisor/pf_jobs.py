@@ -13,6 +13,7 @@ PAGE_4K = 4096
 PAGE_2M = 2 * 1024 * 1024
 RING_SLOTS = 1024
 SNAP_RUN_PAGES = 256  # 1 MiB per descriptor at 4 KiB pages
+PARTIAL_SUFFIX = ".pf-partial"  # a file being written; renamed away when committed
 
 
 class JobError(Exception):
@@ -127,6 +128,10 @@ class Run:
         return time.monotonic() - self.start
 
     def close(self, success):
+        # A failure found outside the watch loop (the commit, a lapsed lease)
+        # must not leave stages running.
+        if self.pipeline.running():
+            self.pipeline.kill_all(grace=0)
         self.pipeline.close()
         for fd in self.fds:
             os.close(fd)
@@ -175,7 +180,7 @@ def spawn_source(pipeline, seg, guest_fd, workers, writer_args, writer_fds, work
 
 def snapshot(ctx, guest, out, workers):
     guest_fd, size, page = check_guest(guest)
-    partial = out + ".pf-partial"
+    partial = out + PARTIAL_SUFFIX
     run = Run(ctx, "snapshot", size)
     run.fds.append(guest_fd)
     ok = False
@@ -199,9 +204,11 @@ def snapshot(ctx, guest, out, workers):
         secs = run.watch(done)
         sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
         zero = sum(seg.stats(pf_segment.STATS_WORKER0 + i)["zero_pages"] for i in range(workers))
+        pf_stages.test_hook("snapshot:before-commit")
         os.rename(partial, out)
         _fsync_dir(out)
         ok = True
+        pf_stages.test_hook("snapshot:after-commit")
         n_pages = size // page
         summary = {
             "command": "snapshot", "guest": guest, "snapshot": out, "workers": workers,
@@ -225,10 +232,14 @@ def snapshot(ctx, guest, out, workers):
 
 
 def restore(ctx, snap, into, workers):
+    if snap.endswith(PARTIAL_SUFFIX):
+        # Its header may already say COMPLETE (pageferry was killed between
+        # the writer's last sync and the rename): only the rename commits it.
+        raise JobError(f"{snap} is an unfinished snapshot (pageferry stopped before it committed it)")
     meta_fd = _open(snap, os.O_RDONLY, "open snapshot")
     run = Run(ctx, "restore", os.fstat(meta_fd).st_size)
     run.fds.append(meta_fd)
-    partial = into + ".pf-partial"
+    partial = into + PARTIAL_SUFFIX
     ok = False
     try:
         data_fd, _ = _open_direct(snap, os.O_RDONLY)
@@ -245,8 +256,11 @@ def restore(ctx, snap, into, workers):
         secs = run.watch(pages_done(run, seg))
         st = seg.stats(0)
         size = os.fstat(dest_fd).st_size
+        pf_stages.test_hook("restore:before-commit")
         os.rename(partial, into)
+        _fsync_dir(into)
         ok = True
+        pf_stages.test_hook("restore:after-commit")
         summary = {
             "command": "restore", "snapshot": snap, "into": into, "threads": workers,
             "guest_bytes": size, "bytes_read": st["bytes"], "seconds": round(secs, 3),

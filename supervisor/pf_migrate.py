@@ -1,16 +1,17 @@
 """The network jobs: migrate (source, paused or live) and receive
 (destination)."""
-import json
-import mmap
 import os
-import signal
+import socket
 import stat
-import struct
 import time
 
+import pf_commit
+import pf_dirtylog
 import pf_jobs
 import pf_report
 import pf_segment
+import pf_stages
+import pf_status
 from pf_jobs import JobError, Run
 from pf_stages import wake_pair
 
@@ -19,6 +20,8 @@ ARENA_BUFFERS = 16               # workers/wk_arena.h
 RECEIVE_BUFFER_BYTES = 4 << 20   # receiver/rc_net.h: RC_ARENA_BUFFER_SIZE
 INCOMPLETE_SUFFIX = ".pf-incomplete"
 WR_SENDFILE_MIN_KIB = 64         # writer/wr_net.c: WR_SENDFILE_MIN
+RC_FD_COMMIT = 6                 # receiver/rc_commit.h
+WR_FD_COMMIT = 6                 # writer/writer_main.c: FD_COMMIT
 
 
 def parse_target(to):
@@ -52,53 +55,6 @@ def _psk_fd(run, psk_file):
     return fd
 
 
-class DirtyLog:
-    """The supervisor's handle on the VMM interface (doc/vmm-interface.md):
-    enough to let the guest run again whatever happened to the stages."""
-    REQUEST, ACK, THROTTLE, MAGIC = 64, 128, 192, 0x3159545249444650
-
-    def __init__(self, path, page, pages):
-        self.fd = pf_jobs._open(path, os.O_RDWR, "open dirty log")
-        size = os.fstat(self.fd).st_size
-        if size < 4096 + (pages + 63) // 64 * 8:
-            raise JobError(f"dirty log {path} is {size} bytes, too small for {pages} pages")
-        self.map = mmap.mmap(self.fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        magic, _, log_page, log_pages = struct.unpack_from("<QIIQ", self.map, 0)
-        if magic != self.MAGIC:
-            raise JobError(f"dirty log {path}: bad magic: not a pageferry dirty log")
-        if (log_page, log_pages) != (page, pages):
-            raise JobError(f"dirty log {path} describes {log_pages} pages of {log_page} bytes, the guest "
-                           f"{pages} of {page}")
-
-    def resume(self):
-        struct.pack_into("<I", self.map, self.THROTTLE, 0)
-        struct.pack_into("<I", self.map, self.REQUEST, 0)
-
-    def close(self):
-        self.map.close()
-        os.close(self.fd)
-
-
-def _run_dirs():
-    """Where status files live: $PAGEFERRY_RUN_DIR, else /run/pageferry (root),
-    else a per-user directory."""
-    if os.environ.get("PAGEFERRY_RUN_DIR"):
-        return [os.environ["PAGEFERRY_RUN_DIR"]]
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return ["/run/pageferry", os.path.join(xdg, "pageferry") if xdg else f"/tmp/pageferry-{os.getuid()}"]
-
-
-def status_dir():
-    for d in _run_dirs():
-        try:
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    raise JobError("no writable directory for the migration's status file (set PAGEFERRY_RUN_DIR)")
-
-
 def round_records(seg, workers):
     out = []
     for r in range(1, 65):
@@ -114,7 +70,8 @@ def round_records(seg, workers):
     return out
 
 
-def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None):
+def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None,
+            io_timeout=30):
     hostport = parse_target(to)
     level = parse_compress(compress)
     guest_fd, size, page = pf_jobs.check_guest(guest)
@@ -122,10 +79,10 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
     run.fds.append(guest_fd)
     ok = False
     log = None
-    status_path = None
+    status = None
     try:
         if live:
-            log = DirtyLog(live["dirty_log"], page, size // page)
+            log = pf_dirtylog.DirtyLog(live["dirty_log"], page, size // page, live["pause_lease"])
         psk = _psk_fd(run, psk_file)
         run_pages = max(1, MIGRATE_RUN_BYTES // page)
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, pf_jobs.RING_SLOTS, run_pages,
@@ -136,7 +93,10 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             arenas = [_arena(f"pageferry-arena-{i}", ARENA_BUFFERS * run_pages * page) for i in range(workers)]
             run.fds.extend(arenas)
         p = run.pipeline
+        commit_ours, commit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        run.fds.append(commit_ours.detach())
         writer_fds = {7 + 2 * workers + i: a for i, a in enumerate(arenas)}
+        writer_fds[WR_FD_COMMIT] = commit_theirs.fileno()
         if psk is not None:
             writer_fds[5] = psk
         scanner_args, scanner_fds = [], {}
@@ -147,17 +107,23 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         pf_jobs.spawn_source(
             p, seg, guest_fd, workers,
             ["migrate", hostport, channels, zerocopy, int(psk is not None), int(bool(level)),
-             int(connect_timeout * 1000), int(bool(live))], writer_fds,
+             int(connect_timeout * 1000), int(bool(live)), int(io_timeout * 1000)], writer_fds,
             worker_extra=(lambda i: (["zstd", level], {8: arenas[i]})) if level else None,
             scanner_args=scanner_args, scanner_fds=scanner_fds)
+        commit_theirs.close()
+        p.watch_fd(run.fds[-1], lambda: decide_commit(run, run.fds[-1], log))
         if live:
-            status_path = os.path.join(status_dir(), f"migrate-{os.getpid()}.json")
+            status = pf_status.StatusFile()
         start = time.monotonic()
 
         def done():
             w = seg.stats(pf_segment.STATS_WRITER)
-            if status_path:
-                write_status(status_path, seg, workers, page, size, to, time.monotonic() - start)
+            if log:
+                log.renew()
+                if log.seen_paused:
+                    pf_stages.test_hook("migrate:paused")
+            if status:
+                status.write(status_record(seg, workers, page, size, to, time.monotonic() - start))
             return (w["pages"] + seg.stats(pf_segment.STATS_SCANNER)["hole_pages"]) * page
 
         def on_cancel():
@@ -170,6 +136,11 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                 log.resume()
                 raise JobError(f"{e}; the guest keeps running on the source", e.exit_code)
             raise
+        # The receiver answers success only once its copy is committed
+        # (doc/architecture.md, "The handoff"): from here the guest lives
+        # there, and the source's VMM must not resume it on a lapsed lease.
+        if log:
+            log.hand_off()
         sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
         wk = [seg.stats(pf_segment.STATS_WORKER0 + i) for i in range(workers)]
         zero = sum(s["zero_pages"] for s in wk)
@@ -212,7 +183,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                                if zerocopy == "auto" else "")
         line = (f"migrate to {hostport}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"sent on {channels} channel(s) ({zero} zero, {sc['hole_pages']} hole pages not sent) in "
-                f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}; receiver confirmed")
+                f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}; the destination "
+                "committed it")
         if live:
             lv = summary["live"]
             line += (f"; live: {lv['rounds']} rounds, downtime {lv['downtime_ms']:.0f} ms "
@@ -220,14 +192,30 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                      f"guest byte; the guest stays paused here, its RAM now lives on the destination")
         pf_report.emit_summary(summary, ctx.json, line)
     finally:
-        if status_path and os.path.exists(status_path):
-            os.unlink(status_path)
+        if status:
+            status.remove()
         if log:
             log.close()
         run.close(ok)
 
 
-def write_status(path, seg, workers, page, size, to, elapsed):
+def decide_commit(run, fd, log):
+    """The writer reports the receiver prepared: every check passed there and
+    the copy is durable. Commit only if the guest is still ours to hand over:
+    not cancelled, and (live) still paused under our lease."""
+    if not os.read(fd, 1):
+        run.pipeline.watched.pop(fd)  # the writer died; the pipeline reports why
+        return
+    verdict = b"C"
+    if run.cancel_requested:
+        verdict = b"A"
+    elif log:
+        log.renew()  # raises if the VMM took the guest back
+    pf_stages.test_hook("migrate:before-commit")
+    os.write(fd, verdict)
+
+
+def status_record(seg, workers, page, size, to, elapsed):
     sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
     rounds = round_records(seg, workers)
     last = rounds[-1] if rounds else {}
@@ -238,62 +226,7 @@ def write_status(path, seg, workers, page, size, to, elapsed):
           "dirty_mib_per_s": last.get("dirty_mib_per_s"),
           "expected_downtime_ms": last.get("expected_downtime_ms"),
           "throttle_pct": last.get("throttle_pct", 0)}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(st, f)
-    os.replace(tmp, path)
-
-
-def running_migrations():
-    out = []
-    for d in _run_dirs():
-        if os.path.isdir(d):
-            out += _read_statuses(d)
-    return out
-
-
-def _read_statuses(d):
-    out = []
-    for name in sorted(os.listdir(d)):
-        if not (name.startswith("migrate-") and name.endswith(".json")):
-            continue
-        try:
-            with open(os.path.join(d, name)) as f:
-                st = json.load(f)
-            os.kill(st["pid"], 0)
-        except (OSError, ValueError, KeyError):
-            continue
-        out.append(st)
-    return out
-
-
-def status(ctx):
-    migs = running_migrations()
-    if ctx.json:
-        print(json.dumps(migs, indent=2))
-        return 0 if migs else 1
-    if not migs:
-        print("no live migration is running")
-        return 1
-    for m in migs:
-        ed = m["expected_downtime_ms"]
-        print(f"pid {m['pid']} to {m['to']}: round {m['round']}, {m['transferred_bytes'] / 2**20:.0f} MiB sent, "
-              f"{m['remaining_bytes'] / 2**20:.0f} MiB dirty, dirty rate {m['dirty_mib_per_s']} MiB/s, "
-              f"{m['mib_per_s']:.0f} MiB/s, expected downtime "
-              f"{'unknown' if ed is None else f'{ed:.0f} ms'}, throttle {m['throttle_pct']}%")
-    return 0
-
-
-def cancel(ctx, pid):
-    migs = [m for m in running_migrations() if pid is None or m["pid"] == pid]
-    if not migs:
-        raise JobError("no live migration is running" + (f" with pid {pid}" if pid else ""))
-    if len(migs) > 1:
-        raise JobError("several migrations are running; name one with --pid: " +
-                       ", ".join(str(m["pid"]) for m in migs), 2)
-    os.kill(migs[0]["pid"], signal.SIGUSR1)
-    print(f"cancel requested for migration {migs[0]['pid']}")
-    return 0
+    return st
 
 
 def _open_in_place(run, into):
@@ -306,14 +239,12 @@ def _open_in_place(run, into):
         raise JobError(f"--in-place: {into} is not a regular file of the guest's size (it is "
                        f"{'empty' if stat.S_ISREG(st.st_mode) else 'not a regular file'})", 1)
     marker = into + INCOMPLETE_SUFFIX
-    with open(marker, "w") as f:
-        f.write(f"pageferry receive --in-place is writing {into}: its contents are not a whole guest "
-                "until this file is gone\n")
+    pf_commit.write_marker(marker, into)
     return dest_fd, marker
 
 
-def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=60, in_place=False):
-    partial = into + ".pf-partial"
+def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False):
+    partial = into + pf_jobs.PARTIAL_SUFFIX
     run = Run(ctx, "receive", 1)
     ok = False
     marker = None
@@ -331,7 +262,8 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
         run.fds.extend(arenas)
         pairs = {(k, i): wake_pair() for k in (0, 2) for i in range(workers)}
         p = run.pipeline
-        fds = {3: seg.fd, 4: dest_fd}
+        commit_ours, commit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = {3: seg.fd, 4: dest_fd, RC_FD_COMMIT: commit_theirs.fileno()}
         if psk is not None:
             fds[5] = psk
         for i in range(workers):
@@ -340,7 +272,7 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
             fds[7 + 2 * workers + i] = arenas[i]
         p.spawn("pageferry-receiver", "pageferry-receiver",
                 ["receive", listen, workers, int(psk is not None), int(accept_timeout * 1000),
-                 int(idle_timeout * 1000), int(in_place)], fds)
+                 int(io_timeout * 1000), int(in_place)], fds)
         for i in range(workers):
             p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater", [i] + (["in-place"] if in_place else []),
                     {3: seg.fd, 4: dest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(2, i)][0].fileno(),
@@ -348,14 +280,17 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, idle_timeout=6
         for a, b in pairs.values():
             a.close()
             b.close()
+        commit_theirs.close()
 
         secs = run.watch(pf_jobs.pages_done(run, seg))
         st = seg.stats(0)
         size = os.fstat(dest_fd).st_size
-        if in_place:
-            os.unlink(marker)
-        else:
-            os.rename(partial, into)
+        handover = pf_commit.Handover(commit_ours)
+        try:
+            pf_commit.commit(handover, partial, into, marker)
+        finally:
+            handover.close()
+            commit_ours.close()
         ok = True
         summary = {
             "command": "receive", "listen": listen, "into": into, "in_place": in_place, "workers": workers,

@@ -1,13 +1,13 @@
 """The control segment as the supervisor sees it: created here (so the
 supervisor owns it), formatted by pageferry-mkseg (so the layout lives in C
 only), and read here for progress. Offsets mirror shm/shm_layout.h
-(SHM_ABI_VERSION 2); doc/architecture.md lists them."""
+(SHM_ABI_VERSION 3); doc/architecture.md lists them."""
 import fcntl
 import mmap
 import os
 import struct
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 STATS_OFFSET_FIELD = 64   # offsetof(struct shm_seg_header, stats_offset)
 CANCEL_OFFSET = 128       # offsetof(struct shm_seg_header, cancel)
 STAT_NAMES = ("pages", "zero_pages", "hole_pages", "bytes", "runs", "total_pages", "state", "flags",

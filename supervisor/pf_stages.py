@@ -11,10 +11,22 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 
 STAGE_EXIT_PEER = 3  # stage/stage.h: "a peer stage went away", never the root cause
 HIGH_FD = 100
+TEST_HOOKS = False   # set by the entry point of -Dtest_hooks=true builds
+
+
+def test_hook(point):
+    """Tests only: with PAGEFERRY_TEST_FE_HOOK=POINT, the front end stops
+    itself (SIGSTOP) at POINT, after saying so on stderr, so that a test can
+    kill it exactly there or let it go on (SIGCONT). The stages keep running."""
+    if TEST_HOOKS and os.environ.get("PAGEFERRY_TEST_FE_HOOK") == point:
+        sys.stderr.write(f"pageferry: test hook: stopped at {point}\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def find_stage(name, search_dirs):
@@ -58,7 +70,13 @@ class Pipeline:
     def __init__(self, search_dirs):
         self.search_dirs = search_dirs
         self.stages = []
+        self.watched = {}  # fd -> callback, run when fd is readable
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    def watch_fd(self, fd, callback):
+        """Run callback() from poll() whenever fd is readable (a stage asking
+        the front end something)."""
+        self.watched[fd] = callback
 
     def spawn(self, label, binary, args, fds):
         """fds: {target_fd_number: fd_we_hold}."""
@@ -73,7 +91,9 @@ class Pipeline:
                    (os.POSIX_SPAWN_DUP2, err, 2)]
         actions += [(os.POSIX_SPAWN_DUP2, src, t) for t, src in sorted(lifted.items())]
         try:
-            pid = os.posix_spawn(path, [binary] + [str(a) for a in args], os.environ,
+            # The stage checks that we are still its parent (stage_tie_to_supervisor).
+            env = dict(os.environ, PAGEFERRY_SUPERVISOR_PID=str(os.getpid()))
+            pid = os.posix_spawn(path, [binary] + [str(a) for a in args], env,
                                  file_actions=actions, setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
         finally:
             for f in list(lifted.values()) + [err, null, w]:
@@ -87,11 +107,14 @@ class Pipeline:
         return [s for s in self.stages if s.status is None]
 
     def _read_errors(self, timeout):
-        fds = [s.err_fd for s in self.stages if s.err_fd is not None]
+        fds = [s.err_fd for s in self.stages if s.err_fd is not None] + list(self.watched)
         if not fds:
             time.sleep(timeout)
             return
         ready, _, _ = select.select(fds, [], [], timeout)
+        for fd in ready:
+            if fd in self.watched:
+                self.watched[fd]()
         for s in self.stages:
             if s.err_fd in ready:
                 try:

@@ -30,6 +30,60 @@ static void test_crc32c_known_vector(void **state)
 	assert_int_equal(proto_crc32c(0, "", 0), 0);
 }
 
+/* Bit by bit, independent of the table and instruction paths. */
+static uint32_t crc32c_reference(const uint8_t *p, size_t len)
+{
+	uint32_t c = ~0u;
+	while (len--) {
+		c ^= *p++;
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+	}
+	return ~c;
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint8_t rng_byte(void)
+{
+	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+	return (uint8_t)(rng_state >> 56);
+}
+
+static void test_crc32c_long_and_combine(void **state)
+{
+	(void)state;
+	static uint8_t buf[3 * 4096 + 77];
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = rng_byte();
+	/* Lengths around the three-lane block (4032 bytes) and pages. */
+	const size_t lens[] = { 0, 1, 7, 8, 63, 4031, 4032, 4033, 4096, 8064, 8065, 3 * 4096 + 77 };
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
+		assert_int_equal(proto_crc32c(0, buf, lens[i]), crc32c_reference(buf, lens[i]));
+	/* combine(crc(A), crc(B), |B|) = crc(A||B), for splits of every kind. */
+	const size_t splits[][2] = { { 0, 4096 }, { 4096, 4096 }, { 4096, 8192 }, { 1, 1 }, { 100, 4097 },
+				     { 4096, 0 }, { 5, 3 * 4096 + 72 }, { 8192, 4096 } };
+	for (size_t i = 0; i < sizeof(splits) / sizeof(splits[0]); i++) {
+		size_t a = splits[i][0], b = splits[i][1];
+		uint32_t whole = crc32c_reference(buf, a + b);
+		uint32_t ca = proto_crc32c(0, buf, a), cb = proto_crc32c(0, buf + a, b);
+		assert_int_equal(proto_crc32c_combine(ca, cb, b), whole);
+		struct proto_crc32c_shift sh;
+		proto_crc32c_shift_init(&sh, b);
+		assert_int_equal(proto_crc32c_shift_combine(&sh, ca, cb), whole);
+	}
+	/* Page by page, as the workers build a sub-run's CRC. */
+	struct proto_crc32c_shift page;
+	proto_crc32c_shift_init(&page, 4096);
+	uint32_t run = 0;
+	for (int k = 0; k < 3; k++)
+		run = proto_crc32c_shift_combine(&page, run, proto_crc32c(0, buf + k * 4096, 4096));
+	assert_int_equal(run, crc32c_reference(buf, 3 * 4096));
+	/* Lengths far past the table's period of 31 doublings. */
+	uint32_t c = proto_crc32c(0, buf, 100);
+	assert_int_equal(proto_crc32c_combine(proto_crc32c_combine(c, 0, 1ull << 40), 0, 1ull << 40),
+			 proto_crc32c_combine(c, 0, 1ull << 41));
+}
+
 static void test_error_messages_are_distinct(void **state)
 {
 	(void)state;
@@ -189,8 +243,12 @@ static void test_packet_roundtrip(void **state)
 	assert_int_equal(eo.payload_bytes, 1 << 20);
 	assert_int_equal(eo.crc_of_crcs, 0x1234);
 	assert_int_equal(proto_end_body_decode(eb, 31, &eo), PROTO_E_TRUNCATED);
-	eb[29] = 1;
-	assert_int_equal(proto_end_body_decode(eb, sizeof(eb), &eo), PROTO_E_RESERVED);
+	/* The body ends in its own CRC (wire version 3). */
+	eb[29] ^= 1;
+	assert_int_equal(proto_end_body_decode(eb, sizeof(eb), &eo), PROTO_E_PAYLOAD_CHECKSUM);
+	eb[29] ^= 1;
+	eb[3] ^= 1;
+	assert_int_equal(proto_end_body_decode(eb, sizeof(eb), &eo), PROTO_E_PAYLOAD_CHECKSUM);
 }
 
 static enum proto_err packet_bytes_with(size_t off, uint32_t v, size_t width, int resign)
@@ -219,6 +277,14 @@ static void test_packet_malformed_fields(void **state)
 	assert_int_equal(packet_bytes_with(12, 2, 4, 0), PROTO_E_HEADER_CHECKSUM);
 	assert_int_equal(packet_bytes_with(6, 1, 2, 1), PROTO_E_FLAGS);
 	assert_int_equal(packet_bytes_with(40, 1, 4, 1), PROTO_E_RESERVED);
+	/* Only page payloads carry a payload CRC: ZERO, SYNC, END and RESULT
+	 * headers have 0 there. */
+	struct proto_packet z = data_packet(PROTO_ENC_ZERO, 0, 1, 0);
+	assert_int_equal(decode_packet(&z), PROTO_E_RESERVED);
+	z.payload_crc = 0;
+	assert_int_equal(decode_packet(&z), PROTO_OK);
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_SYNC, .round = 1, .payload_crc = 1 }),
+			 PROTO_E_RESERVED);
 	assert_int_equal(packet_bytes_with(4, 9, 1, 1), PROTO_E_PACKET_TYPE);
 	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .encoding = 4,
 							      .n_pages = 1 }),
@@ -378,7 +444,10 @@ static void test_snapshot_malformed_fields(void **state)
 	s.header[30] ^= 1;
 	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out),
 			 PROTO_E_HEADER_CHECKSUM);
-	assert_int_equal(snap_with(8, 2, 4), PROTO_E_VERSION);
+	assert_int_equal(snap_with(8, 3, 4), PROTO_E_VERSION);
+	/* Version 1 (no checksums) is refused by name. */
+	assert_int_equal(snap_with(8, 1, 4), PROTO_E_SNAP_OLD_VERSION);
+	assert_true(strstr(proto_strerror(PROTO_E_SNAP_OLD_VERSION), "version 1") != NULL);
 	assert_int_equal(snap_with(12, PROTO_SNAP_WRITING, 4), PROTO_E_SNAP_INCOMPLETE);
 	assert_int_equal(snap_with(12, 7, 4), PROTO_E_SNAP_STATE);
 	assert_int_equal(snap_with(16, 8192, 4), PROTO_E_PAGE_SIZE);
@@ -390,7 +459,10 @@ static void test_snapshot_malformed_fields(void **state)
 	assert_int_equal(snap_with(56, (1 << 20) + 4096, 8), PROTO_E_DATA_OFFSET);
 	assert_int_equal(snap_with(56, 4096, 8), PROTO_E_DATA_OFFSET);
 	assert_int_equal(snap_with(64, 101, 8), PROTO_E_PRESENT_COUNT);
-	assert_int_equal(snap_with(100, 1, 4), PROTO_E_RESERVED);
+	assert_int_equal(snap_with(112, 1, 4), PROTO_E_RESERVED);
+	assert_int_equal(snap_with(120, 1, 4), PROTO_E_RESERVED);
+	assert_int_equal(snap_with(96, 3 * 4096, 8), PROTO_E_EXTENT_TABLE);
+	assert_int_equal(snap_with(104, 4, 8), PROTO_E_EXTENT_COUNT); /* more extents than present pages */
 }
 
 static void test_snapshot_bitmap_malformed(void **state)
@@ -411,6 +483,56 @@ static void test_snapshot_bitmap_malformed(void **state)
 	struct proto_snap_header h;
 	assert_int_equal(proto_snap_header_init(&h, 4096, 4097), PROTO_E_GUEST_SIZE);
 	assert_int_equal(proto_snap_header_init(&h, 1024, 4096), PROTO_E_PAGE_SIZE);
+}
+
+static void test_snapshot_extents(void **state)
+{
+	(void)state;
+	struct snap s;
+	make_snap(&s); /* pages 0, 63 and 99 present */
+	/* Layout: table after the bitmap, room for one record per page, then data. */
+	assert_int_equal(s.h.extent_table_offset, 8192);
+	assert_int_equal(s.h.data_offset, 1 << 20);
+	s.h.extent_count = 2;
+	s.h.extent_crc = 0x1234;
+	proto_snap_header_encode(&s.h, s.header);
+	struct proto_snap_header h;
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &h), PROTO_OK);
+	assert_int_equal(h.extent_count, 2);
+	assert_int_equal(h.extent_crc, 0x1234);
+	assert_int_equal(h.extent_table_offset, 8192);
+
+	uint8_t rec[PROTO_SNAP_EXTENT_SIZE], seen[16] = { 0 };
+	struct proto_snap_extent e = { .first_page = 63, .n_pages = 1, .crc = 0xabcdef01 }, out;
+	proto_snap_extent_encode(&e, rec);
+	assert_int_equal(get_le64(rec), 63);
+	assert_int_equal(get_le32(rec + 8), 1);
+	assert_int_equal(get_le32(rec + 12), 0xabcdef01);
+	assert_int_equal(proto_snap_extent_decode(rec, &h, &out), PROTO_OK);
+	assert_int_equal(out.first_page, 63);
+	assert_int_equal(out.crc, 0xabcdef01);
+	assert_int_equal(proto_snap_extent_claim(&h, s.bitmap, seen, &out), PROTO_OK);
+	/* The same page again overlaps. */
+	assert_int_equal(proto_snap_extent_claim(&h, s.bitmap, seen, &out), PROTO_E_EXTENT_OVERLAP);
+	/* A page the bitmap does not have. */
+	e = (struct proto_snap_extent){ .first_page = 98, .n_pages = 2 };
+	proto_snap_extent_encode(&e, rec);
+	assert_int_equal(proto_snap_extent_decode(rec, &h, &out), PROTO_OK);
+	assert_int_equal(proto_snap_extent_claim(&h, s.bitmap, seen, &out), PROTO_E_EXTENT_ABSENT);
+	/* Empty, past the end, or wrapping around. */
+	e = (struct proto_snap_extent){ .first_page = 0, .n_pages = 0 };
+	proto_snap_extent_encode(&e, rec);
+	assert_int_equal(proto_snap_extent_decode(rec, &h, &out), PROTO_E_EXTENT_RANGE);
+	e = (struct proto_snap_extent){ .first_page = 99, .n_pages = 2 };
+	proto_snap_extent_encode(&e, rec);
+	assert_int_equal(proto_snap_extent_decode(rec, &h, &out), PROTO_E_EXTENT_RANGE);
+	e = (struct proto_snap_extent){ .first_page = UINT64_MAX, .n_pages = 2 };
+	proto_snap_extent_encode(&e, rec);
+	assert_int_equal(proto_snap_extent_decode(rec, &h, &out), PROTO_E_EXTENT_RANGE);
+	/* The end: CRC first, then the total against the present count. */
+	assert_int_equal(proto_snap_extents_end(&h, 3, 0x1234), PROTO_OK);
+	assert_int_equal(proto_snap_extents_end(&h, 3, 0x1235), PROTO_E_EXTENT_CHECKSUM);
+	assert_int_equal(proto_snap_extents_end(&h, 2, 0x1234), PROTO_E_EXTENT_TOTAL);
 }
 
 /* ---- ring descriptors ---- */
@@ -446,6 +568,22 @@ static void test_descriptor_roundtrip_and_checks(void **state)
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 32, &out), PROTO_E_PAYLOAD_LEN);
 	d.payload_len = 0;
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 32, &out), PROTO_E_PAYLOAD_LEN);
+	/* RAW carries the run's CRC: any value; ZERO carries nothing. */
+	d.encoding = PROTO_ENC_RAW;
+	d.payload_len = 0xfedcba98u;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 0, &out), PROTO_OK);
+	assert_int_equal(out.payload_len, 0xfedcba98u);
+	d.encoding = PROTO_ENC_ZERO;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&d), &geo, 0, &out), PROTO_E_PAYLOAD_LEN);
+	/* A frame's CRC follows it; a frame that leaves no room for it is refused. */
+	uint8_t buf[16] = { 0 };
+	uint32_t crc = 0;
+	buf[10] = 0x78, buf[11] = 0x56, buf[12] = 0x34, buf[13] = 0x12;
+	assert_true(proto_desc_frame_crc(buf, sizeof(buf), 10, &crc));
+	assert_int_equal(crc, 0x12345678u);
+	assert_true(proto_desc_frame_crc(buf, sizeof(buf), 12, &crc));
+	assert_false(proto_desc_frame_crc(buf, sizeof(buf), 13, &crc));
+	assert_false(proto_desc_frame_crc(buf, sizeof(buf), 0xffffffffu, &crc));
 	struct proto_desc back = { .type = PROTO_DESC_BUFFER, .buffer = 15 };
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&back), &geo, 16, &out), PROTO_OK);
 	assert_int_equal(out.buffer, 15);
@@ -530,8 +668,11 @@ static void test_result_body(void **state)
 	proto_result_encode(5000, body);
 	assert_int_equal(proto_result_decode(body, sizeof(body), &st), PROTO_E_RESULT);
 	proto_result_encode(0, body);
-	body[5] = 1;
-	assert_int_equal(proto_result_decode(body, sizeof(body), &st), PROTO_E_RESERVED);
+	body[5] ^= 1; /* its CRC */
+	assert_int_equal(proto_result_decode(body, sizeof(body), &st), PROTO_E_RESULT);
+	proto_result_encode(0, body);
+	body[0] ^= 1; /* the status under the CRC */
+	assert_int_equal(proto_result_decode(body, sizeof(body), &st), PROTO_E_RESULT);
 	assert_int_equal(proto_result_decode(body, 7, &st), PROTO_E_TRUNCATED);
 }
 
@@ -539,6 +680,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c_known_vector),
+		cmocka_unit_test(test_crc32c_long_and_combine),
 		cmocka_unit_test(test_error_messages_are_distinct),
 		cmocka_unit_test(test_handshake_roundtrip),
 		cmocka_unit_test(test_handshake_malformed_fields),
@@ -549,6 +691,7 @@ int main(void)
 		cmocka_unit_test(test_snapshot_roundtrip),
 		cmocka_unit_test(test_snapshot_malformed_fields),
 		cmocka_unit_test(test_snapshot_bitmap_malformed),
+		cmocka_unit_test(test_snapshot_extents),
 		cmocka_unit_test(test_descriptor_roundtrip_and_checks),
 		cmocka_unit_test(test_sha256_and_hmac_vectors),
 		cmocka_unit_test(test_psk_proofs_bind_role_session_channel_and_nonces),

@@ -9,7 +9,10 @@
  *       PATTERN: uniform | hot:MIB | sweep
  *   pageferry-guestsim checksum FILE      print the CRC-32C of FILE
  *
- * Prints "ready" once both files exist, "paused crc32c=0x..." and "resumed".
+ * Prints "ready" once both files exist, "paused crc32c=0x...", "resumed",
+ * "lease lapsed" when it resumed on its own because pageferry stopped
+ * renewing its pause lease, and "handed off" when the migration committed
+ * (it then stays paused, as a source VMM must).
  * Ends on SIGTERM/SIGINT.
  */
 #include <errno.h>
@@ -103,6 +106,46 @@ static void publish_checksum(const char *path, uint32_t crc)
 		die(path);
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The VMM's side of the pause lease (doc/vmm-interface.md): stay paused while
+ * pageferry renews it; resume on our own once it stood still for lease_ms;
+ * after a handoff, stay paused until we are told to end. */
+static void wait_while_paused(_Atomic uint32_t *request, _Atomic uint32_t *beat, _Atomic uint32_t *lease_ms)
+{
+	uint32_t seen = atomic_load_explicit(beat, memory_order_relaxed);
+	uint64_t seen_at = now_ms();
+	int said_handed_off = 0;
+	uint32_t r;
+	while (!stop && (r = atomic_load_explicit(request, memory_order_acquire)) != PROTO_DIRTYLOG_RUN) {
+		uint32_t b = atomic_load_explicit(beat, memory_order_relaxed);
+		uint32_t lease = atomic_load_explicit(lease_ms, memory_order_relaxed);
+		if (b != seen) {
+			seen = b;
+			seen_at = now_ms();
+		} else if (r == PROTO_DIRTYLOG_PAUSED && now_ms() - seen_at > (lease ? lease : 5000u)) {
+			uint32_t expected = PROTO_DIRTYLOG_PAUSED;
+			if (atomic_compare_exchange_strong(request, &expected, PROTO_DIRTYLOG_RUN)) {
+				printf("lease lapsed\n");
+				fflush(stdout);
+				return;
+			}
+		}
+		if (r == PROTO_DIRTYLOG_HANDED_OFF && !said_handed_off) {
+			said_handed_off = 1;
+			printf("handed off\n");
+			fflush(stdout);
+		}
+		struct timespec ts = { 0, 1000000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 static uint64_t parse_size(const char *s)
 {
 	char *end;
@@ -162,6 +205,8 @@ int main(int argc, char **argv)
 	_Atomic uint32_t *request = (_Atomic uint32_t *)(log + PROTO_DIRTYLOG_PAUSE_REQUEST);
 	_Atomic uint32_t *ack = (_Atomic uint32_t *)(log + PROTO_DIRTYLOG_PAUSE_ACK);
 	_Atomic uint32_t *throttle = (_Atomic uint32_t *)(log + PROTO_DIRTYLOG_THROTTLE);
+	_Atomic uint32_t *beat = (_Atomic uint32_t *)(log + PROTO_DIRTYLOG_LEASE_BEAT);
+	_Atomic uint32_t *lease_ms = (_Atomic uint32_t *)(log + PROTO_DIRTYLOG_LEASE_MS);
 	printf("ready\n");
 	fflush(stdout);
 
@@ -187,10 +232,7 @@ int main(int argc, char **argv)
 			publish_checksum(argv[7], crc);
 			printf("paused crc32c=0x%08x\n", crc);
 			fflush(stdout);
-			while (!stop && atomic_load_explicit(request, memory_order_acquire)) {
-				struct timespec ts = { 0, 1000000 };
-				nanosleep(&ts, NULL);
-			}
+			wait_while_paused(request, beat, lease_ms);
 			atomic_store_explicit(ack, 0, memory_order_release);
 			if (!stop) {
 				printf("resumed\n");

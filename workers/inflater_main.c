@@ -77,6 +77,7 @@ static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t pag
 int main(int argc, char **argv)
 {
 	stage_set_name("inflater", -1);
+	stage_tie_to_supervisor();
 	if (argc != 2 && !(argc == 3 && strcmp(argv[2], "in-place") == 0))
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-inflater INDEX [in-place]");
 	bool in_place = argc == 3;

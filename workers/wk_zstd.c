@@ -51,9 +51,9 @@ fail:
 	return NULL;
 }
 
-size_t wk_zstd_compress(struct wk_zstd *z, uint8_t *dst, const uint8_t *src, size_t src_len)
+size_t wk_zstd_compress(struct wk_zstd *z, uint8_t *dst, const uint8_t *src, size_t src_len, size_t dst_cap)
 {
-	size_t n = ZSTD_compress2(z->cctx, dst, src_len - 1, src, src_len);
+	size_t n = ZSTD_compress2(z->cctx, dst, dst_cap, src, src_len);
 	return ZSTD_isError(n) ? 0 : n;
 }
 

@@ -1,5 +1,9 @@
 /* pageferry-worker: zero-checks the pages of each run it is given and tells
- * the writer which sub-runs hold data and which are zero.
+ * the writer which sub-runs hold data and which are zero.  Each page found
+ * non-zero gets its CRC-32C in the same pass (the page is in cache): the
+ * page CRCs are combined into each RAW sub-run's CRC (carried in the
+ * descriptor's payload_len) and XORed into the guest fingerprint table
+ * (shm_layout.h), which the writer re-checks at the end.
  *
  * fds: 3 control segment, 4 guest (read-only),
  *      5 wake socket of ring scanner -> this worker   (we consume)
@@ -20,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "protocol/proto_bytes.h"
+#include "protocol/proto_crc32c.h"
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
@@ -36,6 +42,9 @@ struct worker {
 	const uint8_t *guest;
 	struct shm_ring in, out, back;
 	struct shm_stats *stats;
+	_Atomic uint64_t *fingerprints;
+	uint32_t fp_chunk_pages;
+	struct proto_crc32c_shift page_shift; /* combines page CRCs into a run's */
 	struct shm_slot pending[BURST * 2];
 	uint32_t n_pending;
 	/* zstd only */
@@ -88,29 +97,32 @@ static void collect_buffers(struct worker *w, int wait)
 	}
 }
 
-static void emit(struct worker *w, uint8_t encoding, uint64_t first, uint32_t n)
+static void emit(struct worker *w, uint8_t encoding, uint64_t first, uint32_t n, uint32_t crc)
 {
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = encoding, .first_page = first,
-				.n_pages = n,
-				.payload_len = encoding == PROTO_ENC_RAW ? n * w->geo.page_size : 0 };
+				.n_pages = n, .payload_len = encoding == PROTO_ENC_RAW ? crc : 0 };
 	push(w, &d);
 }
 
 /* The whole run as one zstd frame, zero pages included (zstd turns them
  * into a few bytes, and one frame per run costs far less than one per data
- * sub-run).  Returns 0 when the run does not shrink. */
+ * sub-run), followed by the frame's CRC-32C.  Returns 0 when the run does
+ * not shrink by more than the CRC's 4 bytes. */
 static int emit_compressed(struct worker *w, uint64_t first, uint32_t n)
 {
 	if (w->n_free == 0)
 		collect_buffers(w, 1);
 	uint32_t b = w->free_buffers[--w->n_free];
 	size_t raw = (size_t)n * w->geo.page_size;
-	size_t len = wk_zstd_compress(w->zstd, w->arena + b * w->buffer_size, w->guest + first * w->geo.page_size, raw);
+	uint8_t *frame = w->arena + b * w->buffer_size;
+	size_t len = wk_zstd_compress(w->zstd, frame, w->guest + first * w->geo.page_size, raw,
+				      raw - PROTO_DESC_FRAME_CRC_BYTES);
 	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
 	if (!len) {
 		w->n_free++;
 		return 0;
 	}
+	put_le32(frame + len, proto_crc32c(0, frame, len));
 	w->is_free[b] = 0;
 	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .first_page = first,
@@ -119,14 +131,41 @@ static int emit_compressed(struct worker *w, uint64_t first, uint32_t n)
 	return 1;
 }
 
+/* Zero-check every page (early exit on the first non-zero line); a page
+ * that is not zero gets its CRC, and its fingerprint goes into its chunk's
+ * slot: one atomic XOR per chunk the run touches, not one per page. */
+static uint64_t check_pages(struct worker *w, uint64_t first, uint32_t n, uint8_t *is_zero, uint32_t *crc)
+{
+	const size_t page = w->geo.page_size;
+	uint64_t zero_pages = 0, fp = 0, chunk = first / w->fp_chunk_pages;
+	for (uint32_t k = 0; k < n; k++) {
+		const uint8_t *p = w->guest + (first + k) * page;
+		uint64_t c = (first + k) / w->fp_chunk_pages;
+		if (c != chunk) {
+			if (fp)
+				atomic_fetch_xor_explicit(&w->fingerprints[chunk], fp, memory_order_relaxed);
+			fp = 0;
+			chunk = c;
+		}
+		is_zero[k] = (uint8_t)wk_page_is_zero(p, page);
+		if (is_zero[k]) {
+			zero_pages++;
+			continue;
+		}
+		crc[k] = proto_crc32c(0, p, page);
+		fp ^= shm_fp_mix(first + k, crc[k]);
+	}
+	if (fp)
+		atomic_fetch_xor_explicit(&w->fingerprints[chunk], fp, memory_order_relaxed);
+	return zero_pages;
+}
+
 /* Split a run into maximal sub-runs of data pages and of zero pages. */
 static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
-	const size_t page = w->geo.page_size;
 	static uint8_t is_zero[4096];
-	uint64_t zero_pages = 0;
-	for (uint32_t k = 0; k < n; k++)
-		zero_pages += is_zero[k] = (uint8_t)wk_page_is_zero(w->guest + (first + k) * page, page);
+	static uint32_t crc[4096];
+	uint64_t zero_pages = check_pages(w, first, n, is_zero, crc);
 	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
 	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
 	stage_stat_add(w->stats, SHM_STAT_RUNS, 1);
@@ -134,21 +173,27 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 		return;
 	uint64_t run_start = first;
 	int run_zero = -1;
+	uint32_t run_crc = 0;
 	for (uint64_t p = first; p < first + n; p++) {
 		int zero = is_zero[p - first];
 		if (zero != run_zero && run_zero >= 0) {
-			emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(p - run_start));
+			emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(p - run_start),
+			     run_crc);
 			run_start = p;
+			run_crc = 0;
 		}
 		run_zero = zero;
+		if (!zero) /* crc(A || page) from crc(A) and crc(page) */
+			run_crc = proto_crc32c_shift_combine(&w->page_shift, run_crc, crc[p - first]);
 	}
-	emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(first + n - run_start));
+	emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(first + n - run_start), run_crc);
 }
 
 int main(int argc, char **argv)
 {
 	struct worker w = { 0 };
 	stage_set_name("worker", -1);
+	stage_tie_to_supervisor();
 	if (argc != 2 && !(argc == 4 && strcmp(argv[2], "zstd") == 0))
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-worker INDEX [zstd LEVEL]");
 	stage_attach_segment(&w.seg);
@@ -159,6 +204,9 @@ int main(int argc, char **argv)
 					 .guest_pages = w.seg.geo.guest_pages };
 	w.guest = stage_map_guest(&w.seg, 0);
 	w.stats = shm_segment_stats(&w.seg, SHM_STATS_WORKER0 + index);
+	w.fingerprints = shm_segment_fingerprints(&w.seg);
+	w.fp_chunk_pages = w.seg.fp_chunk_pages;
+	proto_crc32c_shift_init(&w.page_shift, w.geo.page_size);
 	stage_ring(&w.seg, SHM_RING_SCAN_TO_WORKER, index, STAGE_FD_ROLE, &w.in);
 	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, STAGE_FD_ROLE + 1, &w.out);
 	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, STAGE_FD_ROLE + 2, &w.back);
@@ -208,6 +256,9 @@ int main(int argc, char **argv)
 				struct proto_desc end = { .type = PROTO_DESC_END };
 				push(&w, &end);
 				flush(&w);
+				/* Pairs with the writer's acquire in wr_recheck_after_failure:
+				 * our fingerprint XORs are visible to whoever sees DONE. */
+				atomic_thread_fence(memory_order_release);
 				stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);
 				return STAGE_EXIT_OK;
 			} else {

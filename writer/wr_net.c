@@ -26,7 +26,10 @@
 #define SO_EE_CODE_ZEROCOPY_COPIED 1
 #endif
 
-#define RESULT_TIMEOUT_MS 120000 /* the receiver flushes and checks before it answers */
+/* The receiver flushes and checks before it answers: a receiver that answers
+ * TCP (keepalive) but not with its result is given this long.  One that
+ * stops answering altogether is noticed within --io-timeout (keepalive). */
+#define RESULT_TIMEOUT_MS 120000
 /* Guest pieces at least this long go by sendfile.  A shorter one costs less
  * copied inside the gathered sendmsg than as a call of its own that also
  * ends the TCP segment (mixed guest: 16 KiB made it 0.25 s slower per 4 GiB). */
@@ -50,7 +53,7 @@ static int guest_splices(const struct wr_guest *g)
 /* Connect and handshake one channel: 0 with *fd_out set, or the failure
  * (-errno or a positive enum proto_err). */
 static int open_channel(const struct net_addr *addr, struct proto_handshake *hs, const struct net_psk *psk,
-			int timeout_ms, char *what, size_t what_len, const char *name, int *fd_out)
+			int timeout_ms, int io_timeout_ms, char *what, size_t what_len, const char *name, int *fd_out)
 {
 	int fd = net_connect(addr, timeout_ms);
 	if (fd < 0) {
@@ -58,7 +61,13 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 		return fd;
 	}
 	int refused = 0;
-	int rc = net_channel_offer(fd, hs, psk, &refused);
+	int rc = net_set_io_timeout(fd, io_timeout_ms);
+	if (rc < 0) {
+		snprintf(what, what_len, "setting the progress timeout (--io-timeout) on %s %s", name, addr->text);
+		close(fd);
+		return rc;
+	}
+	rc = net_channel_offer(fd, hs, psk, &refused);
 	if (rc != 0) {
 		if (rc > 0)
 			snprintf(what, what_len, "%s %s: %s%s", name, addr->text,
@@ -74,10 +83,12 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
 		const struct net_psk *psk, enum wr_zerocopy zc, const struct wr_guest *guest,
-		int connect_timeout_ms, char *what, size_t what_len)
+		int connect_timeout_ms, int io_timeout_ms, char *what, size_t what_len)
 {
 	memset(n, 0, sizeof(*n));
 	n->main_fd = -1;
+	n->io_timeout_ms = io_timeout_ms;
+	snprintf(n->peer, sizeof(n->peer), "%s", hostport);
 	n->hs = *hs;
 	n->guest = *guest;
 	if (zc == WR_ZC_SENDFILE || zc == WR_ZC_AUTO) {
@@ -106,14 +117,19 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 	h.channel_kind = PROTO_CHAN_MAIN;
 	h.channel_id = 0;
 	int fd = -1;
-	int rc = open_channel(&addr, &h, psk, connect_timeout_ms, what, what_len, "main channel to", &fd);
+	int rc = open_channel(&addr, &h, psk, connect_timeout_ms, io_timeout_ms, what, what_len, "main channel to",
+			      &fd);
 	if (rc != 0)
 		return rc;
 	n->main_fd = fd;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	/* Read only once, for the receiver's RESULT: set now, before lock-down. */
-	rc = net_set_timeout(fd, RESULT_TIMEOUT_MS);
+	/* Read only once, for the receiver's RESULT: set now, before lock-down.
+	 * Sends on it (a cancellation) keep the progress timeout. */
+	struct timeval result_wait = { .tv_sec = RESULT_TIMEOUT_MS / 1000 };
+	if (io_timeout_ms > RESULT_TIMEOUT_MS)
+		result_wait.tv_sec = io_timeout_ms / 1000;
+	rc = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &result_wait, sizeof(result_wait)) < 0 ? -errno : 0;
 	if (rc < 0) {
 		snprintf(what, what_len, "socket timeout on the main channel");
 		return rc;
@@ -123,7 +139,7 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		snprintf(name, sizeof(name), "data channel %u to", i);
 		h.channel_kind = PROTO_CHAN_DATA;
 		h.channel_id = (uint8_t)i;
-		rc = open_channel(&addr, &h, psk, connect_timeout_ms, what, what_len, name, &fd);
+		rc = open_channel(&addr, &h, psk, connect_timeout_ms, io_timeout_ms, what, what_len, name, &fd);
 		if (rc != 0)
 			return rc;
 		n->ch[i].fd = fd;
@@ -140,9 +156,34 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		n->ch[i].zerocopy = true;
 	}
 	n->zerocopy = n->n_channels && n->ch[0].zerocopy;
-	/* Sends block; the receiver's own checks bound how long (a dead peer
-	 * resets the connection). */
+	/* Sends block at most --io-timeout without progress (SO_SNDTIMEO, and
+	 * TCP_USER_TIMEOUT ends a connection whose data goes unacknowledged). */
 	return 0;
+}
+
+/* Heard nothing from the peer on fd for --io-timeout (acknowledgements,
+ * keepalive answers)? */
+static bool silent_for_timeout(int fd, int io_timeout_ms)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	return io_timeout_ms > 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+	       ti.tcpi_last_ack_recv >= (uint32_t)io_timeout_ms;
+}
+
+bool wr_net_link_dead(const struct wr_net *n, int neg_errno)
+{
+	if (net_is_dead_link(neg_errno))
+		return true;
+	/* The kernel's verdict (ETIMEDOUT) goes to whichever call sees it
+	 * first: a send that had already sent part of its bytes returns that
+	 * count and the verdict is lost; the next send says only EPIPE. */
+	if (n->main_fd >= 0 && silent_for_timeout(n->main_fd, n->io_timeout_ms))
+		return true;
+	for (uint32_t i = 0; n->ch && i < n->n_channels; i++)
+		if (n->ch[i].fd > 0 && silent_for_timeout(n->ch[i].fd, n->io_timeout_ms))
+			return true;
+	return false;
 }
 
 /* Give back the buffers of sent packets whose notifications all arrived. */
@@ -169,11 +210,28 @@ static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
 		if (r < 0 && errno == EAGAIN) {
 			if (!wait)
 				break;
+			/* A completion needs an acknowledgement.  The kernel ends
+			 * a connection left unacknowledged for --io-timeout
+			 * (TCP_USER_TIMEOUT): take its verdict from SO_ERROR, and
+			 * check the age of the last acknowledgement ourselves in
+			 * case no verdict comes. */
 			struct pollfd p = { .fd = c->fd, .events = 0 };
-			if (poll(&p, 1, 10000) < 0 && errno != EINTR)
+			int waited = poll(&p, 1, n->io_timeout_ms > 0 ? n->io_timeout_ms : 10000);
+			if (waited < 0 && errno != EINTR)
 				return -errno;
+			int err = 0;
+			socklen_t len = sizeof(err);
+			if ((p.revents & (POLLERR | POLLHUP)) &&
+			    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+				return -err;
 			if (p.revents & POLLHUP)
 				return -ECONNRESET;
+			struct tcp_info ti;
+			len = sizeof(ti);
+			if (waited == 0 && n->io_timeout_ms > 0 &&
+			    getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+			    ti.tcpi_last_ack_recv >= (uint32_t)n->io_timeout_ms)
+				return -ETIMEDOUT;
 			continue;
 		}
 		if (r < 0)
@@ -260,7 +318,8 @@ static int sendfile_piece(struct wr_net *n, struct wr_channel *c, const struct i
 		if (r < 0)
 			return -errno;
 		if (r == 0)
-			return -EIO; /* the guest file ended early: it shrank under us */
+			return -EFAULT; /* the guest file ended early: it shrank under us, as a
+					 * send from its mapping would say */
 		left -= (size_t)r;
 		c->sendfile_bytes += (uint64_t)r;
 	}
@@ -384,14 +443,19 @@ static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_pac
 	return 0;
 }
 
-void wr_net_cancel(struct wr_net *n)
+static int send_result(struct wr_net *n, uint32_t status)
 {
 	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
 	proto_packet_encode(&p, header);
-	proto_result_encode(PROTO_E_CANCELLED, body);
-	if (net_send_all(n->main_fd, header, sizeof(header)) == 0)
-		net_send_all(n->main_fd, body, sizeof(body));
+	proto_result_encode(status, body);
+	int rc = net_send_all(n->main_fd, header, sizeof(header));
+	return rc < 0 ? rc : net_send_all(n->main_fd, body, sizeof(body));
+}
+
+void wr_net_cancel(struct wr_net *n)
+{
+	(void)send_result(n, PROTO_E_CANCELLED);
 }
 
 unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max)
@@ -401,6 +465,27 @@ unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max
 		if (n->ch[i].tail != n->ch[i].queued)
 			pfd[k++] = (struct pollfd){ .fd = n->ch[i].fd, .events = 0 };
 	return k;
+}
+
+/* The receiver's RESULT on the main channel: > 0 an enum proto_err for a
+ * malformed answer, < 0 -errno. */
+static int read_result(struct wr_net *n, uint32_t *status)
+{
+	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
+	int rc = net_recv_all(n->main_fd, header, sizeof(header));
+	if (rc < 0)
+		return rc;
+	struct proto_packet p;
+	struct proto_geometry geo = n->hs.geo;
+	enum proto_err err = proto_packet_decode(header, sizeof(header), &geo, &p);
+	if (err == PROTO_OK && p.type != PROTO_PKT_RESULT)
+		err = PROTO_E_PACKET_TYPE;
+	if (err != PROTO_OK)
+		return (int)err;
+	if ((rc = net_recv_all(n->main_fd, body, sizeof(body))) < 0)
+		return rc;
+	err = proto_result_decode(body, sizeof(body), status);
+	return err == PROTO_OK ? 0 : (int)err;
 }
 
 int wr_net_finish(struct wr_net *n, uint32_t *status)
@@ -426,21 +511,15 @@ int wr_net_finish(struct wr_net *n, uint32_t *status)
 			if (rc < 0)
 				return rc;
 		}
-	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
-	int rc = net_recv_all(n->main_fd, header, sizeof(header));
-	if (rc < 0)
+	return read_result(n, status);
+}
+
+int wr_net_commit(struct wr_net *n, bool commit, uint32_t *status)
+{
+	int rc = send_result(n, commit ? PROTO_OK : PROTO_E_CANCELLED);
+	if (rc < 0 || !commit)
 		return rc;
-	struct proto_packet p;
-	struct proto_geometry geo = n->hs.geo;
-	enum proto_err err = proto_packet_decode(header, sizeof(header), &geo, &p);
-	if (err == PROTO_OK && p.type != PROTO_PKT_RESULT)
-		err = PROTO_E_PACKET_TYPE;
-	if (err != PROTO_OK)
-		return (int)err;
-	if ((rc = net_recv_all(n->main_fd, body, sizeof(body))) < 0)
-		return rc;
-	err = proto_result_decode(body, sizeof(body), status);
-	return err == PROTO_OK ? 0 : (int)err;
+	return read_result(n, status);
 }
 
 uint64_t wr_net_zc_sends(const struct wr_net *n)

@@ -74,6 +74,8 @@ struct wr_net {
 	wr_buffer_done_fn buffer_done;
 	void *ctx;
 	struct wr_channel *ch;	/* n_channels of them */
+	char peer[128];		/* HOST:PORT as the user wrote it, for messages */
+	int io_timeout_ms;	/* --io-timeout: the most any wait for the peer may last */
 };
 
 /* Connect the main channel and `hs->n_channels` data channels to `hostport`,
@@ -82,7 +84,10 @@ struct wr_net {
  * when it refused). */
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
 		const struct net_psk *psk, enum wr_zerocopy zc, const struct wr_guest *guest,
-		int connect_timeout_ms, char *what, size_t what_len);
+		int connect_timeout_ms, int io_timeout_ms, char *what, size_t what_len);
+/* Whether a failed send or wait (neg_errno) means the link is dead: the
+ * kernel said so, or a connection heard nothing for --io-timeout. */
+bool wr_net_link_dead(const struct wr_net *n, int neg_errno);
 /* Queue one packet on the next channel: header built from `p` (seq filled
  * in here) plus payload.  Packets are gathered, up to WR_NET_BATCH or 1 MiB
  * per channel, into one sendmsg.  worker >= 0 names the arena buffer holding
@@ -106,8 +111,14 @@ int wr_net_reap(struct wr_net *n);
  * poll when one arrives); returns how many. */
 unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max);
 /* END on every channel, wait for all completions, then the receiver's RESULT
- * on the main channel.  *status: PROTO_OK or the receiver's failure. */
+ * on the main channel: PROTO_OK means "prepared" (every check passed, the
+ * data is durable, nothing is committed yet).  *status: PROTO_OK or the
+ * receiver's failure. */
 int wr_net_finish(struct wr_net *n, uint32_t *status);
+/* The second phase (doc/architecture.md, "The handoff"): our RESULT, OK to
+ * commit or CANCELLED to abort; after a commit, the receiver's RESULT once
+ * its copy is committed.  Returns as wr_net_finish. */
+int wr_net_commit(struct wr_net *n, bool commit, uint32_t *status);
 uint64_t wr_net_zc_sends(const struct wr_net *n);
 uint64_t wr_net_zc_copied(const struct wr_net *n);
 uint64_t wr_net_sendfile_bytes(const struct wr_net *n);

@@ -51,6 +51,8 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 		FAIL("getrandom", -errno);
 	f->bitmap = calloc(1, f->hdr.bitmap_len);
 	FAIL("allocating the bitmap", f->bitmap ? 0 : -ENOMEM);
+	f->table_buf = malloc(WR_SNAPFILE_TABLE_BATCH * PROTO_SNAP_EXTENT_SIZE);
+	FAIL("allocating the extent table buffer", f->table_buf ? 0 : -ENOMEM);
 	FAIL("setting up asynchronous I/O (io_setup)", dio_queue_init(&f->queue, WR_SNAPFILE_DEPTH, write_done, f));
 	/* Header says WRITING from the first byte on: an interrupted snapshot is
 	 * recognisable as such, whatever else made it to disk. */
@@ -73,9 +75,40 @@ int wr_snapfile_flush(struct wr_snapfile *f)
 	return rc;
 }
 
-int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n)
+/* Buffered records go out in one pwrite through the buffered fd (the table
+ * region is reserved and sparse until then); the table's CRC runs along. */
+static int table_flush(struct wr_snapfile *f)
+{
+	if (!f->table_buffered)
+		return 0;
+	size_t len = (size_t)f->table_buffered * PROTO_SNAP_EXTENT_SIZE;
+	f->hdr.extent_crc = proto_crc32c(f->hdr.extent_crc, f->table_buf, len);
+	int rc = dio_pwrite_full(f->meta_fd, f->table_buf, len,
+				 f->hdr.extent_table_offset + f->table_written * PROTO_SNAP_EXTENT_SIZE);
+	f->table_written += f->table_buffered;
+	f->table_buffered = 0;
+	return rc;
+}
+
+/* One record per RAW sub-run, in the order they arrive.  A record is worth
+ * nothing until the header says COMPLETE, which needs every write done. */
+static int table_add(struct wr_snapfile *f, uint64_t first, uint32_t n, uint32_t crc)
+{
+	if (f->table_written + f->table_buffered >= f->hdr.n_pages)
+		return -E2BIG;
+	struct proto_snap_extent e = { .first_page = first, .n_pages = n, .crc = crc };
+	proto_snap_extent_encode(&e, f->table_buf + (size_t)f->table_buffered * PROTO_SNAP_EXTENT_SIZE);
+	if (++f->table_buffered == WR_SNAPFILE_TABLE_BATCH)
+		return table_flush(f);
+	return 0;
+}
+
+int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n, uint32_t crc)
 {
 	uint64_t page = f->hdr.page_size;
+	int trc = table_add(f, first, n, crc);
+	if (trc < 0)
+		return trc;
 	if (f->pending_pages && first == f->pending_first + f->pending_pages &&
 	    (f->pending_pages + n) * page <= WR_SNAPFILE_MAX_WRITE) {
 		f->pending_pages += n;
@@ -94,7 +127,9 @@ int wr_snapfile_finish(struct wr_snapfile *f, const char **what)
 	FAIL("writing page data to the snapshot", dio_queue_drain(&f->queue));
 	FAIL("fdatasync of the snapshot's page data", fdatasync(f->data_fd) < 0 ? -errno : 0);
 	FAIL("writing the snapshot bitmap", dio_pwrite_full(f->meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
-	FAIL("fdatasync of the snapshot bitmap", fdatasync(f->meta_fd) < 0 ? -errno : 0);
+	FAIL("writing the snapshot's extent table", table_flush(f));
+	f->hdr.extent_count = f->table_written;
+	FAIL("fdatasync of the snapshot bitmap and extent table", fdatasync(f->meta_fd) < 0 ? -errno : 0);
 	f->hdr.bitmap_crc = proto_crc32c(0, f->bitmap, f->hdr.bitmap_len);
 	f->hdr.state = PROTO_SNAP_COMPLETE;
 	FAIL("writing the final snapshot header", write_header(f));

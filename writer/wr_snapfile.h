@@ -14,6 +14,8 @@
 #define WR_SNAPFILE_DEPTH 128u
 /* Adjacent runs merge into one write up to this size. */
 #define WR_SNAPFILE_MAX_WRITE (4u << 20)
+/* Extent records buffered before one pwrite (64 KiB). */
+#define WR_SNAPFILE_TABLE_BATCH 4096u
 
 struct wr_snapfile {
 	int meta_fd;
@@ -26,6 +28,10 @@ struct wr_snapfile {
 	const uint8_t *pending_src;
 	uint64_t pending_first;
 	uint64_t pending_pages;
+	/* Extent table: records not yet written, and the CRC of all so far. */
+	uint8_t *table_buf;
+	uint32_t table_buffered;
+	uint64_t table_written;
 	/* Statistics */
 	uint64_t bytes_written;	/* completed */
 	uint64_t writes;	/* write requests submitted */
@@ -38,13 +44,15 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 /* Pages [first, first+n) from `src` (the guest mapping at page `first`) go to
  * their fixed offset: merged with the previous run when adjacent, submitted
  * otherwise.  A page's bitmap bit is set only once its write completed.
- * -errno if this or an earlier write failed. */
-int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n);
+ * crc (the worker's CRC-32C of the pages) becomes one extent record.
+ * -errno if this or an earlier write failed; -E2BIG if there are more
+ * extents than pages (a worker repeats pages). */
+int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n, uint32_t crc);
 /* Submit what is pending without waiting (call before going idle). */
 int wr_snapfile_flush(struct wr_snapfile *f);
-/* Wait for every write, make the data durable, then the bitmap, then mark the
- * header COMPLETE and make that durable: a crash at any point leaves a file
- * restore refuses. */
+/* Wait for every write, make the data durable, then the bitmap and extent
+ * table, then mark the header COMPLETE and make that durable: a crash at any
+ * point leaves a file restore refuses. */
 int wr_snapfile_finish(struct wr_snapfile *f, const char **what);
 
 #endif

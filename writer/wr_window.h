@@ -25,6 +25,7 @@ struct wr_window {
 	uint32_t n_pages;	/* 0: empty */
 	uint32_t present;	/* data pages among them */
 	uint32_t n_extents;
+	uint32_t data_crc;	/* CRC-32C of the data pages in order, from the workers' sub-run CRCs */
 	struct iovec extents[WR_WINDOW_MAX_EXTENTS]; /* data sub-runs, in the guest mapping */
 	uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
 };
@@ -34,10 +35,12 @@ void wr_window_init(struct wr_window *w, uint32_t max_pages, uint32_t page_size)
  * fits)?  When not, send the window first. */
 bool wr_window_fits(const struct wr_window *w, uint64_t first, uint32_t n, bool data);
 /* Add a sub-run: `data` points at its pages in the guest mapping, or NULL
- * for zero pages. */
-void wr_window_add(struct wr_window *w, uint64_t first, uint32_t n, const uint8_t *data);
-/* The packet for the window (type, encoding, pages, payload length) and its
- * payload: the bitmap (SPARSE only, *prefix_len bytes) then the extents. */
+ * for zero pages; `crc` is the CRC-32C of its pages the worker computed
+ * (the writer never reads guest pages: sendfile does not). */
+void wr_window_add(struct wr_window *w, uint64_t first, uint32_t n, const uint8_t *data, uint32_t crc);
+/* The packet for the window (type, encoding, pages, payload length and
+ * checksum) and its payload: the bitmap (SPARSE only, *prefix_len bytes)
+ * then the extents. */
 void wr_window_packet(const struct wr_window *w, struct proto_packet *p, uint32_t *prefix_len);
 static inline bool wr_window_full(const struct wr_window *w)
 {
@@ -45,7 +48,7 @@ static inline bool wr_window_full(const struct wr_window *w)
 }
 static inline void wr_window_clear(struct wr_window *w)
 {
-	w->n_pages = w->present = w->n_extents = 0;
+	w->n_pages = w->present = w->n_extents = w->data_crc = 0;
 }
 
 #endif

@@ -4,10 +4,12 @@
  *
  * argv: pageferry-writer snapshot
  *       pageferry-writer migrate HOST:PORT CHANNELS off|auto|on PSK(0|1) ZSTD(0|1) CONNECT_TIMEOUT_MS ROUNDS(0|1)
+ *                        IO_TIMEOUT_MS
  * fds: 3 control segment, 4 guest (read-only),
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
  *      migrate:  5 pre-shared key file (with PSK 1)
+ *                6 socket to the front end, for the commit decision
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
  *      8 + 2i  wake socket of ring writer -> worker i   (buffers back)
  *      7 + 2W + i  worker i's arena, read-only (migrate with ZSTD 1)
@@ -23,18 +25,23 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
+#include "stage/stage_sigbus.h"
+#include <sys/stat.h>
 #include "workers/wk_arena.h"
 #include "writer/wr_net.h"
+#include "writer/wr_recheck.h"
 #include "writer/wr_snapfile.h"
 #include "writer/wr_window.h"
 
 #define FD_META 5
 #define FD_DATA 6
 #define FD_PSK 5
+#define FD_COMMIT 6
 #define FD_RINGS 7
 #define BURST 64u
 
@@ -47,6 +54,7 @@ struct writer {
 	uint32_t n_workers, n_ended;
 	struct shm_stats *stats;
 	bool migrate;
+	bool rounds;	/* live migration: the dirty log covers a changing guest */
 	struct wr_snapfile file;
 	struct wr_net net;
 	/* Pre-copy rounds: descriptors after a worker's fence wait here. */
@@ -74,10 +82,42 @@ static void return_buffer(void *ctx, uint32_t worker, uint32_t buffer)
 		stage_die_ring(rc, "ring back to worker");
 }
 
+/* A failed send or wait for the receiver: the guest file shrank under a
+ * send from its mapping (EFAULT), the link died (--io-timeout), or what the
+ * kernel said. */
+static noreturn void net_failed(struct writer *w, int rc, const char *what)
+{
+	stage_die_if_fault(STAGE_MAP_GUEST, rc);
+	if (wr_net_link_dead(&w->net, rc))
+		stage_die(STAGE_EXIT_FAILED, "the link to %s is dead: no progress for %d s (--io-timeout)", w->net.peer,
+			  w->net.io_timeout_ms / 1000);
+	/* Paused: the receiver may have refused pages the guest changed. */
+	if (!w->rounds)
+		wr_recheck_after_failure(&w->seg, w->guest, w->in, w->back, 10000);
+	stage_die_errno(rc, "%s", what);
+}
+
+static noreturn void snapshot_failed(int rc, const char *what)
+{
+	stage_die_if_fault(STAGE_MAP_GUEST, rc); /* O_DIRECT from a guest page that is gone */
+	stage_die_errno(rc, "%s", what);
+}
+
+/* A guest that shrank after its last page was read faults nowhere: check
+ * its size before reporting the copy complete. */
+static void check_guest_size(const struct writer *w)
+{
+	struct stat st;
+	if (fstat(STAGE_FD_GUEST, &st) < 0)
+		stage_die_errno(-errno, "fstat of the guest file");
+	if ((uint64_t)st.st_size < w->geo.guest_pages * w->geo.page_size)
+		stage_die(STAGE_EXIT_FAILED, "%s", stage_fault_reason(STAGE_MAP_GUEST));
+}
+
 static void sent(struct writer *w, int rc, const struct proto_packet *p)
 {
 	if (rc < 0)
-		stage_die_errno(rc, "sending to the receiver");
+		net_failed(w, rc, "sending to the receiver");
 	stage_stat_add(w->stats, SHM_STAT_PACKETS, 1);
 	if (p->payload_len)
 		stage_stat_add(w->stats, SHM_STAT_BYTES, p->payload_len);
@@ -108,17 +148,23 @@ static void send_run(struct writer *w, uint32_t i, const struct proto_desc *d)
 		bool data = d->encoding == PROTO_ENC_RAW;
 		if (!wr_window_fits(win, d->first_page, d->n_pages, data))
 			send_window(w, win);
-		wr_window_add(win, d->first_page, d->n_pages, data ? w->guest + d->first_page * w->geo.page_size : NULL);
+		/* A RAW sub-run's payload_len is its pages' CRC (proto_desc.h). */
+		wr_window_add(win, d->first_page, d->n_pages, data ? w->guest + d->first_page * w->geo.page_size : NULL,
+			      data ? d->payload_len : 0);
 		if (wr_window_full(win))
 			send_window(w, win);
 		return;
 	}
 	if (!w->arena[i])
 		stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", i);
+	const uint8_t *frame = w->arena[i] + d->buffer * w->buffer_size;
+	uint32_t crc;
+	if (!proto_desc_frame_crc(frame, w->buffer_size, d->payload_len, &crc))
+		stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %s", i, proto_strerror(PROTO_E_PAYLOAD_LEN));
 	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = w->round,
 				  .n_pages = d->n_pages, .first_page = d->first_page,
-				  .payload_len = d->payload_len };
-	sent(w, wr_net_send(&w->net, &p, w->arena[i] + d->buffer * w->buffer_size, (int32_t)i, d->buffer), &p);
+				  .payload_len = d->payload_len, .payload_crc = crc };
+	sent(w, wr_net_send(&w->net, &p, frame, (int32_t)i, d->buffer), &p);
 }
 
 /* Returns the number of descriptors handled from worker i's ring. */
@@ -165,10 +211,13 @@ static int drain_ring(struct writer *w, uint32_t i)
 			stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, d.n_pages);
 		} else if (d.encoding == PROTO_ENC_RAW) {
 			stage_test_hook("writer");
+			/* A RAW sub-run's payload_len is its pages' CRC: one extent record. */
 			int rc = wr_snapfile_add_run(&w->file, w->guest + d.first_page * w->geo.page_size,
-						     d.first_page, d.n_pages);
+						     d.first_page, d.n_pages, d.payload_len);
+			if (rc == -E2BIG)
+				stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: more extents than guest pages", i);
 			if (rc < 0)
-				stage_die_errno(rc, "writing page data to the snapshot");
+				snapshot_failed(rc, "writing page data to the snapshot");
 			stage_stat_add(w->stats, SHM_STAT_BYTES, (uint64_t)d.n_pages * w->geo.page_size);
 		} else {
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: encoding %u in a snapshot", i,
@@ -186,7 +235,7 @@ static void end_round(struct writer *w)
 	send_windows(w);
 	int rc = wr_net_sync(&w->net, w->round);
 	if (rc < 0)
-		stage_die_errno(rc, "sending to the receiver");
+		net_failed(w, rc, "sending to the receiver");
 	stage_stat_set(w->stats, SHM_STAT_ROUND, w->round);
 	w->round++;
 	w->n_fenced = 0;
@@ -204,8 +253,10 @@ static void sleep_on_rings(struct writer *w)
 	int flushed = w->migrate ? wr_net_flush(&w->net) : wr_snapfile_flush(&w->file);
 	if (flushed == 0 && w->migrate)
 		flushed = wr_net_reap(&w->net);
+	if (flushed < 0 && w->migrate)
+		net_failed(w, flushed, "sending to the receiver");
 	if (flushed < 0)
-		stage_die_errno(flushed, w->migrate ? "sending to the receiver" : "writing page data to the snapshot");
+		snapshot_failed(flushed, "writing page data to the snapshot");
 	struct pollfd pfd[SHM_MAX_WORKERS + PROTO_MAX_CHANNELS];
 	nfds_t n = 0;
 	for (uint32_t i = 0; i < w->n_workers; i++) {
@@ -257,6 +308,7 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 	int use_zstd = (int)stage_parse_u64("zstd flag", argv[6], 0, 1);
 	int timeout_ms = (int)stage_parse_u64("connect timeout", argv[7], 0, 3600000);
 	int rounds = (int)stage_parse_u64("rounds flag", argv[8], 0, 1);
+	int io_timeout_ms = (int)stage_parse_u64("io timeout", argv[9], 0, 86400000);
 	static struct net_psk psk;
 	if (use_psk) {
 		const char *why = "";
@@ -283,7 +335,8 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 	char what[256] = "";
 	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = w->guest,
 				  .bytes = w->geo.guest_pages * w->geo.page_size };
-	int rc = wr_net_open(&w->net, argv[2], &hs, &psk, zc, &guest, timeout_ms, what, sizeof(what));
+	int rc = wr_net_open(&w->net, argv[2], &hs, &psk, zc, &guest, timeout_ms, io_timeout_ms, what,
+			     sizeof(what));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
@@ -301,19 +354,10 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 		*max_fd = w->net.ch[i].fd > *max_fd ? w->net.ch[i].fd : *max_fd;
 }
 
-static void finish_migration(struct writer *w)
+static void check_answer(int rc, uint32_t status, struct writer *w)
 {
-	send_windows(w);
-	uint32_t status = PROTO_OK;
-	int rc = wr_net_finish(&w->net, &status);
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	stage_stat_set(w->stats, SHM_STAT_EVENT_US, (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u);
-	stage_stat_set(w->stats, SHM_STAT_ZC_SENDS, wr_net_zc_sends(&w->net));
-	stage_stat_set(w->stats, SHM_STAT_ZC_COPIED, wr_net_zc_copied(&w->net));
-	stage_stat_set(w->stats, SHM_STAT_SENDFILE_BYTES, wr_net_sendfile_bytes(&w->net));
 	if (rc < 0)
-		stage_die_errno(rc, "finishing the migration");
+		net_failed(w, rc, "finishing the migration");
 	if (rc > 0)
 		stage_die(STAGE_EXIT_FAILED, "the receiver's answer: %s", proto_strerror((enum proto_err)rc));
 	if (status == PROTO_RESULT_LOCAL_FAILURE)
@@ -323,15 +367,58 @@ static void finish_migration(struct writer *w)
 			  proto_strerror((enum proto_err)status));
 }
 
+/* The front end decides whether the prepared copy is committed: it knows
+ * whether the source's VMM still holds the guest paused for us (the lease)
+ * and whether the user cancelled.  One byte each way on FD_COMMIT. */
+static bool front_end_says_commit(void)
+{
+	char c = 'P';
+	ssize_t n;
+	do
+		n = write(FD_COMMIT, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		stage_die_errno(n < 0 ? -errno : -EPIPE, "asking the front end to commit");
+	do
+		n = read(FD_COMMIT, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		stage_die(STAGE_EXIT_PEER, "the front end went away before it decided the commit");
+	return c == 'C';
+}
+
+static void finish_migration(struct writer *w)
+{
+	send_windows(w);
+	uint32_t status = PROTO_OK;
+	int rc = wr_net_finish(&w->net, &status);
+	check_answer(rc, status, w);
+	/* Prepared: every check passed there and the copy is durable, but it is
+	 * committed only when we say so (doc/architecture.md, "The handoff"). */
+	bool commit = front_end_says_commit();
+	rc = wr_net_commit(&w->net, commit, &status);
+	if (!commit)
+		stage_die(STAGE_EXIT_FAILED, "the commit was called off; the receiver keeps nothing");
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	stage_stat_set(w->stats, SHM_STAT_EVENT_US, (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u);
+	stage_stat_set(w->stats, SHM_STAT_ZC_SENDS, wr_net_zc_sends(&w->net));
+	stage_stat_set(w->stats, SHM_STAT_ZC_COPIED, wr_net_zc_copied(&w->net));
+	stage_stat_set(w->stats, SHM_STAT_SENDFILE_BYTES, wr_net_sendfile_bytes(&w->net));
+	check_answer(rc, status, w);
+}
+
 int main(int argc, char **argv)
 {
 	struct writer w = { 0 };
 	stage_set_name("writer", -1);
-	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 9 && strcmp(argv[1], "migrate") == 0))
+	stage_tie_to_supervisor();
+	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 10 && strcmp(argv[1], "migrate") == 0))
 		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-writer snapshot | migrate HOST:PORT CHANNELS "
-					    "off|auto|on|sendfile PSK ZSTD CONNECT_TIMEOUT_MS ROUNDS");
-	w.migrate = argc == 9;
+					    "off|auto|on|sendfile PSK ZSTD CONNECT_TIMEOUT_MS ROUNDS IO_TIMEOUT_MS");
+	w.migrate = argc == 10;
 	w.round = 1;
+	w.rounds = w.migrate && strcmp(argv[8], "1") == 0;
 	stage_attach_segment(&w.seg);
 	w.n_workers = w.seg.geo.n_workers;
 	w.geo = (struct proto_geometry){ .page_size = w.seg.geo.page_size,
@@ -374,15 +461,19 @@ int main(int argc, char **argv)
 		if (handled == 0)
 			sleep_on_rings(&w);
 		else if (w.migrate && ((rc = wr_net_flush(&w.net)) < 0 || (rc = wr_net_reap(&w.net)) < 0))
-			stage_die_errno(rc, "sending to the receiver");
+			net_failed(&w, rc, "sending to the receiver");
 	}
+	check_guest_size(&w);
+	/* Without a dirty log nothing else notices a guest that ran on. */
+	if (!w.rounds)
+		wr_recheck_guest(&w.seg, w.guest);
 	if (w.migrate) {
 		finish_migration(&w);
 	} else {
 		const char *what = "";
 		rc = wr_snapfile_finish(&w.file, &what);
 		if (rc < 0)
-			stage_die_errno(rc, "%s", what);
+			snapshot_failed(rc, what);
 	}
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);
 	return STAGE_EXIT_OK;

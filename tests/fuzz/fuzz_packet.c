@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "protocol/proto_bytes.h"
+#include "protocol/proto_crc32c.h"
 #include "protocol/proto_desc.h"
 #include "protocol/proto_handshake.h"
 #include "protocol/proto_packet.h"
@@ -23,6 +25,9 @@
 
 static void check_packet(const struct proto_packet *p, const struct proto_geometry *g)
 {
+	/* Only page payloads carry a checksum in the header (version 3). */
+	if (p->type != PROTO_PKT_DATA || p->encoding == PROTO_ENC_ZERO)
+		CHECK(p->payload_crc == 0);
 	if (p->type != PROTO_PKT_DATA)
 		return;
 	CHECK(p->n_pages >= 1 && p->n_pages <= g->max_run_pages);
@@ -33,7 +38,12 @@ static void check_packet(const struct proto_packet *p, const struct proto_geomet
 		CHECK(p->payload_len == raw);
 	else if (p->encoding == PROTO_ENC_ZSTD)
 		CHECK(p->payload_len >= 1 && p->payload_len < raw);
-	else
+	else if (p->encoding == PROTO_ENC_SPARSE) {
+		/* A bitmap, then at least one page and fewer than all. */
+		uint32_t bitmap = proto_sparse_bitmap_bytes(p->n_pages);
+		CHECK(p->payload_len > bitmap && (p->payload_len - bitmap) % g->page_size == 0);
+		CHECK((p->payload_len - bitmap) / g->page_size < p->n_pages);
+	} else
 		CHECK(p->encoding == PROTO_ENC_ZERO && p->payload_len == 0);
 }
 
@@ -62,10 +72,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		left = size - off;
 		struct proto_end_body e;
 		uint32_t status;
-		if (proto_end_body_decode(data + off, left, &e) == PROTO_OK)
+		if (proto_end_body_decode(data + off, left, &e) == PROTO_OK) {
 			CHECK(left >= PROTO_END_BODY_SIZE);
-		if (proto_result_decode(data + off, left, &status) == PROTO_OK)
+			CHECK(proto_crc32c(0, data + off, 28) == get_le32(data + off + 28));
+		}
+		if (proto_result_decode(data + off, left, &status) == PROTO_OK) {
 			CHECK(status < _PROTO_E_MAX || status == PROTO_RESULT_LOCAL_FAILURE);
+			CHECK(proto_crc32c(0, data + off, 4) == get_le32(data + off + 4));
+		}
 		if (left >= 16) {
 			struct shm_slot s;
 			memcpy(&s.w0, data + off, 8);
@@ -73,7 +87,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			struct proto_desc d;
 			if (proto_desc_unpack(s, &geo, 16, &d) == PROTO_OK && d.type == PROTO_DESC_RUN) {
 				CHECK(d.first_page + d.n_pages <= geo.guest_pages);
-				CHECK(d.payload_len <= (uint64_t)d.n_pages * geo.page_size);
+				/* RAW: payload_len is the run's CRC, any value. */
+				if (d.encoding == PROTO_ENC_ZERO)
+					CHECK(d.payload_len == 0);
+				if (d.encoding == PROTO_ENC_ZSTD)
+					CHECK(d.payload_len >= 1 && d.payload_len < (uint64_t)d.n_pages * geo.page_size);
 				CHECK(d.encoding != PROTO_ENC_ZSTD || d.buffer < 16);
 			}
 		}

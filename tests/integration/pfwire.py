@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 
-HS_MAGIC, PK_MAGIC, VERSION = 0x53484650, 0x4B504650, 2
+HS_MAGIC, PK_MAGIC, VERSION = 0x53484650, 0x4B504650, 3
 DATA, SYNC, END, RESULT = 1, 2, 3, 4
 ZERO, RAW, ZSTD, SPARSE = 0, 1, 2, 3
 F_ZSTD, F_PSK = 1, 2
@@ -42,13 +42,25 @@ def handshake(kind, cid, session, guest_pages, n_channels=1, features=0, page=PA
     return b + struct.pack("<I", crc32c(b))
 
 
-def packet(ptype, enc, first, n_pages, seq, payload_len, rnd=1):
-    b = struct.pack("<IBBHIIQQIII", PK_MAGIC, ptype, enc, 0, rnd, n_pages, first, seq, payload_len, 0, 0)
+def packet(ptype, enc, first, n_pages, seq, payload_len, rnd=1, payload_crc=0):
+    """A 48-byte header.  payload_crc: CRC-32C of a DATA packet's page
+    payload (version 3); 0 for ZERO, SYNC, END and RESULT."""
+    b = struct.pack("<IBBHIIQQIII", PK_MAGIC, ptype, enc, 0, rnd, n_pages, first, seq, payload_len,
+                    payload_crc, 0)
     return b + struct.pack("<I", crc32c(b))
 
 
+def parse_header(h):
+    """The fields of a 48-byte packet header, by name."""
+    (magic, ptype, enc, flags, rnd, n_pages, first, seq, payload_len, payload_crc, _reserved,
+     header_crc) = struct.unpack("<IBBHIIQQIIII", h)
+    return dict(magic=magic, type=ptype, encoding=enc, round=rnd, n_pages=n_pages, first_page=first, seq=seq,
+                payload_len=payload_len, payload_crc=payload_crc, header_crc=header_crc)
+
+
 def end_body(packets, pages, payload, crc):
-    return struct.pack("<QQQII", packets, pages, payload, crc, 0)
+    b = struct.pack("<QQQI", packets, pages, payload, crc)
+    return b + struct.pack("<I", crc32c(b))
 
 
 def connect(port, host="127.0.0.1", timeout=10):
@@ -98,8 +110,11 @@ class Session:
         self.pages = 0
         self.bytes = 0
 
-    def send(self, enc, first, n_pages, payload=b"", payload_len=None):
-        h = packet(DATA, enc, first, n_pages, self.seq, len(payload) if payload_len is None else payload_len)
+    def send(self, enc, first, n_pages, payload=b"", payload_len=None, payload_crc=None):
+        if payload_crc is None:
+            payload_crc = crc32c(payload) if enc != ZERO else 0
+        h = packet(DATA, enc, first, n_pages, self.seq, len(payload) if payload_len is None else payload_len,
+                   payload_crc=payload_crc)
         self.data.sendall(h + payload)
         self.seq += 1
         self.crc = crc32c(h[44:48], self.crc)

@@ -312,6 +312,59 @@ class BadInput(Base):
         s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=1))
         self.expect_refusal(rx, "unsupported protocol or format version")
 
+    def test_version_2_refused_by_name(self):
+        # Version 2 had no payload checksums: refused, saying which versions.
+        rx = self.receiver()
+        s = pfwire.connect(self.port)
+        s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=2))
+        reply = pfwire.recv_exact(s, 64)
+        self.assertEqual(struct.unpack_from("<H", reply, 4)[0], 3)  # the version we speak
+        self.assertEqual(struct.unpack_from("<H", reply, 42)[0], 3)  # refused: PROTO_E_VERSION
+        err = self.expect_refusal(rx, "refused main channel from 127.0.0.1")
+        self.assertIn("unsupported protocol or format version: the sender speaks wire protocol version 2, "
+                      "this receiver version 3", err)
+
+    def test_raw_payload_checksum_mismatch_names_the_packet(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024)
+        s.send(pfwire.ZERO, 0, 4)
+        page = b"p" * 4096
+        s.send(pfwire.RAW, 8, 2, page * 2, payload_crc=pfwire.crc32c(page + b"q" + page[1:]))
+        self.expect_refusal(rx, "data channel 0, packet 1 (pages 8..9): payload checksum mismatch "
+                                "(corrupted in transit)")
+
+    def test_sparse_payload_checksum_covers_the_bitmap(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024)
+        pages = b"s" * 2 * 4096
+        sent, claimed = struct.pack("<Q", 0b0101), struct.pack("<Q", 0b0011)
+        # Same bit count, pages intact: only the checksum sees the bitmap changed.
+        s.send(pfwire.SPARSE, 100, 4, sent + pages, payload_crc=pfwire.crc32c(claimed + pages))
+        self.expect_refusal(rx, "data channel 0, packet 0 (pages 100..103): payload checksum mismatch")
+
+    def test_zstd_payload_checksum_checked_before_decompressing(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024, features=pfwire.F_ZSTD)
+        frame = zstd(b"A" * 8192)
+        s.send(pfwire.ZSTD, 0, 2, frame, payload_crc=pfwire.crc32c(frame) ^ 1)
+        s.end()
+        self.expect_refusal(rx, "data channel 0, packet 0 (pages 0..1): payload checksum mismatch")
+
+    def test_checksum_on_a_zero_packet_refused(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024)
+        s.send(pfwire.ZERO, 0, 4, payload_crc=0x1234)
+        self.expect_refusal(rx, "data channel 0, packet 0: reserved field is not zero")
+
+    def test_end_body_checksum(self):
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024)
+        s.send(pfwire.RAW, 0, 1, b"y" * 4096)
+        body = bytearray(pfwire.end_body(s.seq, s.pages, s.bytes, s.crc))
+        body[-1] ^= 1
+        s.data.sendall(pfwire.packet(pfwire.END, 0, 0, 0, s.seq, 32) + bytes(body))
+        self.expect_refusal(rx, "data channel 0: end marker: payload checksum mismatch")
+
     def test_wrong_session_on_a_data_channel(self):
         rx = self.receiver()
         main = pfwire.connect(self.port)
@@ -420,10 +473,14 @@ class BadInput(Base):
         self.expect_refusal(rx, "the sender closed the connection in the middle of raw pages (truncated stream)")
 
     def test_silent_sender_times_out(self):
-        rx = self.receiver("--idle-timeout", 2)
+        # The link stays alive (keepalive probes are answered): a stalled
+        # sender, told apart from a dead link.
+        rx = self.receiver("--io-timeout", 2)
         s = pfwire.Session(self.port, guest_pages=1024)
         s.send(pfwire.ZERO, 0, 4)  # then nothing, connections open
-        err = self.expect_refusal(rx, "data channel 0: nothing from the sender for 2 s (--idle-timeout)")
+        err = self.expect_refusal(rx, "data channel 0: nothing from the sender at 127.0.0.1:")
+        self.assertRegex(err, r"127\.0\.0\.1:\d+ for more than 2 s \(--io-timeout\)")
+        self.assertNotIn("dead", err)
         self.assertNotIn("closed", err)
         s.close()
 

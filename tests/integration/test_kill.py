@@ -1,0 +1,377 @@
+#!/usr/bin/python3
+"""The kill matrix (issue "Trust", doc/architecture.md "The handoff"): SIGKILL
+each stage and each front-end process of snapshot, restore, paused and live
+migration at several points, including just before and just after the
+commit. Whatever is killed, exactly one of these holds:
+  (a) the sender reports success, and the destination is committed and
+      bit-exact;
+  (b) the sender fails, the source guest is intact and (live) running again,
+      and no committed destination exists.
+And nothing is left running, no status file survives `pageferry status`,
+and nothing that looks complete is left behind.
+
+Points "before-commit" / "after-commit" stop a front end exactly there
+(PAGEFERRY_TEST_FE_HOOK, -Dtest_hooks=true builds); mid-transfer kills use
+the "crawl" stage hook, which makes every run take 20 ms."""
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_migrate import PF, free_port  # noqa: E402
+
+SIZE = "256M"
+LEASE_MS = 1000
+
+
+def proc_stat(pid):
+    """(ppid, session) of pid, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[3])
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def proc_name(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.basename(f.read().split(b"\0")[0].decode())
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+class Matrix(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="pf-kill-", dir="/dev/shm")
+        self.disk = tempfile.mkdtemp(prefix="pf-kill-", dir="/var/tmp")
+        self.run_dir = tempfile.mkdtemp(prefix="pf-kill-run-")
+        self.env = dict(os.environ, PAGEFERRY_RUN_DIR=self.run_dir)
+        self.procs = []
+        self.shm_before = set(os.listdir("/dev/shm"))
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.disk, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- processes ---------------------------------------------------------
+
+    def spawn(self, args, hook=None, fe_hook=None, stdout=subprocess.PIPE):
+        env = dict(self.env)
+        if hook:
+            env["PAGEFERRY_TEST_HOOK"] = hook
+        if fe_hook:
+            env["PAGEFERRY_TEST_FE_HOOK"] = fe_hook
+        p = subprocess.Popen([PF] + [str(a) for a in args], stdout=stdout, stderr=subprocess.PIPE,
+                             text=True, env=env, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def wait_child(self, fe, name, timeout=30):
+        """The pid of fe's child stage `name` once it runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid in pids():
+                st = proc_stat(pid)
+                if st and st[0] == fe.pid and proc_name(pid) == name:
+                    return pid
+            time.sleep(0.02)
+        self.fail(f"{name} never started under pid {fe.pid}")
+
+    def wait_stderr(self, p, text, timeout=60):
+        """Read p's stderr until a line contains text (the front-end hooks say
+        where they stopped)."""
+        deadline, seen = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stderr], [], [], 0.2)
+            if ready:
+                line = p.stderr.readline()
+                if not line:
+                    break
+                seen += line
+                if text in line:
+                    return
+        self.fail(f"never saw {text!r} on stderr; got {seen!r}")
+
+    def kill(self, pid):
+        os.kill(pid, signal.SIGKILL)
+
+    def assert_nothing_left(self, *fes):
+        """No process of ours still runs (the stages die with their front end)
+        and `pageferry status` knows no migration, leaving no status file."""
+        sessions = {p.pid for p in fes}
+        deadline = time.monotonic() + 10
+        left = []
+        while time.monotonic() < deadline:
+            left = [(pid, proc_name(pid)) for pid in pids()
+                    if (st := proc_stat(pid)) and st[1] in sessions and proc_name(pid).startswith("pageferry")]
+            if not left:
+                break
+            time.sleep(0.05)
+        self.assertEqual(left, [], "processes left running")
+        r = subprocess.run([PF, "status"], capture_output=True, text=True, env=self.env)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertEqual(os.listdir(self.run_dir), [], "status file left")
+        # Segments and arenas are memfds, gone with their processes; nothing
+        # named may stay either (other tests' files are not ours to judge).
+        left = {n for n in set(os.listdir("/dev/shm")) - self.shm_before if n.startswith(("pageferry", "sem."))}
+        self.assertEqual(left, set(), "shared-memory files left")
+
+    def finish(self, p, timeout=120):
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err
+
+    def verify(self, a, b):
+        return subprocess.run([PF, "verify", a, b], capture_output=True, text=True).returncode == 0
+
+    # -- the invariant -----------------------------------------------------
+
+    def assert_handoff(self, sender_rc, into, source, sender_err=""):
+        committed = os.path.exists(into)
+        if sender_rc == 0:
+            self.assertTrue(committed, "the sender reported success but nothing was committed")
+            self.assertTrue(self.verify(source, into), "the committed destination differs")
+        else:
+            self.assertFalse(committed, f"the sender failed ({sender_err.strip()}) but {into} was committed")
+
+    # -- snapshot and restore ------------------------------------------------
+
+    def guest(self, pattern="random"):
+        g = os.path.join(self.dir, f"{pattern}.ram")
+        subprocess.run([PF, "mkguest", pattern, SIZE, g], check=True)
+        return g
+
+    def refused(self, snap):
+        into = os.path.join(self.dir, "probe.ram")
+        r = subprocess.run([PF, "restore", snap, "--into", into], capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0, f"restore accepted {snap}")
+        self.assertFalse(os.path.exists(into))
+        return r.stderr
+
+    def crawl_hook(self, victim):
+        """Slow down the victim's own stage (or the snapshot writer), so that
+        it is still at work when it is killed. (A migration's writer waits for
+        its workers: "worker:crawl" keeps them all busy.)"""
+        return "worker:crawl" if victim == "pageferry-worker" else "writer:crawl"
+
+    def snapshot_killed(self, victim, fe_hook=None):
+        guest = self.guest()
+        out = os.path.join(tempfile.mkdtemp(dir=self.disk), "s.pfs")
+        p = self.spawn(["snapshot", "--guest", guest, "--out", out, "--workers", 2],
+                       hook=None if fe_hook else self.crawl_hook(victim), fe_hook=fe_hook)
+        if fe_hook:
+            self.wait_stderr(p, f"stopped at {fe_hook}")
+            self.kill(p.pid)
+        else:
+            target = p.pid if victim == "pageferry" else self.wait_child(p, victim)
+            time.sleep(0.5)
+            self.kill(target)
+        rc, _, err = self.finish(p)
+        self.assertNotEqual(rc, 0)
+        self.assert_nothing_left(p)
+        return guest, out, err
+
+    def test_snapshot_kills_mid_transfer(self):
+        # (The scanner of a paused guest posts every run within milliseconds
+        # and is gone; it is killed mid-way in the live tests.)
+        for victim in ("pageferry", "pageferry-worker", "pageferry-writer"):
+            with self.subTest(victim=victim):
+                _, out, err = self.snapshot_killed(victim)
+                self.assertFalse(os.path.exists(out), f"{out} committed after {victim} was killed")
+                if victim != "pageferry":
+                    self.assertIn("killed by signal 9", err)
+                    self.assertFalse(os.path.exists(out + ".pf-partial"))
+                elif os.path.exists(out + ".pf-partial"):
+                    # Left by the killed front end: refused, under any name.
+                    self.refused(out + ".pf-partial")
+                    shutil.copy(out + ".pf-partial", out + ".renamed")
+                    self.assertIn("incomplete", self.refused(out + ".renamed"))
+
+    def test_snapshot_front_end_killed_around_the_commit(self):
+        guest, out, _ = self.snapshot_killed(None, fe_hook="snapshot:before-commit")
+        self.assertFalse(os.path.exists(out))
+        self.assertIn("unfinished snapshot", self.refused(out + ".pf-partial"))
+        os.unlink(out + ".pf-partial")
+        guest, out, _ = self.snapshot_killed(None, fe_hook="snapshot:after-commit")
+        into = os.path.join(self.dir, "after.ram")
+        subprocess.run([PF, "restore", out, "--into", into], check=True, capture_output=True)
+        self.assertTrue(self.verify(guest, into))
+
+    def test_restore_kills(self):
+        guest = self.guest()
+        snap = os.path.join(self.disk, "r.pfs")
+        subprocess.run([PF, "snapshot", "--guest", guest, "--out", snap], check=True, capture_output=True)
+        for victim, fe_hook in (("pageferry", None), ("pageferry-receiver", None),
+                                (None, "restore:before-commit"), (None, "restore:after-commit")):
+            with self.subTest(victim=victim, fe_hook=fe_hook):
+                into = os.path.join(tempfile.mkdtemp(dir=self.dir), "restored.ram")
+                # Restore reads fast: only the hooks stop it at a known point,
+                # so the mid-transfer kills land wherever they land.
+                p = self.spawn(["restore", snap, "--into", into, "--workers", 1], fe_hook=fe_hook)
+                if fe_hook:
+                    self.wait_stderr(p, f"stopped at {fe_hook}")
+                    self.kill(p.pid)
+                else:
+                    target = p.pid if victim == "pageferry" else self.wait_child(p, victim)
+                    self.kill(target)
+                rc, _, _ = self.finish(p)
+                self.assert_nothing_left(p)
+                if os.path.exists(into):
+                    self.assertEqual(fe_hook, "restore:after-commit", "a killed restore committed")
+                    self.assertTrue(self.verify(guest, into))
+                    os.unlink(into)
+                else:
+                    self.assertNotEqual(fe_hook, "restore:after-commit")
+                if os.path.exists(into + ".pf-partial"):
+                    os.unlink(into + ".pf-partial")
+
+    # -- paused migration ----------------------------------------------------
+
+    def migration(self, sender_victim=None, receiver_victim=None, fe_hook=None, compress="none"):
+        """One paused migration with one kill; returns (sender rc, into, guest)."""
+        guest = self.guest()
+        into = os.path.join(tempfile.mkdtemp(dir=self.dir), "dest.ram")
+        port = free_port()
+        rx = self.spawn(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+                         "--workers", 2], fe_hook=fe_hook)
+        tx = self.spawn(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", 2,
+                         "--compress", compress, "--workers", 2],
+                        hook=None if fe_hook else "worker:crawl")
+        if fe_hook:
+            self.wait_stderr(rx, f"stopped at {fe_hook}")
+            self.kill(rx.pid)
+        else:
+            fe, victim = (tx, sender_victim) if sender_victim else (rx, receiver_victim)
+            target = fe.pid if victim == "pageferry" else self.wait_child(fe, victim)
+            time.sleep(0.5)
+            self.kill(target)
+        rc, _, err = self.finish(tx)
+        self.finish(rx)
+        self.assert_nothing_left(tx, rx)
+        self.assert_handoff(rc, into, guest, err)
+        return rc, err, into
+
+    def test_migrate_sender_kills_mid_transfer(self):
+        for victim in ("pageferry", "pageferry-worker", "pageferry-writer"):
+            with self.subTest(victim=victim):
+                rc, _, into = self.migration(sender_victim=victim)
+                self.assertNotEqual(rc, 0)
+                self.assertFalse(os.path.exists(into + ".pf-partial"))
+
+    def test_migrate_receiver_kills_mid_transfer(self):
+        for victim, compress in (("pageferry", "none"), ("pageferry-receiver", "none"),
+                                 ("pageferry-inflater", "zstd")):
+            with self.subTest(victim=victim):
+                rc, err, _ = self.migration(receiver_victim=victim, compress=compress)
+                self.assertNotEqual(rc, 0)
+                self.assertIn("pageferry migrate:", err)
+
+    def test_migrate_receiver_front_end_killed_before_the_commit(self):
+        rc, err, into = self.migration(fe_hook="receive:before-commit")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("pageferry migrate:", err)
+
+    def test_migrate_receiver_front_end_killed_after_the_commit(self):
+        rc, err, into = self.migration(fe_hook="receive:after-commit")
+        self.assertEqual(rc, 0, err)
+
+    # -- live migration --------------------------------------------------------
+
+    def dirty_log_words(self, log):
+        with open(log, "rb") as f:
+            head = f.read(264)
+        return struct.unpack_from("<I", head, 64)[0], struct.unpack_from("<I", head, 128)[0]
+
+    def assert_guest_runs(self, sim, log):
+        """Running again within the lease and a margin: request and ack clear."""
+        deadline = time.monotonic() + LEASE_MS / 1000 + 10
+        while time.monotonic() < deadline and self.dirty_log_words(log) != (0, 0):
+            time.sleep(0.05)
+        self.assertEqual(self.dirty_log_words(log), (0, 0), "the guest stays paused")
+        self.assertIsNone(sim.poll(), "guestsim died")
+
+    def live(self, tx_hook=None, rx_hook=None, victim=None):
+        work = tempfile.mkdtemp(dir=self.dir)
+        ram, log, crc = (os.path.join(work, n) for n in ("live.ram", "live.log", "live.crc"))
+        sim = self.spawn(["guestsim", "--ram", ram, "--dirty-log", log, "--size", SIZE, "--rate", 8,
+                          "--checksum-file", crc])
+        self.assertEqual(sim.stdout.readline().strip(), "ready")
+        into = os.path.join(work, "live.dst")
+        port = free_port()
+        rx = self.spawn(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+                         "--workers", 2], fe_hook=rx_hook)
+        tx = self.spawn(["migrate", "--guest", ram, "--dirty-log", log, "--to", f"tcp:127.0.0.1:{port}",
+                         "--pause-lease", LEASE_MS, "--workers", 2],
+                        fe_hook=tx_hook, hook="worker:crawl" if victim else None)
+        if tx_hook:
+            self.wait_stderr(tx, f"stopped at {tx_hook}")
+            self.kill(tx.pid)
+        elif rx_hook:
+            self.wait_stderr(rx, f"stopped at {rx_hook}")
+            self.kill(rx.pid)
+        else:
+            target = self.wait_child(tx, victim)
+            time.sleep(0.5)
+            self.kill(target)
+        rc, _, err = self.finish(tx)
+        self.finish(rx)
+        self.assert_nothing_left(tx, rx)
+        return sim, log, crc, into, rc, err
+
+    def test_live_front_end_killed_while_the_guest_is_paused(self):
+        # Stopped at the pause (no lease renewals), then killed: the guest
+        # resumes on its own when the lease lapses; nothing is committed.
+        sim, log, _, into, rc, _ = self.live(tx_hook="migrate:paused")
+        self.assertNotEqual(rc, 0)
+        self.assertFalse(os.path.exists(into))
+        self.assert_guest_runs(sim, log)
+
+    def test_live_stages_killed(self):
+        for victim in ("pageferry-scanner", "pageferry-worker", "pageferry-writer"):
+            with self.subTest(victim=victim):
+                sim, log, _, into, rc, err = self.live(victim=victim)
+                self.assertNotEqual(rc, 0)
+                self.assertIn("the guest keeps running on the source", err)
+                self.assertFalse(os.path.exists(into))
+                self.assert_guest_runs(sim, log)
+                sim.kill()
+                sim.wait()
+
+    def test_live_receiver_killed_before_the_commit(self):
+        sim, log, _, into, rc, err = self.live(rx_hook="receive:before-commit")
+        self.assertNotEqual(rc, 0)
+        self.assertFalse(os.path.exists(into))
+        self.assert_guest_runs(sim, log)
+
+    def test_live_receiver_killed_after_the_commit(self):
+        sim, log, crc, into, rc, err = self.live(rx_hook="receive:after-commit")
+        self.assertEqual(rc, 0, err)
+        with open(crc) as f:
+            at_pause = f.read().strip()
+        got = subprocess.run([PF, "checksum", into], capture_output=True, text=True, check=True).stdout.strip()
+        self.assertEqual(got, at_pause)
+        # Handed off: the source stays paused, even after the lease would lapse.
+        time.sleep(LEASE_MS / 1000 + 0.5)
+        self.assertEqual(self.dirty_log_words(log)[0], 2)
+        self.assertIsNone(sim.poll())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

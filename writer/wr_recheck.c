@@ -1,0 +1,150 @@
+#include "writer/wr_recheck.h"
+
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol/proto_crc32c.h"
+#include "protocol/proto_desc.h"
+#include "protocol/proto_packet.h"
+#include "workers/wk_arena.h"
+#include "stage/stage.h"
+#include "workers/wk_zero.h"
+
+/* The guest's data extents as pages, the way the scanner rounds them: a
+ * page is data if any byte of it is.  Holes were never read by the workers
+ * (and reading one would allocate it), so they are skipped here too. */
+struct extents {
+	int fd;
+	uint64_t size, page;
+	uint64_t data, end; /* current extent, in pages; data == end: none left */
+};
+
+static int next_extent(struct extents *x, uint64_t from_page)
+{
+	off_t d = lseek(x->fd, (off_t)(from_page * x->page), SEEK_DATA);
+	if (d < 0 && errno == ENXIO) {
+		x->data = x->end = x->size / x->page;
+		return 0;
+	}
+	if (d < 0 && errno == EINVAL) { /* no hole support: all data */
+		x->data = from_page;
+		x->end = x->size / x->page;
+		return 0;
+	}
+	if (d < 0)
+		return -errno;
+	off_t h = lseek(x->fd, d, SEEK_HOLE);
+	if (h < 0)
+		return -errno;
+	uint64_t hole = (uint64_t)h < x->size ? (uint64_t)h : x->size;
+	x->data = (uint64_t)d / x->page;
+	x->end = (hole + x->page - 1) / x->page;
+	return 0;
+}
+
+int wr_recheck(const struct shm_segment *seg, int guest_fd, const uint8_t *guest, uint64_t *first,
+	       uint64_t *last)
+{
+	const uint64_t page = seg->geo.page_size, n_pages = seg->geo.guest_pages;
+	const uint64_t chunk_pages = seg->fp_chunk_pages;
+	_Atomic uint64_t *table = shm_segment_fingerprints(seg);
+	struct extents x = { .fd = guest_fd, .size = n_pages * page, .page = page };
+	int rc = next_extent(&x, 0);
+	if (rc < 0)
+		return rc;
+	for (uint64_t c = 0; c < seg->fp_chunks; c++) {
+		uint64_t p = c * chunk_pages, end = p + chunk_pages < n_pages ? p + chunk_pages : n_pages;
+		uint64_t fp = 0;
+		while (p < end) {
+			if (p >= x.end && x.end < n_pages && (rc = next_extent(&x, p)) < 0)
+				return rc;
+			if (p < x.data) { /* a hole: skip to the data */
+				p = x.data < end ? x.data : end;
+				continue;
+			}
+			uint64_t stop = x.end < end ? x.end : end;
+			for (; p < stop; p++) {
+				const uint8_t *pg = guest + p * page;
+				if (!wk_page_is_zero(pg, page))
+					fp ^= shm_fp_mix(p, proto_crc32c(0, pg, page));
+			}
+		}
+		/* The workers are done: their XORs happened before their END,
+		 * which we took from their ring with an acquire. */
+		if (fp != atomic_load_explicit(&table[c], memory_order_relaxed)) {
+			*first = c * chunk_pages;
+			*last = end - 1;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+void wr_recheck_guest(const struct shm_segment *seg, const uint8_t *guest)
+{
+	uint64_t first = 0, last = 0;
+	int rc = wr_recheck(seg, STAGE_FD_GUEST, guest, &first, &last);
+	if (rc < 0)
+		stage_die_errno(rc, "finding the guest's data extents to check it did not change");
+	if (rc > 0)
+		stage_die(STAGE_EXIT_FAILED,
+			  "the guest changed while it was copied: stop it first, or give --dirty-log "
+			  "(pages %llu..%llu differ from what was copied)",
+			  (unsigned long long)first, (unsigned long long)last);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void wr_recheck_after_failure(const struct shm_segment *seg, const uint8_t *guest, struct shm_ring *in,
+			      struct shm_ring *back, int timeout_ms)
+{
+	const struct proto_geometry geo = { .page_size = seg->geo.page_size, .max_run_pages = seg->geo.max_run_pages,
+					    .guest_pages = seg->geo.guest_pages };
+	bool done[SHM_MAX_WORKERS] = { false };
+	uint32_t n_done = 0;
+	int64_t deadline = now_ms() + timeout_ms;
+	while (n_done < seg->geo.n_workers) {
+		int handled = 0;
+		for (uint32_t i = 0; i < seg->geo.n_workers; i++) {
+			if (done[i])
+				continue;
+			/* A worker's END may have been in the batch the failed
+			 * send interrupted: its DONE state counts too.  It is
+			 * stored after a release fence (worker_main.c), so this
+			 * acquire makes its fingerprint XORs visible. */
+			if (atomic_load_explicit(&shm_segment_stats(seg, SHM_STATS_WORKER0 + i)->v[SHM_STAT_STATE],
+						 memory_order_acquire) == SHM_PROC_DONE) {
+				done[i] = true;
+				n_done++;
+			}
+			struct shm_slot batch[64];
+			int n = shm_ring_dequeue(&in[i], batch, 64, SHM_RING_VARIABLE);
+			if (n < 0)
+				return; /* a worker went away: nothing to conclude */
+			handled += n;
+			for (int k = 0; k < n; k++) {
+				struct proto_desc d;
+				if (proto_desc_unpack(batch[k], &geo, WK_ARENA_BUFFERS, &d) != PROTO_OK)
+					return;
+				if (d.type == PROTO_DESC_RUN && d.encoding == PROTO_ENC_ZSTD) {
+					struct proto_desc b = { .type = PROTO_DESC_BUFFER, .buffer = d.buffer };
+					struct shm_slot slot = proto_desc_pack(&b);
+					if (shm_ring_enqueue_all(&back[i], &slot, 1) < 0)
+						return;
+				}
+			}
+		}
+		if (handled == 0) {
+			if (now_ms() > deadline)
+				return;
+			nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+		}
+	}
+	wr_recheck_guest(seg, guest);
+}
