@@ -332,92 +332,42 @@ static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, co
 	recv_iov_or_fail(r, c, &iov, 1, what);
 }
 
-/* The suspect-page bitmap of a live migration: set or clear bits
- * [first, first + n), keeping n_suspect.  Channels place disjoint pages
- * within a round and rounds are separated by a barrier; the atomics only
- * keep neighbouring pages of one word apart. */
-static void suspect_update(struct rc_net *r, uint64_t first, uint32_t n, bool set)
-{
-	uint64_t end = first + n;
-	for (uint64_t w = first / 64; w * 64 < end; w++) {
-		uint64_t lo = first > w * 64 ? first - w * 64 : 0, hi = end - w * 64 < 64 ? end - w * 64 : 64;
-		uint64_t mask = (hi == 64 ? ~0ull : (1ull << hi) - 1) & ~((1ull << lo) - 1);
-		if (set) {
-			uint64_t old = atomic_fetch_or_explicit(&r->suspect[w], mask, memory_order_relaxed);
-			atomic_fetch_add_explicit(&r->n_suspect, (uint64_t)__builtin_popcountll(mask & ~old),
-						  memory_order_relaxed);
-		} else {
-			uint64_t old = atomic_fetch_and_explicit(&r->suspect[w], ~mask, memory_order_relaxed);
-			atomic_fetch_sub_explicit(&r->n_suspect, (uint64_t)__builtin_popcountll(mask & old),
-						  memory_order_relaxed);
-		}
-	}
-}
-
-/* A packet's pages arrived whole (its checksum matched, or it had none to
- * corrupt: ZERO): whatever an earlier round left suspect there is fixed. */
-static void pages_verified(struct rc_net *r, const struct proto_packet *p)
-{
-	if (r->suspect && atomic_load_explicit(&r->n_suspect, memory_order_relaxed))
-		suspect_update(r, p->first_page, p->n_pages, false);
-}
-
 /* Compare a DATA packet's payload with its checksum, right after receiving
- * it.  A paused migration fails at once, naming the packet.  A live one
- * may see a page the guest wrote after the worker took its checksum and
- * before TCP read it (sendfile and MSG_ZEROCOPY send from the guest); such
- * a page is in the dirty log and comes again in a later round, so the
- * packet's pages are only marked suspect here; what is still suspect after
- * every END fails the transfer (check_suspects).  A zstd frame was taken
- * from the worker's own buffer, never from the guest: it has no excuse. */
+ * it.  A paused migration fails at once, naming the packet.  In a live one
+ * the guest may have written a page after the worker took the checksum and
+ * before TCP read it: rc_suspect.h decides after every END.  A zstd frame
+ * was compressed into the worker's own buffer, never sent from the guest:
+ * its mismatch fails at once in either. */
 static void payload_checked(struct rc_net *r, uint32_t c, const struct proto_packet *p, uint32_t crc)
 {
 	if (crc == p->payload_crc) {
-		pages_verified(r, p);
+		rc_suspect_clear(&r->suspect, p->first_page, p->n_pages);
 		return;
 	}
-	if (!r->suspect || p->encoding == PROTO_ENC_ZSTD)
+	if (!r->suspect.bits || p->encoding == PROTO_ENC_ZSTD)
 		fail(r, PROTO_E_PAYLOAD_CHECKSUM, "data channel %u, packet %llu (pages %llu..%llu): %s (corrupted in transit)",
 		     c, (unsigned long long)p->seq, (unsigned long long)p->first_page,
 		     (unsigned long long)(p->first_page + p->n_pages - 1), proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
-	suspect_update(r, p->first_page, p->n_pages, true);
-	pthread_mutex_lock(&r->mismatch_lock);
-	if (r->n_mismatches < RC_MISMATCH_LOG)
-		r->mismatches[r->n_mismatches++] = (struct rc_mismatch){
-			.channel = c, .round = p->round, .n_pages = p->n_pages, .seq = p->seq, .first_page = p->first_page
-		};
-	pthread_mutex_unlock(&r->mismatch_lock);
+	rc_suspect_mark(&r->suspect, &(struct rc_mismatch){ .channel = c, .round = p->round, .n_pages = p->n_pages,
+							   .seq = p->seq, .first_page = p->first_page });
 }
 
-/* After every END: a page still suspect was never sent again with a
- * matching checksum, so the mismatch was not the guest's doing. */
+/* After every END: a mismatch that no later intact copy explains. */
 static void check_suspects(struct rc_net *r)
 {
-	if (!r->suspect || atomic_load(&r->n_suspect) == 0)
+	struct rc_mismatch m;
+	uint64_t first, last;
+	if (!rc_suspect_unexplained(&r->suspect, &m, &first, &last))
 		return;
-	uint64_t words = (r->geo.guest_pages + 63) / 64, first = 0, w = 0;
-	while (w < words && !atomic_load_explicit(&r->suspect[w], memory_order_relaxed))
-		w++;
-	if (w == words)
-		return;
-	first = w * 64 + (uint64_t)__builtin_ctzll(atomic_load_explicit(&r->suspect[w], memory_order_relaxed));
-	uint64_t last = first;
-	while (last + 1 < r->geo.guest_pages &&
-	       (atomic_load_explicit(&r->suspect[(last + 1) / 64], memory_order_relaxed) >> ((last + 1) % 64)) & 1)
-		last++;
-	const struct rc_mismatch *m = NULL;
-	for (uint32_t k = 0; k < r->n_mismatches && !m; k++)
-		if (first >= r->mismatches[k].first_page && first < r->mismatches[k].first_page + r->mismatches[k].n_pages)
-			m = &r->mismatches[k];
-	if (m)
+	if (m.n_pages)
 		fail(r, PROTO_E_PAYLOAD_CHECKSUM,
-		     "data channel %u, packet %llu (pages %llu..%llu, round %u): %s (corrupted in transit): pages "
-		     "%llu..%llu never arrived again intact",
-		     m->channel, (unsigned long long)m->seq, (unsigned long long)m->first_page,
-		     (unsigned long long)(m->first_page + m->n_pages - 1), m->round,
+		     "data channel %u, packet %llu (pages %llu..%llu, round %u): %s (corrupted in transit: pages "
+		     "%llu..%llu never came again)",
+		     m.channel, (unsigned long long)m.seq, (unsigned long long)m.first_page,
+		     (unsigned long long)(m.first_page + m.n_pages - 1), m.round,
 		     proto_strerror(PROTO_E_PAYLOAD_CHECKSUM), (unsigned long long)first, (unsigned long long)last);
-	fail(r, PROTO_E_PAYLOAD_CHECKSUM, "pages %llu..%llu: %s (corrupted in transit) and never arrived again intact",
-	     (unsigned long long)first, (unsigned long long)last, proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
+	fail(r, PROTO_E_PAYLOAD_CHECKSUM, "pages %llu..%llu: %s (corrupted in transit)", (unsigned long long)first,
+	     (unsigned long long)last, proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
 }
 
 static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *p)
@@ -549,7 +499,7 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 		place_sparse(r, c, &p);
 	} else {
 		zero_pages(r, p.round, p.first_page, p.n_pages);
-		pages_verified(r, &p);
+		rc_suspect_clear(&r->suspect, p.first_page, p.n_pages);
 	}
 	ch->seq++;
 	ch->pages += p.n_pages;
@@ -672,13 +622,8 @@ void rc_net_start_threads(struct rc_net *r)
 		stage_die_errno(-rc, "setting up the receiving threads");
 	if (pipe2(r->done_pipe, O_CLOEXEC) < 0)
 		stage_die_errno(-errno, "pipe");
-	if (r->hs.features & PROTO_F_ROUNDS) {
-		/* Before lock-down; pages of it are touched only where a
-		 * mismatch happens. */
-		r->suspect = calloc((r->geo.guest_pages + 63) / 64, sizeof(*r->suspect));
-		if (!r->suspect || (rc = pthread_mutex_init(&r->mismatch_lock, NULL)) != 0)
-			stage_die_errno(r->suspect ? -rc : -ENOMEM, "allocating the suspect-page bitmap");
-	}
+	if ((r->hs.features & PROTO_F_ROUNDS) && (rc = rc_suspect_init(&r->suspect, r->geo.guest_pages)) < 0)
+		stage_die_errno(rc, "allocating the suspect-page bitmap");
 	for (uint32_t c = 0; c < r->n_channels; c++) {
 		args[c] = (struct channel_arg){ r, c };
 		if ((rc = pthread_create(&r->threads[c], NULL, channel_thread, &args[c])) != 0)

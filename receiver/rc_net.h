@@ -12,6 +12,7 @@
 
 #include "net/net_channel.h"
 #include "receiver/rc_inplace.h"
+#include "receiver/rc_suspect.h"
 #include "protocol/proto_packet.h"
 #include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
@@ -31,15 +32,6 @@ struct rc_channel {
 	uint32_t start, fill;
 	uint64_t seq, pages, payload_bytes;
 	uint32_t crc_of_crcs;
-};
-
-/* A live migration's packets whose payload checksum did not match
- * (doc/architecture.md, "Payload checksums"): the guest may have written a
- * page after its checksum was taken and before TCP read it. */
-#define RC_MISMATCH_LOG 64u
-struct rc_mismatch {
-	uint32_t channel, round, n_pages;
-	uint64_t seq, first_page;
 };
 
 struct rc_inflater {
@@ -69,13 +61,7 @@ struct rc_net {
 	struct rc_inflater inf[SHM_MAX_WORKERS];
 	uint8_t *dest;
 	const struct rc_inplace *inplace; /* receiving into an existing file, or NULL */
-	/* Live migrations only: a bit per guest page whose last copy arrived
-	 * with a checksum mismatch; n_suspect of them set. */
-	_Atomic uint64_t *suspect;
-	_Atomic uint64_t n_suspect;
-	pthread_mutex_t mismatch_lock;
-	uint32_t n_mismatches;
-	struct rc_mismatch mismatches[RC_MISMATCH_LOG];
+	struct rc_suspect suspect;	/* live migrations: checksum mismatches */
 	struct shm_stats *stats;
 };
 

@@ -207,7 +207,7 @@ def decide_commit(run, fd, log):
         run.pipeline.watched.pop(fd)  # the writer died; the pipeline reports why
         return
     verdict = b"C"
-    if run.cancel_requested:
+    if run.cancel_requested or run.interrupted:
         verdict = b"A"
     elif log:
         log.renew()  # raises if the VMM took the guest back

@@ -148,7 +148,10 @@ class Pipeline:
     def kill_all(self, grace=1.0):
         """After a failure: the others usually end by themselves within a
         moment (their rings hang up), each with its own reason, and the one
-        that failed first may still be writing its message; then SIGKILL."""
+        that failed first may still be writing its message; then SIGKILL.
+        Nothing a stage asks from now on is answered: a run that fails does
+        not decide a commit."""
+        self.watched = {}
         deadline = time.monotonic() + grace
         while self.running() and time.monotonic() < deadline:
             self.poll(0.05)

@@ -69,7 +69,10 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 	}
 	rc = net_channel_offer(fd, hs, psk, &refused);
 	if (rc != 0) {
-		if (rc > 0)
+		if (rc == PROTO_E_VERSION && !refused) /* its answer is in another version */
+			snprintf(what, what_len, "%s %s: %s: the receiver speaks another wire protocol version, "
+				 "this sender version %u", name, addr->text, proto_strerror(PROTO_E_VERSION), PROTO_VERSION);
+		else if (rc > 0)
 			snprintf(what, what_len, "%s %s: %s%s", name, addr->text,
 				 refused ? "the receiver refused it: " : "", proto_strerror((enum proto_err)rc));
 		else

@@ -90,6 +90,9 @@ class Base(unittest.TestCase):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
         shutil.rmtree(self.disk, ignore_errors=True)
         shutil.rmtree(self.shm, ignore_errors=True)
 

@@ -269,6 +269,24 @@ class ChangedUnderneath(Base):
                                   + re.escape(guest) + r" shrank while it was copied \(it was 536870912 bytes\)$")
         self.assert_nothing_complete(out)
 
+    def test_guest_shrinks_during_a_migrate(self):
+        guest = self.guest("random", "512M")
+        into = self.path("dest.ram")
+        port = free_port()
+        rx = self.spawn([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30])
+        tx = self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}"],
+                        env={"PAGEFERRY_TEST_HOOK": "worker:slow"})
+        time.sleep(1)
+        self.assertIsNone(tx.poll(), "the migration ended before the guest was cut")
+        os.truncate(guest, 128 << 20)
+        code, _, err = self.finish(tx)
+        self.assertEqual(code, 1, err)
+        self.assert_one_line(err, r"^pageferry migrate: pageferry-(writer|worker\[\d+\]): the guest file "
+                                  + re.escape(guest) + r" shrank while it was copied \(it was 536870912 bytes\)$")
+        rcode, _, rerr = self.finish(rx)
+        self.assertEqual(rcode, 1, rerr)
+        self.assert_nothing_complete(into)
+
     def test_destination_removed_during_receive(self):
         guest = self.guest("random")
         into = self.path("dest.ram")

@@ -373,5 +373,22 @@ class Matrix(unittest.TestCase):
         self.assertIsNone(sim.poll())
 
 
+    def test_cancel_refuses_a_stale_status_file(self):
+        # A status file left by a killed migration whose PID now belongs to
+        # another process: cancel must not signal it (SIGUSR1 would kill it).
+        other = subprocess.Popen(["sleep", "60"])
+        self.procs.append(other)
+        stale = os.path.join(self.run_dir, f"migrate-{other.pid}.json")
+        with open(stale, "w") as f:
+            f.write('{"pid": %d, "to": "tcp:127.0.0.1:1", "round": 1}' % other.pid)
+        r = subprocess.run([PF, "cancel", "--pid", str(other.pid)], capture_output=True, text=True, env=self.env)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"no live migration is running with pid {other.pid}", r.stderr)
+        self.assertIsNone(other.poll(), "cancel signalled a process that is not a migration")
+        self.assertFalse(os.path.exists(stale), "the stale status file was kept")
+        other.kill()
+        other.wait()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -129,6 +129,7 @@ class WireChecksum(unittest.TestCase):
     def through_relay(self, guest, target, *migrate_args):
         """Receive into a fresh destination, migrate through a relay; returns
         (receiver exit, receiver stderr, migrate result, destination)."""
+        env = dict(os.environ, PAGEFERRY_RUN_DIR=self.dir)
         port = free_port()
         into = self.path("dst.ram")
         rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into,
@@ -137,18 +138,24 @@ class WireChecksum(unittest.TestCase):
         self.procs.append(rx)
         self.relay = Relay(port, target)
         tx = subprocess.run([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.relay.port}"]
-                            + [str(a) for a in migrate_args], capture_output=True, text=True, timeout=300)
+                            + [str(a) for a in migrate_args], capture_output=True, text=True, timeout=300,
+                            env=env)
         _, err = rx.communicate(timeout=120)
         return rx.returncode, err, tx, into
 
-    def assert_failed_naming_the_flipped_packet(self, code, err, tx, into):
+    def assert_failed_naming_the_flipped_packet(self, code, err, tx, into, live=False):
         self.assertIsNotNone(self.relay.flipped, "the relay found no packet to corrupt")
         cid, f = self.relay.flipped
         self.assertEqual(code, 1, err)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
-        self.assertIn(f"data channel {cid}, packet {f['seq']} (pages {f['first_page']}.."
-                      f"{f['first_page'] + f['n_pages'] - 1}): payload checksum mismatch (corrupted in transit)",
-                      err)
+        last = f['first_page'] + f['n_pages'] - 1
+        if live:
+            # Only after every END: its pages never came again.
+            self.assertIn(f"data channel {cid}, packet {f['seq']} (pages {f['first_page']}..{last}, round 1): "
+                          f"payload checksum mismatch (corrupted in transit: pages {f['first_page']}..", err)
+        else:
+            self.assertIn(f"data channel {cid}, packet {f['seq']} (pages {f['first_page']}..{last}): "
+                          "payload checksum mismatch (corrupted in transit)", err)
         self.assertNotEqual(tx.returncode, 0, tx.stdout + tx.stderr)
         self.assertEqual(len(tx.stderr.strip().splitlines()), 1, tx.stderr)
         self.assertFalse(os.path.exists(into))
@@ -195,6 +202,49 @@ class WireChecksum(unittest.TestCase):
             return f["encoding"] == pfwire.ZSTD and f["seq"] >= 5
         self.assert_failed_naming_the_flipped_packet(
             *self.through_relay(self.guest("text"), target, "--channels", 2, "--compress", "zstd"))
+
+    def test_version_2_receiver_refused_by_name(self):
+        # A receiver of wire version 2 (no payload checksums) answers in its
+        # version, refusing ours: the sender names the version problem.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+
+        def old_receiver():
+            c, _ = srv.accept()
+            offer = pfwire.recv_exact(c, 64)
+            reply = bytearray(pfwire.handshake(0, 0, offer[8:24], 1, version=2))
+            reply[42:44] = (3).to_bytes(2, "little")  # status: PROTO_E_VERSION
+            reply[60:64] = pfwire.crc32c(bytes(reply[:60])).to_bytes(4, "little")
+            c.sendall(bytes(reply))
+            c.close()
+        threading.Thread(target=old_receiver, daemon=True).start()
+        tx = subprocess.run([PF, "migrate", "--guest", self.guest("random", "16M"), "--to", f"tcp:127.0.0.1:{port}"],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PAGEFERRY_RUN_DIR=self.dir))
+        srv.close()
+        self.assertEqual(tx.returncode, 1, tx.stderr)
+        self.assertIn(f"main channel to 127.0.0.1:{port}: unsupported protocol or format version: the receiver "
+                      "speaks another wire protocol version, this sender version 3", tx.stderr)
+
+    def test_live_flip_in_pages_the_guest_never_rewrites(self):
+        # guestsim rewrites only its first 4 MiB.  A mismatch in a live round
+        # may be the guest's doing (it wrote a page in flight) until the end;
+        # a packet none of whose pages came again is corruption.
+        ram, log = self.path("guest.ram"), self.path("guest.log")
+        g = subprocess.Popen([PF, "guestsim", "--ram", ram, "--dirty-log", log, "--size", "64M", "--rate", "16",
+                              "--pattern", "hot:4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env=dict(os.environ, PAGEFERRY_RUN_DIR=self.dir))
+        self.procs.append(g)
+        self.assertEqual(g.stdout.readline().strip(), "ready")
+
+        def target(cid, f):
+            return f["round"] == 1 and f["encoding"] in (pfwire.RAW, pfwire.SPARSE) and f["first_page"] >= 2048
+        code, err, tx, into = self.through_relay(ram, target, "--dirty-log", log, "--channels", 2)
+        self.assert_failed_naming_the_flipped_packet(code, err, tx, into, live=True)
+        self.assertIn("the guest keeps running on the source", tx.stderr)
+        self.assertIsNone(g.poll())
 
 
 if __name__ == "__main__":
