@@ -5,8 +5,8 @@ restore runs.  The product has no switch that turns them off, so their
 passes are timed apart (bench/crc_cost.c, one core, guest in memory) and
 set against the measured runs:
 
-  snapshot: the workers' extra CRC work, spread over the workers, plus the
-            writer's re-check (zero check + CRC of every data page, serial);
+  snapshot: the workers' extra CRC work plus their re-check (zero check +
+            CRC of every data page once more), both spread over the workers;
   restore:  the verification pass (CRC of every stored page), spread over
             the reader threads.
   check:    the whole `pageferry check` run, for reference.
@@ -66,7 +66,7 @@ def main():
                 os.unlink(into)
             c = json.loads(run([tool, guest, str(a.reps)]))
             extra_workers = max(c["scan+crc_s"] - c["scan_s"], 0) / a.workers
-            recheck = c["scan+crc_s"]
+            recheck = c["scan+crc_s"] / a.workers
             snap_s, rest_s = median(t["snapshot"]), median(t["restore"])
             row = {
                 "pattern": pattern, "size": a.size, "workers": a.workers,

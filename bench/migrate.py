@@ -352,6 +352,7 @@ def main():
     print(f"iperf3 loopback, one stream, after: {iperf_end['bytes_per_s'] / 2**20:.0f} MiB/s, "
           f"{iperf_end['machine_cpu_s_per_gib']:.2f} machine CPU-s per GiB; mean of both {link / 2**20:.0f} MiB/s "
           f"(the rows above used the first); {(time.monotonic() - t_start) / 60:.1f} min in all")
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "migrate-bench.json"), "w") as f:
         json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": [iperf_start, iperf_end], "cpus": os.cpu_count(),
                    "zstd_b1_bytes_per_s": zstd_ref, "size": args.size, "reps": args.reps,

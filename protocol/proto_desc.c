@@ -34,8 +34,16 @@ enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geomet
 		if (d.buffer >= n_buffers)
 			return PROTO_E_DESC_BUFFER;
 		break;
+	case PROTO_DESC_RECHECK:
+		if (d.n_pages == 0 || d.n_pages > geo->max_run_pages)
+			return PROTO_E_PAGE_COUNT;
+		if (d.first_page >= geo->guest_pages || d.n_pages > geo->guest_pages - d.first_page)
+			return PROTO_E_PAGE_OFFSET;
+		break;
 	case PROTO_DESC_FENCE:
 	case PROTO_DESC_END:
+	case PROTO_DESC_RECHECK_END:
+	case PROTO_DESC_RECHECKED:
 		break;
 	default:
 		return PROTO_E_DESC_TYPE;

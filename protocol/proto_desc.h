@@ -31,6 +31,10 @@ enum proto_desc_type {
 	PROTO_DESC_BUFFER = 2,	/* an arena buffer (holding payload_len bytes) */
 	PROTO_DESC_FENCE = 3,	/* end of a round: everything before it is done */
 	PROTO_DESC_END = 4,	/* no more descriptors on this ring */
+	/* The end-of-copy re-check (writer/wr_recheck.h), after END: */
+	PROTO_DESC_RECHECK = 5,	    /* writer -> worker: fingerprint [first_page, +n_pages) again */
+	PROTO_DESC_RECHECK_END = 6, /* writer -> worker: no more; answer RECHECKED */
+	PROTO_DESC_RECHECKED = 7,   /* worker -> writer: every XOR of ours is done */
 };
 
 #define PROTO_DESC_MAX_BUFFERS 4096u

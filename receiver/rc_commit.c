@@ -40,7 +40,7 @@ void rc_commit_handover(int main_fd)
 	memcpy(CMSG_DATA(cm), &main_fd, sizeof(int));
 	ssize_t n;
 	do
-		n = sendmsg(RC_FD_COMMIT, &mh, MSG_NOSIGNAL);
+		n = sendmsg(RECEIVER_FD_COMMIT, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		stage_die_errno(-errno, "handing the result to the front end for the commit");

@@ -16,8 +16,7 @@
 #include "protocol/proto_packet.h"
 #include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
-
-#define RC_ARENA_BUFFER_SIZE PROTO_MAX_RUN_BYTES
+#include "workers/wk_arena.h"
 
 #define RC_STAGING_BYTES (256u << 10)
 #define RC_READAHEAD (16u << 10) /* staged by one recv when a header is needed */
@@ -37,8 +36,8 @@ struct rc_channel {
 struct rc_inflater {
 	struct shm_ring out, back;
 	uint8_t *arena;
-	uint32_t free_buffers[16], n_free;
-	bool is_free[16];
+	uint32_t free_buffers[WK_ARENA_BUFFERS], n_free;
+	bool is_free[WK_ARENA_BUFFERS];
 };
 
 struct rc_net {
@@ -66,17 +65,20 @@ struct rc_net {
 };
 
 /* Listen, accept the main channel and every data channel, check and answer
- * each handshake.  Dies with a message on any failure. */
+ * each handshake (receiver/rc_session.c).  Dies with a message on any
+ * failure.  r->io_timeout_ms must be set before. */
 void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const struct net_psk *psk,
 			   int accept_timeout_ms);
-/* How long a data channel may stay silent before the transfer is given up
- * (0: forever).  Set before rc_net_accept_session. */
+/* How long a connection may stay silent: a little longer than --io-timeout,
+ * so that on a dead link the kernel's verdict comes first. */
+int rc_net_silence_ms(const struct rc_net *r);
 /* Start the receiving threads (before lock-down); they wait for
  * rc_net_receive. */
 void rc_net_start_threads(struct rc_net *r);
 /* Let the threads read packets until every channel's END has been checked,
- * watching the main channel meanwhile; finish the inflaters; answer RESULT
- * on the main channel. */
+ * watching the main channel meanwhile; finish the inflaters; tell the sender
+ * the copy is prepared and, on its commit, hand the main channel to the
+ * front end (receiver/rc_commit.h). */
 void rc_net_receive(struct rc_net *r);
 
 #endif

@@ -254,8 +254,6 @@ int rc_restore_result(struct rc_restore *r, char *line, size_t len)
 }
 
 #define FD_DEST STAGE_FD_GUEST
-#define FD_META 5
-#define FD_DATA 6
 #define MAX_THREADS 64
 
 static pthread_barrier_t start_line;
@@ -273,7 +271,7 @@ int rc_restore_main(int threads, int check_only)
 
 	static struct rc_restore r;
 	const char *why = "";
-	int rc = rc_restore_open(&r, FD_META, FD_DATA, check_only ? -1 : FD_DEST, &why);
+	int rc = rc_restore_open(&r, RECEIVER_FD_META, RECEIVER_FD_DATA, check_only ? -1 : FD_DEST, &why);
 	if (rc == -EBADMSG)
 		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
 	if (rc < 0)
@@ -298,7 +296,7 @@ int rc_restore_main(int threads, int check_only)
 	for (int i = 0; i < threads; i++)
 		if ((rc = pthread_create(&tid[i], NULL, reader_main, &readers[i])) != 0)
 			stage_die_errno(-rc, "starting reader thread %d", i);
-	stage_lockdown(SB_ROLE_RECEIVER, FD_DATA, !check_only);
+	stage_lockdown(SB_ROLE_RECEIVER, RECEIVER_FD_DATA, !check_only);
 	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	pthread_barrier_wait(&start_line);
 	for (int i = 0; i < threads; i++)

@@ -1,11 +1,12 @@
 /* pageferry-receiver: the destination side.  It restores snapshot files,
  * or receives a migration over TCP.
  *
- * receive mode: argv pageferry-receiver receive ADDR:PORT INFLATERS PSK(0|1) ACCEPT_TIMEOUT_MS IO_TIMEOUT_MS
- *                      IN_PLACE(0|1)
- *      fds 3 control segment, 4 destination RAM file (read-write; empty, or
- *      with IN_PLACE 1 an existing file of the guest's size to overwrite),
- *      5 pre-shared key file (with PSK 1), 6 our end of the commit
+ * receive mode: argv pageferry-receiver --mode=receive --listen=ADDR:PORT [--psk] --accept-timeout-ms=MS
+ *                      --io-timeout-ms=MS [--in-place]
+ *      fds (stage/stage_fds.h) 3 control segment (its worker count is the
+ *      number of inflaters), 4 destination RAM file (read-write; empty, or
+ *      with --in-place an existing file of the guest's size to overwrite),
+ *      5 pre-shared key file (with --psk), 6 our end of the commit
  *      socket to the front end (receiver/rc_commit.h), 7 + 2i ring to inflater i (we
  *      produce), 8 + 2i ring from inflater i (buffers back), 7 + 2N + i
  *      inflater i's arena (read-write).
@@ -15,10 +16,10 @@
  * restore mode fds: 3 control segment (statistics), 4 destination RAM file
  *      (read-write, empty), 5 snapshot (buffered: header, bitmap, extent
  *      table), 6 the snapshot again, O_DIRECT (page data)
- * argv: pageferry-receiver restore THREADS
+ * argv: pageferry-receiver --mode=restore --threads=N
  * check mode (`pageferry check`): the same without fd 4; verifies every
  *      extent's checksum against the snapshot's data, writes nothing.
- * argv: pageferry-receiver check THREADS
+ * argv: pageferry-receiver --mode=check --threads=N
  *
  * The snapshot is untrusted input: header, bitmap and extent table are
  * decoded field by field and checked (protocol/proto_snapfile.c,
@@ -40,20 +41,25 @@
 #include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
 
-#define FD_PSK 5
-#define FD_RINGS 7
+#define USAGE                                                                                            \
+	"pageferry-receiver --mode=restore|check --threads=N | --mode=receive --listen=ADDR:PORT [--psk] "  \
+	"--accept-timeout-ms=MS --io-timeout-ms=MS [--in-place]"
 
-static int receive_main(char **argv)
+static int receive_main(void)
 {
 	static struct rc_net r;
+	const char *listen_addr = stage_arg_str("listen");
+	int use_psk = stage_arg_flag("psk");
+	int timeout_ms = (int)stage_arg_u64("accept-timeout-ms", 0, 86400000);
+	r.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
+	int in_place = stage_arg_flag("in-place");
+	stage_args_done();
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
 	r.n_inflaters = seg.geo.n_workers;
+	static const int no_psk[] = { RECEIVER_FD_PSK };
+	stage_close_inherited_fds(RECEIVER_FD_ARENA(r.n_inflaters - 1, r.n_inflaters), no_psk, use_psk ? 0 : 1);
 	r.stats = shm_segment_stats(&seg, 0);
-	int use_psk = (int)stage_parse_u64("psk flag", argv[4], 0, 1);
-	int timeout_ms = (int)stage_parse_u64("accept timeout", argv[5], 0, 86400000);
-	r.io_timeout_ms = (int)stage_parse_u64("io timeout", argv[6], 0, 86400000);
-	int in_place = (int)stage_parse_u64("in-place flag", argv[7], 0, 1);
 	static struct rc_inplace inplace;
 	if (in_place) {
 		/* Before anyone connects: mapping its pages is not on the clock. */
@@ -68,21 +74,21 @@ static int receive_main(char **argv)
 	static struct net_psk psk;
 	if (use_psk) {
 		const char *why = "";
-		int rc = net_psk_read(FD_PSK, &psk, &why);
+		int rc = net_psk_read(RECEIVER_FD_PSK, &psk, &why);
 		if (rc < 0)
 			stage_die_errno(rc, "%s", why);
 	}
 	for (uint32_t i = 0; i < r.n_inflaters; i++) {
-		stage_ring(&seg, SHM_RING_SCAN_TO_WORKER, i, FD_RINGS + 2 * (int)i, &r.inf[i].out);
-		stage_ring(&seg, SHM_RING_WRITER_TO_WORKER, i, FD_RINGS + 2 * (int)i + 1, &r.inf[i].back);
-		r.inf[i].arena = stage_map_arena(FD_RINGS + 2 * (int)r.n_inflaters + (int)i,
-						 wk_arena_size(RC_ARENA_BUFFER_SIZE), 1);
+		stage_ring(&seg, SHM_RING_SCAN_TO_WORKER, i, RECEIVER_FD_RING_OUT(i), &r.inf[i].out);
+		stage_ring(&seg, SHM_RING_WRITER_TO_WORKER, i, RECEIVER_FD_RING_BACK(i), &r.inf[i].back);
+		r.inf[i].arena = stage_map_arena(RECEIVER_FD_ARENA(i, r.n_inflaters),
+						 wk_arena_size(WK_ARENA_DEST_BUFFER_SIZE), 1);
 		for (uint32_t b = 0; b < WK_ARENA_BUFFERS; b++) {
 			r.inf[i].free_buffers[r.inf[i].n_free++] = b;
 			r.inf[i].is_free[b] = true;
 		}
 	}
-	rc_net_accept_session(&r, argv[2], &psk, timeout_ms ? timeout_ms : -1);
+	rc_net_accept_session(&r, listen_addr, &psk, timeout_ms ? timeout_ms : -1);
 	memset(&psk, 0, sizeof(psk));
 
 	uint64_t size = r.geo.guest_pages * r.geo.page_size;
@@ -101,7 +107,8 @@ static int receive_main(char **argv)
 			stage_die_ring(rc, "ring to inflater");
 	}
 	rc_net_start_threads(&r);
-	int max_fd = r.main_fd > RC_FD_COMMIT ? r.main_fd : RC_FD_COMMIT;
+	int max_fd = RECEIVER_FD_ARENA(r.n_inflaters - 1, r.n_inflaters);
+	max_fd = r.main_fd > max_fd ? r.main_fd : max_fd;
 	for (uint32_t c = 0; c < r.n_channels; c++)
 		max_fd = r.ch[c].fd > max_fd ? r.ch[c].fd : max_fd;
 	for (int k = 0; k < 2; k++)
@@ -119,11 +126,15 @@ int main(int argc, char **argv)
 {
 	stage_set_name("receiver", -1);
 	stage_tie_to_supervisor();
-	if (argc == 8 && strcmp(argv[1], "receive") == 0)
-		return receive_main(argv);
-	if (argc != 3 || (strcmp(argv[1], "restore") != 0 && strcmp(argv[1], "check") != 0))
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-receiver restore THREADS | check THREADS | "
-					    "receive ADDR:PORT INFLATERS PSK ACCEPT_TIMEOUT_MS IO_TIMEOUT_MS IN_PLACE");
-	int threads = (int)stage_parse_u64("thread count", argv[2], 1, 64);
-	return rc_restore_main(threads, strcmp(argv[1], "check") == 0);
+	stage_args(argc, argv, USAGE);
+	static const char *const modes[] = { "restore", "check", "receive", NULL };
+	int mode = stage_arg_choice("mode", modes);
+	if (mode == 2)
+		return receive_main();
+	int threads = (int)stage_arg_u64("threads", 1, 64);
+	stage_args_done();
+	/* restore: up to the snapshot's O_DIRECT fd; check: no destination */
+	static const int no_dest[] = { STAGE_FD_GUEST };
+	stage_close_inherited_fds(RECEIVER_FD_DATA, no_dest, mode == 1 ? 1 : 0);
+	return rc_restore_main(threads, mode == 1);
 }

@@ -1,10 +1,11 @@
 /* pageferry-scanner: walks the guest file and posts page runs to the workers.
  *
- * fds: 3 control segment, 4 guest (read-only),
+ * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      5 + i  wake socket of ring scanner -> worker i (i < n_workers)
- *      5 + n_workers  the dirty log, read-write (live mode)
+ *      5 + n_workers  the dirty log, read-write (--live)
  * argv: pageferry-scanner
- *       pageferry-scanner live DOWNTIME_MS MAX_BW_BYTES_S AUTO_CONVERGE MAX_ROUNDS PAUSE_TIMEOUT_MS
+ *       pageferry-scanner --live --downtime-limit-ms=MS --max-bandwidth=BYTES_PER_S [--auto-converge]
+ *                         --max-rounds=N --pause-timeout-ms=MS
  *
  * In live mode the whole RAM is round 1; later rounds come from the dirty
  * log (scanner/sc_precopy.c).  Each round ends with a FENCE on every worker
@@ -89,6 +90,7 @@ void sc_post_extent(struct scanner *s, uint64_t first, uint64_t end_page)
 	while (first < end_page) {
 		uint64_t n = end_page - first < run ? end_page - first : run;
 		struct proto_desc d = { .type = PROTO_DESC_RUN, .first_page = first, .n_pages = (uint32_t)n };
+		stage_test_hook("scanner");
 		post_slot(s, proto_desc_pack(&d));
 		pace(s, n * s->seg.geo.page_size);
 		stage_stat_add(s->stats, SHM_STAT_PAGES, n);
@@ -138,31 +140,35 @@ int main(int argc, char **argv)
 	struct scanner s = { 0 };
 	stage_set_name("scanner", -1);
 	stage_tie_to_supervisor();
-	int live = argc == 7 && strcmp(argv[1], "live") == 0;
-	if (argc != 1 && !live)
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-scanner [live DOWNTIME_MS MAX_BW AUTO_CONVERGE "
-					    "MAX_ROUNDS PAUSE_TIMEOUT_MS]");
+	stage_args(argc, argv, "pageferry-scanner [--live --downtime-limit-ms=MS --max-bandwidth=BYTES_PER_S "
+			       "[--auto-converge] --max-rounds=N --pause-timeout-ms=MS]");
+	struct sc_precopy_params params = { 0 };
+	int live = stage_arg_flag("live");
+	if (live) {
+		params.downtime_limit_us = stage_arg_u64("downtime-limit-ms", 1, 3600000) * 1000;
+		params.max_bandwidth = stage_arg_u64("max-bandwidth", 0, UINT64_MAX / 1000000);
+		params.auto_converge = stage_arg_flag("auto-converge");
+		params.max_rounds = (uint32_t)stage_arg_u64("max-rounds", 2, SHM_MAX_ROUNDS);
+		params.pause_timeout_us = stage_arg_u64("pause-timeout-ms", 1, 600000) * 1000;
+	}
+	stage_args_done();
 	stage_attach_segment(&s.seg);
 	s.n_workers = s.seg.geo.n_workers;
+	stage_close_inherited_fds(live ? SCANNER_FD_DIRTY_LOG(s.n_workers) : SCANNER_FD_RING(s.n_workers - 1), NULL,
+				  0);
 	s.stats = shm_segment_stats(&s.seg, SHM_STATS_SCANNER);
 	s.writer_stats = shm_segment_stats(&s.seg, SHM_STATS_WRITER);
 	s.round = 1;
 	for (uint32_t i = 0; i < s.n_workers; i++)
-		stage_ring(&s.seg, SHM_RING_SCAN_TO_WORKER, i, STAGE_FD_ROLE + (int)i, &s.rings[i]);
-	struct sc_precopy_params params = { 0 };
+		stage_ring(&s.seg, SHM_RING_SCAN_TO_WORKER, i, SCANNER_FD_RING(i), &s.rings[i]);
 	uint8_t *dirty_log = NULL;
-	int max_fd = STAGE_FD_ROLE + (int)s.n_workers - 1;
+	int max_fd = SCANNER_FD_RING(s.n_workers - 1);
 	if (live) {
-		params.downtime_limit_us = stage_parse_u64("downtime limit", argv[2], 1, 3600000) * 1000;
-		params.max_bandwidth = stage_parse_u64("max bandwidth", argv[3], 0, UINT64_MAX / 1000000);
-		params.auto_converge = (int)stage_parse_u64("auto-converge", argv[4], 0, 1);
-		params.max_rounds = (uint32_t)stage_parse_u64("max rounds", argv[5], 2, SHM_MAX_ROUNDS);
-		params.pause_timeout_us = stage_parse_u64("pause timeout", argv[6], 1, 600000) * 1000;
-		dirty_log = map_dirty_log(&s, max_fd + 1);
+		dirty_log = map_dirty_log(&s, SCANNER_FD_DIRTY_LOG(s.n_workers));
 		params.dirty_buf = calloc(proto_dirtylog_words(s.seg.geo.guest_pages), sizeof(uint64_t));
 		if (!params.dirty_buf)
 			stage_die_errno(-ENOMEM, "allocating the dirty bitmap");
-		max_fd++;
+		max_fd = SCANNER_FD_DIRTY_LOG(s.n_workers);
 		s.max_bandwidth = params.max_bandwidth;
 	}
 	stage_lockdown(SB_ROLE_SCANNER, max_fd, 0);

@@ -62,25 +62,33 @@ _Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4,
 	       "atomic u32 has the plain u32 layout");
 
 /* Per-process statistics: two cache lines each, written by its owner only
- * with relaxed stores, read by the supervisor for progress. */
+ * with relaxed stores, read by the supervisor for progress.  The list below
+ * is the one source of the statistics' order and names: it makes the enum
+ * here, and tools/pf_describe.c prints the names (lower-cased) into the
+ * supervisor's generated pf_abi.py. */
+#define SHM_STAT_LIST(X) \
+	X(PAGES)		/* pages this process handled */ \
+	X(ZERO_PAGES)		/* found zero by content */ \
+	X(HOLE_PAGES)		/* skipped as holes in the guest file */ \
+	X(BYTES)		/* bytes written / sent / received */ \
+	X(RUNS)			/* descriptors (page runs) handled */ \
+	X(TOTAL_PAGES)		/* pages this process expects to handle (progress) */ \
+	X(STATE)		/* enum shm_proc_state */ \
+	X(FLAGS)		/* SHM_FLAG_* */ \
+	X(PACKETS)		/* network packets sent / received */ \
+	X(ZC_SENDS)		/* MSG_ZEROCOPY sends whose completion arrived */ \
+	X(ZC_COPIED)		/* ... of which the kernel copied anyway */ \
+	X(ROUND)		/* pre-copy round in progress */ \
+	X(IN_BYTES)		/* bytes given to zstd */ \
+	X(OUT_BYTES)		/* bytes zstd produced (kept: smaller than input) */ \
+	X(EVENT_US)		/* scanner: CLOCK_MONOTONIC µs of the guest pause; \
+				 * writer: of the receiver's confirmation */ \
+	X(SENDFILE_BYTES)	/* writer: guest bytes sent by sendfile */
+
 enum {
-	SHM_STAT_PAGES,		/* pages this process handled */
-	SHM_STAT_ZERO_PAGES,	/* found zero by content */
-	SHM_STAT_HOLE_PAGES,	/* skipped as holes in the guest file */
-	SHM_STAT_BYTES,		/* bytes written / sent / received */
-	SHM_STAT_RUNS,		/* descriptors (page runs) handled */
-	SHM_STAT_TOTAL_PAGES,	/* pages this process expects to handle (progress) */
-	SHM_STAT_STATE,		/* enum shm_proc_state */
-	SHM_STAT_FLAGS,		/* SHM_FLAG_* */
-	SHM_STAT_PACKETS,	/* network packets sent / received */
-	SHM_STAT_ZC_SENDS,	/* MSG_ZEROCOPY sends whose completion arrived */
-	SHM_STAT_ZC_COPIED,	/* ... of which the kernel copied anyway */
-	SHM_STAT_ROUND,		/* pre-copy round in progress */
-	SHM_STAT_IN_BYTES,	/* bytes given to zstd */
-	SHM_STAT_OUT_BYTES,	/* bytes zstd produced (kept: smaller than input) */
-	SHM_STAT_EVENT_US,	/* scanner: CLOCK_MONOTONIC µs of the guest pause;
-				 * writer: of the receiver's confirmation */
-	SHM_STAT_SENDFILE_BYTES, /* writer: guest bytes sent by sendfile */
+#define SHM_STAT_ENUM(name) SHM_STAT_##name,
+	SHM_STAT_LIST(SHM_STAT_ENUM)
+#undef SHM_STAT_ENUM
 	SHM_STAT_COUNT
 };
 
@@ -158,17 +166,25 @@ static inline uint32_t shm_ring_index(enum shm_ring_kind kind, uint32_t worker)
 enum { SHM_STATS_SCANNER = 0, SHM_STATS_WRITER = 1, SHM_STATS_WORKER0 = 2 };
 #define SHM_MAX_ROUNDS 64u
 
+/* A round record's fields, in order (pf_describe.c prints the names). */
+#define SHM_ROUND_LIST(X) \
+	X(PAGES)		/* scanner: pages posted in this round */ \
+	X(BYTES)		/* scanner: bytes the writer sent during it */ \
+	X(USEC)			/* scanner: its duration */ \
+	X(DIRTY_PAGES)		/* scanner: dirty pages found at its end */ \
+	X(BW)			/* scanner: guest bytes handled per second */ \
+	X(DIRTY_RATE)		/* scanner: dirtied bytes per second */ \
+	X(EXPECTED_US)		/* scanner: dirty bytes / bandwidth */ \
+	X(THROTTLE)		/* scanner: throttle asked of the guest during it */ \
+	X(DONE)			/* 1 once the record is complete */
+
 enum {
-	SHM_ROUND_PAGES = 0,	/* scanner: pages posted in this round */
-	SHM_ROUND_BYTES,	/* scanner: bytes the writer sent during it */
-	SHM_ROUND_USEC,		/* scanner: its duration */
-	SHM_ROUND_DIRTY_PAGES,	/* scanner: dirty pages found at its end */
-	SHM_ROUND_BW,		/* scanner: guest bytes handled per second */
-	SHM_ROUND_DIRTY_RATE,	/* scanner: dirtied bytes per second */
-	SHM_ROUND_EXPECTED_US,	/* scanner: dirty bytes / bandwidth */
-	SHM_ROUND_THROTTLE,	/* scanner: throttle asked of the guest during it */
-	SHM_ROUND_DONE,		/* 1 once the record is complete */
+#define SHM_ROUND_ENUM(name) SHM_ROUND_##name,
+	SHM_ROUND_LIST(SHM_ROUND_ENUM)
+#undef SHM_ROUND_ENUM
+	SHM_ROUND_FIELDS
 };
+_Static_assert((int)SHM_ROUND_FIELDS <= (int)SHM_STAT_COUNT, "a round record fits a stats block");
 
 /* Guest fingerprints (doc/formats.md): the workers XOR, for every non-zero
  * page they check, shm_fp_mix(page, crc32c of the page) into the u64 of the

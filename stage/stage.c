@@ -133,15 +133,139 @@ void stage_lockdown(enum sb_role role, int max_fd, int writes_files)
 		stage_die_errno(rc, "sandbox: %s", step);
 }
 
-uint64_t stage_parse_u64(const char *what, const char *s, uint64_t min, uint64_t max)
+void stage_close_inherited_fds(int max_fd, const int *unused, size_t n)
+{
+	if (close_range((unsigned)max_fd + 1, ~0U, 0) < 0)
+		stage_die_errno(-errno, "close_range(%d, ~0)", max_fd + 1);
+	for (size_t k = 0; k < n; k++)
+		if (close(unused[k]) < 0 && errno != EBADF)
+			stage_die_errno(-errno, "closing the unused fd %d", unused[k]);
+}
+
+/* Named arguments.  At most 64, so one bit each says which were looked up. */
+#define MAX_ARGS 64
+static int arg_count;
+static char **arg_v;
+static const char *arg_usage = "";
+static uint64_t arg_used;
+
+static noreturn __attribute__((format(printf, 1, 2))) void usage_error(const char *fmt, ...)
+{
+	char what[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	stage_die(STAGE_EXIT_USAGE, "%s (usage: %s)", what, arg_usage);
+}
+
+/* Length of the name in argv[k] ("--NAME=..." or "--NAME"). */
+static size_t arg_name_len(const char *a)
+{
+	const char *eq = strchr(a, '=');
+	return eq ? (size_t)(eq - a) - 2 : strlen(a) - 2;
+}
+
+void stage_args(int argc, char **argv, const char *usage)
+{
+	arg_usage = usage;
+	arg_count = argc - 1;
+	arg_v = argv + 1;
+	if (arg_count > MAX_ARGS)
+		usage_error("%d arguments are too many", arg_count);
+	for (int k = 0; k < arg_count; k++) {
+		const char *a = arg_v[k];
+		if (strncmp(a, "--", 2) != 0 || arg_name_len(a) == 0)
+			usage_error("argument '%s' is not --NAME=VALUE", a);
+		for (int j = 0; j < k; j++)
+			if (arg_name_len(arg_v[j]) == arg_name_len(a) &&
+			    strncmp(arg_v[j], a, arg_name_len(a) + 2) == 0)
+				usage_error("argument '%s' given twice", a);
+	}
+}
+
+/* The argument --name, or NULL; *has_value: whether it had "=VALUE". */
+static const char *find_arg(const char *name, int *has_value)
+{
+	size_t n = strlen(name);
+	for (int k = 0; k < arg_count; k++) {
+		const char *a = arg_v[k];
+		if (arg_name_len(a) != n || strncmp(a + 2, name, n) != 0)
+			continue;
+		arg_used |= UINT64_C(1) << k;
+		*has_value = a[n + 2] == '=';
+		return *has_value ? a + n + 3 : a;
+	}
+	return NULL;
+}
+
+static const char *value_of(const char *name, int required)
+{
+	int has_value = 0;
+	const char *v = find_arg(name, &has_value);
+	if (!v && required)
+		usage_error("missing argument --%s", name);
+	if (v && (!has_value || !*v))
+		usage_error("argument --%s needs a value", name);
+	return v;
+}
+
+static uint64_t parse_u64(const char *name, const char *v, uint64_t min, uint64_t max)
 {
 	char *end = NULL;
 	errno = 0;
-	unsigned long long v = s ? strtoull(s, &end, 10) : 0;
-	if (!s || !*s || *end || errno || v < min || v > max)
-		stage_die(STAGE_EXIT_USAGE, "bad %s '%s' (expected %llu..%llu)", what, s ? s : "",
-			  (unsigned long long)min, (unsigned long long)max);
-	return v;
+	unsigned long long x = strtoull(v, &end, 10);
+	if (*v < '0' || *v > '9' || *end || errno || x < min || x > max)
+		usage_error("bad argument '--%s=%s' (expected %llu..%llu)", name, v, (unsigned long long)min,
+			    (unsigned long long)max);
+	return x;
+}
+
+uint64_t stage_arg_u64(const char *name, uint64_t min, uint64_t max)
+{
+	return parse_u64(name, value_of(name, 1), min, max);
+}
+
+uint64_t stage_arg_u64_or(const char *name, uint64_t min, uint64_t max, uint64_t dflt)
+{
+	const char *v = value_of(name, 0);
+	return v ? parse_u64(name, v, min, max) : dflt;
+}
+
+const char *stage_arg_str(const char *name)
+{
+	return value_of(name, 1);
+}
+
+const char *stage_arg_str_or(const char *name, const char *dflt)
+{
+	const char *v = value_of(name, 0);
+	return v ? v : dflt;
+}
+
+int stage_arg_choice(const char *name, const char *const *choices)
+{
+	const char *v = value_of(name, 1);
+	for (int k = 0; choices[k]; k++)
+		if (strcmp(v, choices[k]) == 0)
+			return k;
+	usage_error("bad argument '--%s=%s'", name, v);
+}
+
+int stage_arg_flag(const char *name)
+{
+	int has_value = 0;
+	const char *v = find_arg(name, &has_value);
+	if (v && has_value)
+		usage_error("argument --%s takes no value", name);
+	return v != NULL;
+}
+
+void stage_args_done(void)
+{
+	for (int k = 0; k < arg_count; k++)
+		if (!(arg_used & (UINT64_C(1) << k)))
+			usage_error("unknown argument '%s'", arg_v[k]);
 }
 
 #ifdef PF_TEST_HOOKS

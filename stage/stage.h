@@ -1,9 +1,9 @@
 /* What every pipeline stage does at start-up and on failure.
  *
- * Fixed fd contract (doc/architecture.md, "Processes and fds"):
- *   3  control segment (sealed memfd)
- *   4  guest RAM file (source: read-only; restore: the destination, read-write)
- *   5+ role-specific, documented in each stage's main file
+ * Start-up, in this order: stage_set_name, stage_tie_to_supervisor,
+ * stage_args (named arguments), then, as soon as the stage knows its highest
+ * fd, stage_close_inherited_fds, before anything opens an fd.  The fd map
+ * is stage/stage_fds.h (doc/architecture.md, "Processes and fds").
  */
 #ifndef PF_STAGE_H
 #define PF_STAGE_H
@@ -11,12 +11,11 @@
 #include <stdint.h>
 #include <stdnoreturn.h>
 
+#include <stddef.h>
+
 #include "sandbox/sb_lockdown.h"
 #include "shm/shm_segment.h"
-
-#define STAGE_FD_SEGMENT 3
-#define STAGE_FD_GUEST 4
-#define STAGE_FD_ROLE 5
+#include "stage/stage_fds.h"
 
 /* Exit codes the supervisor maps to messages. */
 enum stage_exit {
@@ -68,14 +67,40 @@ static inline void stage_stat_set(struct shm_stats *st, int which, uint64_t v)
 	atomic_store_explicit(&st->v[which], v, memory_order_relaxed);
 }
 
-/* Parse a decimal argument in [min, max] or die with a usage error. */
-uint64_t stage_parse_u64(const char *what, const char *s, uint64_t min, uint64_t max);
+/* Close every fd the stage was not given, as sshd does: everything above
+ * max_fd (close_range), and each of the `n` fds in `unused` (optional fds
+ * of the map this run does not use, e.g. no pre-shared key).  What the
+ * front end inherited from its own parent thus never reaches a stage.
+ * Call it before anything opens an fd. */
+void stage_close_inherited_fds(int max_fd, const int *unused, size_t n);
+
+/* Named arguments: every argument is --NAME=VALUE (or --NAME for a flag).
+ * stage_args() takes argv and the usage line; each stage_arg_* then looks
+ * one up, and stage_args_done() refuses any argument nobody asked for.  A
+ * missing, unknown, repeated or bad argument dies with a usage error (exit
+ * 2) naming it: the supervisor and the stage disagree. */
+void stage_args(int argc, char **argv, const char *usage);
+/* A decimal in [min, max]; required. */
+uint64_t stage_arg_u64(const char *name, uint64_t min, uint64_t max);
+/* The same, or dflt when absent. */
+uint64_t stage_arg_u64_or(const char *name, uint64_t min, uint64_t max, uint64_t dflt);
+/* A non-empty string; required. */
+const char *stage_arg_str(const char *name);
+/* The same, or dflt when absent. */
+const char *stage_arg_str_or(const char *name, const char *dflt);
+/* Which of choices (NULL-terminated) the argument is: its index. Required. */
+int stage_arg_choice(const char *name, const char *const *choices);
+/* 1 when --NAME (without a value) was given. */
+int stage_arg_flag(const char *name);
+void stage_args_done(void);
 
 /* Integration-test hook, compiled in only with -Dtest_hooks=true: with
  * PAGEFERRY_TEST_HOOK=ROLE:ACTION in the environment, the stage whose role is
  * ROLE does ACTION each time it calls this: "slow" sleeps 2 ms, "crawl"
  * 20 ms (a transfer that lasts long enough to be killed mid-way), "forbidden"
- * makes a system call its sandbox forbids. */
+ * makes a system call its sandbox forbids.  Roles: "worker", "writer" (per
+ * run handled), "scanner" (per run posted: the whole pipeline then lives
+ * as long as the scan). */
 #ifdef PF_TEST_HOOKS
 void stage_test_hook(const char *role);
 #else

@@ -5,6 +5,7 @@ extent's page data is read (O_DIRECT where the filesystem allows) and its
 CRC-32C compared. Nothing is written."""
 import os
 
+import pf_abi
 import pf_jobs
 import pf_report
 import pf_segment
@@ -20,15 +21,16 @@ def check(ctx, snap, workers):
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), pf_jobs.PAGE_4K, 1, 8, 1, 1)
         run.fds.append(os.dup(seg.fd))
         p = run.pipeline
-        p.spawn("pageferry-receiver", "pageferry-receiver", ["check", workers],
-                {3: seg.fd, 5: meta_fd, 6: data_fd})
+        p.spawn("pageferry-receiver", "pageferry-receiver", ["--mode=check", f"--threads={workers}"],
+                {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "meta"): meta_fd,
+                 pf_abi.fd("receiver", "data"): data_fd})
         secs = run.watch(pf_jobs.pages_done(run, seg))
-        st = seg.stats(0)
+        st = seg.stats(pf_abi.STATS_SCANNER)
         summary = {
             "command": "check", "snapshot": snap, "threads": workers, "ok": True,
             "pages_present": st["total_pages"], "bytes_read": st["bytes"], "seconds": round(secs, 3),
             "read_mib_per_s": round(st["bytes"] / pf_report.MiB / secs, 1),
-            "direct_io": bool(st["flags"] & pf_segment.FLAG_DIRECT_IO),
+            "direct_io": bool(st["flags"] & pf_abi.FLAG_DIRECT_IO),
             "cpu_seconds": pf_report.pipeline_cpu(p),
         }
         seg.close()

@@ -15,9 +15,8 @@ import struct
 
 import pf_jobs
 import pf_stages
+from pf_abi import COMMIT_MAGIC as MAGIC
 from pf_jobs import JobError
-
-MAGIC = b"PFCOMMIT"  # receiver/rc_commit.h: RC_COMMIT_MAGIC
 
 
 class Handover:

@@ -14,30 +14,33 @@ import os
 import struct
 import time
 
+import pf_abi
 import pf_jobs
+from pf_abi import (DIRTYLOG_HANDED_OFF as HANDED_OFF, DIRTYLOG_LEASE_BEAT as LEASE_BEAT,
+                    DIRTYLOG_LEASE_MS as LEASE_MS, DIRTYLOG_PAUSE_REQUEST as PAUSE_REQUEST,
+                    DIRTYLOG_PAUSED as PAUSED, DIRTYLOG_RUN as RUN, DIRTYLOG_THROTTLE as THROTTLE)
 from pf_jobs import JobError
 
-# protocol/proto_dirtylog.h
-MAGIC = 0x3159545249444650
-VERSION = 2
-PAUSE_REQUEST, PAUSE_ACK, THROTTLE, LEASE_BEAT, LEASE_MS = 64, 128, 192, 256, 260
-RUN, PAUSED, HANDED_OFF = 0, 1, 2
 LEASE_BEAT_S = 0.1
+# The header's first fields (protocol/proto_dirtylog.h): magic, version,
+# page_size, n_pages; little-endian by definition.
+_HEAD = struct.Struct("<QIIQ")
 
 
 class DirtyLog:
     def __init__(self, path, page, pages, lease_ms):
         self.fd = pf_jobs._open(path, os.O_RDWR, "open dirty log")
         size = os.fstat(self.fd).st_size
-        if size < 4096 + (pages + 63) // 64 * 8:
+        if size < pf_abi.DIRTYLOG_BITMAP_OFFSET + (pages + 63) // 64 * 8:
             raise JobError(f"dirty log {path} is {size} bytes, too small for {pages} pages")
-        self.map = mmap.mmap(self.fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        magic, version, log_page, log_pages = struct.unpack_from("<QIIQ", self.map, 0)
-        if magic != MAGIC:
+        self.map = mmap.mmap(self.fd, pf_abi.DIRTYLOG_BITMAP_OFFSET, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        magic, version, log_page, log_pages = _HEAD.unpack_from(self.map, 0)
+        if magic != pf_abi.DIRTYLOG_MAGIC:
             raise JobError(f"dirty log {path}: bad magic: not a pageferry dirty log")
-        if version != VERSION:
-            raise JobError(f"dirty log {path} is version {version}; this pageferry needs version {VERSION} "
-                           "(the pause lease, doc/vmm-interface.md)")
+        if version != pf_abi.DIRTYLOG_VERSION:
+            raise JobError(f"dirty log {path} is version {version}; this pageferry needs version "
+                           f"{pf_abi.DIRTYLOG_VERSION} (the pause lease, doc/vmm-interface.md)")
         if (log_page, log_pages) != (page, pages):
             raise JobError(f"dirty log {path} describes {log_pages} pages of {log_page} bytes, the guest "
                            f"{pages} of {page}")

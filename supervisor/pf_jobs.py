@@ -4,6 +4,7 @@ import signal
 import stat
 import time
 
+import pf_abi
 import pf_report
 import pf_segment
 import pf_stages
@@ -145,32 +146,35 @@ class Run:
 
 def pages_done(run, seg):
     """Progress for a destination stage that learns the page count as it goes
-    (stats block 0): the share of pages placed, scaled to the progress total."""
+    (its stats block, STATS_SCANNER): the share of pages placed, scaled to the progress total."""
     def done():
-        st = seg.stats(0)
+        st = seg.stats(pf_abi.STATS_SCANNER)
         return run.progress.total * st["pages"] / max(st["total_pages"], 1)
     return done
 
 
-def spawn_source(pipeline, seg, guest_fd, workers, writer_args, writer_fds, worker_extra=None,
+def spawn_source(pipeline, seg, guest_fd, workers, writer_args, writer_fds, worker_args=None,
                  scanner_args=(), scanner_fds=None):
     """Start the source pipeline: scanner -> workers -> writer, wired by
-    their rings' wake sockets on the fds each stage's main file documents.
-    writer_fds / scanner_fds: role-specific fds (5, 6; 5 + workers);
-    worker_extra(i) -> (extra args, extra fds) for worker i."""
+    their rings' wake sockets on the fds of stage/stage_fds.h (pf_abi.fd).
+    writer_fds / scanner_fds: role-specific fds, {fd number: fd we hold};
+    worker_args(i) -> (extra named args, extra fds) for worker i."""
     pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
-    fds = {3: seg.fd, 4: guest_fd, **writer_fds}
+    fds = {pf_abi.fd("writer", "segment"): seg.fd, pf_abi.fd("writer", "guest"): guest_fd, **writer_fds}
     for i in range(workers):
-        fds[7 + 2 * i] = pairs[(1, i)][1].fileno()
-        fds[8 + 2 * i] = pairs[(2, i)][0].fileno()
+        fds[pf_abi.fd("writer", "ring_in", i)] = pairs[(1, i)][1].fileno()
+        fds[pf_abi.fd("writer", "ring_back", i)] = pairs[(2, i)][0].fileno()
     pipeline.spawn("pageferry-writer", "pageferry-writer", writer_args, fds)
     for i in range(workers):
-        args, extra = worker_extra(i) if worker_extra else ([], {})
-        pipeline.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [i] + args,
-                       {3: seg.fd, 4: guest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(1, i)][0].fileno(),
-                        7: pairs[(2, i)][1].fileno(), **extra})
-    fds = {3: seg.fd, 4: guest_fd, **(scanner_fds or {})}
-    fds.update({5 + i: pairs[(0, i)][0].fileno() for i in range(workers)})
+        args, extra = worker_args(i) if worker_args else ([], {})
+        pipeline.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [f"--index={i}"] + args,
+                       {pf_abi.fd("worker", "segment"): seg.fd, pf_abi.fd("worker", "guest"): guest_fd,
+                        pf_abi.fd("worker", "in"): pairs[(0, i)][1].fileno(),
+                        pf_abi.fd("worker", "out"): pairs[(1, i)][0].fileno(),
+                        pf_abi.fd("worker", "back"): pairs[(2, i)][1].fileno(), **extra})
+    fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
+           **(scanner_fds or {})}
+    fds.update({pf_abi.fd("scanner", "ring", i): pairs[(0, i)][0].fileno() for i in range(workers)})
     pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
     # Our copies must go, or a dead stage's peer would never see it hang up.
     for a, b in pairs.values():
@@ -190,20 +194,21 @@ def snapshot(ctx, guest, out, workers):
         run.fds.append(meta_fd)
         data_fd, _ = _open_direct(partial, os.O_WRONLY)
         run.fds.append(data_fd)
-        run_pages = max(1, min(SNAP_RUN_PAGES, (4 << 20) // page))
+        run_pages = max(1, min(SNAP_RUN_PAGES, pf_abi.MAX_RUN_BYTES // page))
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, RING_SLOTS, run_pages,
                                  size // page)
         run.fds.append(os.dup(seg.fd))
         p = run.pipeline
-        spawn_source(p, seg, guest_fd, workers, ["snapshot"], {5: meta_fd, 6: data_fd})
+        spawn_source(p, seg, guest_fd, workers, ["--mode=snapshot"],
+                     {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd})
 
         def done():
-            w = seg.stats(pf_segment.STATS_WRITER)
-            return (w["pages"] + seg.stats(pf_segment.STATS_SCANNER)["hole_pages"]) * page
+            w = seg.stats(pf_abi.STATS_WRITER)
+            return (w["pages"] + seg.stats(pf_abi.STATS_SCANNER)["hole_pages"]) * page
 
         secs = run.watch(done)
-        sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
-        zero = sum(seg.stats(pf_segment.STATS_WORKER0 + i)["zero_pages"] for i in range(workers))
+        sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
+        zero = sum(seg.stats(pf_abi.STATS_WORKER0 + i)["zero_pages"] for i in range(workers))
         pf_stages.test_hook("snapshot:before-commit")
         os.rename(partial, out)
         _fsync_dir(out)
@@ -217,7 +222,7 @@ def snapshot(ctx, guest, out, workers):
                       "hole": sc["hole_pages"]},
             "seconds": round(secs, 3), "mib_per_s": round(size / pf_report.MiB / secs, 1),
             "write_mib_per_s": round(wr["bytes"] / pf_report.MiB / secs, 1),
-            "direct_io": bool(wr["flags"] & pf_segment.FLAG_DIRECT_IO),
+            "direct_io": bool(wr["flags"] & pf_abi.FLAG_DIRECT_IO),
             "cpu_seconds": pf_report.pipeline_cpu(p),
             "peak_rss_kib": pf_report.peak_rss_kib(p),
             "peak_anon_kib": run.sampler.peak_kib,
@@ -250,11 +255,12 @@ def restore(ctx, snap, into, workers):
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), PAGE_4K, 1, 8, 1, 1)
         run.fds.append(os.dup(seg.fd))
         p = run.pipeline
-        p.spawn("pageferry-receiver", "pageferry-receiver", ["restore", workers],
-                {3: seg.fd, 4: dest_fd, 5: meta_fd, 6: data_fd})
+        p.spawn("pageferry-receiver", "pageferry-receiver", ["--mode=restore", f"--threads={workers}"],
+                {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "dest"): dest_fd,
+                 pf_abi.fd("receiver", "meta"): meta_fd, pf_abi.fd("receiver", "data"): data_fd})
 
         secs = run.watch(pages_done(run, seg))
-        st = seg.stats(0)
+        st = seg.stats(pf_abi.STATS_SCANNER)
         size = os.fstat(dest_fd).st_size
         pf_stages.test_hook("restore:before-commit")
         os.rename(partial, into)
@@ -266,7 +272,7 @@ def restore(ctx, snap, into, workers):
             "guest_bytes": size, "bytes_read": st["bytes"], "seconds": round(secs, 3),
             "mib_per_s": round(size / pf_report.MiB / secs, 1),
             "read_mib_per_s": round(st["bytes"] / pf_report.MiB / secs, 1),
-            "direct_io": bool(st["flags"] & pf_segment.FLAG_DIRECT_IO),
+            "direct_io": bool(st["flags"] & pf_abi.FLAG_DIRECT_IO),
             "cpu_seconds": pf_report.pipeline_cpu(p),
             "peak_rss_kib": pf_report.peak_rss_kib(p),
             "peak_anon_kib": run.sampler.peak_kib,

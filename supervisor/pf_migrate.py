@@ -5,6 +5,7 @@ import socket
 import stat
 import time
 
+import pf_abi
 import pf_commit
 import pf_dirtylog
 import pf_jobs
@@ -15,13 +16,10 @@ import pf_status
 from pf_jobs import JobError, Run
 from pf_stages import wake_pair
 
-MIGRATE_RUN_BYTES = 512 * 1024   # one packet's pages at most (128 pages of 4 KiB)
-ARENA_BUFFERS = 16               # workers/wk_arena.h
-RECEIVE_BUFFER_BYTES = 4 << 20   # receiver/rc_net.h: RC_ARENA_BUFFER_SIZE
+# The supervisor's choice (at most pf_abi.MAX_RUN_BYTES): one packet's
+# pages at most, 128 pages of 4 KiB.
+MIGRATE_RUN_BYTES = 512 * 1024
 INCOMPLETE_SUFFIX = ".pf-incomplete"
-WR_SENDFILE_MIN_KIB = 64         # writer/wr_net.c: WR_SENDFILE_MIN
-RC_FD_COMMIT = 6                 # receiver/rc_commit.h
-WR_FD_COMMIT = 6                 # writer/writer_main.c: FD_COMMIT
 
 
 def parse_target(to):
@@ -57,16 +55,16 @@ def _psk_fd(run, psk_file):
 
 def round_records(seg, workers):
     out = []
-    for r in range(1, 65):
-        # A round record is a stats block read by position: SHM_ROUND_* in shm/shm_layout.h.
-        vals = seg.values(pf_segment.STATS_WORKER0 + workers + r - 1)
-        if not vals[8]:  # SHM_ROUND_DONE
+    for r in range(1, pf_abi.MAX_ROUNDS + 1):
+        rec = seg.round_record(workers, r)
+        if not rec["done"]:
             break
-        out.append({"round": r, "pages": vals[0], "bytes": vals[1], "seconds": round(vals[2] / 1e6, 3),
-                    "dirty_pages": vals[3], "mib_per_s": round(vals[4] / 2**20, 1),
-                    "dirty_mib_per_s": round(vals[5] / 2**20, 1),
-                    "expected_downtime_ms": round(vals[6] / 1000, 1) if vals[6] < 2**63 else None,
-                    "throttle_pct": vals[7]})
+        out.append({"round": r, "pages": rec["pages"], "bytes": rec["bytes"], "seconds": round(rec["usec"] / 1e6, 3),
+                    "dirty_pages": rec["dirty_pages"], "mib_per_s": round(rec["bw"] / 2**20, 1),
+                    "dirty_mib_per_s": round(rec["dirty_rate"] / 2**20, 1),
+                    "expected_downtime_ms": (round(rec["expected_us"] / 1000, 1) if rec["expected_us"] < 2**63
+                                             else None),
+                    "throttle_pct": rec["throttle"]})
     return out
 
 
@@ -90,25 +88,35 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         run.fds.append(os.dup(seg.fd))
         arenas = []
         if level:
-            arenas = [_arena(f"pageferry-arena-{i}", ARENA_BUFFERS * run_pages * page) for i in range(workers)]
+            arenas = [_arena(f"pageferry-arena-{i}", pf_abi.ARENA_BUFFERS * run_pages * page)
+                      for i in range(workers)]
             run.fds.extend(arenas)
         p = run.pipeline
         commit_ours, commit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         run.fds.append(commit_ours.detach())
-        writer_fds = {7 + 2 * workers + i: a for i, a in enumerate(arenas)}
-        writer_fds[WR_FD_COMMIT] = commit_theirs.fileno()
+        writer_fds = {pf_abi.fd("writer", "arena", i, workers): a for i, a in enumerate(arenas)}
+        writer_fds[pf_abi.fd("writer", "commit")] = commit_theirs.fileno()
+        writer_args = ["--mode=migrate", f"--to={hostport}", f"--channels={channels}", f"--zerocopy={zerocopy}",
+                       f"--connect-timeout-ms={int(connect_timeout * 1000)}",
+                       f"--io-timeout-ms={int(io_timeout * 1000)}"]
         if psk is not None:
-            writer_fds[5] = psk
+            writer_fds[pf_abi.fd("writer", "psk")] = psk
+            writer_args.append("--psk")
+        if level:
+            writer_args.append("--zstd")
         scanner_args, scanner_fds = [], {}
         if live:
-            scanner_fds[5 + workers] = log.fd
-            scanner_args = ["live", live["downtime_limit"], int(live["max_bandwidth"] * 2**20),
-                            int(live["auto_converge"]), live["max_rounds"], live["pause_timeout"]]
+            writer_args.append("--rounds")
+            scanner_fds[pf_abi.fd("scanner", "dirty_log", n=workers)] = log.fd
+            scanner_args = ["--live", f"--downtime-limit-ms={live['downtime_limit']}",
+                            f"--max-bandwidth={int(live['max_bandwidth'] * 2**20)}",
+                            f"--max-rounds={live['max_rounds']}", f"--pause-timeout-ms={live['pause_timeout']}"]
+            if live["auto_converge"]:
+                scanner_args.append("--auto-converge")
         pf_jobs.spawn_source(
-            p, seg, guest_fd, workers,
-            ["migrate", hostport, channels, zerocopy, int(psk is not None), int(bool(level)),
-             int(connect_timeout * 1000), int(bool(live)), int(io_timeout * 1000)], writer_fds,
-            worker_extra=(lambda i: (["zstd", level], {8: arenas[i]})) if level else None,
+            p, seg, guest_fd, workers, writer_args, writer_fds,
+            worker_args=(lambda i: ([f"--zstd-level={level}"], {pf_abi.fd("worker", "arena"): arenas[i]}))
+            if level else None,
             scanner_args=scanner_args, scanner_fds=scanner_fds)
         commit_theirs.close()
         p.watch_fd(run.fds[-1], lambda: decide_commit(run, run.fds[-1], log))
@@ -117,14 +125,14 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         start = time.monotonic()
 
         def done():
-            w = seg.stats(pf_segment.STATS_WRITER)
+            w = seg.stats(pf_abi.STATS_WRITER)
             if log:
                 log.renew()
                 if log.seen_paused:
                     pf_stages.test_hook("migrate:paused")
             if status:
                 status.write(status_record(seg, workers, page, size, to, time.monotonic() - start))
-            return (w["pages"] + seg.stats(pf_segment.STATS_SCANNER)["hole_pages"]) * page
+            return (w["pages"] + seg.stats(pf_abi.STATS_SCANNER)["hole_pages"]) * page
 
         def on_cancel():
             seg.set_cancel()
@@ -141,11 +149,11 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         # there, and the source's VMM must not resume it on a lapsed lease.
         if log:
             log.hand_off()
-        sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
-        wk = [seg.stats(pf_segment.STATS_WORKER0 + i) for i in range(workers)]
+        sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
+        wk = [seg.stats(pf_abi.STATS_WORKER0 + i) for i in range(workers)]
         zero = sum(s["zero_pages"] for s in wk)
-        zc_on = bool(wr["flags"] & pf_segment.FLAG_ZEROCOPY)
-        by_sendfile = bool(wr["flags"] & pf_segment.FLAG_SENDFILE)
+        zc_on = bool(wr["flags"] & pf_abi.FLAG_ZEROCOPY)
+        by_sendfile = bool(wr["flags"] & pf_abi.FLAG_SENDFILE)
         cpu = pf_report.pipeline_cpu(p)
         ok = True
         summary = {
@@ -165,7 +173,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             "peak_anon_kib": run.sampler.peak_kib,
         }
         if live:
-            sc = seg.stats(pf_segment.STATS_SCANNER)
+            sc = seg.stats(pf_abi.STATS_SCANNER)
             rounds = round_records(seg, workers)
             summary["live"] = {
                 "rounds": sc["round"], "downtime_ms": round((wr["event_us"] - sc["event_us"]) / 1000, 1),
@@ -175,7 +183,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         seg.close()
         if by_sendfile:
             zc_text = (f"sendfile, {wr['sendfile_bytes'] / pf_report.MiB:.0f} MiB spliced from the guest file "
-                       f"(runs under {WR_SENDFILE_MIN_KIB} KiB copied)")
+                       f"(runs under {pf_abi.SENDFILE_MIN_BYTES // 1024} KiB copied)")
         elif zc_on:
             zc_text = f"on (MSG_ZEROCOPY), {wr['zc_copied']} of {wr['zc_sends']} sends copied by the kernel"
         else:
@@ -216,7 +224,7 @@ def decide_commit(run, fd, log):
 
 
 def status_record(seg, workers, page, size, to, elapsed):
-    sc, wr = seg.stats(pf_segment.STATS_SCANNER), seg.stats(pf_segment.STATS_WRITER)
+    sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
     rounds = round_records(seg, workers)
     last = rounds[-1] if rounds else {}
     st = {"pid": os.getpid(), "to": to, "guest_bytes": size, "round": sc["round"],
@@ -258,32 +266,40 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             run.fds.append(dest_fd)
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), pf_jobs.PAGE_4K, workers, pf_jobs.RING_SLOTS, 1, 1)
         run.fds.append(os.dup(seg.fd))
-        arenas = [_arena(f"pageferry-inflate-{i}", ARENA_BUFFERS * RECEIVE_BUFFER_BYTES) for i in range(workers)]
+        arenas = [_arena(f"pageferry-inflate-{i}", pf_abi.ARENA_BUFFERS * pf_abi.DEST_BUFFER_BYTES)
+                  for i in range(workers)]
         run.fds.extend(arenas)
         pairs = {(k, i): wake_pair() for k in (0, 2) for i in range(workers)}
         p = run.pipeline
         commit_ours, commit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = {3: seg.fd, 4: dest_fd, RC_FD_COMMIT: commit_theirs.fileno()}
+        fds = {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "dest"): dest_fd,
+               pf_abi.fd("receiver", "commit"): commit_theirs.fileno()}
+        args = ["--mode=receive", f"--listen={listen}", f"--accept-timeout-ms={int(accept_timeout * 1000)}",
+                f"--io-timeout-ms={int(io_timeout * 1000)}"]
         if psk is not None:
-            fds[5] = psk
+            fds[pf_abi.fd("receiver", "psk")] = psk
+            args.append("--psk")
+        if in_place:
+            args.append("--in-place")
         for i in range(workers):
-            fds[7 + 2 * i] = pairs[(0, i)][0].fileno()
-            fds[8 + 2 * i] = pairs[(2, i)][1].fileno()
-            fds[7 + 2 * workers + i] = arenas[i]
-        p.spawn("pageferry-receiver", "pageferry-receiver",
-                ["receive", listen, workers, int(psk is not None), int(accept_timeout * 1000),
-                 int(io_timeout * 1000), int(in_place)], fds)
+            fds[pf_abi.fd("receiver", "ring_out", i)] = pairs[(0, i)][0].fileno()
+            fds[pf_abi.fd("receiver", "ring_back", i)] = pairs[(2, i)][1].fileno()
+            fds[pf_abi.fd("receiver", "arena", i, workers)] = arenas[i]
+        p.spawn("pageferry-receiver", "pageferry-receiver", args, fds)
         for i in range(workers):
-            p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater", [i] + (["in-place"] if in_place else []),
-                    {3: seg.fd, 4: dest_fd, 5: pairs[(0, i)][1].fileno(), 6: pairs[(2, i)][0].fileno(),
-                     7: arenas[i]})
+            p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater",
+                    [f"--index={i}"] + (["--in-place"] if in_place else []),
+                    {pf_abi.fd("inflater", "segment"): seg.fd, pf_abi.fd("inflater", "dest"): dest_fd,
+                     pf_abi.fd("inflater", "in"): pairs[(0, i)][1].fileno(),
+                     pf_abi.fd("inflater", "back"): pairs[(2, i)][0].fileno(),
+                     pf_abi.fd("inflater", "arena"): arenas[i]})
         for a, b in pairs.values():
             a.close()
             b.close()
         commit_theirs.close()
 
         secs = run.watch(pf_jobs.pages_done(run, seg))
-        st = seg.stats(0)
+        st = seg.stats(pf_abi.STATS_SCANNER)
         size = os.fstat(dest_fd).st_size
         handover = pf_commit.Handover(commit_ours)
         try:

@@ -1,22 +1,17 @@
 """The control segment as the supervisor sees it: created here (so the
 supervisor owns it), formatted by pageferry-mkseg (so the layout lives in C
-only), and read here for progress. Offsets mirror shm/shm_layout.h
-(SHM_ABI_VERSION 3); doc/architecture.md lists them."""
+only), and read here for progress. Every offset, name and number comes from
+pf_abi, which the build generates from shm/shm_layout.h
+(tools/pf_describe.c). The segment never leaves the host: its fields are in
+host byte order ('=')."""
 import fcntl
 import mmap
 import os
 import struct
 
-ABI_VERSION = 3
-STATS_OFFSET_FIELD = 64   # offsetof(struct shm_seg_header, stats_offset)
-CANCEL_OFFSET = 128       # offsetof(struct shm_seg_header, cancel)
-STAT_NAMES = ("pages", "zero_pages", "hole_pages", "bytes", "runs", "total_pages", "state", "flags",
-              "packets", "zc_sends", "zc_copied", "round", "in_bytes", "out_bytes", "event_us", "sendfile_bytes")
-STATS_SIZE = 128  # sizeof(struct shm_stats)
-STATS_SCANNER, STATS_WRITER, STATS_WORKER0 = 0, 1, 2
-FLAG_DIRECT_IO = 1
-FLAG_ZEROCOPY = 2
-FLAG_SENDFILE = 4
+import pf_abi
+
+_STATS = struct.Struct(f"={pf_abi.STAT_COUNT}Q")
 
 
 class Segment:
@@ -24,9 +19,10 @@ class Segment:
         self.fd = os.memfd_create("pageferry-control", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         lifted = fcntl.fcntl(self.fd, fcntl.F_DUPFD_CLOEXEC, 100)
         try:
-            pid = os.posix_spawn(mkseg, [mkseg, str(page_size), str(n_workers), str(ring_slots),
-                                         str(max_run_pages), str(guest_pages)], os.environ,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, lifted, 3)])
+            pid = os.posix_spawn(mkseg, [mkseg, f"--page-size={page_size}", f"--workers={n_workers}",
+                                         f"--ring-slots={ring_slots}", f"--max-run-pages={max_run_pages}",
+                                         f"--guest-pages={guest_pages}"], os.environ,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, lifted, pf_abi.fd("mkseg", "segment"))])
         finally:
             os.close(lifted)
         _, status = os.waitpid(pid, 0)
@@ -34,20 +30,32 @@ class Segment:
             raise RuntimeError("pageferry-mkseg could not format the control segment")
         size = os.fstat(self.fd).st_size
         self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        magic_abi = struct.unpack_from("<QI", self.map, 0)
-        if magic_abi[1] != ABI_VERSION:
+        if self.header("magic") != pf_abi.SEG_MAGIC or self.header("abi_version") != pf_abi.ABI_VERSION:
             raise RuntimeError("control segment ABI differs from the supervisor's")
-        self.stats_offset = struct.unpack_from("<Q", self.map, STATS_OFFSET_FIELD)[0]
+        self.stats_offset = self.header("stats_offset")
+        self.n_stats = self.header("n_stats")
+
+    def header(self, name):
+        """A header field, by its name in struct shm_seg_header."""
+        off, fmt = pf_abi.HEADER[name]
+        return struct.unpack_from("=" + fmt, self.map, off)[0]
 
     def values(self, block):
-        return struct.unpack_from("<16Q", self.map, self.stats_offset + STATS_SIZE * block)
+        if not 0 <= block < self.n_stats:
+            raise IndexError(f"stats block {block} of {self.n_stats}")
+        return _STATS.unpack_from(self.map, self.stats_offset + pf_abi.STATS_BLOCK_SIZE * block)
 
     def stats(self, block):
-        return dict(zip(STAT_NAMES, self.values(block)))
+        return dict(zip(pf_abi.STAT_NAMES, self.values(block)))
+
+    def round_record(self, n_workers, r):
+        """Round r's record (1..MAX_ROUNDS) as {field: value}."""
+        return dict(zip(pf_abi.ROUND_FIELDS, self.values(pf_abi.STATS_WORKER0 + n_workers + r - 1)))
 
     def set_cancel(self):
-        """Ask every stage to stop (shm_seg_header.cancel, on line 2)."""
-        struct.pack_into("<I", self.map, CANCEL_OFFSET, 1)
+        """Ask every stage to stop (shm_seg_header.cancel, on its own line)."""
+        off, fmt = pf_abi.HEADER["cancel"]
+        struct.pack_into("=" + fmt, self.map, off, 1)
 
     def close(self):
         self.map.close()

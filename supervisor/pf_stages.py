@@ -14,7 +14,8 @@ import socket
 import sys
 import time
 
-STAGE_EXIT_PEER = 3  # stage/stage.h: "a peer stage went away", never the root cause
+import pf_abi
+
 HIGH_FD = 100
 TEST_HOOKS = False   # set by the entry point of -Dtest_hooks=true builds
 
@@ -179,7 +180,7 @@ class Pipeline:
         # go, is not the cause.
         for s in failed:
             if not getattr(s, "killed_by_us", False) and not (os.WIFEXITED(s.status) and
-                                                              os.WEXITSTATUS(s.status) == STAGE_EXIT_PEER):
+                                                              os.WEXITSTATUS(s.status) == pf_abi.STAGE_EXIT_PEER):
                 return s
         return failed[0]
 

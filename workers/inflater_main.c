@@ -3,11 +3,11 @@
  * checking the descriptor against the geometry and the output size against
  * the page count.
  *
- * fds: 3 control segment, 4 destination RAM file (read-write),
+ * fds (stage/stage_fds.h): 3 control segment, 4 destination RAM file (read-write),
  *      5 wake socket of ring receiver -> this inflater (we consume)
  *      6 wake socket of ring this inflater -> receiver (buffers back)
  *      7 its arena (read-only)
- * argv: pageferry-inflater INDEX [in-place]
+ * argv: pageferry-inflater --index=I [--in-place]
  *
  * A frame covers a whole run, zero pages included: it is decompressed into a
  * private scratch buffer and only the pages that are not zero are copied to
@@ -34,11 +34,7 @@
 #include "workers/wk_zero.h"
 #include "workers/wk_zstd.h"
 
-#define FD_IN 5
-#define FD_BACK 6
-#define FD_ARENA 7
 #define BURST 16u
-#define ARENA_BUFFER_SIZE PROTO_MAX_RUN_BYTES
 
 static struct proto_geometry await_geometry(struct shm_ring *in)
 {
@@ -78,20 +74,25 @@ int main(int argc, char **argv)
 {
 	stage_set_name("inflater", -1);
 	stage_tie_to_supervisor();
-	if (argc != 2 && !(argc == 3 && strcmp(argv[2], "in-place") == 0))
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-inflater INDEX [in-place]");
-	bool in_place = argc == 3;
+	stage_args(argc, argv, "pageferry-inflater --index=I [--in-place]");
+	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
+	bool in_place = stage_arg_flag("in-place");
+	stage_args_done();
+	stage_close_inherited_fds(INFLATER_FD_ARENA, NULL, 0);
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
-	uint32_t index = (uint32_t)stage_parse_u64("inflater index", argv[1], 0, seg.geo.n_workers - 1);
+	if (index64 >= seg.geo.n_workers)
+		stage_die(STAGE_EXIT_USAGE, "--index=%llu, but the segment has %u inflaters",
+			  (unsigned long long)index64, seg.geo.n_workers);
+	uint32_t index = (uint32_t)index64;
 	stage_set_name("inflater", (int)index);
 	struct shm_ring in, back;
-	stage_ring(&seg, SHM_RING_SCAN_TO_WORKER, index, FD_IN, &in);
-	stage_ring(&seg, SHM_RING_WRITER_TO_WORKER, index, FD_BACK, &back);
+	stage_ring(&seg, SHM_RING_SCAN_TO_WORKER, index, INFLATER_FD_IN, &in);
+	stage_ring(&seg, SHM_RING_WRITER_TO_WORKER, index, INFLATER_FD_BACK, &back);
 	struct shm_stats *stats = shm_segment_stats(&seg, SHM_STATS_WORKER0 + index);
 	struct proto_geometry geo = await_geometry(&in);
 	uint8_t *dest = stage_map_file(STAGE_FD_GUEST, "destination", geo.guest_pages * geo.page_size, 1);
-	const uint8_t *arena = stage_map_arena(FD_ARENA, wk_arena_size(ARENA_BUFFER_SIZE), 0);
+	const uint8_t *arena = stage_map_arena(INFLATER_FD_ARENA, wk_arena_size(WK_ARENA_DEST_BUFFER_SIZE), 0);
 	struct wk_zstd *z = wk_zstd_new(0, (size_t)geo.max_run_pages * geo.page_size);
 	uint8_t *scratch = malloc((size_t)geo.max_run_pages * geo.page_size);
 	if (!z || !scratch)
@@ -100,7 +101,7 @@ int main(int argc, char **argv)
 	 * through an mmap the sandbox refuses (malloc may have used mmap). */
 	memset(scratch, 0, (size_t)geo.max_run_pages * geo.page_size);
 	uint32_t round = 1;
-	stage_lockdown(SB_ROLE_WORKER, FD_ARENA, 0);
+	stage_lockdown(SB_ROLE_WORKER, INFLATER_FD_ARENA, 0);
 	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 
 	struct shm_slot batch[BURST];
@@ -138,7 +139,7 @@ int main(int argc, char **argv)
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from receiver: %s", proto_strerror(err));
 			size_t out_len = (size_t)d.n_pages * geo.page_size;
-			err = wk_zstd_decompress(z, scratch, out_len, arena + (uint64_t)d.buffer * ARENA_BUFFER_SIZE,
+			err = wk_zstd_decompress(z, scratch, out_len, arena + (uint64_t)d.buffer * WK_ARENA_DEST_BUFFER_SIZE,
 						 d.payload_len);
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",

@@ -10,7 +10,12 @@
 
 #include <stdint.h>
 
+#include "protocol/proto_geometry.h"
+
 #define WK_ARENA_BUFFERS 16u
+/* A destination buffer holds one packet's payload, at most one run's raw
+ * size (the receiver learns the run size only from the sender). */
+#define WK_ARENA_DEST_BUFFER_SIZE PROTO_MAX_RUN_BYTES
 
 static inline uint64_t wk_arena_size(uint64_t buffer_size)
 {

@@ -5,12 +5,12 @@
  * descriptor's payload_len) and XORed into the guest fingerprint table
  * (shm_layout.h), which the writer re-checks at the end.
  *
- * fds: 3 control segment, 4 guest (read-only),
+ * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      5 wake socket of ring scanner -> this worker   (we consume)
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
  *      8 its arena (read-write), only with zstd
- * argv: pageferry-worker INDEX [zstd LEVEL]
+ * argv: pageferry-worker --index=I [--zstd-level=LEVEL]
  *
  * With zstd, each run that holds data is compressed whole (zero pages
  * included) into a free arena buffer; a frame that is not smaller than its
@@ -34,7 +34,6 @@
 #include "workers/wk_zstd.h"
 
 #define BURST 32u
-#define FD_ARENA 8
 
 struct worker {
 	struct shm_segment seg;
@@ -189,15 +188,60 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(first + n - run_start), run_crc);
 }
 
+/* After END: the writer may ask us to fingerprint the guest's data pages
+ * once more, XORing into the same chunks (writer/wr_recheck.h): a guest
+ * that did not change brings every chunk back to 0.  Our mapping is warm,
+ * and the workers share the pass.  Buffers that come back meanwhile need
+ * no more bookkeeping. */
+static void recheck_when_asked(struct worker *w)
+{
+	static uint8_t is_zero[4096];
+	static uint32_t crc[4096];
+	struct shm_slot batch[BURST];
+	for (;;) {
+		int n = shm_ring_dequeue(&w->back, batch, BURST, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from writer");
+		if (n == 0) {
+			int rc = shm_ring_wait_ready(&w->back, 1, -1);
+			if (rc < 0)
+				stage_die_ring(rc, "ring from writer");
+			continue;
+		}
+		for (int i = 0; i < n; i++) {
+			struct proto_desc d;
+			enum proto_err err = proto_desc_unpack(batch[i], &w->geo, WK_ARENA_BUFFERS, &d);
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "descriptor from writer: %s", proto_strerror(err));
+			if (d.type == PROTO_DESC_RECHECK) {
+				check_pages(w, d.first_page, d.n_pages, is_zero, crc);
+			} else if (d.type == PROTO_DESC_RECHECK_END) {
+				struct proto_desc done = { .type = PROTO_DESC_RECHECKED };
+				push(w, &done);
+				flush(w);
+				return;
+			} else if (d.type != PROTO_DESC_BUFFER) {
+				stage_die(STAGE_EXIT_FAILED, "descriptor from writer: unexpected type %u", d.type);
+			}
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct worker w = { 0 };
 	stage_set_name("worker", -1);
 	stage_tie_to_supervisor();
-	if (argc != 2 && !(argc == 4 && strcmp(argv[2], "zstd") == 0))
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-worker INDEX [zstd LEVEL]");
+	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL]");
+	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
+	int level = (int)stage_arg_u64_or("zstd-level", 1, 19, 0);
+	stage_args_done();
+	stage_close_inherited_fds(level ? WORKER_FD_ARENA : WORKER_FD_BACK, NULL, 0);
 	stage_attach_segment(&w.seg);
-	uint32_t index = (uint32_t)stage_parse_u64("worker index", argv[1], 0, w.seg.geo.n_workers - 1);
+	if (index64 >= w.seg.geo.n_workers)
+		stage_die(STAGE_EXIT_USAGE, "--index=%llu, but the segment has %u workers",
+			  (unsigned long long)index64, w.seg.geo.n_workers);
+	uint32_t index = (uint32_t)index64;
 	stage_set_name("worker", (int)index);
 	w.geo = (struct proto_geometry){ .page_size = w.seg.geo.page_size,
 					 .max_run_pages = w.seg.geo.max_run_pages,
@@ -207,14 +251,13 @@ int main(int argc, char **argv)
 	w.fingerprints = shm_segment_fingerprints(&w.seg);
 	w.fp_chunk_pages = w.seg.fp_chunk_pages;
 	proto_crc32c_shift_init(&w.page_shift, w.geo.page_size);
-	stage_ring(&w.seg, SHM_RING_SCAN_TO_WORKER, index, STAGE_FD_ROLE, &w.in);
-	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, STAGE_FD_ROLE + 1, &w.out);
-	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, STAGE_FD_ROLE + 2, &w.back);
-	int max_fd = STAGE_FD_ROLE + 2;
-	if (argc == 4) {
-		int level = (int)stage_parse_u64("zstd level", argv[3], 1, 19);
+	stage_ring(&w.seg, SHM_RING_SCAN_TO_WORKER, index, WORKER_FD_IN, &w.in);
+	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, WORKER_FD_OUT, &w.out);
+	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, WORKER_FD_BACK, &w.back);
+	int max_fd = WORKER_FD_BACK;
+	if (level) {
 		w.buffer_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
-		w.arena = stage_map_arena(FD_ARENA, wk_arena_size(w.buffer_size), 1);
+		w.arena = stage_map_arena(WORKER_FD_ARENA, wk_arena_size(w.buffer_size), 1);
 		w.zstd = wk_zstd_new(level, w.buffer_size);
 		if (!w.zstd)
 			stage_die(STAGE_EXIT_FAILED, "setting up zstd level %d", level);
@@ -222,7 +265,7 @@ int main(int argc, char **argv)
 			w.free_buffers[w.n_free++] = b;
 			w.is_free[b] = 1;
 		}
-		max_fd = FD_ARENA;
+		max_fd = WORKER_FD_ARENA;
 	}
 	stage_lockdown(SB_ROLE_WORKER, max_fd, 0);
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
@@ -256,6 +299,7 @@ int main(int argc, char **argv)
 				struct proto_desc end = { .type = PROTO_DESC_END };
 				push(&w, &end);
 				flush(&w);
+				recheck_when_asked(&w);
 				/* Pairs with the writer's acquire in wr_recheck_after_failure:
 				 * our fingerprint XORs are visible to whoever sees DONE. */
 				atomic_thread_fence(memory_order_release);

@@ -30,10 +30,6 @@
  * TCP (keepalive) but not with its result is given this long.  One that
  * stops answering altogether is noticed within --io-timeout (keepalive). */
 #define RESULT_TIMEOUT_MS 120000
-/* Guest pieces at least this long go by sendfile.  A shorter one costs less
- * copied inside the gathered sendmsg than as a call of its own that also
- * ends the TCP segment (mixed guest: 16 KiB made it 0.25 s slower per 4 GiB). */
-#define WR_SENDFILE_MIN (64u << 10)
 
 /* Can the kernel splice pages out of the guest file (tmpfs, memfd and
  * ordinary files can; some file systems cannot)?  0 or -errno. */
@@ -515,6 +511,19 @@ int wr_net_finish(struct wr_net *n, uint32_t *status)
 				return rc;
 		}
 	return read_result(n, status);
+}
+
+int wr_net_why_refused(struct wr_net *n, int wait_ms, uint32_t *status)
+{
+	struct pollfd pfd = { .fd = n->main_fd, .events = POLLIN };
+	int ready;
+	do
+		ready = poll(&pfd, 1, wait_ms);
+	while (ready < 0 && errno == EINTR);
+	if (ready <= 0)
+		return -ETIMEDOUT;
+	int rc = read_result(n, status);
+	return rc != 0 ? (rc < 0 ? rc : -EPROTO) : 0;
 }
 
 int wr_net_commit(struct wr_net *n, bool commit, uint32_t *status)

@@ -81,6 +81,14 @@ int wr_recheck(const struct shm_segment *seg, int guest_fd, const uint8_t *guest
 	return 0;
 }
 
+void wr_recheck_changed(uint64_t first, uint64_t last)
+{
+	stage_die(STAGE_EXIT_FAILED,
+		  "the guest changed while it was copied: stop it first, or give --dirty-log "
+		  "(pages %llu..%llu differ from what was copied)",
+		  (unsigned long long)first, (unsigned long long)last);
+}
+
 void wr_recheck_guest(const struct shm_segment *seg, const uint8_t *guest)
 {
 	uint64_t first = 0, last = 0;
@@ -88,10 +96,69 @@ void wr_recheck_guest(const struct shm_segment *seg, const uint8_t *guest)
 	if (rc < 0)
 		stage_die_errno(rc, "finding the guest's data extents to check it did not change");
 	if (rc > 0)
-		stage_die(STAGE_EXIT_FAILED,
-			  "the guest changed while it was copied: stop it first, or give --dirty-log "
-			  "(pages %llu..%llu differ from what was copied)",
-			  (unsigned long long)first, (unsigned long long)last);
+		wr_recheck_changed(first, last);
+}
+
+static void post_round_robin(struct shm_ring *back, uint32_t n_workers, uint32_t *next, struct proto_desc *d)
+{
+	struct shm_slot slot = proto_desc_pack(d);
+	int rc = shm_ring_enqueue_all(&back[*next], &slot, 1);
+	if (rc < 0)
+		stage_die_ring(rc, "ring to worker");
+	*next = (*next + 1) % n_workers;
+}
+
+int wr_recheck_by_workers(const struct shm_segment *seg, struct shm_ring *in, struct shm_ring *back, bool skip,
+			  uint64_t *first, uint64_t *last)
+{
+	const uint32_t n_workers = seg->geo.n_workers;
+	const uint64_t n_pages = seg->geo.guest_pages;
+	uint32_t next = 0;
+	if (!skip) {
+		struct extents x = { .fd = STAGE_FD_GUEST, .size = n_pages * seg->geo.page_size,
+				     .page = seg->geo.page_size };
+		for (uint64_t p = 0; p < n_pages; p = x.end) {
+			int rc = next_extent(&x, p);
+			if (rc < 0)
+				stage_die_errno(rc, "finding the guest's data extents to check it did not change");
+			for (uint64_t q = x.data; q < x.end; q += seg->geo.max_run_pages) {
+				uint64_t n = x.end - q < seg->geo.max_run_pages ? x.end - q : seg->geo.max_run_pages;
+				struct proto_desc d = { .type = PROTO_DESC_RECHECK, .first_page = q, .n_pages = (uint32_t)n };
+				post_round_robin(back, n_workers, &next, &d);
+			}
+		}
+	}
+	for (uint32_t i = 0; i < n_workers; i++) {
+		struct proto_desc end = { .type = PROTO_DESC_RECHECK_END };
+		post_round_robin(back, n_workers, &next, &end);
+	}
+	const struct proto_geometry geo = { .page_size = seg->geo.page_size, .max_run_pages = seg->geo.max_run_pages,
+					    .guest_pages = n_pages };
+	for (uint32_t i = 0; i < n_workers; i++) {
+		struct shm_slot slot;
+		int n;
+		while ((n = shm_ring_dequeue(&in[i], &slot, 1, SHM_RING_VARIABLE)) == 0)
+			if ((n = shm_ring_wait_ready(&in[i], 1, -1)) < 0)
+				break;
+		if (n < 0)
+			stage_die_ring(n, "ring from worker");
+		struct proto_desc d;
+		if (proto_desc_unpack(slot, &geo, WK_ARENA_BUFFERS, &d) != PROTO_OK || d.type != PROTO_DESC_RECHECKED)
+			stage_die(STAGE_EXIT_FAILED, "worker %u: unexpected descriptor instead of the re-check's end", i);
+	}
+	if (skip)
+		return 0;
+	/* Every XOR of both passes happened before the RECHECKED we took with
+	 * an acquire. */
+	const _Atomic uint64_t *table = shm_segment_fingerprints(seg);
+	for (uint64_t c = 0; c < seg->fp_chunks; c++)
+		if (atomic_load_explicit(&table[c], memory_order_relaxed) != 0) {
+			uint64_t end = (c + 1) * seg->fp_chunk_pages;
+			*first = c * seg->fp_chunk_pages;
+			*last = (end < n_pages ? end : n_pages) - 1;
+			return 1;
+		}
+	return 0;
 }
 
 static int64_t now_ms(void)
@@ -132,6 +199,12 @@ void wr_recheck_after_failure(const struct shm_segment *seg, const uint8_t *gues
 				struct proto_desc d;
 				if (proto_desc_unpack(batch[k], &geo, WK_ARENA_BUFFERS, &d) != PROTO_OK)
 					return;
+				if (d.type == PROTO_DESC_END && !done[i]) {
+					/* Its XORs came before it (ring acquire); it now
+					 * waits for a re-check request that will not come. */
+					done[i] = true;
+					n_done++;
+				}
 				if (d.type == PROTO_DESC_RUN && d.encoding == PROTO_ENC_ZSTD) {
 					struct proto_desc b = { .type = PROTO_DESC_BUFFER, .buffer = d.buffer };
 					struct shm_slot slot = proto_desc_pack(&b);

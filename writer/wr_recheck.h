@@ -8,7 +8,9 @@
 #include <stdint.h>
 
 #include <stdbool.h>
+#include <stdnoreturn.h>
 
+#include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
 
 /* 0 when every chunk matches; 1 with [*first, *last] the pages of the first
@@ -19,6 +21,22 @@ int wr_recheck(const struct shm_segment *seg, int guest_fd, const uint8_t *guest
 /* wr_recheck on the stage's guest fd, failing the stage (one line naming
  * the first chunk that changed) unless the guest is as it was copied. */
 void wr_recheck_guest(const struct shm_segment *seg, const uint8_t *guest);
+
+/* The re-check of a finished copy, shared by the workers (their mappings
+ * are warm, and there are several of them): every data extent of the guest
+ * goes to them round-robin as RECHECK runs on the return rings, then
+ * RECHECK_END; each fingerprints its runs into the same table once more and
+ * answers RECHECKED.  A guest that did not change leaves every chunk 0:
+ * returns 0; otherwise 1 with [*first, *last] the first chunk that changed.
+ * Call it after every worker's END, once the copy is where it goes (data
+ * written, or the receiver prepared).  With skip (a live migration, whose
+ * dirty log covers a changing guest) it only releases the workers.  Ring
+ * failures fail the stage. */
+int wr_recheck_by_workers(const struct shm_segment *seg, struct shm_ring *in, struct shm_ring *back, bool skip,
+			  uint64_t *first, uint64_t *last);
+
+/* Fail the stage: "the guest changed while it was copied ...". */
+noreturn void wr_recheck_changed(uint64_t first, uint64_t last);
 
 /* A paused migration's send failed: perhaps because the guest changed under
  * us (the receiver refuses a payload whose CRC no longer matches its pages)

@@ -121,10 +121,18 @@ int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t firs
 	return rc;
 }
 
-int wr_snapfile_finish(struct wr_snapfile *f, const char **what)
+int wr_snapfile_drain(struct wr_snapfile *f, const char **what)
 {
 	FAIL("writing page data to the snapshot", wr_snapfile_flush(f));
 	FAIL("writing page data to the snapshot", dio_queue_drain(&f->queue));
+	return 0;
+}
+
+int wr_snapfile_finish(struct wr_snapfile *f, const char **what)
+{
+	int rc = wr_snapfile_drain(f, what);
+	if (rc < 0)
+		return rc;
 	FAIL("fdatasync of the snapshot's page data", fdatasync(f->data_fd) < 0 ? -errno : 0);
 	FAIL("writing the snapshot bitmap", dio_pwrite_full(f->meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
 	FAIL("writing the snapshot's extent table", table_flush(f));

@@ -50,6 +50,8 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n, uint32_t crc);
 /* Submit what is pending without waiting (call before going idle). */
 int wr_snapfile_flush(struct wr_snapfile *f);
+/* Submit what is pending and wait for every write to complete. */
+int wr_snapfile_drain(struct wr_snapfile *f, const char **what);
 /* Wait for every write, make the data durable, then the bitmap and extent
  * table, then mark the header COMPLETE and make that durable: a crash at any
  * point leaves a file restore refuses. */

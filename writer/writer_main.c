@@ -2,17 +2,19 @@
  * straight from the guest mapping into the snapshot file, or sends it to a
  * pageferry receiver.
  *
- * argv: pageferry-writer snapshot
- *       pageferry-writer migrate HOST:PORT CHANNELS off|auto|on PSK(0|1) ZSTD(0|1) CONNECT_TIMEOUT_MS ROUNDS(0|1)
- *                        IO_TIMEOUT_MS
- * fds: 3 control segment, 4 guest (read-only),
+ * argv: pageferry-writer --mode=snapshot
+ *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile [--psk]
+ *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS
+ *       (--psk: a pre-shared key on fd 5; --zstd: the workers compress into
+ *       their arenas; --rounds: a live migration's pre-copy rounds)
+ * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
- *      migrate:  5 pre-shared key file (with PSK 1)
+ *      migrate:  5 pre-shared key file (with --psk)
  *                6 socket to the front end, for the commit decision
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
  *      8 + 2i  wake socket of ring writer -> worker i   (buffers back)
- *      7 + 2W + i  worker i's arena, read-only (migrate with ZSTD 1)
+ *      7 + 2W + i  worker i's arena, read-only (migrate with --zstd)
  *
  * Descriptors are decoded from private copies and checked against the
  * geometry before any offset is computed from them.
@@ -38,12 +40,20 @@
 #include "writer/wr_snapfile.h"
 #include "writer/wr_window.h"
 
-#define FD_META 5
-#define FD_DATA 6
-#define FD_PSK 5
-#define FD_COMMIT 6
-#define FD_RINGS 7
 #define BURST 64u
+
+#define USAGE                                                                                              \
+	"pageferry-writer --mode=snapshot | --mode=migrate --to=HOST:PORT --channels=N "                    \
+	"--zerocopy=off|auto|on|sendfile [--psk] [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS"
+
+/* The migrate mode's arguments. */
+struct migrate_args {
+	const char *to;
+	uint32_t channels;
+	enum wr_zerocopy zerocopy;
+	bool psk, zstd;
+	int connect_timeout_ms, io_timeout_ms;
+};
 
 struct writer {
 	struct shm_segment seg;
@@ -82,8 +92,16 @@ static void return_buffer(void *ctx, uint32_t worker, uint32_t buffer)
 		stage_die_ring(rc, "ring back to worker");
 }
 
+static noreturn void die_refused(uint32_t status)
+{
+	if (status == PROTO_RESULT_LOCAL_FAILURE)
+		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
+	stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s", proto_strerror((enum proto_err)status));
+}
+
 /* A failed send or wait for the receiver: the guest file shrank under a
- * send from its mapping (EFAULT), the link died (--io-timeout), or what the
+ * send from its mapping (EFAULT), the link died (--io-timeout), the
+ * receiver refused a packet (it says why before it hangs up), or what the
  * kernel said. */
 static noreturn void net_failed(struct writer *w, int rc, const char *what)
 {
@@ -94,6 +112,11 @@ static noreturn void net_failed(struct writer *w, int rc, const char *what)
 	/* Paused: the receiver may have refused pages the guest changed. */
 	if (!w->rounds)
 		wr_recheck_after_failure(&w->seg, w->guest, w->in, w->back, 10000);
+	/* A receiver that refused a packet says why before it hangs up. */
+	uint32_t status;
+	if ((rc == -EPIPE || rc == -ECONNRESET) && wr_net_why_refused(&w->net, 1000, &status) == 0 &&
+	    status != PROTO_OK)
+		die_refused(status);
 	stage_die_errno(rc, "%s", what);
 }
 
@@ -286,46 +309,26 @@ disarm:
 	}
 }
 
-static enum wr_zerocopy parse_zerocopy(const char *s)
-{
-	if (strcmp(s, "off") == 0)
-		return WR_ZC_OFF;
-	if (strcmp(s, "auto") == 0)
-		return WR_ZC_AUTO;
-	if (strcmp(s, "on") == 0)
-		return WR_ZC_ON;
-	if (strcmp(s, "sendfile") == 0)
-		return WR_ZC_SENDFILE;
-	stage_die(STAGE_EXIT_USAGE, "zerocopy mode must be off, auto, on or sendfile, not '%s'", s);
-}
-
 /* Connect and handshake every channel, before lock-down. */
-static void open_migration(struct writer *w, char **argv, int *max_fd)
+static void open_migration(struct writer *w, const struct migrate_args *a, int *max_fd)
 {
-	uint32_t channels = (uint32_t)stage_parse_u64("channel count", argv[3], 1, PROTO_MAX_CHANNELS);
-	enum wr_zerocopy zc = parse_zerocopy(argv[4]);
-	int use_psk = (int)stage_parse_u64("psk flag", argv[5], 0, 1);
-	int use_zstd = (int)stage_parse_u64("zstd flag", argv[6], 0, 1);
-	int timeout_ms = (int)stage_parse_u64("connect timeout", argv[7], 0, 3600000);
-	int rounds = (int)stage_parse_u64("rounds flag", argv[8], 0, 1);
-	int io_timeout_ms = (int)stage_parse_u64("io timeout", argv[9], 0, 86400000);
 	static struct net_psk psk;
-	if (use_psk) {
+	if (a->psk) {
 		const char *why = "";
-		int rc = net_psk_read(FD_PSK, &psk, &why);
+		int rc = net_psk_read(WRITER_FD_PSK, &psk, &why);
 		if (rc < 0)
 			stage_die_errno(rc, "%s", why);
 	}
-	if (use_zstd) {
+	if (a->zstd) {
 		w->buffer_size = (uint64_t)w->geo.max_run_pages * w->geo.page_size;
 		for (uint32_t i = 0; i < w->n_workers; i++)
-			w->arena[i] = stage_map_arena(FD_RINGS + 2 * (int)w->n_workers + (int)i,
-						      wk_arena_size(w->buffer_size), 0);
-		*max_fd = FD_RINGS + 3 * (int)w->n_workers - 1;
+			w->arena[i] = stage_map_arena(WRITER_FD_ARENA(i, w->n_workers), wk_arena_size(w->buffer_size),
+						      0);
+		*max_fd = WRITER_FD_ARENA(w->n_workers - 1, w->n_workers);
 	}
-	struct proto_handshake hs = { .geo = w->geo, .n_channels = (uint16_t)channels,
-				      .features = (use_zstd ? PROTO_F_ZSTD : 0) | (use_psk ? PROTO_F_PSK : 0) |
-						  (rounds ? PROTO_F_ROUNDS : 0) };
+	struct proto_handshake hs = { .geo = w->geo, .n_channels = (uint16_t)a->channels,
+				      .features = (a->zstd ? PROTO_F_ZSTD : 0) | (a->psk ? PROTO_F_PSK : 0) |
+						  (w->rounds ? PROTO_F_ROUNDS : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
 	/* sendfile has no MSG_NOSIGNAL: a receiver that went away must be
@@ -335,8 +338,8 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 	char what[256] = "";
 	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = w->guest,
 				  .bytes = w->geo.guest_pages * w->geo.page_size };
-	int rc = wr_net_open(&w->net, argv[2], &hs, &psk, zc, &guest, timeout_ms, io_timeout_ms, what,
-			     sizeof(what));
+	int rc = wr_net_open(&w->net, a->to, &hs, &psk, a->zerocopy, &guest, a->connect_timeout_ms, a->io_timeout_ms,
+			     what, sizeof(what));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
@@ -350,7 +353,7 @@ static void open_migration(struct writer *w, char **argv, int *max_fd)
 		       (w->net.zerocopy ? SHM_FLAG_ZEROCOPY : 0) | (w->net.sendfile ? SHM_FLAG_SENDFILE : 0));
 	/* sockets: the main channel, then the data channels, after our fds */
 	*max_fd = w->net.main_fd > *max_fd ? w->net.main_fd : *max_fd;
-	for (uint32_t i = 0; i < channels; i++)
+	for (uint32_t i = 0; i < a->channels; i++)
 		*max_fd = w->net.ch[i].fd > *max_fd ? w->net.ch[i].fd : *max_fd;
 }
 
@@ -360,27 +363,24 @@ static void check_answer(int rc, uint32_t status, struct writer *w)
 		net_failed(w, rc, "finishing the migration");
 	if (rc > 0)
 		stage_die(STAGE_EXIT_FAILED, "the receiver's answer: %s", proto_strerror((enum proto_err)rc));
-	if (status == PROTO_RESULT_LOCAL_FAILURE)
-		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
 	if (status != PROTO_OK)
-		stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s",
-			  proto_strerror((enum proto_err)status));
+		die_refused(status);
 }
 
 /* The front end decides whether the prepared copy is committed: it knows
  * whether the source's VMM still holds the guest paused for us (the lease)
- * and whether the user cancelled.  One byte each way on FD_COMMIT. */
+ * and whether the user cancelled.  One byte each way on WRITER_FD_COMMIT. */
 static bool front_end_says_commit(void)
 {
 	char c = 'P';
 	ssize_t n;
 	do
-		n = write(FD_COMMIT, &c, 1);
+		n = write(WRITER_FD_COMMIT, &c, 1);
 	while (n < 0 && errno == EINTR);
 	if (n != 1)
 		stage_die_errno(n < 0 ? -errno : -EPIPE, "asking the front end to commit");
 	do
-		n = read(FD_COMMIT, &c, 1);
+		n = read(WRITER_FD_COMMIT, &c, 1);
 	while (n < 0 && errno == EINTR);
 	if (n != 1)
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it decided the commit");
@@ -394,9 +394,15 @@ static void finish_migration(struct writer *w)
 	int rc = wr_net_finish(&w->net, &status);
 	check_answer(rc, status, w);
 	/* Prepared: every check passed there and the copy is durable, but it is
-	 * committed only when we say so (doc/architecture.md, "The handoff"). */
-	bool commit = front_end_says_commit();
+	 * committed only when we say so (doc/architecture.md, "The handoff").
+	 * Every page is in the receiver's hands now, so this is when to check
+	 * that the guest did not change meanwhile (without a dirty log). */
+	uint64_t first = 0, last = 0;
+	bool changed = wr_recheck_by_workers(&w->seg, w->in, w->back, w->rounds, &first, &last) > 0;
+	bool commit = !changed && front_end_says_commit();
 	rc = wr_net_commit(&w->net, commit, &status);
+	if (changed)
+		wr_recheck_changed(first, last);
 	if (!commit)
 		stage_die(STAGE_EXIT_FAILED, "the commit was called off; the receiver keeps nothing");
 	struct timespec now;
@@ -413,29 +419,46 @@ int main(int argc, char **argv)
 	struct writer w = { 0 };
 	stage_set_name("writer", -1);
 	stage_tie_to_supervisor();
-	if (!(argc == 2 && strcmp(argv[1], "snapshot") == 0) && !(argc == 10 && strcmp(argv[1], "migrate") == 0))
-		stage_die(STAGE_EXIT_USAGE, "usage: pageferry-writer snapshot | migrate HOST:PORT CHANNELS "
-					    "off|auto|on|sendfile PSK ZSTD CONNECT_TIMEOUT_MS ROUNDS IO_TIMEOUT_MS");
-	w.migrate = argc == 10;
+	stage_args(argc, argv, USAGE);
+	static const char *const modes[] = { "snapshot", "migrate", NULL };
+	static const char *const zc_modes[] = { "off", "auto", "on", "sendfile", NULL };
+	static const enum wr_zerocopy zc_values[] = { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON, WR_ZC_SENDFILE };
+	struct migrate_args ma = { 0 };
+	w.migrate = stage_arg_choice("mode", modes) == 1;
+	if (w.migrate) {
+		ma.to = stage_arg_str("to");
+		ma.channels = (uint32_t)stage_arg_u64("channels", 1, PROTO_MAX_CHANNELS);
+		ma.zerocopy = zc_values[stage_arg_choice("zerocopy", zc_modes)];
+		ma.psk = stage_arg_flag("psk");
+		ma.zstd = stage_arg_flag("zstd");
+		ma.connect_timeout_ms = (int)stage_arg_u64("connect-timeout-ms", 0, 3600000);
+		w.rounds = stage_arg_flag("rounds");
+		ma.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
+	}
+	stage_args_done();
 	w.round = 1;
-	w.rounds = w.migrate && strcmp(argv[8], "1") == 0;
 	stage_attach_segment(&w.seg);
 	w.n_workers = w.seg.geo.n_workers;
+	/* Our fds: the rings' and, migrating with zstd, the arenas after them. */
+	static const int no_psk[] = { WRITER_FD_PSK };
+	stage_close_inherited_fds(w.migrate && ma.zstd ? WRITER_FD_ARENA(w.n_workers - 1, w.n_workers)
+						       : WRITER_FD_RING_BACK(w.n_workers - 1),
+				  no_psk, w.migrate && !ma.psk ? 1 : 0);
 	w.geo = (struct proto_geometry){ .page_size = w.seg.geo.page_size,
 					 .max_run_pages = w.seg.geo.max_run_pages,
 					 .guest_pages = w.seg.geo.guest_pages };
 	w.guest = stage_map_guest(&w.seg, 0);
 	w.stats = shm_segment_stats(&w.seg, SHM_STATS_WRITER);
 	for (uint32_t i = 0; i < w.n_workers; i++) {
-		stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, i, FD_RINGS + 2 * (int)i, &w.in[i]);
-		stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, i, FD_RINGS + 2 * (int)i + 1, &w.back[i]);
+		stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, i, WRITER_FD_RING_IN(i), &w.in[i]);
+		stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, i, WRITER_FD_RING_BACK(i), &w.back[i]);
 	}
-	int rc, max_fd = FD_RINGS + 2 * (int)w.n_workers - 1;
+	int rc, max_fd = WRITER_FD_RING_BACK(w.n_workers - 1);
 	if (w.migrate) {
-		open_migration(&w, argv, &max_fd);
+		open_migration(&w, &ma, &max_fd);
 	} else {
 		const char *what = "";
-		rc = wr_snapfile_begin(&w.file, FD_META, FD_DATA, w.geo.page_size,
+		rc = wr_snapfile_begin(&w.file, WRITER_FD_META, WRITER_FD_DATA, w.geo.page_size,
 					   w.geo.guest_pages * w.geo.page_size, &what);
 		if (rc < 0)
 			stage_die_errno(rc, "starting the snapshot: %s", what);
@@ -464,15 +487,18 @@ int main(int argc, char **argv)
 			net_failed(&w, rc, "sending to the receiver");
 	}
 	check_guest_size(&w);
-	/* Without a dirty log nothing else notices a guest that ran on. */
-	if (!w.rounds)
-		wr_recheck_guest(&w.seg, w.guest);
 	if (w.migrate) {
 		finish_migration(&w);
 	} else {
+		/* Every page written, then the check that the guest did not
+		 * change meanwhile, then the header that says COMPLETE. */
 		const char *what = "";
-		rc = wr_snapfile_finish(&w.file, &what);
-		if (rc < 0)
+		uint64_t first = 0, last = 0;
+		if ((rc = wr_snapfile_drain(&w.file, &what)) < 0)
+			snapshot_failed(rc, what);
+		if (wr_recheck_by_workers(&w.seg, w.in, w.back, false, &first, &last) > 0)
+			wr_recheck_changed(first, last);
+		if ((rc = wr_snapfile_finish(&w.file, &what)) < 0)
 			snapshot_failed(rc, what);
 	}
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);

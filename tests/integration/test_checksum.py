@@ -9,17 +9,15 @@ import os
 import random
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-BUILD = os.environ.get("PAGEFERRY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-PF = os.path.abspath(os.path.join(BUILD, "pageferry"))
-SHM = "/dev/shm"
+sys.path.insert(0, os.path.dirname(__file__))
+from pftest import DISK, PF, SHM, Workspace, crc32c, free_port, pf  # noqa: E402
+
 PAGE = 4096
 CORRUPT = re.compile(r"snapshot data is corrupt: pages (\d+)\.\.(\d+) \(extent (\d+)\) do not match their checksum")
 CHANGED = "the guest changed while it was copied: stop it first, or give --dirty-log"
@@ -37,20 +35,6 @@ while True:
     for off in pages:
         m[off:off + 64] = os.urandom(64)
 """
-
-
-def pf(*args, env=None):
-    return subprocess.run([PF] + [str(a) for a in args], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=300)
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
-    return crc ^ 0xFFFFFFFF
 
 
 def header(path):
@@ -79,41 +63,16 @@ def extents(path):
     return [struct.unpack_from("<QII", table, 16 * i) for i in range(h["extent_count"])]
 
 
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.disk = tempfile.mkdtemp(prefix="pf-ck-", dir="/var/tmp")
-        self.shm = tempfile.mkdtemp(prefix="pf-ck-", dir=SHM)
-        self.procs = []
-
-    def tearDown(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            for f in (p.stdout, p.stderr):
-                if f:
-                    f.close()
-        shutil.rmtree(self.disk, ignore_errors=True)
-        shutil.rmtree(self.shm, ignore_errors=True)
-
-    def guest(self, pattern, size="64M"):
-        path = os.path.join(self.shm, f"{pattern}.ram")
-        subprocess.run([PF, "mkguest", pattern, size, path], check=True, capture_output=True)
-        return path
+class Base(Workspace):
+    guest_size = "64M"
 
     def snapshot(self, guest, name="snap.pfs", env=None):
-        out = os.path.join(self.disk, name)
+        out = self.disk_path(name)
         r = pf("snapshot", "--guest", guest, "--out", out, "--workers", 2, env=env)
         return out, r
 
-    def assert_no_output(self, path):
-        self.assertFalse(os.path.exists(path), f"{path} left behind")
-        self.assertFalse(os.path.exists(path + ".pf-partial"), f"{path}.pf-partial left behind")
-
     def start_guest_writer(self, guest):
-        p = subprocess.Popen([sys.executable, "-c", GUEST_WRITER, guest], stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)
-        self.procs.append(p)
+        p = self.spawn([sys.executable, "-c", GUEST_WRITER, guest], stderr=None)
         self.assertEqual(p.stdout.readline().strip(), "writing")
         return p
 
@@ -141,7 +100,7 @@ class Format(Base):
         self.assertEqual(r.stdout.count("\n"), 1)
         r = pf("check", snap, "--json")
         self.assertTrue(json.loads(r.stdout)["ok"])
-        into = os.path.join(self.shm, "restored.ram")
+        into = self.path("restored.ram")
         r = pf("restore", snap, "--into", into)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(pf("verify", guest, into).returncode, 0)
@@ -156,7 +115,7 @@ class Format(Base):
             struct.pack_into("<I", h, 124, crc32c(bytes(h[:124])))
             f.seek(0)
             f.write(h)
-        into = os.path.join(self.shm, "v1.ram")
+        into = self.path("v1.ram")
         for args in (("restore", snap, "--into", into), ("check", snap)):
             r = pf(*args)
             self.assertEqual(r.returncode, 1, r.stderr)
@@ -175,7 +134,7 @@ class Format(Base):
             b = f.read(1)
             f.seek(-1, 1)
             f.write(bytes([b[0] ^ 1]))
-        into = os.path.join(self.shm, "t.ram")
+        into = self.path("t.ram")
         for args in (("restore", snap, "--into", into), ("check", snap)):
             r = pf(*args)
             self.assertEqual(r.returncode, 1)
@@ -188,25 +147,18 @@ class Corruption(Base):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="pf-ck-", dir="/var/tmp")
-        cls.guest_path = os.path.join(SHM, f"pf-ck-{os.getpid()}.ram")
-        subprocess.run([PF, "mkguest", "mixed", "32M", cls.guest_path], check=True, capture_output=True)
-        cls.good = os.path.join(cls.tmp, "good.pfs")
-        r = pf("snapshot", "--guest", cls.guest_path, "--out", cls.good)
-        assert r.returncode == 0, r.stderr
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        os.unlink(cls.guest_path)
+        guest = os.path.join(cls.class_tempdir(SHM), "mixed.ram")
+        pf("mkguest", "mixed", "32M", guest, check=0)
+        cls.good = os.path.join(cls.class_tempdir(DISK), "good.pfs")
+        pf("snapshot", "--guest", guest, "--out", cls.good, check=0)
 
     def damaged(self):
-        snap = os.path.join(self.disk, "bad.pfs")
+        snap = self.disk_path("bad.pfs")
         shutil.copyfile(self.good, snap)
         return snap, header(snap)
 
     def assert_named(self, snap, page):
-        into = os.path.join(self.shm, "into.ram")
+        into = self.path("into.ram")
         for args in (("restore", snap, "--into", into), ("check", snap)):
             r = pf(*args)
             self.assertEqual(r.returncode, 1, f"{args[0]}: {r.stdout} {r.stderr}")
@@ -263,17 +215,13 @@ class GuestChanging(Base):
 
     def test_paused_migrate_of_a_running_guest_fails(self):
         guest = self.guest("random", "64M")
-        into = os.path.join(self.shm, "into.ram")
-        port = random.randint(20000, 60000)
-        rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into,
-                               "--accept-timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
-        self.procs.append(rx)
+        into = self.path("into.ram")
+        port = free_port()
+        rx = self.spawn([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30])
         time.sleep(0.5)
         self.start_guest_writer(guest)
-        r = subprocess.run([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}"],
-                           capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:crawl"))
+        r = pf("migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}",
+               env=dict(self.env, PAGEFERRY_TEST_HOOK="worker:crawl"), timeout=300)
         _, err = rx.communicate(timeout=60)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn(CHANGED, r.stderr)

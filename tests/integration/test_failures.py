@@ -8,123 +8,49 @@ shrinks while it is copied, and a destination removed while it is received.
 Timing is not asserted beyond a generous bound that a hang would exceed."""
 import os
 import re
-import shutil
-import signal
-import struct
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_migrate import PF, free_port  # noqa: E402
+from pftest import PF, VethWorkspace, Workspace, dirty_log_pause, free_port, pf  # noqa: E402
 
-SHM = "/dev/shm"
 IO_TIMEOUT = 3
 # A hang would exceed this by minutes (TCP alone retries for ~15).
 DEAD_LINK_BOUND = 3 * IO_TIMEOUT + 10
-SRC_ADDR, DST_ADDR = "10.202.0.1", "10.202.0.2"
 
 
-def run(cmd, **kw):
-    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, **kw)
-
-
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pf-fail-", dir=SHM)
-        self.procs = []
-
-    def tearDown(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def guest(self, pattern, size="256M"):
-        g = self.path(f"{pattern}.ram")
-        run([PF, "mkguest", pattern, size, g])
-        return g
-
-    def spawn(self, cmd, ns=None, env=None):
-        cmd = [str(c) for c in cmd]
-        if ns:
-            cmd = ["ip", "netns", "exec", ns] + cmd
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True, env=dict(os.environ, **(env or {})))
-        self.procs.append(p)
-        return p
-
-    def finish(self, p, timeout=60):
-        out, err = p.communicate(timeout=timeout)
-        return p.returncode, out, err
-
+class Base(Workspace):
     def assert_one_line(self, err, pattern):
         """stderr is exactly one line, matching pattern."""
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertRegex(err.strip(), pattern)
 
-    def assert_nothing_complete(self, into):
-        self.assertFalse(os.path.exists(into), into)
-        self.assertFalse(os.path.exists(into + ".pf-partial"), into + ".pf-partial")
 
-
-class DeadLink(Base):
+class DeadLink(VethWorkspace, Base):
     """ip link set down under a running migration: both ends give up within
     --io-timeout (plus margin), each naming its peer; a live guest runs on."""
 
-    @classmethod
-    def setUpClass(cls):
-        tag = f"{os.getpid() % 100000}"
-        cls.ns = (f"pf-fsrc-{tag}", f"pf-fdst-{tag}")
-        cls.dev = (f"pff{tag}a", f"pff{tag}b")
-        try:
-            for n in cls.ns:
-                run(["ip", "netns", "add", n])
-            run(["ip", "link", "add", cls.dev[0], "netns", cls.ns[0], "type", "veth", "peer", "name", cls.dev[1],
-                 "netns", cls.ns[1]])
-            run(["ip", "-n", cls.ns[0], "addr", "add", f"{SRC_ADDR}/24", "dev", cls.dev[0]])
-            run(["ip", "-n", cls.ns[1], "addr", "add", f"{DST_ADDR}/24", "dev", cls.dev[1]])
-            for n in cls.ns:
-                run(["ip", "-n", n, "link", "set", "lo", "up"])
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        for n in cls.ns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    veth_name, veth_subnet = "f", "10.202.0"
 
     def setUp(self):
         super().setUp()
         # Each test takes a link down: bring both back up, then throttle the
         # sender's side so that 256 MiB take minutes, not a fraction of a second.
-        for n, d in zip(self.ns, self.dev):
-            run(["ip", "-n", n, "link", "set", d, "up"])
-        run(["ip", "netns", "exec", self.ns[0], "tc", "qdisc", "replace", "dev", self.dev[0], "root", "tbf",
-             "rate", "8mbit", "burst", "32kb", "latency", "400ms"])
-        # Usable once both ends have a carrier again.
-        deadline = time.monotonic() + 10
-        while not all("LOWER_UP" in run(["ip", "-n", n, "link", "show", "dev", d], text=True).stdout
-                      for n, d in zip(self.ns, self.dev)):
-            self.assertLess(time.monotonic(), deadline, "the veth link did not come up")
-            time.sleep(0.05)
+        self.veth.link_up()
+        self.veth.netns_exec(0, "tc", "qdisc", "replace", "dev", self.veth.dev[0], "root", "tbf",
+                             "rate", "8mbit", "burst", "32kb", "latency", "400ms")
 
     def receiver(self):
         self.port = free_port()
         self.into = self.path("dest.ram")
-        return self.spawn([PF, "receive", "--listen", f"{DST_ADDR}:{self.port}", "--into", self.into,
-                           "--accept-timeout", 30, "--io-timeout", IO_TIMEOUT, "--workers", 1], ns=self.ns[1])
+        return self.spawn([PF, "receive", "--listen", f"{self.veth.addr[1]}:{self.port}", "--into", self.into,
+                           "--accept-timeout", 30, "--io-timeout", IO_TIMEOUT, "--workers", 1], ns=self.veth.ns[1])
 
     def sender(self, guest, *extra):
-        return self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:{DST_ADDR}:{self.port}",
-                           "--channels", 2, "--io-timeout", IO_TIMEOUT] + list(extra), ns=self.ns[0])
+        return self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:{self.veth.addr[1]}:{self.port}",
+                           "--channels", 2, "--io-timeout", IO_TIMEOUT] + list(extra), ns=self.veth.ns[0])
 
     def wait_for_bytes(self, tx, rx):
         """Until the transfer is under way: both still running, the
@@ -139,11 +65,6 @@ class DeadLink(Base):
         time.sleep(0.5)
         self.assertIsNone(tx.poll())
         self.assertIsNone(rx.poll())
-
-    def link_down(self, *sides):
-        for i in sides:
-            run(["ip", "-n", self.ns[i], "link", "set", self.dev[i], "down"])
-        return time.monotonic()
 
     def both_fail(self, tx, rx, t0):
         """Both end by themselves within the bound, with exit 1."""
@@ -161,19 +82,19 @@ class DeadLink(Base):
     def assert_dead_link_lines(self, tx_err, rx_err, live=False):
         tail = "; the guest keeps running on the source" if live else ""
         self.assert_one_line(tx_err, r"^pageferry migrate: pageferry-writer: the link to "
-                                     + re.escape(f"{DST_ADDR}:{self.port}") + r" is dead: no progress for "
+                                     + re.escape(f"{self.veth.addr[1]}:{self.port}") + r" is dead: no progress for "
                                      + f"{IO_TIMEOUT}" + r" s \(--io-timeout\)" + re.escape(tail) + "$")
         self.assert_one_line(rx_err, r"^pageferry receive: pageferry-receiver: the link to "
-                                     + re.escape(SRC_ADDR) + r":\d+ is dead: no progress for "
+                                     + re.escape(self.veth.addr[0]) + r":\d+ is dead: no progress for "
                                      + f"{IO_TIMEOUT}" + r" s \(--io-timeout\)$")
-        self.assert_nothing_complete(self.into)
+        self.assert_no_output(self.into)
 
     def test_paused_link_down_on_the_sender_side(self):
         guest = self.guest("random")
         rx = self.receiver()
         tx = self.sender(guest)
         self.wait_for_bytes(tx, rx)
-        t0 = self.link_down(0)
+        t0 = self.veth.link_down(0)
         self.assert_dead_link_lines(*self.both_fail(tx, rx, t0))
 
     def test_paused_link_down_on_the_receiver_side(self):
@@ -181,7 +102,7 @@ class DeadLink(Base):
         rx = self.receiver()
         tx = self.sender(guest, "--compress", "zstd")
         self.wait_for_bytes(tx, rx)
-        t0 = self.link_down(1)
+        t0 = self.veth.link_down(1)
         self.assert_dead_link_lines(*self.both_fail(tx, rx, t0))
 
     def test_live_link_down_on_both_sides_guest_runs_on(self):
@@ -191,17 +112,15 @@ class DeadLink(Base):
         rx = self.receiver()
         tx = self.sender(ram, "--dirty-log", log)
         self.wait_for_bytes(tx, rx)
-        t0 = self.link_down(0, 1)
+        t0 = self.veth.link_down(0, 1)
         self.assert_dead_link_lines(*self.both_fail(tx, rx, t0), live=True)
         # The guest runs on: no pause is requested or acknowledged
         # (doc/vmm-interface.md), and it still writes its RAM.
-        with open(log, "rb") as f:
-            head = f.read(256)
-        self.assertEqual((struct.unpack_from("<I", head, 64)[0], struct.unpack_from("<I", head, 128)[0]), (0, 0))
+        self.assertEqual(dirty_log_pause(log), (0, 0))
         self.assertIsNone(g.poll())
-        before = run([PF, "checksum", ram], text=True).stdout
+        before = pf("checksum", ram, check=0).stdout
         time.sleep(0.5)
-        self.assertNotEqual(run([PF, "checksum", ram], text=True).stdout, before)
+        self.assertNotEqual(pf("checksum", ram, check=0).stdout, before)
 
 
 class FullDestination(Base):
@@ -210,13 +129,10 @@ class FullDestination(Base):
 
     def setUp(self):
         super().setUp()
-        self.mnt = tempfile.mkdtemp(prefix="pf-full-")
-        run(["mount", "-t", "tmpfs", "-o", "size=64m", "pf-full", self.mnt])
-        self.addCleanup(self.unmount)
-
-    def unmount(self):
-        subprocess.run(["umount", self.mnt], capture_output=True)
-        os.rmdir(self.mnt)
+        self.mnt = self.tempdir(None)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "pf-full", self.mnt], check=True,
+                       capture_output=True)
+        self.addCleanup(subprocess.run, ["umount", self.mnt], capture_output=True)
 
     def no_space_line(self, command, into):
         return (r"^pageferry " + command + r": pageferry-(receiver|inflater\[\d+\]): no space left on "
@@ -225,12 +141,12 @@ class FullDestination(Base):
     def test_restore(self):
         guest = self.guest("random")
         snap = self.path("snap.pfs")
-        run([PF, "snapshot", "--guest", guest, "--out", snap])
+        pf("snapshot", "--guest", guest, "--out", snap, check=0)
         into = os.path.join(self.mnt, "dest.ram")
-        r = subprocess.run([PF, "restore", snap, "--into", into], capture_output=True, text=True, timeout=120)
+        r = pf("restore", snap, "--into", into, timeout=120)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assert_one_line(r.stderr, self.no_space_line("restore", into))
-        self.assert_nothing_complete(into)
+        self.assert_no_output(into)
 
     def test_receive(self):
         # Raw pages land by recvmsg straight into the mapping (EFAULT); zstd
@@ -250,7 +166,7 @@ class FullDestination(Base):
                 tcode, _, terr = self.finish(tx)
                 self.assertNotEqual(tcode, 0, terr)
                 self.assertNotIn("receiver confirmed", terr)
-                self.assert_nothing_complete(into)
+                self.assert_no_output(into)
                 os.unlink(guest)
 
 
@@ -267,7 +183,7 @@ class ChangedUnderneath(Base):
         self.assertEqual(code, 1, err)
         self.assert_one_line(err, r"^pageferry snapshot: pageferry-(writer|worker\[\d+\]): the guest file "
                                   + re.escape(guest) + r" shrank while it was copied \(it was 536870912 bytes\)$")
-        self.assert_nothing_complete(out)
+        self.assert_no_output(out)
 
     def test_guest_shrinks_during_a_migrate(self):
         guest = self.guest("random", "512M")
@@ -285,7 +201,7 @@ class ChangedUnderneath(Base):
                                   + re.escape(guest) + r" shrank while it was copied \(it was 536870912 bytes\)$")
         rcode, _, rerr = self.finish(rx)
         self.assertEqual(rcode, 1, rerr)
-        self.assert_nothing_complete(into)
+        self.assert_no_output(into)
 
     def test_destination_removed_during_receive(self):
         guest = self.guest("random")
@@ -307,7 +223,7 @@ class ChangedUnderneath(Base):
         self.assertNotEqual(tcode, 0, terr)
         self.assertNotIn("receiver confirmed", terr)
         self.assertEqual(len(terr.strip().splitlines()), 1, terr)
-        self.assert_nothing_complete(into)
+        self.assert_no_output(into)
 
 
 if __name__ == "__main__":

@@ -17,83 +17,36 @@ import os
 import select
 import shutil
 import signal
-import struct
-import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_migrate import PF, free_port  # noqa: E402
+from pftest import PF, Workspace, dirty_log_pause, free_port, pf, pids, proc_name, proc_stat  # noqa: E402
 
 SIZE = "256M"
 LEASE_MS = 1000
 
 
-def proc_stat(pid):
-    """(ppid, session) of pid, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[3])
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
+class Matrix(Workspace):
+    guest_size = SIZE
+    finish_timeout = 120
 
-
-def proc_name(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return os.path.basename(f.read().split(b"\0")[0].decode())
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
-def pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-class Matrix(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pf-kill-", dir="/dev/shm")
-        self.disk = tempfile.mkdtemp(prefix="pf-kill-", dir="/var/tmp")
-        self.run_dir = tempfile.mkdtemp(prefix="pf-kill-run-")
-        self.env = dict(os.environ, PAGEFERRY_RUN_DIR=self.run_dir)
-        self.procs = []
+        super().setUp()
         self.shm_before = set(os.listdir("/dev/shm"))
-
-    def tearDown(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        shutil.rmtree(self.disk, ignore_errors=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # -- processes ---------------------------------------------------------
 
-    def spawn(self, args, hook=None, fe_hook=None, stdout=subprocess.PIPE):
-        env = dict(self.env)
+    def start(self, args, hook=None, fe_hook=None):
+        """pageferry args, with the stage hook and the front-end hook given."""
+        env = {}
         if hook:
             env["PAGEFERRY_TEST_HOOK"] = hook
         if fe_hook:
             env["PAGEFERRY_TEST_FE_HOOK"] = fe_hook
-        p = subprocess.Popen([PF] + [str(a) for a in args], stdout=stdout, stderr=subprocess.PIPE,
-                             text=True, env=env, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def wait_child(self, fe, name, timeout=30):
-        """The pid of fe's child stage `name` once it runs."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for pid in pids():
-                st = proc_stat(pid)
-                if st and st[0] == fe.pid and proc_name(pid) == name:
-                    return pid
-            time.sleep(0.02)
-        self.fail(f"{name} never started under pid {fe.pid}")
+        return self.spawn([PF] + list(args), env=env)
 
     def wait_stderr(self, p, text, timeout=60):
         """Read p's stderr until a line contains text (the front-end hooks say
@@ -126,7 +79,7 @@ class Matrix(unittest.TestCase):
                 break
             time.sleep(0.05)
         self.assertEqual(left, [], "processes left running")
-        r = subprocess.run([PF, "status"], capture_output=True, text=True, env=self.env)
+        r = pf("status", env=self.env)
         self.assertEqual(r.returncode, 1, r.stdout)
         self.assertEqual(os.listdir(self.run_dir), [], "status file left")
         # Segments and arenas are memfds, gone with their processes; nothing
@@ -134,33 +87,21 @@ class Matrix(unittest.TestCase):
         left = {n for n in set(os.listdir("/dev/shm")) - self.shm_before if n.startswith(("pageferry", "sem."))}
         self.assertEqual(left, set(), "shared-memory files left")
 
-    def finish(self, p, timeout=120):
-        out, err = p.communicate(timeout=timeout)
-        return p.returncode, out, err
-
-    def verify(self, a, b):
-        return subprocess.run([PF, "verify", a, b], capture_output=True, text=True).returncode == 0
-
     # -- the invariant -----------------------------------------------------
 
     def assert_handoff(self, sender_rc, into, source, sender_err=""):
         committed = os.path.exists(into)
         if sender_rc == 0:
             self.assertTrue(committed, "the sender reported success but nothing was committed")
-            self.assertTrue(self.verify(source, into), "the committed destination differs")
+            self.assert_equal_ram(source, into, "the committed destination differs:")
         else:
             self.assertFalse(committed, f"the sender failed ({sender_err.strip()}) but {into} was committed")
 
     # -- snapshot and restore ------------------------------------------------
 
-    def guest(self, pattern="random"):
-        g = os.path.join(self.dir, f"{pattern}.ram")
-        subprocess.run([PF, "mkguest", pattern, SIZE, g], check=True)
-        return g
-
     def refused(self, snap):
-        into = os.path.join(self.dir, "probe.ram")
-        r = subprocess.run([PF, "restore", snap, "--into", into], capture_output=True, text=True)
+        into = self.path("probe.ram")
+        r = pf("restore", snap, "--into", into)
         self.assertNotEqual(r.returncode, 0, f"restore accepted {snap}")
         self.assertFalse(os.path.exists(into))
         return r.stderr
@@ -172,9 +113,9 @@ class Matrix(unittest.TestCase):
         return "worker:crawl" if victim == "pageferry-worker" else "writer:crawl"
 
     def snapshot_killed(self, victim, fe_hook=None):
-        guest = self.guest()
+        guest = self.guest("random")
         out = os.path.join(tempfile.mkdtemp(dir=self.disk), "s.pfs")
-        p = self.spawn(["snapshot", "--guest", guest, "--out", out, "--workers", 2],
+        p = self.start(["snapshot", "--guest", guest, "--out", out, "--workers", 2],
                        hook=None if fe_hook else self.crawl_hook(victim), fe_hook=fe_hook)
         if fe_hook:
             self.wait_stderr(p, f"stopped at {fe_hook}")
@@ -210,21 +151,21 @@ class Matrix(unittest.TestCase):
         self.assertIn("unfinished snapshot", self.refused(out + ".pf-partial"))
         os.unlink(out + ".pf-partial")
         guest, out, _ = self.snapshot_killed(None, fe_hook="snapshot:after-commit")
-        into = os.path.join(self.dir, "after.ram")
-        subprocess.run([PF, "restore", out, "--into", into], check=True, capture_output=True)
-        self.assertTrue(self.verify(guest, into))
+        into = self.path("after.ram")
+        pf("restore", out, "--into", into, check=0)
+        self.assert_equal_ram(guest, into)
 
     def test_restore_kills(self):
-        guest = self.guest()
-        snap = os.path.join(self.disk, "r.pfs")
-        subprocess.run([PF, "snapshot", "--guest", guest, "--out", snap], check=True, capture_output=True)
+        guest = self.guest("random")
+        snap = self.disk_path("r.pfs")
+        pf("snapshot", "--guest", guest, "--out", snap, check=0)
         for victim, fe_hook in (("pageferry", None), ("pageferry-receiver", None),
                                 (None, "restore:before-commit"), (None, "restore:after-commit")):
             with self.subTest(victim=victim, fe_hook=fe_hook):
-                into = os.path.join(tempfile.mkdtemp(dir=self.dir), "restored.ram")
+                into = os.path.join(tempfile.mkdtemp(dir=self.shm), "restored.ram")
                 # Restore reads fast: only the hooks stop it at a known point,
                 # so the mid-transfer kills land wherever they land.
-                p = self.spawn(["restore", snap, "--into", into, "--workers", 1], fe_hook=fe_hook)
+                p = self.start(["restore", snap, "--into", into, "--workers", 1], fe_hook=fe_hook)
                 if fe_hook:
                     self.wait_stderr(p, f"stopped at {fe_hook}")
                     self.kill(p.pid)
@@ -235,7 +176,7 @@ class Matrix(unittest.TestCase):
                 self.assert_nothing_left(p)
                 if os.path.exists(into):
                     self.assertEqual(fe_hook, "restore:after-commit", "a killed restore committed")
-                    self.assertTrue(self.verify(guest, into))
+                    self.assert_equal_ram(guest, into)
                     os.unlink(into)
                 else:
                     self.assertNotEqual(fe_hook, "restore:after-commit")
@@ -246,12 +187,12 @@ class Matrix(unittest.TestCase):
 
     def migration(self, sender_victim=None, receiver_victim=None, fe_hook=None, compress="none"):
         """One paused migration with one kill; returns (sender rc, into, guest)."""
-        guest = self.guest()
-        into = os.path.join(tempfile.mkdtemp(dir=self.dir), "dest.ram")
+        guest = self.guest("random")
+        into = os.path.join(tempfile.mkdtemp(dir=self.shm), "dest.ram")
         port = free_port()
-        rx = self.spawn(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+        rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
                          "--workers", 2], fe_hook=fe_hook)
-        tx = self.spawn(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", 2,
+        tx = self.start(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", 2,
                          "--compress", compress, "--workers", 2],
                         hook=None if fe_hook else "worker:crawl")
         if fe_hook:
@@ -294,30 +235,25 @@ class Matrix(unittest.TestCase):
 
     # -- live migration --------------------------------------------------------
 
-    def dirty_log_words(self, log):
-        with open(log, "rb") as f:
-            head = f.read(264)
-        return struct.unpack_from("<I", head, 64)[0], struct.unpack_from("<I", head, 128)[0]
-
     def assert_guest_runs(self, sim, log):
         """Running again within the lease and a margin: request and ack clear."""
         deadline = time.monotonic() + LEASE_MS / 1000 + 10
-        while time.monotonic() < deadline and self.dirty_log_words(log) != (0, 0):
+        while time.monotonic() < deadline and dirty_log_pause(log) != (0, 0):
             time.sleep(0.05)
-        self.assertEqual(self.dirty_log_words(log), (0, 0), "the guest stays paused")
+        self.assertEqual(dirty_log_pause(log), (0, 0), "the guest stays paused")
         self.assertIsNone(sim.poll(), "guestsim died")
 
     def live(self, tx_hook=None, rx_hook=None, victim=None):
-        work = tempfile.mkdtemp(dir=self.dir)
+        work = tempfile.mkdtemp(dir=self.shm)
         ram, log, crc = (os.path.join(work, n) for n in ("live.ram", "live.log", "live.crc"))
-        sim = self.spawn(["guestsim", "--ram", ram, "--dirty-log", log, "--size", SIZE, "--rate", 8,
+        sim = self.start(["guestsim", "--ram", ram, "--dirty-log", log, "--size", SIZE, "--rate", 8,
                           "--checksum-file", crc])
         self.assertEqual(sim.stdout.readline().strip(), "ready")
         into = os.path.join(work, "live.dst")
         port = free_port()
-        rx = self.spawn(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+        rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
                          "--workers", 2], fe_hook=rx_hook)
-        tx = self.spawn(["migrate", "--guest", ram, "--dirty-log", log, "--to", f"tcp:127.0.0.1:{port}",
+        tx = self.start(["migrate", "--guest", ram, "--dirty-log", log, "--to", f"tcp:127.0.0.1:{port}",
                          "--pause-lease", LEASE_MS, "--workers", 2],
                         fe_hook=tx_hook, hook="worker:crawl" if victim else None)
         if tx_hook:
@@ -365,23 +301,21 @@ class Matrix(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         with open(crc) as f:
             at_pause = f.read().strip()
-        got = subprocess.run([PF, "checksum", into], capture_output=True, text=True, check=True).stdout.strip()
+        got = pf("checksum", into, check=0).stdout.strip()
         self.assertEqual(got, at_pause)
         # Handed off: the source stays paused, even after the lease would lapse.
         time.sleep(LEASE_MS / 1000 + 0.5)
-        self.assertEqual(self.dirty_log_words(log)[0], 2)
+        self.assertEqual(dirty_log_pause(log)[0], 2)
         self.assertIsNone(sim.poll())
-
 
     def test_cancel_refuses_a_stale_status_file(self):
         # A status file left by a killed migration whose PID now belongs to
         # another process: cancel must not signal it (SIGUSR1 would kill it).
-        other = subprocess.Popen(["sleep", "60"])
-        self.procs.append(other)
+        other = self.spawn(["sleep", "60"])
         stale = os.path.join(self.run_dir, f"migrate-{other.pid}.json")
         with open(stale, "w") as f:
             f.write('{"pid": %d, "to": "tcp:127.0.0.1:1", "round": 1}' % other.pid)
-        r = subprocess.run([PF, "cancel", "--pid", str(other.pid)], capture_output=True, text=True, env=self.env)
+        r = pf("cancel", "--pid", other.pid, env=self.env)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn(f"no live migration is running with pid {other.pid}", r.stderr)
         self.assertIsNone(other.poll(), "cancel signalled a process that is not a migration")

@@ -5,47 +5,19 @@ over loopback and over a veth pair, real seccomp filters.  The destination
 must equal the guest's RAM at the pause: guestsim writes that checksum."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import test_migrate  # noqa: E402
-from test_migrate import PF, free_port  # noqa: E402
+from pftest import PF, VethWorkspace, Workspace, dirty_log_pause, free_port, in_netns, pf  # noqa: E402
 
 
-class Live(unittest.TestCase):
+class Live(Workspace):
     netns = None
     addr = "127.0.0.1"
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pf-live-", dir="/dev/shm")
-        self.run_dir = tempfile.mkdtemp(prefix="pf-run-")
-        self.procs = []
-        self.env = dict(os.environ, PAGEFERRY_RUN_DIR=self.run_dir)
-
-    def tearDown(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def spawn(self, cmd, ns=None):
-        if ns:
-            cmd = ["ip", "netns", "exec", ns] + cmd
-        p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True, env=self.env)
-        self.procs.append(p)
-        return p
 
     def guestsim(self, size="256M", rate=32, pattern="uniform"):
         self.ram, self.log, self.crc = self.path("guest.ram"), self.path("guest.log"), self.path("guest.crc")
@@ -65,13 +37,11 @@ class Live(unittest.TestCase):
                 f"tcp:{self.addr}:{self.port}", "--json"] + list(extra)
 
     def migrate(self, *extra):
-        cmd = self.migrate_cmd(*extra)
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns[0]] + cmd
-        return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, env=self.env)
+        return subprocess.run(in_netns(self.netns and self.netns[0], self.migrate_cmd(*extra)), capture_output=True,
+                              text=True, timeout=300, env=self.env)
 
     def checksum(self, path):
-        return subprocess.run([PF, "checksum", path], capture_output=True, text=True, check=True).stdout.strip()
+        return pf("checksum", path, check=0).stdout.strip()
 
     def assert_destination_is_guest_at_pause(self, rx):
         out, err = rx.communicate(timeout=60)
@@ -86,11 +56,7 @@ class Live(unittest.TestCase):
 
     def guest_running(self, g):
         """The guest is not paused: the pause request is clear and it writes."""
-        import struct
-        with open(self.log, "rb") as f:
-            head = f.read(256)
-        request, ack = struct.unpack_from("<I", head, 64)[0], struct.unpack_from("<I", head, 128)[0]
-        return request == 0 and ack == 0 and g.poll() is None
+        return dirty_log_pause(self.log) == (0, 0) and g.poll() is None
 
     def test_slow_dirtier_converges(self):
         self.guestsim(rate=32)
@@ -144,13 +110,13 @@ class Live(unittest.TestCase):
         tx = self.spawn(self.migrate_cmd("--max-bandwidth", "20"))
         deadline = time.monotonic() + 20
         while True:
-            st = subprocess.run([PF, "status", "--json"], capture_output=True, text=True, env=self.env)
+            st = pf("status", "--json", env=self.env)
             if st.returncode == 0:
                 break
             self.assertLess(time.monotonic(), deadline, "status never showed the migration")
             time.sleep(0.2)
         self.assertEqual(json.loads(st.stdout)[0]["pid"], tx.pid)
-        c = subprocess.run([PF, "cancel"], capture_output=True, text=True, env=self.env)
+        c = pf("cancel", env=self.env)
         self.assertEqual(c.returncode, 0, c.stderr)
         _, err = tx.communicate(timeout=60)
         self.assertEqual(tx.returncode, 1)
@@ -174,14 +140,14 @@ class Live(unittest.TestCase):
         self.assertTrue(self.guest_running(g))
 
 
-class LiveVeth(Live):
+class LiveVeth(VethWorkspace, Live):
     """The converging case again, across two network namespaces."""
-    setUpClass = classmethod(test_migrate.Veth.setUpClass.__func__)
-    tearDownClass = classmethod(test_migrate.Veth.tearDownClass.__func__)
+
+    veth_name, veth_subnet = "l", "10.203.0"
 
     def setUp(self):
         super().setUp()
-        self.netns, self.addr = self.ns, "10.201.0.2"
+        self.netns, self.addr = self.veth.ns, self.veth.addr[1]
 
 
 for name in [n for n in dir(Live) if n.startswith("test_") and n != "test_slow_dirtier_converges"]:

@@ -3,74 +3,32 @@
 over loopback and over a veth pair joining two network namespaces made here,
 real seccomp filters.  Bad input comes from pfwire.py, a hand-rolled sender
 that breaks one field at a time."""
+import json
 import os
-import random
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import pfwire  # noqa: E402
+from pftest import PF, VethWorkspace, Workspace, free_port, in_netns, pf  # noqa: E402
 
-BUILD = os.environ.get("PAGEFERRY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-PF = os.path.abspath(os.path.join(BUILD, "pageferry"))
 SIZE = os.environ.get("PF_TEST_MIGRATE_SIZE", "256M")
-SHM = "/dev/shm"
 
 
-def free_port():
-    return random.randint(20000, 60000)
-
-
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pf-mig-", dir=SHM)
-        self.procs = []
-
-    def tearDown(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def guest(self, pattern, size=SIZE):
-        g = self.path(f"{pattern}.ram")
-        subprocess.run([PF, "mkguest", pattern, size, g], check=True)
-        return g
+class Base(Workspace):
+    guest_size = SIZE
 
     def start_receiver(self, port, into, *extra, netns=None, addr="127.0.0.1"):
-        cmd = [PF, "receive", "--listen", f"{addr}:{port}", "--into", into, "--accept-timeout", "30"]
-        cmd += [str(e) for e in extra]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns] + cmd
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
+        return self.spawn([PF, "receive", "--listen", f"{addr}:{port}", "--into", into, "--accept-timeout", 30]
+                          + list(extra), ns=netns)
 
     def migrate(self, guest, port, *extra, netns=None, addr="127.0.0.1", env=None):
-        cmd = [PF, "migrate", "--guest", guest, "--to", f"tcp:{addr}:{port}"] + [str(e) for e in extra]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns] + cmd
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, **(env or {})))
-
-    def finish(self, p, timeout=60):
-        out, err = p.communicate(timeout=timeout)
-        return p.returncode, out, err
-
-    def assert_equal_ram(self, a, b):
-        r = subprocess.run([PF, "verify", a, b], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        cmd = in_netns(netns, [PF, "migrate", "--guest", guest, "--to", f"tcp:{addr}:{port}"] + list(extra))
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(self.env, **(env or {})))
 
     def round_trip(self, pattern, channels, compress, netns=None, addr="127.0.0.1", guest=None, zerocopy="on"):
         guest = guest or self.guest(pattern)
@@ -102,7 +60,6 @@ class Loopback(Base):
             os.unlink(guest)
 
     def test_sendfile_every_data_pattern(self):
-        import json
         quick = bool(os.environ.get("PF_TEST_QUICK"))
         for pattern in ("random", "mixed") if quick else ("random", "text", "mixed", "sparse"):
             guest = self.guest(pattern)
@@ -130,12 +87,10 @@ class Loopback(Base):
         self.assert_equal_ram(guest, into)
 
     def test_off_copies_every_page(self):
-        import json
         s = json.loads(self.round_trip("random", 2, "none", zerocopy="off").stdout)["zerocopy"]
         self.assertEqual((s["sendfile"], s["active"], s["sendfile_bytes"], s["sends"]), (False, False, 0, 0))
 
     def test_summary_reports_zerocopy_and_compression(self):
-        import json
         r = self.round_trip("text", 2, "zstd:3")
         s = json.loads(r.stdout)
         self.assertTrue(s["zerocopy"]["active"])
@@ -148,7 +103,6 @@ class Loopback(Base):
     def test_mixed_guest_travels_in_one_packet_per_window(self):
         # Data and zero pages alternate every page or few: without SPARSE
         # packets this guest would take thousands of packets.
-        import json
         guest = self.guest("mixed", "64M")
         into = self.path("window.dst")
         port = free_port()
@@ -175,42 +129,22 @@ class Loopback(Base):
         self.assert_equal_ram(guest, into)
 
 
-class Veth(Base):
+class Veth(VethWorkspace, Base):
     """Two namespaces joined by a veth pair, 10.x addresses inside them only."""
 
-    @classmethod
-    def setUpClass(cls):
-        tag = f"{os.getpid() % 100000}"
-        cls.ns = (f"pf-src-{tag}", f"pf-dst-{tag}")
-        cls.addr = "10.201.0.2"
-        cmds = [["ip", "netns", "add", cls.ns[0]], ["ip", "netns", "add", cls.ns[1]],
-                ["ip", "link", "add", f"pfv{tag}a", "netns", cls.ns[0], "type", "veth", "peer", "name",
-                 f"pfv{tag}b", "netns", cls.ns[1]],
-                ["ip", "-n", cls.ns[0], "addr", "add", "10.201.0.1/24", "dev", f"pfv{tag}a"],
-                ["ip", "-n", cls.ns[1], "addr", "add", "10.201.0.2/24", "dev", f"pfv{tag}b"],
-                ["ip", "-n", cls.ns[0], "link", "set", f"pfv{tag}a", "up"],
-                ["ip", "-n", cls.ns[1], "link", "set", f"pfv{tag}b", "up"],
-                ["ip", "-n", cls.ns[0], "link", "set", "lo", "up"],
-                ["ip", "-n", cls.ns[1], "link", "set", "lo", "up"]]
-        for c in cmds:
-            subprocess.run(c, check=True)
-
-    @classmethod
-    def tearDownClass(cls):
-        for n in cls.ns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    veth_name, veth_subnet = "v", "10.201.0"
 
     def test_mixed_zstd_4_channels_across_veth(self):
-        self.round_trip("mixed", 4, "zstd", netns=self.ns, addr=self.addr)
+        self.round_trip("mixed", 4, "zstd", netns=self.veth.ns, addr=self.veth.addr[1])
 
     def test_random_2_channels_across_veth(self):
-        self.round_trip("random", 2, "none", netns=self.ns, addr=self.addr)
+        self.round_trip("random", 2, "none", netns=self.veth.ns, addr=self.veth.addr[1])
 
     def test_random_sendfile_4_channels_across_veth(self):
-        self.round_trip("random", 4, "none", netns=self.ns, addr=self.addr, zerocopy="sendfile")
+        self.round_trip("random", 4, "none", netns=self.veth.ns, addr=self.veth.addr[1], zerocopy="sendfile")
 
     def test_text_1_channel_across_veth(self):
-        self.round_trip("text", 1, "none", netns=self.ns, addr=self.addr)
+        self.round_trip("text", 1, "none", netns=self.veth.ns, addr=self.veth.addr[1])
 
 
 class InPlace(Base):
@@ -219,7 +153,7 @@ class InPlace(Base):
 
     def stale_destination(self, size="64M"):
         into = self.path("vm.ram")
-        subprocess.run([PF, "mkguest", "random", size, into], check=True)
+        pf("mkguest", "random", size, into, check=0)
         return into
 
     def assert_failed_and_marked(self, rx, into):
@@ -269,10 +203,8 @@ class InPlace(Base):
         into = self.stale_destination("512M")
         port = free_port()
         rx = self.start_receiver(port, into, "--in-place")
-        tx = subprocess.Popen([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}"],
-                              start_new_session=True, stderr=subprocess.DEVNULL,
-                              env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:slow"))
-        self.procs.append(tx)
+        tx = self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}"],
+                        stdout=None, stderr=subprocess.DEVNULL, env={"PAGEFERRY_TEST_HOOK": "worker:slow"})
         time.sleep(1.0)
         os.killpg(tx.pid, signal.SIGKILL)
         tx.wait()
@@ -293,8 +225,7 @@ class BadInput(Base):
         self.assertEqual(code, 1, err)
         self.assertIn(message, err)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
-        self.assertFalse(os.path.exists(self.into))
-        self.assertFalse(os.path.exists(self.into + ".pf-partial"))
+        self.assert_no_output(self.into)
         return err
 
     def test_wrong_magic(self):
@@ -487,10 +418,8 @@ class BadInput(Base):
     def test_sender_killed_mid_transfer(self):
         rx = self.receiver()
         guest = self.guest("random", "512M")
-        tx = subprocess.Popen([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.port}",
-                               "--channels", "2"], start_new_session=True, stderr=subprocess.PIPE,
-                              env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:slow"))
-        self.procs.append(tx)
+        tx = self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.port}", "--channels", 2],
+                        stdout=None, env={"PAGEFERRY_TEST_HOOK": "worker:slow"})
         time.sleep(1.0)
         os.killpg(tx.pid, signal.SIGKILL)
         tx.wait()
@@ -502,10 +431,8 @@ class BadInput(Base):
     def test_receiver_killed_mid_transfer(self):
         rx = self.receiver()
         guest = self.guest("random", "512M")
-        tx = subprocess.Popen([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.port}",
-                               "--channels", "2"], start_new_session=True, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:slow"))
-        self.procs.append(tx)
+        tx = self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.port}", "--channels", 2],
+                        stdout=None, env={"PAGEFERRY_TEST_HOOK": "worker:slow"})
         time.sleep(1.0)
         os.killpg(rx.pid, signal.SIGKILL)
         rx.wait()

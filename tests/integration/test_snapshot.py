@@ -9,57 +9,23 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-BUILD = os.environ.get("PAGEFERRY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-PF = os.path.join(BUILD, "pageferry")
-GIB = 1 << 30
+sys.path.insert(0, os.path.dirname(__file__))
+import pftest  # noqa: E402
+from pftest import PF, crc32c, pf  # noqa: E402
+
 SIZE = os.environ.get("PF_TEST_GUEST_SIZE", "1G")
-SHM = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
-def pf(*args, env=None, check=None):
-    e = dict(os.environ, **(env or {}))
-    r = subprocess.run([PF] + [str(a) for a in args], capture_output=True, text=True, env=e)
-    if check is not None and r.returncode != check:
-        raise AssertionError(f"pageferry {' '.join(map(str, args))}: exit {r.returncode}, "
-                             f"stderr: {r.stderr.strip()}")
-    return r
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
-    return crc ^ 0xFFFFFFFF
-
-
-class Workspace(unittest.TestCase):
-    def setUp(self):
-        self.disk = tempfile.mkdtemp(prefix="pf-it-", dir="/var/tmp")
-        self.shm = tempfile.mkdtemp(prefix="pf-it-", dir=SHM)
-
-    def tearDown(self):
-        shutil.rmtree(self.disk, ignore_errors=True)
-        shutil.rmtree(self.shm, ignore_errors=True)
-
-    def guest(self, pattern, size=SIZE):
-        path = os.path.join(self.shm, f"{pattern}.ram")
-        pf("mkguest", pattern, size, path, check=0)
-        return path
+class Workspace(pftest.Workspace):
+    guest_size = SIZE
 
     def snapshot(self, guest, workers=2, name="snap.pfs", **kw):
-        out = os.path.join(self.disk, name)
+        out = self.disk_path(name)
         r = pf("snapshot", "--guest", guest, "--out", out, "--workers", workers, "--json", **kw)
         return out, r
-
-    def assert_no_output(self, out):
-        self.assertFalse(os.path.exists(out), f"{out} left behind")
-        self.assertFalse(os.path.exists(out + ".pf-partial"), f"{out}.pf-partial left behind")
 
 
 class RoundTrip(Workspace):
@@ -75,13 +41,11 @@ class RoundTrip(Workspace):
                 p = s["pages"]
                 self.assertEqual(p["normal"] + p["zero"] + p["hole"], p["total"])
                 self.assertEqual(s["bytes_written"], p["normal"] * 4096)
-                into = os.path.join(self.shm, "restored.ram")
+                into = self.path("restored.ram")
                 r = pf("restore", out, "--into", into, "--workers", workers, "--json", check=0)
                 self.assertTrue(json.loads(r.stdout)["direct_io"])
                 blocks_before = os.stat(guest).st_blocks
-                v = pf("verify", guest, into)
-                self.assertEqual(v.returncode, 0, v.stdout)
-                self.assertIn("equal", v.stdout)
+                self.assert_equal_ram(guest, into)
                 self.assertEqual(os.stat(guest).st_blocks, blocks_before, "verify allocated guest holes")
                 os.unlink(into)
                 os.unlink(out)
@@ -125,7 +89,7 @@ class DiskSpace(Workspace):
     def test_restored_zero_pages_are_holes(self):
         guest = self.guest("mixed")
         out, _ = self.snapshot(guest)
-        into = os.path.join(self.shm, "restored.ram")
+        into = self.path("restored.ram")
         pf("restore", out, "--into", into, check=0)
         used = os.stat(into).st_blocks * 512
         self.assertLess(used, os.stat(into).st_size * 0.6)
@@ -133,7 +97,7 @@ class DiskSpace(Workspace):
 
 class BadInput(Workspace):
     def test_missing_guest(self):
-        out = os.path.join(self.disk, "x.pfs")
+        out = self.disk_path("x.pfs")
         r = pf("snapshot", "--guest", "/nonexistent/vm.ram", "--out", out)
         self.assertEqual(r.returncode, 1)
         self.assertEqual(r.stderr.strip(),
@@ -141,10 +105,10 @@ class BadInput(Workspace):
         self.assert_no_output(out)
 
     def test_guest_size_not_a_page_multiple(self):
-        guest = os.path.join(self.shm, "odd.ram")
+        guest = self.path("odd.ram")
         with open(guest, "wb") as f:
             f.write(b"x" * 5000)
-        r = pf("snapshot", "--guest", guest, "--out", os.path.join(self.disk, "x.pfs"))
+        r = pf("snapshot", "--guest", guest, "--out", self.disk_path("x.pfs"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("is 5000 bytes, not a multiple of its 4096-byte page size", r.stderr)
 
@@ -161,11 +125,10 @@ class BadInput(Workspace):
         return out
 
     def restore_error(self, snap):
-        into = os.path.join(self.shm, "r.ram")
+        into = self.path("r.ram")
         r = pf("restore", snap, "--into", into)
         self.assertEqual(r.returncode, 1, r.stderr)
-        self.assertFalse(os.path.exists(into))
-        self.assertFalse(os.path.exists(into + ".pf-partial"))
+        self.assert_no_output(into)
         return r.stderr.strip()
 
     def test_truncated_snapshot_refused(self):
@@ -202,7 +165,7 @@ class BadInput(Workspace):
         self.assertIn("snapshot is incomplete", self.restore_error(snap))
 
     def test_not_a_snapshot(self):
-        snap = os.path.join(self.disk, "junk.pfs")
+        snap = self.disk_path("junk.pfs")
         with open(snap, "wb") as f:
             f.write(os.urandom(8192))
         self.assertIn("bad magic", self.restore_error(snap))
@@ -211,23 +174,23 @@ class BadInput(Workspace):
 class Failures(Workspace):
     def test_killed_supervisor_leaves_a_snapshot_restore_refuses(self):
         guest = self.guest("random")
-        out = os.path.join(self.disk, "k.pfs")
-        p = subprocess.Popen([PF, "snapshot", "--guest", guest, "--out", out],
-                             env=dict(os.environ, PAGEFERRY_TEST_HOOK="writer:slow"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = self.disk_path("k.pfs")
+        p = self.spawn([PF, "snapshot", "--guest", guest, "--out", out],
+                       env={"PAGEFERRY_TEST_HOOK": "writer:slow"}, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         p.kill()
         p.wait()
         partial = out + ".pf-partial"
         self.assertTrue(os.path.exists(partial))
         self.assertFalse(os.path.exists(out))
-        into = os.path.join(self.shm, "r.ram")
+        into = self.path("r.ram")
         r = pf("restore", partial, "--into", into)
         self.assertEqual(r.returncode, 1)
         self.assertIn("unfinished snapshot", r.stderr)
         # Under another name its header still says so: the stages died with
         # the front end before they could finish it.
-        renamed = os.path.join(self.disk, "renamed.pfs")
+        renamed = self.disk_path("renamed.pfs")
         os.rename(partial, renamed)
         r = pf("restore", renamed, "--into", into)
         self.assertEqual(r.returncode, 1)
@@ -235,25 +198,11 @@ class Failures(Workspace):
 
     def test_worker_killed_mid_snapshot(self):
         guest = self.guest("random")
-        out = os.path.join(self.disk, "w.pfs")
-        p = subprocess.Popen([PF, "snapshot", "--guest", guest, "--out", out, "--workers", "2"],
-                             env=dict(os.environ, PAGEFERRY_TEST_HOOK="worker:slow"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out = self.disk_path("w.pfs")
+        p = self.spawn([PF, "snapshot", "--guest", guest, "--out", out, "--workers", 2],
+                       env={"PAGEFERRY_TEST_HOOK": "worker:slow"})
         time.sleep(0.8)
-        victim = None
-        for pid in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-                with open(f"/proc/{pid}/status") as f:
-                    ppid = [l for l in f if l.startswith("PPid:")][0].split()[1]
-            except OSError:
-                continue
-            if argv[0].endswith(b"pageferry-worker") and int(ppid) == p.pid:
-                victim = int(pid)
-                break
-        self.assertIsNotNone(victim, "no worker found mid-snapshot")
-        os.kill(victim, signal.SIGKILL)
+        os.kill(self.wait_child(p, "pageferry-worker"), signal.SIGKILL)
         _, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 3)
         self.assertRegex(err.strip(), r"^pageferry snapshot: pageferry-worker\[\d\] was killed by signal 9 \(SIGKILL\)$")
@@ -270,8 +219,8 @@ class Failures(Workspace):
     def test_full_filesystem(self):
         if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
             self.skipTest("needs root and mkfs.ext4 for a loop-mounted filesystem")
-        img = os.path.join(self.disk, "small.img")
-        mnt = os.path.join(self.disk, "mnt")
+        img = self.disk_path("small.img")
+        mnt = self.disk_path("mnt")
         os.mkdir(mnt)
         with open(img, "wb") as f:
             f.truncate(64 << 20)
@@ -298,7 +247,7 @@ class Usage(Workspace):
 
     def test_verify_names_first_differing_page(self):
         a = self.guest("random", "4M")
-        b = os.path.join(self.shm, "b.ram")
+        b = self.path("b.ram")
         shutil.copy(a, b)
         with open(b, "r+b") as f:
             f.seek(5 * 4096 + 17)

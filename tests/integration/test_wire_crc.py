@@ -6,18 +6,14 @@ headers (doc/formats.md) and can flip one byte of one packet's payload.
 The receiver must fail naming that packet; an untouched stream must arrive
 bit-exact."""
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import pfwire  # noqa: E402
-from test_migrate import PF, SHM, free_port  # noqa: E402
+from pftest import PF, Workspace, free_port, pf  # noqa: E402
 
 
 class Relay:
@@ -103,43 +99,24 @@ class Relay:
         self._end(src, dst)
 
 
-class WireChecksum(unittest.TestCase):
+class WireChecksum(Workspace):
+    guest_size = "64M"
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pf-crc-", dir=SHM)
-        self.procs = []
+        super().setUp()
         self.relay = None
-
-    def tearDown(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        if self.relay:
-            self.relay.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def guest(self, pattern, size="64M"):
-        g = self.path(f"{pattern}.ram")
-        subprocess.run([PF, "mkguest", pattern, size, g], check=True)
-        return g
+        self.addCleanup(lambda: self.relay and self.relay.close())
 
     def through_relay(self, guest, target, *migrate_args):
         """Receive into a fresh destination, migrate through a relay; returns
         (receiver exit, receiver stderr, migrate result, destination)."""
-        env = dict(os.environ, PAGEFERRY_RUN_DIR=self.dir)
         port = free_port()
         into = self.path("dst.ram")
-        rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into,
-                               "--accept-timeout", "30", "--workers", "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.procs.append(rx)
+        rx = self.spawn([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+                         "--workers", 2])
         self.relay = Relay(port, target)
-        tx = subprocess.run([PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.relay.port}"]
-                            + [str(a) for a in migrate_args], capture_output=True, text=True, timeout=300,
-                            env=env)
+        tx = pf("migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{self.relay.port}", *migrate_args,
+                env=self.env, timeout=300)
         _, err = rx.communicate(timeout=120)
         return rx.returncode, err, tx, into
 
@@ -158,8 +135,7 @@ class WireChecksum(unittest.TestCase):
                           "payload checksum mismatch (corrupted in transit)", err)
         self.assertNotEqual(tx.returncode, 0, tx.stdout + tx.stderr)
         self.assertEqual(len(tx.stderr.strip().splitlines()), 1, tx.stderr)
-        self.assertFalse(os.path.exists(into))
-        self.assertFalse(os.path.exists(into + ".pf-partial"))
+        self.assert_no_output(into)
 
     def test_untouched_stream_arrives_bit_exact(self):
         guest = self.guest("mixed")
@@ -168,8 +144,7 @@ class WireChecksum(unittest.TestCase):
                 code, err, tx, into = self.through_relay(guest, None, "--channels", 2, "--compress", compress)
                 self.assertEqual((tx.returncode, code), (0, 0), tx.stderr + err)
                 self.assertGreater(self.relay.data_packets, 0)
-                r = subprocess.run([PF, "verify", guest, into], capture_output=True, text=True)
-                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assert_equal_ram(guest, into)
                 os.unlink(into)
                 self.relay.close()
 
@@ -220,9 +195,8 @@ class WireChecksum(unittest.TestCase):
             c.sendall(bytes(reply))
             c.close()
         threading.Thread(target=old_receiver, daemon=True).start()
-        tx = subprocess.run([PF, "migrate", "--guest", self.guest("random", "16M"), "--to", f"tcp:127.0.0.1:{port}"],
-                            capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PAGEFERRY_RUN_DIR=self.dir))
+        tx = pf("migrate", "--guest", self.guest("random", "16M"), "--to", f"tcp:127.0.0.1:{port}", env=self.env,
+                timeout=120)
         srv.close()
         self.assertEqual(tx.returncode, 1, tx.stderr)
         self.assertIn(f"main channel to 127.0.0.1:{port}: unsupported protocol or format version: the receiver "
@@ -233,10 +207,8 @@ class WireChecksum(unittest.TestCase):
         # may be the guest's doing (it wrote a page in flight) until the end;
         # a packet none of whose pages came again is corruption.
         ram, log = self.path("guest.ram"), self.path("guest.log")
-        g = subprocess.Popen([PF, "guestsim", "--ram", ram, "--dirty-log", log, "--size", "64M", "--rate", "16",
-                              "--pattern", "hot:4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True, env=dict(os.environ, PAGEFERRY_RUN_DIR=self.dir))
-        self.procs.append(g)
+        g = self.spawn([PF, "guestsim", "--ram", ram, "--dirty-log", log, "--size", "64M", "--rate", 16,
+                        "--pattern", "hot:4"])
         self.assertEqual(g.stdout.readline().strip(), "ready")
 
         def target(cid, f):

@@ -1,0 +1,101 @@
+#!/usr/bin/python3
+"""Two pageferry builds side by side on the same images, interleaved: what a
+change costs end to end (e.g. issue 12's checksums, re-check and handoff,
+against the commit before them).
+
+usage: bench/ab.py --a BUILD_DIR --b BUILD_DIR [--size 1G] [--patterns random,mixed]
+                   [--reps 3] [--disk /var/tmp] [--jobs snapshot,restore,migrate]
+
+Both builds must read each other's inputs only through their own commands:
+each restores its own snapshot. Migrations are paused, over loopback, into a
+pre-zeroed destination (--in-place), 2 channels. Times are each command's own
+count ("seconds" of --json), runs alternate A,B,B,A,...; medians and ranges
+are printed with the ratio B/A. Build a baseline with
+`git worktree add /tmp/pf-base COMMIT && meson setup /tmp/pf-base/build /tmp/pf-base && ninja -C /tmp/pf-base/build`."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+
+def run(cmd):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))}: exit {r.returncode}: {r.stderr.strip()}")
+    return json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.stdout
+
+
+def migrate(pf, guest, dest, port):
+    subprocess.run(["dd", "if=/dev/zero", f"of={dest}", "bs=1M", f"count={os.path.getsize(guest) >> 20}",
+                    "status=none"], check=True)
+    rx = subprocess.Popen([pf, "receive", "--listen", f"127.0.0.1:{port}", "--into", dest, "--in-place",
+                           "--accept-timeout", "30", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    time.sleep(0.3)
+    s = run([pf, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--json"])
+    out, err = rx.communicate(timeout=120)
+    if rx.returncode != 0:
+        raise SystemExit(f"receive: {err.strip()}")
+    return s["seconds"]
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, help="baseline build dir")
+    ap.add_argument("--b", required=True, help="build dir under test")
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--patterns", default="random,mixed")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--disk", default="/var/tmp")
+    ap.add_argument("--jobs", default="snapshot,restore,migrate")
+    a = ap.parse_args()
+    builds = {"A": os.path.join(a.a, "pageferry"), "B": os.path.join(a.b, "pageferry")}
+    shm = tempfile.mkdtemp(prefix="pf-ab-", dir="/dev/shm")
+    disk = tempfile.mkdtemp(prefix="pf-ab-", dir=a.disk)
+    jobs = a.jobs.split(",")
+    rows = []
+    try:
+        for pattern in a.patterns.split(","):
+            guest = os.path.join(shm, pattern + ".ram")
+            run([builds["B"], "mkguest", pattern, a.size, guest])
+            t = {(j, k): [] for j in jobs for k in builds}
+            for rep in range(a.reps):
+                for k in ("A", "B") if rep % 2 == 0 else ("B", "A"):
+                    pf, snap, into = builds[k], os.path.join(disk, f"{k}.pfs"), os.path.join(shm, "into.ram")
+                    if "snapshot" in jobs or "restore" in jobs:
+                        t_s = run([pf, "snapshot", "--guest", guest, "--out", snap, "--json"])["seconds"]
+                        if "snapshot" in jobs:
+                            t[("snapshot", k)].append(t_s)
+                    if "restore" in jobs:
+                        t[("restore", k)].append(run([pf, "restore", snap, "--into", into, "--json"])["seconds"])
+                        os.unlink(into)
+                    if "migrate" in jobs:
+                        t[("migrate", k)].append(migrate(pf, guest, into, 20000 + os.getpid() % 20000 + rep))
+                        os.unlink(into)
+            for j in jobs:
+                ma, mb = median(t[(j, "A")]), median(t[(j, "B")])
+                row = {"pattern": pattern, "job": j, "size": a.size, "a_s": t[(j, "A")], "b_s": t[(j, "B")],
+                       "a_median": ma, "b_median": mb, "b_over_a": round(mb / ma, 3)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            os.unlink(guest)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
+    print(f"\n{'pattern':8} {'job':9} {'A median [range] s':>22} {'B median [range] s':>22} {'B/A':>6}")
+    for r in rows:
+        fa = f"{r['a_median']:.3f} [{min(r['a_s']):.3f}-{max(r['a_s']):.3f}]"
+        fb = f"{r['b_median']:.3f} [{min(r['b_s']):.3f}-{max(r['b_s']):.3f}]"
+        print(f"{r['pattern']:8} {r['job']:9} {fa:>22} {fb:>22} {r['b_over_a']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+/* The fd map: which fd number each stage finds what on.
+ *
+ * The supervisor dup2's exactly these onto each stage it spawns
+ * (supervisor/pf_jobs.py, pf_migrate.py, pf_check.py), reading the numbers
+ * from the generated module pf_abi.py (tools/pf_describe.c prints it from
+ * this file), so the two sides cannot drift.  i is a worker's (or
+ * inflater's) index, n the worker count.  Every fd is of the form
+ * base + a * i + b * n: the describer checks that and hands Python the
+ * three numbers.
+ *
+ * Each stage closes every other fd at start-up (stage_close_inherited_fds):
+ * what the front end inherited never reaches a sandboxed stage.
+ */
+#ifndef PF_STAGE_FDS_H
+#define PF_STAGE_FDS_H
+
+/* Every stage */
+#define STAGE_FD_SEGMENT 3	/* control segment (sealed memfd) */
+#define STAGE_FD_GUEST 4	/* source: guest RAM file, read-only; destination: the RAM file written */
+
+/* pageferry-scanner */
+#define SCANNER_FD_RING(i) (5 + (int)(i))	  /* wake socket of ring scanner -> worker i */
+#define SCANNER_FD_DIRTY_LOG(n) (5 + (int)(n)) /* the VMM's dirty log, read-write (--live) */
+
+/* pageferry-worker */
+#define WORKER_FD_IN 5		/* wake socket of ring scanner -> this worker (we consume) */
+#define WORKER_FD_OUT 6		/* wake socket of ring this worker -> writer (we produce) */
+#define WORKER_FD_BACK 7	/* wake socket of ring writer -> this worker (buffers back) */
+#define WORKER_FD_ARENA 8	/* its arena, read-write (--zstd-level) */
+
+/* pageferry-writer */
+#define WRITER_FD_META 5	/* snapshot: the snapshot file, buffered (header, bitmap) */
+#define WRITER_FD_DATA 6	/* snapshot: the same file, O_DIRECT (page data only) */
+#define WRITER_FD_PSK 5		/* migrate: the pre-shared key file (--psk=1) */
+#define WRITER_FD_COMMIT 6	/* migrate: socket to the front end, for the commit decision */
+#define WRITER_FD_RING_IN(i) (7 + 2 * (int)(i))	/* wake socket of ring worker i -> writer */
+#define WRITER_FD_RING_BACK(i) (8 + 2 * (int)(i)) /* wake socket of ring writer -> worker i */
+#define WRITER_FD_ARENA(i, n) (7 + 2 * (int)(n) + (int)(i)) /* worker i's arena, read-only (--zstd=1) */
+
+/* pageferry-receiver */
+#define RECEIVER_FD_META 5	/* restore/check: the snapshot, buffered (header, bitmap, extents) */
+#define RECEIVER_FD_DATA 6	/* restore/check: the snapshot again, O_DIRECT (page data) */
+#define RECEIVER_FD_PSK 5	/* receive: the pre-shared key file (--psk=1) */
+#define RECEIVER_FD_COMMIT 6	/* receive: socket to the front end (receiver/rc_commit.h) */
+#define RECEIVER_FD_RING_OUT(i) (7 + 2 * (int)(i))  /* wake socket of ring receiver -> inflater i */
+#define RECEIVER_FD_RING_BACK(i) (8 + 2 * (int)(i)) /* wake socket of ring inflater i -> receiver */
+#define RECEIVER_FD_ARENA(i, n) (7 + 2 * (int)(n) + (int)(i)) /* inflater i's arena, read-write */
+
+/* pageferry-inflater */
+#define INFLATER_FD_IN 5	/* wake socket of ring receiver -> this inflater (we consume) */
+#define INFLATER_FD_BACK 6	/* wake socket of ring this inflater -> receiver (buffers back) */
+#define INFLATER_FD_ARENA 7	/* its arena, read-only */
+
+/* pageferry-mkseg (not a stage: it formats the segment and exits) */
+#define MKSEG_FD_SEGMENT 3
+
+#endif
