@@ -45,6 +45,7 @@ class Stage:
         self.err_fd = err_fd
         self.err = b""
         self.status = None
+        self.pidfd = None
         self.rusage = None
         self.ended_at = None
 
@@ -101,6 +102,7 @@ class Pipeline:
                 os.close(f)
         os.set_blocking(r, False)
         st = Stage(label, pid, r)
+        st.pidfd = os.pidfd_open(pid)
         self.stages.append(st)
         return st
 
@@ -108,7 +110,11 @@ class Pipeline:
         return [s for s in self.stages if s.status is None]
 
     def _read_errors(self, timeout):
+        # A stage's pidfd turns readable the moment it exits: the end of a
+        # transfer (and the handoff, which waits on it) is seen at once,
+        # not at the next timeout.
         fds = [s.err_fd for s in self.stages if s.err_fd is not None] + list(self.watched)
+        fds += [s.pidfd for s in self.stages if s.pidfd is not None and s.status is None]
         if not fds:
             time.sleep(timeout)
             return
@@ -139,6 +145,9 @@ class Pipeline:
             for s in self.stages:
                 if s.pid == pid:
                     s.status, s.rusage, s.ended_at = status, ru, time.monotonic()
+                    if s.pidfd is not None:
+                        os.close(s.pidfd)
+                        s.pidfd = None
 
     def poll(self, timeout=0.25):
         """Wait up to timeout; returns the stages that have failed so far."""
@@ -186,9 +195,10 @@ class Pipeline:
 
     def close(self):
         for s in self.stages:
-            if s.err_fd is not None:
-                os.close(s.err_fd)
-                s.err_fd = None
+            for attr in ("err_fd", "pidfd"):
+                if getattr(s, attr) is not None:
+                    os.close(getattr(s, attr))
+                    setattr(s, attr, None)
         os.close(self._devnull)
 
 
