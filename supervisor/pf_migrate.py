@@ -297,16 +297,34 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             a.close()
             b.close()
         commit_theirs.close()
+        committed = []
 
-        secs = run.watch(pf_jobs.pages_done(run, seg))
+        def on_handover():
+            # Commit as soon as the receiver hands over: not when it has
+            # exited, since unmapping a large destination takes a while and
+            # the sender's guest is paused until we answer.
+            p.watched.pop(commit_ours.fileno())
+            if not commit_ours.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return  # the receiver died: the pipeline reports why
+            handover = pf_commit.Handover(commit_ours)
+            try:
+                pf_commit.commit(handover, partial, into, marker)
+            finally:
+                handover.close()
+            committed.append(True)
+
+        p.watch_fd(commit_ours.fileno(), on_handover)
+        try:
+            secs = run.watch(pf_jobs.pages_done(run, seg))
+        except JobError:
+            if not committed:
+                raise
+            secs = time.monotonic() - run.start  # a stage that failed after the commit changes nothing
+        commit_ours.close()
+        if not committed:
+            raise JobError("the receiver ended without handing over its result")
         st = seg.stats(pf_abi.STATS_SCANNER)
         size = os.fstat(dest_fd).st_size
-        handover = pf_commit.Handover(commit_ours)
-        try:
-            pf_commit.commit(handover, partial, into, marker)
-        finally:
-            handover.close()
-            commit_ours.close()
         ok = True
         summary = {
             "command": "receive", "listen": listen, "into": into, "in_place": in_place, "workers": workers,
