@@ -229,7 +229,7 @@ static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, co
 static void payload_checked(struct rc_net *r, uint32_t c, const struct proto_packet *p, uint32_t crc)
 {
 	if (crc == p->payload_crc) {
-		rc_suspect_clear(&r->suspect, p->first_page, p->n_pages);
+		rc_suspect_clear(&r->suspect, p->first_page, p->n_pages, p->round);
 		return;
 	}
 	if (!r->suspect.bits || p->encoding == PROTO_ENC_ZSTD)
@@ -387,7 +387,7 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 		place_sparse(r, c, &p);
 	} else {
 		zero_pages(r, p.round, p.first_page, p.n_pages);
-		rc_suspect_clear(&r->suspect, p.first_page, p.n_pages);
+		rc_suspect_clear(&r->suspect, p.first_page, p.n_pages, p.round);
 	}
 	ch->seq++;
 	ch->pages += p.n_pages;

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Mismatching packets remembered, per guest page: a live migration whose
  * every round-1 packet mismatched needs one per window (128 pages). */
@@ -18,7 +19,8 @@ int rc_suspect_init(struct rc_suspect *s, uint64_t n_pages)
 	 * counted against the process) until a mismatch writes there. */
 	s->bits = calloc((n_pages + 63) / 64, sizeof(*s->bits));
 	s->log = calloc(s->max_log, sizeof(*s->log));
-	return s->bits && s->log ? 0 : -ENOMEM;
+	s->last_round = calloc(n_pages, 1);
+	return s->bits && s->log && s->last_round ? 0 : -ENOMEM;
 }
 
 /* Set or clear bits [first, first + n), keeping n_set.  Channels place
@@ -47,9 +49,17 @@ static bool bit(const struct rc_suspect *s, uint64_t page)
 	return (atomic_load_explicit(&s->bits[page / 64], memory_order_relaxed) >> (page % 64)) & 1;
 }
 
+/* Channels place disjoint pages within a round, and rounds are separated by
+ * a barrier: plain byte stores. */
+static void seen_in(struct rc_suspect *s, uint64_t first, uint64_t n, uint32_t round)
+{
+	memset(s->last_round + first, (int)(round < 255 ? round : 255), n);
+}
+
 void rc_suspect_mark(struct rc_suspect *s, const struct rc_mismatch *m)
 {
 	update(s, m->first_page, m->n_pages, true);
+	seen_in(s, m->first_page, m->n_pages, m->round);
 	pthread_mutex_lock(&s->lock);
 	if (s->n_log < s->max_log)
 		s->log[s->n_log++] = *m;
@@ -58,11 +68,14 @@ void rc_suspect_mark(struct rc_suspect *s, const struct rc_mismatch *m)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n)
+void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n, uint32_t round)
 {
-	/* Nearly always nothing is suspect: no atomic read-modify-write then. */
-	if (s->bits && atomic_load_explicit(&s->n_set, memory_order_relaxed))
+	/* Nearly always nothing is suspect: no work at all then.  (Rounds are
+	 * only compared for pages of a logged mismatch, which set n_set.) */
+	if (s->bits && atomic_load_explicit(&s->n_set, memory_order_relaxed)) {
 		update(s, first, n, false);
+		seen_in(s, first, n, round);
+	}
 }
 
 /* The first suspect range inside [from, to). */
@@ -83,11 +96,11 @@ bool rc_suspect_unexplained(struct rc_suspect *s, struct rc_mismatch *m, uint64_
 {
 	if (!s->bits || atomic_load(&s->n_set) == 0)
 		return false;
-	/* Explained: some page of the packet came again intact, later. */
+	/* Explained: some page of the packet came again in a later round. */
 	for (uint64_t k = 0; k < s->n_log; k++) {
 		struct rc_mismatch *e = &s->log[k];
 		for (uint64_t p = e->first_page; p < e->first_page + e->n_pages && !e->explained; p++)
-			e->explained = !bit(s, p);
+			e->explained = s->last_round[p] > e->round;
 	}
 	/* Latest first: a suspect page belongs to the latest packet that
 	 * covered it; an explained one takes its pages off the list. */

@@ -10,10 +10,13 @@
  *  - a bit per guest page: the page's latest copy came in a packet whose
  *    checksum did not match (set by such a packet, cleared by any later
  *    packet covering the page that does match, or a ZERO packet);
- *  - the list of mismatching packets, in arrival order (rounds are fenced).
+ *  - the list of mismatching packets, in arrival order (rounds are fenced);
+ *  - once any packet mismatched, the round of each page's latest copy.
  * After every END, a mismatching packet is explained when one of its pages
- * was sent again intact: the guest changed it.  A page whose latest copy came
- * in a packet that is not explained fails the transfer, naming the packet.
+ * was sent again in a later round, intact or not: the guest changed it (its
+ * later copy may itself have changed in flight, and be explained in turn).
+ * A page whose latest copy came in a packet that is not explained fails the
+ * transfer, naming the packet.
  */
 #ifndef PF_RC_SUSPECT_H
 #define PF_RC_SUSPECT_H
@@ -33,6 +36,7 @@ struct rc_suspect {
 	_Atomic uint64_t *bits;	/* NULL: not a live migration */
 	uint64_t n_pages;
 	_Atomic uint64_t n_set;
+	uint8_t *last_round;	/* per page; rounds are at most 65 */
 	pthread_mutex_t lock;	/* the list */
 	struct rc_mismatch *log;
 	uint64_t n_log, max_log;
@@ -44,8 +48,8 @@ struct rc_suspect {
 int rc_suspect_init(struct rc_suspect *s, uint64_t n_pages);
 /* A packet's checksum did not match: its pages' latest copies are suspect. */
 void rc_suspect_mark(struct rc_suspect *s, const struct rc_mismatch *m);
-/* A packet covering [first, first + n) arrived intact. */
-void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n);
+/* A packet of `round` covering [first, first + n) arrived intact. */
+void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n, uint32_t round);
 /* After every END, from one thread.  false when every mismatch is
  * explained; otherwise true with the first unexplained packet in *m
  * (m->n_pages 0 when the list overflowed and it is not known) and the first
