@@ -219,6 +219,8 @@ def decide_commit(run, fd, log):
         verdict = b"A"
     elif log:
         log.renew()  # raises if the VMM took the guest back
+        if log.seen_paused:  # the prepared answer may be what shows the pause first
+            pf_stages.test_hook("migrate:paused")
     pf_stages.test_hook("migrate:before-commit")
     os.write(fd, verdict)
 
