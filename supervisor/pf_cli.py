@@ -63,7 +63,10 @@ def build_parser():
                        description="Snapshot a paused guest's RAM file. Zero pages and holes are not "
                                    "written (the snapshot is sparse); page data goes to the file with "
                                    "O_DIRECT where the filesystem supports it. The snapshot is written "
-                                   "to OUT.pf-partial and renamed to OUT only once complete and durable.")
+                                   "to OUT.pf-partial and renamed to OUT only once complete and durable. "
+                                   "Every extent of page data carries a CRC-32C (restore and check "
+                                   "verify them); a guest that changed while it was copied fails the "
+                                   "snapshot.")
     s.add_argument("--guest", required=True, metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
     s.add_argument("--out", required=True, metavar="SNAP", help="snapshot file to create (replaced on success)")
     s.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
@@ -96,8 +99,12 @@ def build_parser():
                        description="Migrate a paused guest's RAM file to `pageferry receive` on another "
                                    "host: a main channel plus N data channels, each checked by a "
                                    "handshake (and a pre-shared key with --psk-file). Zero pages and "
-                                   "holes travel as markers only. Succeeds only when the receiver "
-                                   "confirms that totals and checksums match.")
+                                   "holes travel as markers only; every packet's payload carries a "
+                                   "CRC-32C. Without --dirty-log the guest must be paused: one that "
+                                   "changed while it was copied fails the migration. Succeeds only "
+                                   "once the receiver has checked everything and committed its copy "
+                                   "(a two-phase handoff); on any failure nothing is committed there and "
+                                   "a live guest runs on here.")
     g.add_argument("--guest", required=True, metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
     g.add_argument("--to", required=True, metavar="tcp:HOST:PORT", help="where `pageferry receive` listens")
     g.add_argument("--channels", type=positive_int, default=2, metavar="N",
@@ -165,8 +172,10 @@ def build_parser():
     c = sub.add_parser("receive", help="receive a migration into a RAM file",
                        description="Listen for one `pageferry migrate` and write the guest RAM into FILE "
                                    "(sized from the sender's handshake). Every packet is checked against "
-                                   "the agreed geometry before use. FILE is written as FILE.pf-partial "
-                                   "and renamed only when every channel's totals and checksum match. "
+                                   "the agreed geometry, and its payload against its CRC-32C, before use. "
+                                   "FILE is written as FILE.pf-partial and renamed into place only when "
+                                   "every channel's totals and checksums match and the sender confirms "
+                                   "the commit. "
                                    "With --in-place, FILE is an existing RAM file of the guest's size (the "
                                    "destination VMM's, pre-allocated or not) written where it is; it is "
                                    "marked by FILE.pf-incomplete until the transfer is complete.")
