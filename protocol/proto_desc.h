@@ -37,7 +37,6 @@ enum proto_desc_type {
 	PROTO_DESC_RECHECKED = 7,   /* worker -> writer: every XOR of ours is done */
 };
 
-#define PROTO_DESC_MAX_BUFFERS 4096u
 #define PROTO_DESC_FRAME_CRC_BYTES 4u	/* after a ZSTD frame in its buffer */
 
 struct proto_desc {

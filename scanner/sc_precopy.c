@@ -42,7 +42,9 @@ static void fetch_and_clear(struct precopy *pc)
 	}
 }
 
-/* The writer sends SYNC for a round once every worker reached its fence. */
+/* The writer sends SYNC for a round once every worker reached its fence,
+ * then publishes the round number with a release store (writer_main.c,
+ * end_round); this acquire pairs with it. */
 static void wait_round_sent(struct precopy *pc)
 {
 	while (atomic_load_explicit(&pc->s->writer_stats->v[SHM_STAT_ROUND], memory_order_acquire) < pc->s->round) {

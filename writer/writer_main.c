@@ -259,7 +259,10 @@ static void end_round(struct writer *w)
 	int rc = wr_net_sync(&w->net, w->round);
 	if (rc < 0)
 		net_failed(w, rc, "sending to the receiver");
-	stage_stat_set(w->stats, SHM_STAT_ROUND, w->round);
+	/* Release, paired with the acquire in the scanner's wait_round_sent
+	 * (scanner/sc_precopy.c): whoever sees round r sent also sees this
+	 * round's statistics (bytes sent), which the scanner measures. */
+	atomic_store_explicit(&w->stats->v[SHM_STAT_ROUND], w->round, memory_order_release);
 	w->round++;
 	w->n_fenced = 0;
 	for (uint32_t i = 0; i < w->n_workers; i++)
