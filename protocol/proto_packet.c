@@ -148,6 +148,13 @@ void proto_result_encode(uint32_t status, uint8_t out[PROTO_RESULT_BODY_SIZE])
 	put_le32(out + 4, proto_crc32c(0, out, 4));
 }
 
+void proto_result_packet_encode(uint32_t status, uint8_t out[PROTO_RESULT_PACKET_SIZE])
+{
+	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
+	proto_packet_encode(&p, out);
+	proto_result_encode(status, out + PROTO_PACKET_HEADER_SIZE);
+}
+
 enum proto_err proto_result_decode(const uint8_t *buf, size_t len, uint32_t *status)
 {
 	if (len < PROTO_RESULT_BODY_SIZE)

@@ -101,6 +101,9 @@ static inline int proto_packet_has_payload_crc(const struct proto_packet *p)
 void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END_BODY_SIZE]);
 enum proto_err proto_end_body_decode(const uint8_t *buf, size_t len, struct proto_end_body *out);
 void proto_result_encode(uint32_t status, uint8_t out[PROTO_RESULT_BODY_SIZE]);
+/* A whole RESULT packet, header then body, ready for one send. */
+#define PROTO_RESULT_PACKET_SIZE (PROTO_PACKET_HEADER_SIZE + PROTO_RESULT_BODY_SIZE)
+void proto_result_packet_encode(uint32_t status, uint8_t out[PROTO_RESULT_PACKET_SIZE]);
 enum proto_err proto_result_decode(const uint8_t *buf, size_t len, uint32_t *status);
 
 #endif

@@ -8,22 +8,15 @@
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
 
-#define ANSWER_SIZE (PROTO_PACKET_HEADER_SIZE + PROTO_RESULT_BODY_SIZE)
-
-static void encode_answer(uint32_t status, uint8_t *out)
-{
-	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
-	proto_packet_encode(&p, out);
-	proto_result_encode(status, out + PROTO_PACKET_HEADER_SIZE);
-}
+#define ANSWER_SIZE PROTO_RESULT_PACKET_SIZE
 
 void rc_commit_handover(int main_fd)
 {
 	uint8_t msg[8 + 2 + 2 * ANSWER_SIZE];
 	memcpy(msg, RC_COMMIT_MAGIC, 8);
 	put_le16(msg + 8, ANSWER_SIZE);
-	encode_answer(PROTO_OK, msg + 10);
-	encode_answer(PROTO_RESULT_LOCAL_FAILURE, msg + 10 + ANSWER_SIZE);
+	proto_result_packet_encode(PROTO_OK, msg + 10);
+	proto_result_packet_encode(PROTO_RESULT_LOCAL_FAILURE, msg + 10 + ANSWER_SIZE);
 
 	union {
 		struct cmsghdr align;

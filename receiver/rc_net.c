@@ -28,6 +28,13 @@ static void stat_add(struct rc_net *r, int which, uint64_t v)
 	atomic_fetch_add_explicit(&r->stats->v[which], v, memory_order_relaxed);
 }
 
+static int send_result(const struct rc_net *r, uint32_t status)
+{
+	uint8_t packet[PROTO_RESULT_PACKET_SIZE];
+	proto_result_packet_encode(status, packet);
+	return net_send_all(r->main_fd, packet, sizeof(packet));
+}
+
 /* Tell the sender why (best effort), then end with the same message. */
 static noreturn void __attribute__((format(printf, 3, 4)))
 fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
@@ -38,14 +45,8 @@ fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	pthread_mutex_lock(&r->main_lock); /* held until we exit: one message */
-	if (r->main_fd >= 0) {
-		struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
-		uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
-		proto_packet_encode(&p, header);
-		proto_result_encode(status, body);
-		if (net_send_all(r->main_fd, header, sizeof(header)) == 0)
-			net_send_all(r->main_fd, body, sizeof(body));
-	}
+	if (r->main_fd >= 0)
+		(void)send_result(r, status);
 	stage_die(STAGE_EXIT_FAILED, "%s", msg);
 }
 
@@ -552,12 +553,8 @@ void rc_net_receive(struct rc_net *r)
 	/* Everything checked and durable: "prepared".  The sender decides; only
 	 * its RESULT(OK) lets the front end commit (doc/architecture.md, "The
 	 * handoff"), and the front end, not us, answers once it has. */
-	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
-	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
-	proto_packet_encode(&p, header);
-	proto_result_encode(PROTO_OK, body);
-	int rc = net_send_all(r->main_fd, header, sizeof(header));
-	if (rc < 0 || (rc = net_send_all(r->main_fd, body, sizeof(body))) < 0)
+	int rc = send_result(r, PROTO_OK);
+	if (rc < 0)
 		stage_die_errno(rc, "telling the sender the copy is prepared");
 	struct pollfd pfd = { .fd = r->main_fd, .events = POLLIN };
 	int ready;

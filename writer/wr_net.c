@@ -444,12 +444,9 @@ static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_pac
 
 static int send_result(struct wr_net *n, uint32_t status)
 {
-	struct proto_packet p = { .type = PROTO_PKT_RESULT, .payload_len = PROTO_RESULT_BODY_SIZE };
-	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
-	proto_packet_encode(&p, header);
-	proto_result_encode(status, body);
-	int rc = net_send_all(n->main_fd, header, sizeof(header));
-	return rc < 0 ? rc : net_send_all(n->main_fd, body, sizeof(body));
+	uint8_t packet[PROTO_RESULT_PACKET_SIZE];
+	proto_result_packet_encode(status, packet);
+	return net_send_all(n->main_fd, packet, sizeof(packet));
 }
 
 void wr_net_cancel(struct wr_net *n)
