@@ -300,9 +300,8 @@ int main(int argc, char **argv)
 				push(&w, &end);
 				flush(&w);
 				recheck_when_asked(&w);
-				/* Pairs with the writer's acquire in wr_recheck_after_failure:
-				 * our fingerprint XORs are visible to whoever sees DONE. */
-				atomic_thread_fence(memory_order_release);
+				/* Our XORs reached the writer with RECHECKED (ring
+				 * release); DONE only tells it the re-check was had. */
 				stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);
 				return STAGE_EXIT_OK;
 			} else {

@@ -4,12 +4,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "protocol/proto_crc32c.h"
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "workers/wk_arena.h"
 #include "stage/stage.h"
-#include "workers/wk_zero.h"
 
 /* The guest's data extents as pages, the way the scanner rounds them: a
  * page is data if any byte of it is.  Holes were never read by the workers
@@ -43,60 +41,12 @@ static int next_extent(struct extents *x, uint64_t from_page)
 	return 0;
 }
 
-int wr_recheck(const struct shm_segment *seg, int guest_fd, const uint8_t *guest, uint64_t *first,
-	       uint64_t *last)
-{
-	const uint64_t page = seg->geo.page_size, n_pages = seg->geo.guest_pages;
-	const uint64_t chunk_pages = seg->fp_chunk_pages;
-	_Atomic uint64_t *table = shm_segment_fingerprints(seg);
-	struct extents x = { .fd = guest_fd, .size = n_pages * page, .page = page };
-	int rc = next_extent(&x, 0);
-	if (rc < 0)
-		return rc;
-	for (uint64_t c = 0; c < seg->fp_chunks; c++) {
-		uint64_t p = c * chunk_pages, end = p + chunk_pages < n_pages ? p + chunk_pages : n_pages;
-		uint64_t fp = 0;
-		while (p < end) {
-			if (p >= x.end && x.end < n_pages && (rc = next_extent(&x, p)) < 0)
-				return rc;
-			if (p < x.data) { /* a hole: skip to the data */
-				p = x.data < end ? x.data : end;
-				continue;
-			}
-			uint64_t stop = x.end < end ? x.end : end;
-			for (; p < stop; p++) {
-				const uint8_t *pg = guest + p * page;
-				if (!wk_page_is_zero(pg, page))
-					fp ^= shm_fp_mix(p, proto_crc32c(0, pg, page));
-			}
-		}
-		/* The workers are done: their XORs happened before their END,
-		 * which we took from their ring with an acquire. */
-		if (fp != atomic_load_explicit(&table[c], memory_order_relaxed)) {
-			*first = c * chunk_pages;
-			*last = end - 1;
-			return 1;
-		}
-	}
-	return 0;
-}
-
 void wr_recheck_changed(uint64_t first, uint64_t last)
 {
 	stage_die(STAGE_EXIT_FAILED,
 		  "the guest changed while it was copied: stop it first, or give --dirty-log "
 		  "(pages %llu..%llu differ from what was copied)",
 		  (unsigned long long)first, (unsigned long long)last);
-}
-
-void wr_recheck_guest(const struct shm_segment *seg, const uint8_t *guest)
-{
-	uint64_t first = 0, last = 0;
-	int rc = wr_recheck(seg, STAGE_FD_GUEST, guest, &first, &last);
-	if (rc < 0)
-		stage_die_errno(rc, "finding the guest's data extents to check it did not change");
-	if (rc > 0)
-		wr_recheck_changed(first, last);
 }
 
 static void post_round_robin(struct shm_ring *back, uint32_t n_workers, uint32_t *next, struct proto_desc *d)
@@ -168,28 +118,23 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void wr_recheck_after_failure(const struct shm_segment *seg, const uint8_t *guest, struct shm_ring *in,
-			      struct shm_ring *back, int timeout_ms)
+void wr_recheck_after_failure(const struct shm_segment *seg, struct shm_ring *in, struct shm_ring *back,
+			      int timeout_ms)
 {
 	const struct proto_geometry geo = { .page_size = seg->geo.page_size, .max_run_pages = seg->geo.max_run_pages,
 					    .guest_pages = seg->geo.guest_pages };
-	bool done[SHM_MAX_WORKERS] = { false };
-	uint32_t n_done = 0;
+	bool ended[SHM_MAX_WORKERS] = { false };
+	uint32_t n_ended = 0;
 	int64_t deadline = now_ms() + timeout_ms;
-	while (n_done < seg->geo.n_workers) {
+	while (n_ended < seg->geo.n_workers) {
 		int handled = 0;
 		for (uint32_t i = 0; i < seg->geo.n_workers; i++) {
-			if (done[i])
+			if (ended[i])
 				continue;
-			/* A worker's END may have been in the batch the failed
-			 * send interrupted: its DONE state counts too.  It is
-			 * stored after a release fence (worker_main.c), so this
-			 * acquire makes its fingerprint XORs visible. */
+			/* DONE: the failure came after the re-check, which passed. */
 			if (atomic_load_explicit(&shm_segment_stats(seg, SHM_STATS_WORKER0 + i)->v[SHM_STAT_STATE],
-						 memory_order_acquire) == SHM_PROC_DONE) {
-				done[i] = true;
-				n_done++;
-			}
+						 memory_order_relaxed) == SHM_PROC_DONE)
+				return;
 			struct shm_slot batch[64];
 			int n = shm_ring_dequeue(&in[i], batch, 64, SHM_RING_VARIABLE);
 			if (n < 0)
@@ -199,11 +144,10 @@ void wr_recheck_after_failure(const struct shm_segment *seg, const uint8_t *gues
 				struct proto_desc d;
 				if (proto_desc_unpack(batch[k], &geo, WK_ARENA_BUFFERS, &d) != PROTO_OK)
 					return;
-				if (d.type == PROTO_DESC_END && !done[i]) {
-					/* Its XORs came before it (ring acquire); it now
-					 * waits for a re-check request that will not come. */
-					done[i] = true;
-					n_done++;
+				if (d.type == PROTO_DESC_END) {
+					/* It now waits for the re-check's runs. */
+					ended[i] = true;
+					n_ended++;
 				}
 				if (d.type == PROTO_DESC_RUN && d.encoding == PROTO_ENC_ZSTD) {
 					struct proto_desc b = { .type = PROTO_DESC_BUFFER, .buffer = d.buffer };
@@ -219,5 +163,7 @@ void wr_recheck_after_failure(const struct shm_segment *seg, const uint8_t *gues
 			nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
 		}
 	}
-	wr_recheck_guest(seg, guest);
+	uint64_t first = 0, last = 0;
+	if (wr_recheck_by_workers(seg, in, back, false, &first, &last) > 0)
+		wr_recheck_changed(first, last);
 }

@@ -1,7 +1,6 @@
 /* The end-of-copy check that the guest did not change while it was copied
- * (without a dirty log nothing else would notice): re-read every data
- * extent of the guest, fingerprint it as the workers did (shm_layout.h) and
- * compare chunk by chunk. */
+ * (without a dirty log nothing else would notice): the workers fingerprint
+ * every data extent of the guest once more (shm_layout.h), chunk by chunk. */
 #ifndef PF_WR_RECHECK_H
 #define PF_WR_RECHECK_H
 
@@ -12,15 +11,6 @@
 
 #include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
-
-/* 0 when every chunk matches; 1 with [*first, *last] the pages of the first
- * chunk that does not; -errno when the guest's extents cannot be read. */
-int wr_recheck(const struct shm_segment *seg, int guest_fd, const uint8_t *guest, uint64_t *first,
-	       uint64_t *last);
-
-/* wr_recheck on the stage's guest fd, failing the stage (one line naming
- * the first chunk that changed) unless the guest is as it was copied. */
-void wr_recheck_guest(const struct shm_segment *seg, const uint8_t *guest);
 
 /* The re-check of a finished copy, shared by the workers (their mappings
  * are warm, and there are several of them): every data extent of the guest
@@ -42,9 +32,10 @@ noreturn void wr_recheck_changed(uint64_t first, uint64_t last);
  * us (the receiver refuses a payload whose CRC no longer matches its pages)
  * and the user must hear that, not "Broken pipe".  Let the workers finish
  * (their descriptors are taken and dropped, zstd buffers given back) for up
- * to timeout_ms, then re-check: fails the stage with the changed-guest line
- * if so; returns otherwise, and the caller reports its own failure. */
-void wr_recheck_after_failure(const struct shm_segment *seg, const uint8_t *guest, struct shm_ring *in,
-			      struct shm_ring *back, int timeout_ms);
+ * to timeout_ms, then re-check with them: fails the stage with the
+ * changed-guest line if so; returns otherwise (also when the re-check had
+ * already passed), and the caller reports its own failure. */
+void wr_recheck_after_failure(const struct shm_segment *seg, struct shm_ring *in, struct shm_ring *back,
+			      int timeout_ms);
 
 #endif

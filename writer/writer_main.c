@@ -111,7 +111,7 @@ static noreturn void net_failed(struct writer *w, int rc, const char *what)
 			  w->net.io_timeout_ms / 1000);
 	/* Paused: the receiver may have refused pages the guest changed. */
 	if (!w->rounds)
-		wr_recheck_after_failure(&w->seg, w->guest, w->in, w->back, 10000);
+		wr_recheck_after_failure(&w->seg, w->in, w->back, 10000);
 	/* A receiver that refused a packet says why before it hangs up. */
 	uint32_t status;
 	if ((rc == -EPIPE || rc == -ECONNRESET) && wr_net_why_refused(&w->net, 1000, &status) == 0 &&
