@@ -3,27 +3,17 @@ receiver stage does it in its `check` mode, sandboxed like a restore:
 header, bitmap and extent table are decoded and checked, then every
 extent's page data is read (O_DIRECT where the filesystem allows) and its
 CRC-32C compared. Nothing is written."""
-import os
 
 import pf_abi
 import pf_jobs
 import pf_report
-import pf_segment
 
 
 def check(ctx, snap, workers):
-    meta_fd = pf_jobs._open(snap, os.O_RDONLY, "open snapshot")
-    run = pf_jobs.Run(ctx, "check", os.fstat(meta_fd).st_size)
-    run.fds.append(meta_fd)
+    run, meta_fd = pf_jobs.open_snapshot(ctx, "check", snap)
     try:
-        data_fd, _ = pf_jobs._open_direct(snap, os.O_RDONLY)
-        run.fds.append(data_fd)
-        seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), pf_jobs.PAGE_4K, 1, 8, 1, 1)
-        run.fds.append(os.dup(seg.fd))
+        seg = pf_jobs.spawn_snapshot_reader(ctx, run, snap, meta_fd, "check", workers, {})
         p = run.pipeline
-        p.spawn("pageferry-receiver", "pageferry-receiver", ["--mode=check", f"--threads={workers}"],
-                {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "meta"): meta_fd,
-                 pf_abi.fd("receiver", "data"): data_fd})
         secs = run.watch(pf_jobs.pages_done(run, seg))
         st = seg.stats(pf_abi.STATS_SCANNER)
         summary = {

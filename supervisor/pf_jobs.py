@@ -236,28 +236,43 @@ def snapshot(ctx, guest, out, workers):
         run.close(ok)
 
 
+def open_snapshot(ctx, verb, snap):
+    """A Run that reads SNAP (restore, check): its progress total is the file's size."""
+    meta_fd = _open(snap, os.O_RDONLY, "open snapshot")
+    run = Run(ctx, verb, os.fstat(meta_fd).st_size)
+    run.fds.append(meta_fd)
+    return run, meta_fd
+
+
+def spawn_snapshot_reader(ctx, run, snap, meta_fd, mode, workers, more_fds):
+    """The receiver stage in MODE reading SNAP: header, bitmap and extent table
+    through meta_fd, page data through an O_DIRECT fd where the filesystem
+    allows. Returns its (statistics-only) segment."""
+    data_fd, _ = _open_direct(snap, os.O_RDONLY)
+    run.fds.append(data_fd)
+    seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), PAGE_4K, 1, 8, 1, 1)
+    run.fds.append(os.dup(seg.fd))
+    run.pipeline.spawn("pageferry-receiver", "pageferry-receiver", [f"--mode={mode}", f"--threads={workers}"],
+                       {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "meta"): meta_fd,
+                        pf_abi.fd("receiver", "data"): data_fd, **more_fds})
+    return seg
+
+
 def restore(ctx, snap, into, workers):
     if snap.endswith(PARTIAL_SUFFIX):
         # Its header may already say COMPLETE (pageferry was killed between
         # the writer's last sync and the rename): only the rename commits it.
         raise JobError(f"{snap} is an unfinished snapshot (pageferry stopped before it committed it)")
-    meta_fd = _open(snap, os.O_RDONLY, "open snapshot")
-    run = Run(ctx, "restore", os.fstat(meta_fd).st_size)
-    run.fds.append(meta_fd)
+    run, meta_fd = open_snapshot(ctx, "restore", snap)
     partial = into + PARTIAL_SUFFIX
     ok = False
     try:
-        data_fd, _ = _open_direct(snap, os.O_RDONLY)
-        run.fds.append(data_fd)
         dest_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
         run.cleanup_paths.append(partial)
         run.fds.append(dest_fd)
-        seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), PAGE_4K, 1, 8, 1, 1)
-        run.fds.append(os.dup(seg.fd))
+        seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers,
+                                    {pf_abi.fd("receiver", "dest"): dest_fd})
         p = run.pipeline
-        p.spawn("pageferry-receiver", "pageferry-receiver", ["--mode=restore", f"--threads={workers}"],
-                {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "dest"): dest_fd,
-                 pf_abi.fd("receiver", "meta"): meta_fd, pf_abi.fd("receiver", "data"): data_fd})
 
         secs = run.watch(pages_done(run, seg))
         st = seg.stats(pf_abi.STATS_SCANNER)
