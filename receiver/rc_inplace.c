@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "stage/stage_extents.h"
 #include "workers/wk_zero.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -38,22 +39,15 @@ int rc_inplace_open(struct rc_inplace *ip, int fd, const char **what)
 	ip->size = (uint64_t)st.st_size;
 	uint64_t cap = 0, pos = 0;
 	while (pos < ip->size) {
-		off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
-		if (data < 0 && errno == ENXIO)
+		uint64_t data, end;
+		int found = stage_next_data_extent(fd, pos, ip->size, &data, &end);
+		if (found < 0) {
+			*what = "finding the destination's data extents (SEEK_DATA/SEEK_HOLE)";
+			return found;
+		}
+		if (!found)
 			break;
-		if (data < 0 && errno == EINVAL) /* no hole support: all of it may hold data */
-			return add_extent(ip, &cap, pos, ip->size);
-		if (data < 0) {
-			*what = "lseek(SEEK_DATA) in the destination";
-			return -errno;
-		}
-		off_t hole = lseek(fd, data, SEEK_HOLE);
-		if (hole < 0) {
-			*what = "lseek(SEEK_HOLE) in the destination";
-			return -errno;
-		}
-		uint64_t end = (uint64_t)hole < ip->size ? (uint64_t)hole : ip->size;
-		if (add_extent(ip, &cap, (uint64_t)data, end) < 0) {
+		if (add_extent(ip, &cap, data, end) < 0) {
 			*what = "allocating the destination's extent list";
 			return -ENOMEM;
 		}

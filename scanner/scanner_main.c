@@ -29,6 +29,7 @@
 #include "protocol/proto_dirtylog.h"
 #include "scanner/sc_precopy.h"
 #include "scanner/sc_scanner.h"
+#include "stage/stage_extents.h"
 
 uint64_t sc_now_us(void)
 {
@@ -99,27 +100,6 @@ void sc_post_extent(struct scanner *s, uint64_t first, uint64_t end_page)
 	}
 }
 
-/* Next data extent at or after `pos`, in bytes; returns 0 at the end. */
-static int next_extent(uint64_t pos, uint64_t size, uint64_t *data, uint64_t *hole)
-{
-	off_t d = lseek(STAGE_FD_GUEST, (off_t)pos, SEEK_DATA);
-	if (d < 0 && errno == ENXIO)
-		return 0;
-	if (d < 0 && errno == EINVAL) { /* no hole support: everything is data */
-		*data = pos;
-		*hole = size;
-		return 1;
-	}
-	if (d < 0)
-		stage_die_errno(-errno, "lseek(SEEK_DATA) in guest at %llu", (unsigned long long)pos);
-	off_t h = lseek(STAGE_FD_GUEST, d, SEEK_HOLE);
-	if (h < 0)
-		stage_die_errno(-errno, "lseek(SEEK_HOLE) in guest at %lld", (long long)d);
-	*data = (uint64_t)d;
-	*hole = (uint64_t)h < size ? (uint64_t)h : size;
-	return 1;
-}
-
 static uint8_t *map_dirty_log(const struct scanner *s, int fd)
 {
 	struct stat st;
@@ -178,7 +158,11 @@ int main(int argc, char **argv)
 	const uint64_t page = s.seg.geo.page_size;
 	const uint64_t size = s.seg.geo.guest_pages * page;
 	uint64_t pos = 0, data, hole;
-	while (pos < size && next_extent(pos, size, &data, &hole)) {
+	int found;
+	while (pos < size && (found = stage_next_data_extent(STAGE_FD_GUEST, pos, size, &data, &hole)) != 0) {
+		if (found < 0)
+			stage_die_errno(found, "finding the guest's data extents (SEEK_DATA/SEEK_HOLE) at byte %llu",
+					(unsigned long long)pos);
 		/* Extents are byte ranges; a page is data if any byte of it is. */
 		uint64_t first = data / page, end = (hole + page - 1) / page;
 		if (first * page > pos)

@@ -8,38 +8,7 @@
 #include "protocol/proto_packet.h"
 #include "workers/wk_arena.h"
 #include "stage/stage.h"
-
-/* The guest's data extents as pages, the way the scanner rounds them: a
- * page is data if any byte of it is.  Holes were never read by the workers
- * (and reading one would allocate it), so they are skipped here too. */
-struct extents {
-	int fd;
-	uint64_t size, page;
-	uint64_t data, end; /* current extent, in pages; data == end: none left */
-};
-
-static int next_extent(struct extents *x, uint64_t from_page)
-{
-	off_t d = lseek(x->fd, (off_t)(from_page * x->page), SEEK_DATA);
-	if (d < 0 && errno == ENXIO) {
-		x->data = x->end = x->size / x->page;
-		return 0;
-	}
-	if (d < 0 && errno == EINVAL) { /* no hole support: all data */
-		x->data = from_page;
-		x->end = x->size / x->page;
-		return 0;
-	}
-	if (d < 0)
-		return -errno;
-	off_t h = lseek(x->fd, d, SEEK_HOLE);
-	if (h < 0)
-		return -errno;
-	uint64_t hole = (uint64_t)h < x->size ? (uint64_t)h : x->size;
-	x->data = (uint64_t)d / x->page;
-	x->end = (hole + x->page - 1) / x->page;
-	return 0;
-}
+#include "stage/stage_extents.h"
 
 void wr_recheck_changed(uint64_t first, uint64_t last)
 {
@@ -64,19 +33,21 @@ int wr_recheck_by_workers(const struct shm_segment *seg, struct shm_ring *in, st
 	const uint32_t n_workers = seg->geo.n_workers;
 	const uint64_t n_pages = seg->geo.guest_pages;
 	uint32_t next = 0;
-	if (!skip) {
-		struct extents x = { .fd = STAGE_FD_GUEST, .size = n_pages * seg->geo.page_size,
-				     .page = seg->geo.page_size };
-		for (uint64_t p = 0; p < n_pages; p = x.end) {
-			int rc = next_extent(&x, p);
-			if (rc < 0)
-				stage_die_errno(rc, "finding the guest's data extents to check it did not change");
-			for (uint64_t q = x.data; q < x.end; q += seg->geo.max_run_pages) {
-				uint64_t n = x.end - q < seg->geo.max_run_pages ? x.end - q : seg->geo.max_run_pages;
-				struct proto_desc d = { .type = PROTO_DESC_RECHECK, .first_page = q, .n_pages = (uint32_t)n };
-				post_round_robin(back, n_workers, &next, &d);
-			}
+	const uint64_t page = seg->geo.page_size, size = n_pages * page;
+	uint64_t pos = 0, data, hole;
+	int found;
+	/* Holes were never read by the workers (and reading one would allocate
+	 * it): the same data extents as the scanner's, rounded to pages alike. */
+	while (!skip && pos < size && (found = stage_next_data_extent(STAGE_FD_GUEST, pos, size, &data, &hole))) {
+		if (found < 0)
+			stage_die_errno(found, "finding the guest's data extents to check it did not change");
+		uint64_t end = (hole + page - 1) / page;
+		for (uint64_t q = data / page; q < end; q += seg->geo.max_run_pages) {
+			uint64_t n = end - q < seg->geo.max_run_pages ? end - q : seg->geo.max_run_pages;
+			struct proto_desc d = { .type = PROTO_DESC_RECHECK, .first_page = q, .n_pages = (uint32_t)n };
+			post_round_robin(back, n_workers, &next, &d);
 		}
+		pos = end * page;
 	}
 	for (uint32_t i = 0; i < n_workers; i++) {
 		struct proto_desc end = { .type = PROTO_DESC_RECHECK_END };
