@@ -19,11 +19,12 @@ enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geomet
 			return PROTO_E_PAGE_COUNT;
 		if (d.first_page >= geo->guest_pages || d.n_pages > geo->guest_pages - d.first_page)
 			return PROTO_E_PAGE_OFFSET;
-		if (d.encoding > PROTO_ENC_ZSTD)
+		if (d.encoding > PROTO_ENC_SPARSE)
 			return PROTO_E_ENCODING;
-		if (d.encoding == PROTO_ENC_ZSTD && d.buffer >= n_buffers)
+		/* Buffers on this ring: every run that is not all zero names one. */
+		if (n_buffers && d.encoding != PROTO_ENC_ZERO && d.buffer >= n_buffers)
 			return PROTO_E_DESC_BUFFER;
-		/* RAW: payload_len is the run's CRC, any value (proto_desc.h). */
+		/* RAW, SPARSE: payload_len is a CRC, any value (proto_desc.h). */
 		if ((d.encoding == PROTO_ENC_ZERO && d.payload_len != 0) ||
 		    (d.encoding == PROTO_ENC_ZSTD &&
 		     (d.payload_len == 0 || d.payload_len >= (uint64_t)d.n_pages * geo->page_size)))
@@ -40,8 +41,13 @@ enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geomet
 		if (d.first_page >= geo->guest_pages || d.n_pages > geo->guest_pages - d.first_page)
 			return PROTO_E_PAGE_OFFSET;
 		break;
+	case PROTO_DESC_RESYNCED:
+		if (n_buffers < 32 && (d.payload_len >> n_buffers) != 0)
+			return PROTO_E_DESC_BUFFER;
+		break;
 	case PROTO_DESC_FENCE:
 	case PROTO_DESC_END:
+	case PROTO_DESC_RESYNC:
 	case PROTO_DESC_RECHECK_END:
 	case PROTO_DESC_RECHECKED:
 		break;

@@ -12,9 +12,17 @@
  *   RAW:  the CRC-32C of the run's n_pages pages, as the worker read them
  *         (the length is implied: n_pages * page_size).  Scanner -> worker
  *         runs are ZERO-encoded "to check" runs and carry 0.
+ *   SPARSE: the CRC-32C of the packet payload it becomes: the bitmap in the
+ *         run's record (workers/wk_record.h), then the data pages.
  *   ZSTD: the frame's length in bytes, 1 .. n_pages * page_size - 4; the
  *         frame's CRC-32C follows it, little-endian, in the same arena
  *         buffer (proto_desc_frame_crc), so a frame leaves 4 bytes of room.
+ * A worker's RAW, SPARSE and ZSTD runs name the arena buffer holding the
+ * run's record (and ZSTD's frame); ZERO runs hold no buffer.
+ *
+ * RESYNCED (writer -> a replacement worker): first_page is how many RUN,
+ * FENCE and END descriptors the writer took from that worker's ring so far;
+ * payload_len has bit b set for each of its arena buffers the writer holds.
  */
 #ifndef PF_PROTO_DESC_H
 #define PF_PROTO_DESC_H
@@ -35,6 +43,9 @@ enum proto_desc_type {
 	PROTO_DESC_RECHECK = 5,	    /* writer -> worker: fingerprint [first_page, +n_pages) again */
 	PROTO_DESC_RECHECK_END = 6, /* writer -> worker: no more; answer RECHECKED */
 	PROTO_DESC_RECHECKED = 7,   /* worker -> writer: every XOR of ours is done */
+	/* A replaced worker resuming (doc/architecture.md, "Replacing a stage"): */
+	PROTO_DESC_RESYNC = 8,	    /* worker -> writer: I replace the worker before me */
+	PROTO_DESC_RESYNCED = 9,    /* writer -> worker: where it stopped (above) */
 };
 
 #define PROTO_DESC_FRAME_CRC_BYTES 4u	/* after a ZSTD frame in its buffer */

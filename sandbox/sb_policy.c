@@ -12,7 +12,9 @@
 static const char *const scanner_groups[] = { COMMON_GROUPS, "@file-io", NULL };
 static const char *const worker_groups[] = { COMMON_GROUPS, NULL };
 static const char *const writer_groups[] = { COMMON_GROUPS, "@file-io", "@aio", "@net-io", NULL };
-static const char *const receiver_groups[] = { COMMON_GROUPS, "@file-io", "@aio", "@net-io", NULL };
+static const char *const restore_groups[] = { COMMON_GROUPS, "@file-io", "@aio", NULL };
+static const char *const receive_groups[] = { COMMON_GROUPS, "@file-io", "@net-io", NULL };
+static const char *const inflater_groups[] = { COMMON_GROUPS, NULL };
 
 static const struct {
 	const char *name;
@@ -21,7 +23,9 @@ static const struct {
 	[SB_ROLE_SCANNER] = { "scanner", scanner_groups },
 	[SB_ROLE_WORKER] = { "worker", worker_groups },
 	[SB_ROLE_WRITER] = { "writer", writer_groups },
-	[SB_ROLE_RECEIVER] = { "receiver", receiver_groups },
+	[SB_ROLE_RESTORE] = { "restore", restore_groups },
+	[SB_ROLE_RECEIVE] = { "receive", receive_groups },
+	[SB_ROLE_INFLATER] = { "inflater", inflater_groups },
 };
 
 const char *sb_role_name(enum sb_role role)

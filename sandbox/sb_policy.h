@@ -10,7 +10,9 @@ enum sb_role {
 	SB_ROLE_SCANNER,
 	SB_ROLE_WORKER,
 	SB_ROLE_WRITER,
-	SB_ROLE_RECEIVER,
+	SB_ROLE_RESTORE,	/* restore and check: snapshot reads by AIO, no sockets */
+	SB_ROLE_RECEIVE,	/* a migration's destination: sockets, no AIO */
+	SB_ROLE_INFLATER,	/* decompresses into a mapping: no files, no sockets */
 	_SB_ROLE_MAX
 };
 

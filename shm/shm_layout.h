@@ -15,7 +15,7 @@
 
 #define SHM_CACHE_LINE 64u
 #define SHM_SEG_MAGIC UINT64_C(0x47455359524546ff) /* "\xffFERYSEG" little-endian */
-#define SHM_ABI_VERSION 3u
+#define SHM_ABI_VERSION 4u
 #define SHM_SLOT_SIZE 16u
 #define SHM_RING_MIN_SLOTS 8u
 #define SHM_RING_MAX_SLOTS (1u << 20)
@@ -133,6 +133,26 @@ struct shm_seg_header {
 	/* Run control, on its own line: written by the supervisor, read by all. */
 	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t cancel;
 	uint8_t reserved2[SHM_CACHE_LINE - 4];
+	/* The destination's session, on its own line: written by the receive
+	 * stage only, read by its inflaters (zero in every other segment).  The
+	 * supervisor makes a receive's segment before a sender has said what
+	 * it sends, so the geometry above is a placeholder there (one 4 KiB
+	 * page, runs of one page): the receive stage learns the real one from
+	 * the sender's handshake and publishes it here, then sets dest_ready
+	 * with a release store (R3); an inflater, or its replacement, load-
+	 * acquires dest_ready (A3) before it reads the three fields, and checks
+	 * them.  dest_round is the round whose pages are being placed, stored
+	 * (R4) once every inflater has placed all of the round before, and
+	 * before anything of the new round is posted to any of them; an
+	 * inflater load-acquires it (A4) after it took descriptors from its
+	 * ring, so it is the round of those (doc/architecture.md, "The
+	 * destination's session"). */
+	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t dest_ready;
+	uint32_t dest_page_size;
+	uint64_t dest_guest_pages;
+	uint32_t dest_max_run_pages;
+	_Atomic uint32_t dest_round;
+	uint8_t reserved3[SHM_CACHE_LINE - 24];
 };
 
 _Static_assert(offsetof(struct shm_seg_header, magic) == 0, "magic first");
@@ -145,15 +165,26 @@ _Static_assert(offsetof(struct shm_seg_header, fp_chunk_pages) == 84, "fp_chunk_
 _Static_assert(offsetof(struct shm_seg_header, fp_offset) == 88, "fp_offset at 88");
 _Static_assert(offsetof(struct shm_seg_header, fp_chunks) == 96, "fp_chunks at 96");
 _Static_assert(offsetof(struct shm_seg_header, cancel) == 2 * SHM_CACHE_LINE, "cancel on line 2");
-_Static_assert(sizeof(struct shm_seg_header) == 3 * SHM_CACHE_LINE, "header is 3 lines");
+_Static_assert(offsetof(struct shm_seg_header, dest_ready) == 3 * SHM_CACHE_LINE, "dest session on line 3");
+_Static_assert(offsetof(struct shm_seg_header, dest_guest_pages) == 3 * SHM_CACHE_LINE + 8, "dest guest pages");
+_Static_assert(offsetof(struct shm_seg_header, dest_round) == 3 * SHM_CACHE_LINE + 20, "dest round");
+_Static_assert(sizeof(struct shm_seg_header) == 4 * SHM_CACHE_LINE, "header is 4 lines");
 
 /* Which ring carries what.  Three rings per worker, so no ring ever has more
- * than one producer or one consumer process. */
+ * than one producer or one consumer process.  A receive's segment has one
+ * set per inflater: its "workers" are the inflaters, and its ring has a
+ * name of its own (the same kind, so the same layout). */
 enum shm_ring_kind {
 	SHM_RING_SCAN_TO_WORKER = 0,	/* scanner -> worker i: page runs to check */
 	SHM_RING_WORKER_TO_WRITER = 1,	/* worker i -> writer: iovec descriptors */
 	SHM_RING_WRITER_TO_WORKER = 2,	/* writer -> worker i: buffers coming back */
-	SHM_RING_KINDS = 3
+	SHM_RING_KINDS = 3,
+	/* Destination: the receive stage -> inflater i, zstd frames to place.
+	 * The only ring of a receive: the inflater releases a slot once its
+	 * pages are placed, so the ring's head tells the receive stage which
+	 * buffers are free again (doc/architecture.md); kinds 1 and 2 of a
+	 * receive's segment are unused. */
+	SHM_RING_RECEIVER_TO_INFLATER = SHM_RING_SCAN_TO_WORKER,
 };
 
 static inline uint32_t shm_ring_index(enum shm_ring_kind kind, uint32_t worker)
@@ -164,6 +195,9 @@ static inline uint32_t shm_ring_index(enum shm_ring_kind kind, uint32_t worker)
 /* Stats block numbers.  After the workers' blocks come SHM_MAX_ROUNDS round
  * records (same size), indexed by the SHM_ROUND_* fields below. */
 enum { SHM_STATS_SCANNER = 0, SHM_STATS_WRITER = 1, SHM_STATS_WORKER0 = 2 };
+/* restore, check and receive: the destination stage's own block (an
+ * inflater's is SHM_STATS_WORKER0 + its index). */
+enum { SHM_STATS_DEST = SHM_STATS_SCANNER };
 #define SHM_MAX_ROUNDS 64u
 
 /* A round record's fields, in order (pf_describe.c prints the names). */

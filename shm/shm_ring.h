@@ -156,10 +156,13 @@ static inline int64_t shm_ring_ready_count(const struct shm_ring *r)
 	return used;
 }
 
-/* Dequeue up to n slots into dst (a private copy: validate it, never the
- * ring).  Returns the count (with FIXED 0 or n) or -EPROTO. */
-static inline int shm_ring_dequeue(struct shm_ring *r, struct shm_slot *dst, uint32_t n,
-				   enum shm_ring_behavior how)
+/* Copy up to n ready slots into dst (a private copy: validate it, never the
+ * ring) without releasing them.  Returns the count (with FIXED 0 or n) or
+ * -EPROTO.  A consumer that may be replaced mid-way (a worker, an inflater)
+ * peeks, publishes what the slots caused, and only then releases them: a
+ * replacement finds every slot whose effect was not published still there. */
+static inline int shm_ring_peek(struct shm_ring *r, struct shm_slot *dst, uint32_t n,
+				enum shm_ring_behavior how)
 {
 	int64_t ready = shm_ring_ready_count(r);
 	if (ready < 0)
@@ -178,13 +181,31 @@ static inline int shm_ring_dequeue(struct shm_ring *r, struct shm_slot *dst, uin
 		first = n;
 	memcpy(dst, &r->slots[idx], first * sizeof(*dst));
 	memcpy(dst + first, &r->slots[0], (n - first) * sizeof(*dst));
+	return (int)n;
+}
+
+/* Release the first n slots, which the caller peeked. */
+static inline void shm_ring_release(struct shm_ring *r, uint32_t n)
+{
+	if (n == 0)
+		return;
+	uint32_t head = atomic_load_explicit(&r->ctrl->head, memory_order_relaxed);
 	/* R1 pairs with A1 in shm_ring_free_count(): we are done reading the slots. */
 	atomic_store_explicit(&r->ctrl->head, head + n, memory_order_release);
 	/* F2 (consumer side): head visible before we read producer_sleeping. */
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load_explicit(&r->ctrl->producer_sleeping, memory_order_relaxed))
 		__shm_ring_wake_peer(r);
-	return (int)n;
+}
+
+/* Peek and release at once: up to n slots, the count or -EPROTO. */
+static inline int shm_ring_dequeue(struct shm_ring *r, struct shm_slot *dst, uint32_t n,
+				   enum shm_ring_behavior how)
+{
+	int got = shm_ring_peek(r, dst, n, how);
+	if (got > 0)
+		shm_ring_release(r, (uint32_t)got);
+	return got;
 }
 
 /* Sleeping ---------------------------------------------------------------- */

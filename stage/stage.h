@@ -100,7 +100,7 @@ void stage_args_done(void);
  * 20 ms (a transfer that lasts long enough to be killed mid-way), "forbidden"
  * makes a system call its sandbox forbids.  Roles: "worker", "writer" (per
  * run handled), "scanner" (per run posted: the whole pipeline then lives
- * as long as the scan). */
+ * as long as the scan), "inflater" (per frame, before it is placed). */
 #ifdef PF_TEST_HOOKS
 void stage_test_hook(const char *role);
 #else

@@ -1,7 +1,7 @@
 /* The fd map: which fd number each stage finds what on.
  *
  * The supervisor dup2's exactly these onto each stage it spawns
- * (supervisor/pf_jobs.py, pf_migrate.py, pf_check.py), reading the numbers
+ * (supervisor/pf_jobs.py, pf_migrate.py), reading the numbers
  * from the generated module pf_abi.py (tools/pf_describe.c prints it from
  * this file), so the two sides cannot drift.  i is a worker's (or
  * inflater's) index, n the worker count.  Every fd is of the form
@@ -37,19 +37,20 @@
 #define WRITER_FD_RING_BACK(i) (8 + 2 * (int)(i)) /* wake socket of ring writer -> worker i */
 #define WRITER_FD_ARENA(i, n) (7 + 2 * (int)(n) + (int)(i)) /* worker i's arena, read-only (--zstd=1) */
 
-/* pageferry-receiver */
-#define RECEIVER_FD_META 5	/* restore/check: the snapshot, buffered (header, bitmap, extents) */
-#define RECEIVER_FD_DATA 6	/* restore/check: the snapshot again, O_DIRECT (page data) */
-#define RECEIVER_FD_PSK 5	/* receive: the pre-shared key file (--psk=1) */
-#define RECEIVER_FD_COMMIT 6	/* receive: socket to the front end (receiver/rc_commit.h) */
-#define RECEIVER_FD_RING_OUT(i) (7 + 2 * (int)(i))  /* wake socket of ring receiver -> inflater i */
-#define RECEIVER_FD_RING_BACK(i) (8 + 2 * (int)(i)) /* wake socket of ring inflater i -> receiver */
-#define RECEIVER_FD_ARENA(i, n) (7 + 2 * (int)(n) + (int)(i)) /* inflater i's arena, read-write */
+/* pageferry-restore (--mode=restore, or check: no destination) */
+#define RESTORE_FD_META 5	/* the snapshot, buffered (header, bitmap, extents) */
+#define RESTORE_FD_DATA 6	/* the snapshot again, O_DIRECT (page data) */
 
-/* pageferry-inflater */
-#define INFLATER_FD_IN 5	/* wake socket of ring receiver -> this inflater (we consume) */
-#define INFLATER_FD_BACK 6	/* wake socket of ring this inflater -> receiver (buffers back) */
-#define INFLATER_FD_ARENA 7	/* its arena, read-only */
+/* pageferry-receive */
+#define RECEIVE_FD_PSK 5	/* the pre-shared key file (--psk) */
+#define RECEIVE_FD_COMMIT 6	/* socket to the front end (dest/ds_commit.h) */
+#define RECEIVE_FD_RING(i) (7 + (int)(i))	/* wake socket of ring receive -> inflater i (we produce) */
+#define RECEIVE_FD_ARENA(i, n) (7 + (int)(n) + (int)(i)) /* inflater i's arena, read-write */
+
+/* pageferry-inflater (its ring has no way back: the receive stage sees what
+ * was placed from the ring's head, doc/architecture.md) */
+#define INFLATER_FD_IN 5	/* wake socket of ring receive -> this inflater (we consume) */
+#define INFLATER_FD_ARENA 6	/* its arena, read-only */
 
 /* pageferry-mkseg (not a stage: it formats the segment and exits) */
 #define MKSEG_FD_SEGMENT 3

@@ -1,5 +1,5 @@
 """`pageferry check SNAP`: verify a snapshot without restoring it. The
-receiver stage does it in its `check` mode, sandboxed like a restore:
+pageferry-restore stage does it in its `check` mode, sandboxed like a restore:
 header, bitmap and extent table are decoded and checked, then every
 extent's page data is read (O_DIRECT where the filesystem allows) and its
 CRC-32C compared. Nothing is written."""
@@ -15,7 +15,7 @@ def check(ctx, snap, workers):
         seg = pf_jobs.spawn_snapshot_reader(ctx, run, snap, meta_fd, "check", workers, {})
         p = run.pipeline
         secs = run.watch(pf_jobs.pages_done(run, seg))
-        st = seg.stats(pf_abi.STATS_SCANNER)
+        st = seg.stats(pf_abi.STATS_DEST)
         summary = {
             "command": "check", "snapshot": snap, "threads": workers, "ok": True,
             "pages_present": st["total_pages"], "bytes_read": st["bytes"], "seconds": round(secs, 3),

@@ -2,7 +2,7 @@
 "The handoff").
 
 The receiver stage, once every check passed and the data is durable, hands
-us the main channel and two ready-made answers (receiver/rc_commit.h). We
+us the main channel and two ready-made answers (dest/ds_commit.h). We
 commit — rename FILE.pf-partial into place, or remove the in-place marker,
 and sync the directory — and only then send the success answer. So the
 sender reports success only for a committed destination, and a destination

@@ -7,8 +7,8 @@ import time
 import pf_abi
 import pf_report
 import pf_segment
+import pf_source
 import pf_stages
-from pf_stages import wake_pair
 
 PAGE_4K = 4096
 PAGE_2M = 2 * 1024 * 1024
@@ -124,7 +124,11 @@ class Run:
                 raise JobError(f"interrupted by {signal.Signals(self.interrupted).name}", 130)
             cause = self.pipeline.root_cause()
             code = 3 if os.WIFSIGNALED(cause.status) else 1
-            raise JobError(cause.describe_failure(), code)
+            why = cause.describe_failure()
+            if cause.replaceable() and len(self.pipeline.replacements) >= pf_stages.MAX_REPLACEMENTS:
+                why += (f", after {len(self.pipeline.replacements)} replacement(s), the most allowed "
+                        f"({', '.join(self.pipeline.replacements)})")
+            raise JobError(why, code)
         self.pipeline.drain()
         return time.monotonic() - self.start
 
@@ -146,40 +150,11 @@ class Run:
 
 def pages_done(run, seg):
     """Progress for a destination stage that learns the page count as it goes
-    (its stats block, STATS_SCANNER): the share of pages placed, scaled to the progress total."""
+    (its stats block, STATS_DEST): the share of pages placed, scaled to the progress total."""
     def done():
-        st = seg.stats(pf_abi.STATS_SCANNER)
+        st = seg.stats(pf_abi.STATS_DEST)
         return run.progress.total * st["pages"] / max(st["total_pages"], 1)
     return done
-
-
-def spawn_source(pipeline, seg, guest_fd, workers, writer_args, writer_fds, worker_args=None,
-                 scanner_args=(), scanner_fds=None):
-    """Start the source pipeline: scanner -> workers -> writer, wired by
-    their rings' wake sockets on the fds of stage/stage_fds.h (pf_abi.fd).
-    writer_fds / scanner_fds: role-specific fds, {fd number: fd we hold};
-    worker_args(i) -> (extra named args, extra fds) for worker i."""
-    pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
-    fds = {pf_abi.fd("writer", "segment"): seg.fd, pf_abi.fd("writer", "guest"): guest_fd, **writer_fds}
-    for i in range(workers):
-        fds[pf_abi.fd("writer", "ring_in", i)] = pairs[(1, i)][1].fileno()
-        fds[pf_abi.fd("writer", "ring_back", i)] = pairs[(2, i)][0].fileno()
-    pipeline.spawn("pageferry-writer", "pageferry-writer", writer_args, fds)
-    for i in range(workers):
-        args, extra = worker_args(i) if worker_args else ([], {})
-        pipeline.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [f"--index={i}"] + args,
-                       {pf_abi.fd("worker", "segment"): seg.fd, pf_abi.fd("worker", "guest"): guest_fd,
-                        pf_abi.fd("worker", "in"): pairs[(0, i)][1].fileno(),
-                        pf_abi.fd("worker", "out"): pairs[(1, i)][0].fileno(),
-                        pf_abi.fd("worker", "back"): pairs[(2, i)][1].fileno(), **extra})
-    fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
-           **(scanner_fds or {})}
-    fds.update({pf_abi.fd("scanner", "ring", i): pairs[(0, i)][0].fileno() for i in range(workers)})
-    pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
-    # Our copies must go, or a dead stage's peer would never see it hang up.
-    for a, b in pairs.values():
-        a.close()
-        b.close()
 
 
 def snapshot(ctx, guest, out, workers):
@@ -199,7 +174,7 @@ def snapshot(ctx, guest, out, workers):
                                  size // page)
         run.fds.append(os.dup(seg.fd))
         p = run.pipeline
-        spawn_source(p, seg, guest_fd, workers, ["--mode=snapshot"],
+        pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, ["--mode=snapshot"],
                      {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd})
 
         def done():
@@ -208,7 +183,7 @@ def snapshot(ctx, guest, out, workers):
 
         secs = run.watch(done)
         sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
-        zero = sum(seg.stats(pf_abi.STATS_WORKER0 + i)["zero_pages"] for i in range(workers))
+        zero = wr["zero_pages"]
         pf_stages.test_hook("snapshot:before-commit")
         os.rename(partial, out)
         _fsync_dir(out)
@@ -226,11 +201,13 @@ def snapshot(ctx, guest, out, workers):
             "cpu_seconds": pf_report.pipeline_cpu(p),
             "peak_rss_kib": pf_report.peak_rss_kib(p),
             "peak_anon_kib": run.sampler.peak_kib,
+            "replacements": len(p.replacements), "replaced_stages": p.replacements,
         }
         seg.close()
         line = (f"snapshot {out}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"written ({zero} zero, {sc['hole_pages']} hole pages skipped) in {secs:.2f} s, "
-                f"{summary['mib_per_s']:.0f} MiB/s, direct I/O {'on' if summary['direct_io'] else 'off'}")
+                f"{summary['mib_per_s']:.0f} MiB/s, direct I/O {'on' if summary['direct_io'] else 'off'}"
+                f"{pf_report.replaced_text(p.replacements)}")
         pf_report.emit_summary(summary, ctx.json, line)
     finally:
         run.close(ok)
@@ -245,16 +222,16 @@ def open_snapshot(ctx, verb, snap):
 
 
 def spawn_snapshot_reader(ctx, run, snap, meta_fd, mode, workers, more_fds):
-    """The receiver stage in MODE reading SNAP: header, bitmap and extent table
-    through meta_fd, page data through an O_DIRECT fd where the filesystem
-    allows. Returns its (statistics-only) segment."""
+    """pageferry-restore in MODE (restore, check) reading SNAP: header, bitmap
+    and extent table through meta_fd, page data through an O_DIRECT fd where
+    the filesystem allows. Returns its (statistics-only) segment."""
     data_fd, _ = _open_direct(snap, os.O_RDONLY)
     run.fds.append(data_fd)
     seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), PAGE_4K, 1, 8, 1, 1)
     run.fds.append(os.dup(seg.fd))
-    run.pipeline.spawn("pageferry-receiver", "pageferry-receiver", [f"--mode={mode}", f"--threads={workers}"],
-                       {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "meta"): meta_fd,
-                        pf_abi.fd("receiver", "data"): data_fd, **more_fds})
+    run.pipeline.spawn("pageferry-restore", "pageferry-restore", [f"--mode={mode}", f"--threads={workers}"],
+                       {pf_abi.fd("restore", "segment"): seg.fd, pf_abi.fd("restore", "meta"): meta_fd,
+                        pf_abi.fd("restore", "data"): data_fd, **more_fds})
     return seg
 
 
@@ -271,11 +248,11 @@ def restore(ctx, snap, into, workers):
         run.cleanup_paths.append(partial)
         run.fds.append(dest_fd)
         seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers,
-                                    {pf_abi.fd("receiver", "dest"): dest_fd})
+                                    {pf_abi.fd("restore", "dest"): dest_fd})
         p = run.pipeline
 
         secs = run.watch(pages_done(run, seg))
-        st = seg.stats(pf_abi.STATS_SCANNER)
+        st = seg.stats(pf_abi.STATS_DEST)
         size = os.fstat(dest_fd).st_size
         pf_stages.test_hook("restore:before-commit")
         os.rename(partial, into)

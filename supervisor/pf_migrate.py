@@ -3,6 +3,7 @@
 import os
 import socket
 import stat
+import struct
 import time
 
 import pf_abi
@@ -11,6 +12,7 @@ import pf_dirtylog
 import pf_jobs
 import pf_report
 import pf_segment
+import pf_source
 import pf_stages
 import pf_status
 from pf_jobs import JobError, Run
@@ -37,12 +39,6 @@ def parse_compress(text):
     if text.startswith("zstd:") and text[5:].isdigit() and 1 <= int(text[5:]) <= 19:
         return int(text[5:])
     raise JobError(f"--compress {text}: expected none, zstd or zstd:LEVEL with LEVEL 1..19", 2)
-
-
-def _arena(name, size):
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.ftruncate(fd, size)
-    return fd
 
 
 def _psk_fd(run, psk_file):
@@ -86,16 +82,11 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, pf_jobs.RING_SLOTS, run_pages,
                                  size // page)
         run.fds.append(os.dup(seg.fd))
-        arenas = []
-        if level:
-            arenas = [_arena(f"pageferry-arena-{i}", pf_abi.ARENA_BUFFERS * run_pages * page)
-                      for i in range(workers)]
-            run.fds.extend(arenas)
         p = run.pipeline
         commit_ours, commit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        run.fds.append(commit_ours.detach())
-        writer_fds = {pf_abi.fd("writer", "arena", i, workers): a for i, a in enumerate(arenas)}
-        writer_fds[pf_abi.fd("writer", "commit")] = commit_theirs.fileno()
+        commit_fd = commit_ours.detach()
+        run.fds.append(commit_fd)
+        writer_fds = {pf_abi.fd("writer", "commit"): commit_theirs.fileno()}
         writer_args = ["--mode=migrate", f"--to={hostport}", f"--channels={channels}", f"--zerocopy={zerocopy}",
                        f"--connect-timeout-ms={int(connect_timeout * 1000)}",
                        f"--io-timeout-ms={int(io_timeout * 1000)}"]
@@ -113,13 +104,12 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                             f"--max-rounds={live['max_rounds']}", f"--pause-timeout-ms={live['pause_timeout']}"]
             if live["auto_converge"]:
                 scanner_args.append("--auto-converge")
-        pf_jobs.spawn_source(
-            p, seg, guest_fd, workers, writer_args, writer_fds,
-            worker_args=(lambda i: ([f"--zstd-level={level}"], {pf_abi.fd("worker", "arena"): arenas[i]}))
-            if level else None,
+        pf_source.spawn_source(
+            run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds,
+            worker_args=[f"--zstd-level={level}"] if level else None,
             scanner_args=scanner_args, scanner_fds=scanner_fds)
         commit_theirs.close()
-        p.watch_fd(run.fds[-1], lambda: decide_commit(run, run.fds[-1], log))
+        p.watch_fd(commit_fd, lambda: decide_commit(run, commit_fd, log))
         if live:
             status = pf_status.StatusFile()
         start = time.monotonic()
@@ -151,6 +141,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             log.hand_off()
         sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
         wk = [seg.stats(pf_abi.STATS_WORKER0 + i) for i in range(workers)]
+        # The workers count zero pages (the writer cannot see those inside
+        # zstd frames); runs a replaced worker had not answered count twice.
         zero = sum(s["zero_pages"] for s in wk)
         zc_on = bool(wr["flags"] & pf_abi.FLAG_ZEROCOPY)
         by_sendfile = bool(wr["flags"] & pf_abi.FLAG_SENDFILE)
@@ -171,6 +163,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             "cpu_seconds": cpu,
             "cpu_seconds_per_gib": round(sum(cpu.values()) / (size / (1 << 30)), 3),
             "peak_anon_kib": run.sampler.peak_kib,
+            "replacements": len(p.replacements), "replaced_stages": p.replacements,
         }
         if live:
             sc = seg.stats(pf_abi.STATS_SCANNER)
@@ -191,8 +184,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                                if zerocopy == "auto" else "")
         line = (f"migrate to {hostport}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"sent on {channels} channel(s) ({zero} zero, {sc['hole_pages']} hole pages not sent) in "
-                f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}; the destination "
-                "committed it")
+                f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}"
+                f"{pf_report.replaced_text(p.replacements)}; the destination committed it")
         if live:
             lv = summary["live"]
             line += (f"; live: {lv['rounds']} rounds, downtime {lv['downtime_ms']:.0f} ms "
@@ -253,6 +246,48 @@ def _open_in_place(run, into):
     return dest_fd, marker
 
 
+class InflaterNotices:
+    """Tell the receive stage which inflaters may take new frames
+    (dest/ds_commit.h, the notices; doc/architecture.md, "Replacing an
+    inflater"): DOWN when one died, UP once its replacement has locked down
+    and so takes from its ring again. Sent on our end of the commit socket,
+    until the stage's handover is readable there."""
+
+    def __init__(self, sock, seg, labels):
+        self.sock, self.seg = sock, seg
+        self.index = {label: i for i, label in enumerate(labels)}
+        self.starting = set()  # replaced, not locked down yet
+        self.stopped = False
+
+    def on_replace(self, dead, new):
+        i = self.index.get(dead.label)
+        if i is None or new is not None:
+            return
+        block = pf_abi.STATS_WORKER0 + i
+        if self.seg.stats(block)["state"] == pf_abi.PROC_DONE:
+            return  # it took its END: nothing new goes to anyone
+        # The block's owner is dead and its replacement not started: reset
+        # here, so that LOCKED_DOWN is the replacement's word, not the dead one's.
+        self.seg.set_stat(block, "state", pf_abi.PROC_STARTING)
+        self.starting.add(i)
+        self._send(pf_abi.NOTICE_DOWN, i)
+        pf_stages.test_hook("receive:inflater-down")
+
+    def poll(self):
+        for i in sorted(self.starting):
+            if self.seg.stats(pf_abi.STATS_WORKER0 + i)["state"] in (pf_abi.PROC_LOCKED_DOWN, pf_abi.PROC_DONE):
+                self.starting.discard(i)
+                self._send(pf_abi.NOTICE_UP, i)
+
+    def _send(self, kind, i):
+        if self.stopped:
+            return
+        try:
+            self.sock.sendall(kind + b"\0" + struct.pack("<H", i))
+        except OSError:
+            self.stopped = True  # the stage is gone: the pipeline reports why
+
+
 def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False):
     partial = into + pf_jobs.PARTIAL_SUFFIX
     run = Run(ctx, "receive", 1)
@@ -268,44 +303,52 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             run.fds.append(dest_fd)
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), pf_jobs.PAGE_4K, workers, pf_jobs.RING_SLOTS, 1, 1)
         run.fds.append(os.dup(seg.fd))
-        arenas = [_arena(f"pageferry-inflate-{i}", pf_abi.ARENA_BUFFERS * pf_abi.DEST_BUFFER_BYTES)
+        arenas = [pf_stages.memfd(f"pageferry-inflate-{i}", pf_abi.ARENA_BUFFERS * pf_abi.DEST_BUFFER_BYTES)
                   for i in range(workers)]
         run.fds.extend(arenas)
-        pairs = {(k, i): wake_pair() for k in (0, 2) for i in range(workers)}
+        pairs = [wake_pair() for i in range(workers)]
         p = run.pipeline
         commit_ours, commit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = {pf_abi.fd("receiver", "segment"): seg.fd, pf_abi.fd("receiver", "dest"): dest_fd,
-               pf_abi.fd("receiver", "commit"): commit_theirs.fileno()}
-        args = ["--mode=receive", f"--listen={listen}", f"--accept-timeout-ms={int(accept_timeout * 1000)}",
+        fds = {pf_abi.fd("receive", "segment"): seg.fd, pf_abi.fd("receive", "dest"): dest_fd,
+               pf_abi.fd("receive", "commit"): commit_theirs.fileno()}
+        args = [f"--listen={listen}", f"--accept-timeout-ms={int(accept_timeout * 1000)}",
                 f"--io-timeout-ms={int(io_timeout * 1000)}"]
         if psk is not None:
-            fds[pf_abi.fd("receiver", "psk")] = psk
+            fds[pf_abi.fd("receive", "psk")] = psk
             args.append("--psk")
         if in_place:
             args.append("--in-place")
         for i in range(workers):
-            fds[pf_abi.fd("receiver", "ring_out", i)] = pairs[(0, i)][0].fileno()
-            fds[pf_abi.fd("receiver", "ring_back", i)] = pairs[(2, i)][1].fileno()
-            fds[pf_abi.fd("receiver", "arena", i, workers)] = arenas[i]
-        p.spawn("pageferry-receiver", "pageferry-receiver", args, fds)
+            fds[pf_abi.fd("receive", "ring", i)] = pairs[i][0].fileno()
+            fds[pf_abi.fd("receive", "arena", i, workers)] = arenas[i]
+        p.spawn("pageferry-receive", "pageferry-receive", args, fds)
+        # An inflater that dies is replaced: it resumes from its ring
+        # (doc/architecture.md, "Replacing an inflater").
         for i in range(workers):
             p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater",
                     [f"--index={i}"] + (["--in-place"] if in_place else []),
                     {pf_abi.fd("inflater", "segment"): seg.fd, pf_abi.fd("inflater", "dest"): dest_fd,
-                     pf_abi.fd("inflater", "in"): pairs[(0, i)][1].fileno(),
-                     pf_abi.fd("inflater", "back"): pairs[(2, i)][0].fileno(),
-                     pf_abi.fd("inflater", "arena"): arenas[i]})
-        for a, b in pairs.values():
+                     pf_abi.fd("inflater", "in"): pairs[i][1].fileno(),
+                     pf_abi.fd("inflater", "arena"): arenas[i]}, restartable=True)
+        for a, b in pairs:
             a.close()
             b.close()
         commit_theirs.close()
         committed = []
+        notices = InflaterNotices(commit_ours, seg, [f"pageferry-inflater[{i}]" for i in range(workers)])
+        p.on_replace = notices.on_replace
+        progress = pf_jobs.pages_done(run, seg)
+
+        def done():
+            notices.poll()
+            return progress()
 
         def on_handover():
             # Commit as soon as the receiver hands over: not when it has
             # exited, since unmapping a large destination takes a while and
             # the sender's guest is paused until we answer.
             p.watched.pop(commit_ours.fileno())
+            notices.stopped = True
             if not commit_ours.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return  # the receiver died: the pipeline reports why
             handover = pf_commit.Handover(commit_ours)
@@ -317,7 +360,7 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
 
         p.watch_fd(commit_ours.fileno(), on_handover)
         try:
-            secs = run.watch(pf_jobs.pages_done(run, seg))
+            secs = run.watch(done)
         except JobError:
             if not committed:
                 raise
@@ -325,19 +368,22 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
         commit_ours.close()
         if not committed:
             raise JobError("the receiver ended without handing over its result")
-        st = seg.stats(pf_abi.STATS_SCANNER)
+        st = seg.stats(pf_abi.STATS_DEST)
         size = os.fstat(dest_fd).st_size
         ok = True
         summary = {
             "command": "receive", "listen": listen, "into": into, "in_place": in_place, "workers": workers,
             "guest_bytes": size,
             "bytes_received": st["bytes"], "packets": st["packets"], "zero_pages": st["zero_pages"],
+            "rerouted_frames": st["runs"],
             "seconds": round(secs, 3), "cpu_seconds": pf_report.pipeline_cpu(p),
             "peak_anon_kib": run.sampler.peak_kib,
+            "replacements": len(p.replacements), "replaced_stages": p.replacements,
         }
         seg.close()
         line = (f"receive into {into}: {size / pf_report.MiB:.0f} MiB guest, {st['bytes'] / pf_report.MiB:.0f} MiB "
-                f"received in {st['packets']} packets; totals and checksums match")
+                f"received in {st['packets']} packets{pf_report.replaced_text(p.replacements)}; totals and "
+                "checksums match")
         pf_report.emit_summary(summary, ctx.json, line)
     except JobError as e:
         if marker:

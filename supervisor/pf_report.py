@@ -75,3 +75,10 @@ def emit_summary(summary, as_json, line):
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         print(line)
+
+
+def replaced_text(replacements):
+    """The summary's mention of stages that died and were replaced."""
+    if not replacements:
+        return ""
+    return f"; {len(replacements)} stage(s) died and were replaced ({', '.join(replacements)})"

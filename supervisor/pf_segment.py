@@ -52,6 +52,13 @@ class Segment:
         """Round r's record (1..MAX_ROUNDS) as {field: value}."""
         return dict(zip(pf_abi.ROUND_FIELDS, self.values(pf_abi.STATS_WORKER0 + n_workers + r - 1)))
 
+    def set_stat(self, block, name, value):
+        """Only for a block whose owner is dead and not yet replaced (the
+        receive front end resets a dead inflater's state)."""
+        self.values(block)  # bounds
+        struct.pack_into("=Q", self.map, self.stats_offset + pf_abi.STATS_BLOCK_SIZE * block +
+                         8 * pf_abi.STAT_NAMES.index(name), value)
+
     def set_cancel(self):
         """Ask every stage to stop (shm_seg_header.cancel, on its own line)."""
         off, fmt = pf_abi.HEADER["cancel"]

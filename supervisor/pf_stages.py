@@ -18,6 +18,13 @@ import pf_abi
 
 HIGH_FD = 100
 TEST_HOOKS = False   # set by the entry point of -Dtest_hooks=true builds
+# A worker or inflater that dies is replaced this many times per transfer at
+# most; past that the transfer fails as it would have without replacements.
+MAX_REPLACEMENTS = 3
+# Deaths that are somebody's decision, not an accident: a sandbox violation
+# (a subverted stage is not restarted into the same input) and the signals
+# a user or the system sends to stop the whole job.
+NOT_REPLACED = {signal.SIGSYS, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
 def test_hook(point):
@@ -48,6 +55,9 @@ class Stage:
         self.pidfd = None
         self.rusage = None
         self.ended_at = None
+        self.respawn = None     # restartable: (binary, args, {target: fd we keep})
+        self.restartable = False
+        self.replaced = False   # died and a replacement took over
 
     def message(self):
         lines = [l for l in self.err.decode(errors="replace").splitlines() if l.strip()]
@@ -65,7 +75,12 @@ class Stage:
         return msg or f"{self.label} exited with status {os.WEXITSTATUS(st)}"
 
     def failed(self):
-        return self.status is not None and not (os.WIFEXITED(self.status) and os.WEXITSTATUS(self.status) == 0)
+        return (self.status is not None and not self.replaced and
+                not (os.WIFEXITED(self.status) and os.WEXITSTATUS(self.status) == 0))
+
+    def replaceable(self):
+        return (self.restartable and os.WIFSIGNALED(self.status) and
+                os.WTERMSIG(self.status) not in NOT_REPLACED and not getattr(self, "killed_by_us", False))
 
 
 class Pipeline:
@@ -74,14 +89,33 @@ class Pipeline:
         self.stages = []
         self.watched = {}  # fd -> callback, run when fd is readable
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.replacements = []  # labels of the stages replaced, in order
+        self.stopping = False   # a failure or a stop: nothing is replaced any more
+        # fn(dead, new): a restartable stage died and is about to be replaced
+        # (new None), then its replacement was started (new: its Stage).
+        self.on_replace = None
 
     def watch_fd(self, fd, callback):
         """Run callback() from poll() whenever fd is readable (a stage asking
         the front end something)."""
         self.watched[fd] = callback
 
-    def spawn(self, label, binary, args, fds):
-        """fds: {target_fd_number: fd_we_hold}."""
+    def spawn(self, label, binary, args, fds, restartable=False):
+        """fds: {target_fd_number: fd_we_hold}. restartable: a stage whose
+        death by an accident (a signal not in NOT_REPLACED) is repaired by
+        starting it again with the same arguments and fds, up to
+        MAX_REPLACEMENTS per pipeline; we keep its fds open meanwhile, so that
+        its peers do not see it hang up. The stage must be able to resume
+        from what it finds in its rings (the replacement learns it is one
+        from PAGEFERRY_RESTARTED=K)."""
+        st = self._spawn(label, binary, args, fds, {})
+        if restartable:
+            st.restartable = True
+            st.respawn = (binary, list(args), {t: fcntl.fcntl(f, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+                                               for t, f in fds.items()})
+        return st
+
+    def _spawn(self, label, binary, args, fds, extra_env):
         path = find_stage(binary, self.search_dirs)
         r, w = os.pipe2(os.O_CLOEXEC)
         # Lift every source above the targets first, so no dup2 clobbers a
@@ -94,7 +128,7 @@ class Pipeline:
         actions += [(os.POSIX_SPAWN_DUP2, src, t) for t, src in sorted(lifted.items())]
         try:
             # The stage checks that we are still its parent (stage_tie_to_supervisor).
-            env = dict(os.environ, PAGEFERRY_SUPERVISOR_PID=str(os.getpid()))
+            env = dict(os.environ, PAGEFERRY_SUPERVISOR_PID=str(os.getpid()), **extra_env)
             pid = os.posix_spawn(path, [binary] + [str(a) for a in args], env,
                                  file_actions=actions, setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
         finally:
@@ -142,12 +176,40 @@ class Pipeline:
                 return
             if pid == 0:
                 return
-            for s in self.stages:
+            for s in list(self.stages):
                 if s.pid == pid:
                     s.status, s.rusage, s.ended_at = status, ru, time.monotonic()
                     if s.pidfd is not None:
                         os.close(s.pidfd)
                         s.pidfd = None
+                    if s.replaceable() and not self.stopping and len(self.replacements) < MAX_REPLACEMENTS:
+                        self._replace(s)
+                    else:
+                        # Ended for good (done, failed, or past the limit):
+                        # its peers must now see it hang up.
+                        self._release(s)
+
+    @staticmethod
+    def _release(s):
+        if s.respawn:
+            for f in s.respawn[2].values():
+                os.close(f)
+            s.respawn = None
+
+    def _replace(self, dead):
+        binary, args, fds = dead.respawn
+        self.replacements.append(dead.label)
+        sys.stderr.write(f"pageferry: {dead.label} was killed by signal {os.WTERMSIG(dead.status)}; "
+                         f"starting a replacement ({len(self.replacements)} of at most {MAX_REPLACEMENTS})\n")
+        if self.on_replace:
+            self.on_replace(dead, None)
+        new = self._spawn(dead.label, binary, args, fds,
+                          {"PAGEFERRY_RESTARTED": str(len(self.replacements))})
+        new.respawn, dead.respawn = dead.respawn, None
+        new.restartable = True
+        dead.replaced = True
+        if self.on_replace:
+            self.on_replace(dead, new)
 
     def poll(self, timeout=0.25):
         """Wait up to timeout; returns the stages that have failed so far."""
@@ -160,8 +222,9 @@ class Pipeline:
         moment (their rings hang up), each with its own reason, and the one
         that failed first may still be writing its message; then SIGKILL.
         Nothing a stage asks from now on is answered: a run that fails does
-        not decide a commit."""
+        not decide a commit, and a stage that dies is not replaced."""
         self.watched = {}
+        self.stopping = True
         deadline = time.monotonic() + grace
         while self.running() and time.monotonic() < deadline:
             self.poll(0.05)
@@ -199,7 +262,15 @@ class Pipeline:
                 if getattr(s, attr) is not None:
                     os.close(getattr(s, attr))
                     setattr(s, attr, None)
+            self._release(s)
         os.close(self._devnull)
+
+
+def memfd(name, size):
+    """A memfd of size bytes (an arena): shared with stages by fd, gone with the last of them."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
 
 
 def wake_pair():

@@ -189,14 +189,18 @@ class StageArguments(unittest.TestCase):
             ("writer/pageferry-writer", ["--mode=snapshot", "--channels=2"], r"unknown argument '--channels=2'"),
             ("writer/pageferry-writer", ["--mode=copy"], r"bad argument '--mode=copy'"),
             ("writer/pageferry-writer", ["snapshot"], r"argument 'snapshot' is not --NAME=VALUE"),
-            ("receiver/pageferry-receiver", ["--mode=restore", "--threads=0"],
+            ("dest/pageferry-restore", ["--mode=restore", "--threads=0"],
              r"bad argument '--threads=0' \(expected 1\.\.64\)"),
-            ("receiver/pageferry-receiver", ["--mode=check", "--threads=1", "--threads=2"],
+            ("dest/pageferry-restore", ["--mode=check", "--threads=1", "--threads=2"],
              r"argument '--threads=2' given twice"),
+            ("dest/pageferry-restore", ["--mode=receive", "--threads=1"], r"bad argument '--mode=receive'"),
+            ("dest/pageferry-receive", ["--mode=receive"], r"missing argument --listen"),
+            ("dest/pageferry-receive", ["--listen=127.0.0.1:1", "--accept-timeout-ms=1", "--io-timeout-ms=1",
+                                        "--threads=2"], r"unknown argument '--threads=2'"),
             ("scanner/pageferry-scanner", ["--live"], r"missing argument --downtime-limit-ms"),
             ("workers/pageferry-worker", ["--index=1", "--zstd-level=20"],
              r"bad argument '--zstd-level=20' \(expected 1\.\.19\)"),
-            ("workers/pageferry-inflater", ["--index=0", "--in-place=1"], r"argument --in-place takes no value"),
+            ("dest/pageferry-inflater", ["--index=0", "--in-place=1"], r"argument --in-place takes no value"),
         ]
         for path, args, message in cases:
             with self.subTest(stage=path, args=args):

@@ -554,7 +554,7 @@ static void test_descriptor_roundtrip_and_checks(void **state)
 	s.w0 = 937;
 	assert_int_equal(proto_desc_unpack(s, &geo, 32, &out), PROTO_E_PAGE_OFFSET);
 	s = proto_desc_pack(&d);
-	s.w1 = (s.w1 & ~UINT64_C(0xf)) | 9;
+	s.w1 = (s.w1 & ~UINT64_C(0xf)) | 10;
 	assert_int_equal(proto_desc_unpack(s, &geo, 32, &out), PROTO_E_DESC_TYPE);
 	s = proto_desc_pack(&d);
 	s.w1 = (s.w1 & ~UINT64_C(0xf0)) | (7u << 4);
@@ -591,6 +591,17 @@ static void test_descriptor_roundtrip_and_checks(void **state)
 	struct proto_desc end = { .type = PROTO_DESC_END };
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&end), &geo, 0, &out), PROTO_OK);
 	assert_int_equal(out.type, PROTO_DESC_END);
+	/* A worker's SPARSE and RAW runs name their record's buffer. */
+	struct proto_desc sparse = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_SPARSE, .buffer = 15,
+				     .n_pages = 8, .payload_len = 0xabcdef01u, .first_page = 0 };
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&sparse), &geo, 16, &out), PROTO_OK);
+	assert_int_equal(out.payload_len, 0xabcdef01u);
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&sparse), &geo, 15, &out), PROTO_E_DESC_BUFFER);
+	/* RESYNCED: one bit per buffer the writer holds, none past the arena. */
+	struct proto_desc resynced = { .type = PROTO_DESC_RESYNCED, .first_page = 1u << 20, .payload_len = 0x8001 };
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&resynced), &geo, 16, &out), PROTO_OK);
+	assert_int_equal(out.first_page, 1u << 20);
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&resynced), &geo, 15, &out), PROTO_E_DESC_BUFFER);
 }
 
 /* ---- SHA-256, HMAC, PSK proofs, RESULT ---- */

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,7 +47,8 @@ static int group_setup(void **state)
 static void lock(enum sb_role role, enum sb_mode mode)
 {
 	struct sb_options opt = { .mode = mode, .max_fd = 64,
-				  .writes_files = role == SB_ROLE_WRITER || role == SB_ROLE_RECEIVER };
+				  .writes_files = role == SB_ROLE_WRITER || role == SB_ROLE_RESTORE ||
+						  role == SB_ROLE_RECEIVE };
 	const char *step = NULL;
 	if (sb_lockdown(role, &opt, &step) < 0)
 		_exit(50);
@@ -83,7 +85,8 @@ static int role_calls(enum sb_role role)
 	case SB_ROLE_SCANNER:
 		return lseek(scratch_fd, 0, SEEK_DATA) < 0 && errno != ENXIO ? 20 : 0;
 	case SB_ROLE_WRITER:
-	case SB_ROLE_RECEIVER:
+	case SB_ROLE_RESTORE:
+	case SB_ROLE_RECEIVE:
 		if (pwrite(scratch_fd, page, sizeof(page), 0) != sizeof(page))
 			return 21;
 		if (pread(scratch_fd, page, sizeof(page), 0) != sizeof(page))
@@ -182,21 +185,52 @@ static void test_forbidden_calls_kill_with_sigsys(void **state)
 #endif
 }
 
-static void test_workers_cannot_touch_files(void **state)
+/* One call a role must not make: its child dies of SIGSYS. */
+enum role_call { C_PWRITE, C_SENDMSG, C_IO_SUBMIT };
+
+static void expect_refused(enum sb_role role, enum role_call call)
 {
-	(void)state;
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
-		lock(SB_ROLE_WORKER, SB_MODE_KILL);
+		lock(role, SB_MODE_KILL);
 		char page[16] = { 0 };
-		syscall(SYS_pwrite64, scratch_fd, page, sizeof(page), 0);
+		struct iovec iov = { page, 1 };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+		if (call == C_PWRITE)
+			syscall(SYS_pwrite64, scratch_fd, page, sizeof(page), 0);
+		else if (call == C_SENDMSG)
+			syscall(SYS_sendmsg, sock[0], &m, MSG_DONTWAIT);
+		else
+			syscall(SYS_io_submit, 0, 0, NULL);
 		_exit(99);
 	}
 	int st;
 	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFSIGNALED(st));
-	assert_int_equal(WTERMSIG(st), SIGSYS);
+	if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGSYS)
+		fail_msg("role %s, call %d: expected SIGSYS, got status 0x%x", sb_role_name(role), call, st);
+}
+
+static void test_workers_cannot_touch_files(void **state)
+{
+	(void)state;
+	expect_refused(SB_ROLE_WORKER, C_PWRITE);
+	expect_refused(SB_ROLE_INFLATER, C_PWRITE);
+}
+
+/* The destination's three programs get three policies: restore reads by
+ * AIO and has no sockets, receive has sockets and no AIO, an inflater has
+ * neither files nor sockets nor mappings. */
+static void test_destination_roles_are_apart(void **state)
+{
+	(void)state;
+	expect_refused(SB_ROLE_RESTORE, C_SENDMSG);
+	expect_refused(SB_ROLE_RECEIVE, C_IO_SUBMIT);
+	expect_refused(SB_ROLE_INFLATER, C_SENDMSG);
+	expect_refused(SB_ROLE_INFLATER, C_IO_SUBMIT);
+#ifndef PF_SANITIZER_BUILD
+	expect_sigsys(SB_ROLE_INFLATER, F_MMAP_PLAIN);
+#endif
 }
 
 static void test_log_mode_lets_forbidden_calls_through(void **state)
@@ -228,6 +262,7 @@ int main(void)
 		cmocka_unit_test(test_each_role_keeps_its_allowed_calls),
 		cmocka_unit_test(test_forbidden_calls_kill_with_sigsys),
 		cmocka_unit_test(test_workers_cannot_touch_files),
+		cmocka_unit_test(test_destination_roles_are_apart),
 		cmocka_unit_test(test_log_mode_lets_forbidden_calls_through),
 		cmocka_unit_test(test_lockdown_names_the_failing_step),
 	};

@@ -1,4 +1,4 @@
-/* The live-migration mismatch rule (receiver/rc_suspect.h): a packet whose
+/* The live-migration mismatch rule (dest/ds_suspect.h): a packet whose
  * checksum failed is excused only when one of its pages came again intact. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,20 +9,20 @@
 
 #include <cmocka.h>
 
-#include "receiver/rc_suspect.h"
+#include "dest/ds_suspect.h"
 
-/* A fresh 4096-page tracker per test, and what rc_suspect_unexplained
+/* A fresh 4096-page tracker per test, and what ds_suspect_unexplained
  * last said. */
 struct fixture {
-	struct rc_suspect s;
-	struct rc_mismatch m;
+	struct ds_suspect s;
+	struct ds_mismatch m;
 	uint64_t first, last;
 };
 
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	if (!f || rc_suspect_init(&f->s, 4096) != 0) {
+	if (!f || ds_suspect_init(&f->s, 4096) != 0) {
 		free(f);
 		return -1;
 	}
@@ -38,19 +38,19 @@ static int teardown(void **state)
 
 static void mark(struct fixture *f, uint64_t seq, uint32_t round, uint64_t first, uint32_t n)
 {
-	rc_suspect_mark(&f->s, &(struct rc_mismatch){ .channel = 1, .round = round, .n_pages = n, .seq = seq,
+	ds_suspect_mark(&f->s, &(struct ds_mismatch){ .channel = 1, .round = round, .n_pages = n, .seq = seq,
 						      .first_page = first });
 }
 
 static bool unexplained(struct fixture *f)
 {
-	return rc_suspect_unexplained(&f->s, &f->m, &f->first, &f->last);
+	return ds_suspect_unexplained(&f->s, &f->m, &f->first, &f->last);
 }
 
 static void test_nothing_mismatched(void **state)
 {
 	struct fixture *f = *state;
-	rc_suspect_clear(&f->s, 0, 128, 1);
+	ds_suspect_clear(&f->s, 0, 128, 1);
 	assert_false(unexplained(f));
 }
 
@@ -58,7 +58,7 @@ static void test_guest_wrote_a_page_in_flight(void **state)
 {
 	struct fixture *f = *state;
 	mark(f, 3, 1, 256, 128);        /* page 300 changed in flight */
-	rc_suspect_clear(&f->s, 300, 1, 2); /* round 2 sends it again, intact */
+	ds_suspect_clear(&f->s, 300, 1, 2); /* round 2 sends it again, intact */
 	assert_false(unexplained(f));
 }
 
@@ -67,7 +67,7 @@ static void test_corrupted_and_never_sent_again(void **state)
 	struct fixture *f = *state;
 	mark(f, 3, 1, 256, 128);
 	mark(f, 9, 1, 1024, 128);
-	rc_suspect_clear(&f->s, 1030, 2, 2); /* the second one is explained */
+	ds_suspect_clear(&f->s, 1030, 2, 2); /* the second one is explained */
 	assert_true(unexplained(f));
 	assert_int_equal(f->m.seq, 3);
 	assert_int_equal(f->m.first_page, 256);
@@ -80,7 +80,7 @@ static void test_rewritten_again_then_intact(void **state)
 	struct fixture *f = *state;
 	mark(f, 3, 1, 0, 128);         /* page 5 changed in flight */
 	mark(f, 20, 2, 5, 1);          /* and again in round 2 */
-	rc_suspect_clear(&f->s, 5, 1, 3); /* round 3: intact */
+	ds_suspect_clear(&f->s, 5, 1, 3); /* round 3: intact */
 	assert_false(unexplained(f));
 }
 
@@ -90,7 +90,7 @@ static void test_latest_copy_decides(void **state)
 	/* Round 1's packet is excused by page 7; page 40's round-2 copy is
 	 * corrupted and never sent again: that packet is named. */
 	mark(f, 3, 1, 0, 128);
-	rc_suspect_clear(&f->s, 7, 1, 2);
+	ds_suspect_clear(&f->s, 7, 1, 2);
 	mark(f, 21, 2, 40, 1);
 	assert_true(unexplained(f));
 	assert_int_equal(f->m.seq, 21);
@@ -107,7 +107,7 @@ static void test_resent_copy_changed_too(void **state)
 	 * 100 and 102 were never sent again: their round-1 copies stand. */
 	mark(f, 3, 1, 100, 3);
 	mark(f, 9, 2, 101, 10);
-	rc_suspect_clear(&f->s, 105, 1, 3);
+	ds_suspect_clear(&f->s, 105, 1, 3);
 	assert_false(unexplained(f));
 }
 

@@ -15,7 +15,7 @@
 
 #include "protocol/proto_dirtylog.h"
 #include "protocol/proto_geometry.h"
-#include "receiver/rc_commit.h"
+#include "dest/ds_commit.h"
 #include "shm/shm_layout.h"
 #include "stage/stage.h"
 #include "stage/stage_fds.h"
@@ -100,6 +100,11 @@ int main(void)
 	HDR(fp_offset);
 	HDR(fp_chunks);
 	HDR(cancel);
+	HDR(dest_ready);
+	HDR(dest_page_size);
+	HDR(dest_guest_pages);
+	HDR(dest_max_run_pages);
+	HDR(dest_round);
 	printf("}\n");
 	constant("MAX_WORKERS", SHM_MAX_WORKERS, NULL);
 	constant("STATS_BLOCK_SIZE", sizeof(struct shm_stats), "bytes; STAT_COUNT u64 at the start");
@@ -108,7 +113,8 @@ int main(void)
 #define NAME(x) lower_name(#x);
 	SHM_STAT_LIST(NAME)
 	printf(")\n");
-	constant("STATS_SCANNER", SHM_STATS_SCANNER, "also the destination's receiver");
+	constant("STATS_SCANNER", SHM_STATS_SCANNER, NULL);
+	constant("STATS_DEST", SHM_STATS_DEST, "restore, check, receive (an inflater's: STATS_WORKER0 + i)");
 	constant("STATS_WRITER", SHM_STATS_WRITER, NULL);
 	constant("STATS_WORKER0", SHM_STATS_WORKER0, "worker i's block: STATS_WORKER0 + i");
 	constant("MAX_ROUNDS", SHM_MAX_ROUNDS, "round r's record: block STATS_WORKER0 + n_workers + r - 1");
@@ -126,6 +132,11 @@ int main(void)
 	printf("\n# arenas and sizes (workers/wk_arena.h, protocol/proto_geometry.h, writer/wr_net.h)\n");
 	constant("ARENA_BUFFERS", WK_ARENA_BUFFERS, "buffers in a worker's or inflater's arena");
 	constant("DEST_BUFFER_BYTES", WK_ARENA_DEST_BUFFER_SIZE, "one buffer of an inflater's arena");
+	constant("RECORD_BYTES", WK_RECORD_BYTES, "a run record's room in a worker's arena");
+	/* wk_arena_source_size, for the front end that sizes the memfd. */
+	printf("def source_arena_bytes(run_bytes):\n"
+	       "    \"\"\"A source worker's arena for runs of run_bytes (workers/wk_arena.h).\"\"\"\n"
+	       "    return ARENA_BUFFERS * (run_bytes + RECORD_BYTES)\n");
 	constant("MAX_RUN_BYTES", PROTO_MAX_RUN_BYTES, "a run's raw size at most");
 	constant("MAX_CHANNELS", PROTO_MAX_CHANNELS, NULL);
 	constant("SENDFILE_MIN_BYTES", WR_SENDFILE_MIN, "guest pieces at least this long go by sendfile");
@@ -135,8 +146,10 @@ int main(void)
 	constant("STAGE_EXIT_USAGE", STAGE_EXIT_USAGE, NULL);
 	constant("STAGE_EXIT_PEER", STAGE_EXIT_PEER, "a peer stage went away: never the root cause");
 
-	printf("\n# receiver/rc_commit.h\n");
-	printf("COMMIT_MAGIC = b\"%s\"\n", RC_COMMIT_MAGIC);
+	printf("\n# dest/ds_commit.h\n");
+	printf("COMMIT_MAGIC = b\"%s\"\n", DS_COMMIT_MAGIC);
+	printf("NOTICE_DOWN = b\"%c\"\nNOTICE_UP = b\"%c\"\n", DS_NOTICE_DOWN, DS_NOTICE_UP);
+	constant("NOTICE_SIZE", DS_NOTICE_SIZE, "kind, 0, u16 LE inflater index");
 
 	printf("\n# protocol/proto_dirtylog.h (little-endian by definition: read with '<')\n");
 	hex_constant("DIRTYLOG_MAGIC", PROTO_DIRTYLOG_MAGIC);
@@ -154,7 +167,8 @@ int main(void)
 	printf("\n# stage/stage_fds.h: (stage, name) -> (base, a, b): the fd is base + a*i + b*n\n"
 	       "# for worker (inflater) i of n.\n");
 	printf("FDS = {\n");
-	static const char *const with_segment[] = { "scanner", "worker", "writer", "receiver", "inflater", NULL };
+	static const char *const with_segment[] = { "scanner", "worker", "writer", "restore", "receive", "inflater",
+						    NULL };
 	for (int k = 0; with_segment[k]; k++)
 		FD(with_segment[k], "segment", STAGE_FD_SEGMENT);
 	FD("scanner", "guest", STAGE_FD_GUEST);
@@ -173,17 +187,16 @@ int main(void)
 	FD("writer", "ring_in", WRITER_FD_RING_IN(i));
 	FD("writer", "ring_back", WRITER_FD_RING_BACK(i));
 	FD("writer", "arena", WRITER_FD_ARENA(i, n));
-	FD("receiver", "dest", STAGE_FD_GUEST);
-	FD("receiver", "meta", RECEIVER_FD_META);
-	FD("receiver", "data", RECEIVER_FD_DATA);
-	FD("receiver", "psk", RECEIVER_FD_PSK);
-	FD("receiver", "commit", RECEIVER_FD_COMMIT);
-	FD("receiver", "ring_out", RECEIVER_FD_RING_OUT(i));
-	FD("receiver", "ring_back", RECEIVER_FD_RING_BACK(i));
-	FD("receiver", "arena", RECEIVER_FD_ARENA(i, n));
+	FD("restore", "dest", STAGE_FD_GUEST);
+	FD("restore", "meta", RESTORE_FD_META);
+	FD("restore", "data", RESTORE_FD_DATA);
+	FD("receive", "dest", STAGE_FD_GUEST);
+	FD("receive", "psk", RECEIVE_FD_PSK);
+	FD("receive", "commit", RECEIVE_FD_COMMIT);
+	FD("receive", "ring", RECEIVE_FD_RING(i));
+	FD("receive", "arena", RECEIVE_FD_ARENA(i, n));
 	FD("inflater", "dest", STAGE_FD_GUEST);
 	FD("inflater", "in", INFLATER_FD_IN);
-	FD("inflater", "back", INFLATER_FD_BACK);
 	FD("inflater", "arena", INFLATER_FD_ARENA);
 	FD("mkseg", "segment", MKSEG_FD_SEGMENT);
 	printf("}\n\n\n"

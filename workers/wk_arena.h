@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "protocol/proto_geometry.h"
+#include "workers/wk_record.h"
 
 #define WK_ARENA_BUFFERS 16u
 /* A destination buffer holds one packet's payload, at most one run's raw
@@ -20,6 +21,19 @@
 static inline uint64_t wk_arena_size(uint64_t buffer_size)
 {
 	return WK_ARENA_BUFFERS * buffer_size;
+}
+
+/* A source worker's arena: buffer b is a zstd frame's room of frame_size
+ * bytes at b * frame_size (used only with compression: a memfd's untouched
+ * pages cost nothing) and a run record (workers/wk_record.h) after all the
+ * frames.  The front end sizes the memfd with pf_abi.source_arena_bytes. */
+static inline uint64_t wk_arena_source_size(uint64_t frame_size)
+{
+	return WK_ARENA_BUFFERS * (frame_size + WK_RECORD_BYTES);
+}
+static inline uint64_t wk_arena_record_offset(uint64_t frame_size, uint32_t b)
+{
+	return WK_ARENA_BUFFERS * frame_size + (uint64_t)b * WK_RECORD_BYTES;
 }
 
 #endif

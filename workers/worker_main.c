@@ -1,27 +1,34 @@
-/* pageferry-worker: zero-checks the pages of each run it is given and tells
- * the writer which sub-runs hold data and which are zero.  Each page found
- * non-zero gets its CRC-32C in the same pass (the page is in cache): the
- * page CRCs are combined into each RAW sub-run's CRC (carried in the
- * descriptor's payload_len) and XORed into the guest fingerprint table
- * (shm_layout.h), which the writer re-checks at the end.
+/* pageferry-worker: zero-checks the pages of each run the scanner gives it
+ * and turns the run into exactly one descriptor for the writer, in the form
+ * it goes out in: ZERO (no page holds data), RAW (every page does), SPARSE
+ * (some do: a page bitmap) or, with zstd, ZSTD (the whole run compressed).
+ * Each page found non-zero gets its CRC-32C in the same pass (the page is in
+ * cache); the run's record (workers/wk_record.h) in one of its arena buffers
+ * carries the data extents' CRCs, the SPARSE bitmap and the run's
+ * contributions to the guest fingerprint table (shm_layout.h), which the
+ * writer applies and re-checks at the end.
  *
  * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      5 wake socket of ring scanner -> this worker   (we consume)
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
- *      8 its arena (read-write), only with zstd
+ *      8 its arena (read-write)
  * argv: pageferry-worker --index=I [--zstd-level=LEVEL]
  *
- * With zstd, each run that holds data is compressed whole (zero pages
- * included) into a free arena buffer; a frame that is not smaller than its
- * pages is dropped and the run goes out split into raw and zero sub-runs.
- * Buffers come back from the writer on the return ring once sent.
+ * One descriptor out per descriptor in (RUN, FENCE, END), and an input slot
+ * is released only after its output is published: a replacement for a
+ * worker that died (PAGEFERRY_RESTARTED set by the front end) asks the
+ * writer how many outputs it took and which buffers it holds, skips the
+ * inputs already answered and redoes the rest (doc/architecture.md,
+ * "Replacing a stage").
  *
  * The input descriptors come from another process: each is decoded from a
  * private copy and checked against the geometry before the guest is touched.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "protocol/proto_bytes.h"
@@ -30,6 +37,7 @@
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
 #include "workers/wk_arena.h"
+#include "workers/wk_record.h"
 #include "workers/wk_zero.h"
 #include "workers/wk_zstd.h"
 
@@ -41,17 +49,18 @@ struct worker {
 	const uint8_t *guest;
 	struct shm_ring in, out, back;
 	struct shm_stats *stats;
-	_Atomic uint64_t *fingerprints;
 	uint32_t fp_chunk_pages;
 	struct proto_crc32c_shift page_shift; /* combines page CRCs into a run's */
-	struct shm_slot pending[BURST * 2];
+	struct shm_slot pending[BURST];
 	uint32_t n_pending;
-	/* zstd only */
-	struct wk_zstd *zstd;
 	uint8_t *arena;
-	uint64_t buffer_size;
+	uint64_t frame_size;	/* one run's raw size: a zstd frame's room */
 	uint32_t free_buffers[WK_ARENA_BUFFERS], n_free;
 	uint8_t is_free[WK_ARENA_BUFFERS];
+	struct wk_zstd *zstd;	/* NULL: no compression */
+	struct wk_record_writer rec;
+	uint8_t is_zero[WK_RECORD_MAX_PAGES];
+	uint32_t crc[WK_RECORD_MAX_PAGES];
 };
 
 static void flush(struct worker *w)
@@ -64,31 +73,44 @@ static void flush(struct worker *w)
 
 static void push(struct worker *w, const struct proto_desc *d)
 {
-	w->pending[w->n_pending++] = proto_desc_pack(d);
-	if (w->n_pending == sizeof(w->pending) / sizeof(w->pending[0]))
+	if (w->n_pending == BURST)
 		flush(w);
+	w->pending[w->n_pending++] = proto_desc_pack(d);
 }
 
-/* Take back the buffers the writer is done with.  wait: sleep until one. */
-static void collect_buffers(struct worker *w, int wait)
+static void give_back(struct worker *w, uint32_t b)
+{
+	w->is_free[b] = 1;
+	w->free_buffers[w->n_free++] = b;
+}
+
+static void take_returns(struct worker *w, const struct shm_slot *batch, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct proto_desc d;
+		enum proto_err err = proto_desc_unpack(batch[i], &w->geo, WK_ARENA_BUFFERS, &d);
+		if (err == PROTO_OK && (d.type != PROTO_DESC_BUFFER || w->is_free[d.buffer]))
+			err = PROTO_E_DESC_BUFFER;
+		if (err != PROTO_OK)
+			stage_die(STAGE_EXIT_FAILED, "buffer returned by the writer: %s", proto_strerror(err));
+		give_back(w, d.buffer);
+	}
+}
+
+/* A free arena buffer, waiting for the writer to give one back if needed. */
+static uint32_t take_buffer(struct worker *w)
 {
 	struct shm_slot batch[WK_ARENA_BUFFERS];
 	for (;;) {
 		int n = shm_ring_dequeue(&w->back, batch, WK_ARENA_BUFFERS, SHM_RING_VARIABLE);
 		if (n < 0)
 			stage_die_ring(n, "ring from writer");
-		for (int i = 0; i < n; i++) {
-			struct proto_desc d;
-			enum proto_err err = proto_desc_unpack(batch[i], &w->geo, WK_ARENA_BUFFERS, &d);
-			if (err == PROTO_OK && (d.type != PROTO_DESC_BUFFER || w->is_free[d.buffer]))
-				err = PROTO_E_DESC_BUFFER;
-			if (err != PROTO_OK)
-				stage_die(STAGE_EXIT_FAILED, "buffer returned by the writer: %s", proto_strerror(err));
-			w->is_free[d.buffer] = 1;
-			w->free_buffers[w->n_free++] = d.buffer;
+		take_returns(w, batch, n);
+		if (w->n_free) {
+			uint32_t b = w->free_buffers[--w->n_free];
+			w->is_free[b] = 0;
+			return b;
 		}
-		if (n > 0 || !wait)
-			return;
 		flush(w); /* the writer frees buffers only for descriptors it has seen */
 		int rc = shm_ring_wait_ready(&w->back, 1, -1);
 		if (rc < 0)
@@ -96,107 +118,126 @@ static void collect_buffers(struct worker *w, int wait)
 	}
 }
 
-static void emit(struct worker *w, uint8_t encoding, uint64_t first, uint32_t n, uint32_t crc)
+static uint8_t *frame_of(struct worker *w, uint32_t b)
 {
-	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = encoding, .first_page = first,
-				.n_pages = n, .payload_len = encoding == PROTO_ENC_RAW ? crc : 0 };
-	push(w, &d);
+	return w->arena + b * w->frame_size;
 }
 
-/* The whole run as one zstd frame, zero pages included (zstd turns them
- * into a few bytes, and one frame per run costs far less than one per data
- * sub-run), followed by the frame's CRC-32C.  Returns 0 when the run does
- * not shrink by more than the CRC's 4 bytes. */
-static int emit_compressed(struct worker *w, uint64_t first, uint32_t n)
+static uint8_t *record_of(struct worker *w, uint32_t b)
 {
-	if (w->n_free == 0)
-		collect_buffers(w, 1);
-	uint32_t b = w->free_buffers[--w->n_free];
-	size_t raw = (size_t)n * w->geo.page_size;
-	uint8_t *frame = w->arena + b * w->buffer_size;
-	size_t len = wk_zstd_compress(w->zstd, frame, w->guest + first * w->geo.page_size, raw,
-				      raw - PROTO_DESC_FRAME_CRC_BYTES);
-	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
-	if (!len) {
-		w->n_free++;
-		return 0;
-	}
-	put_le32(frame + len, proto_crc32c(0, frame, len));
-	w->is_free[b] = 0;
-	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
-	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .first_page = first,
-				.n_pages = n, .buffer = (uint16_t)b, .payload_len = (uint32_t)len };
-	push(w, &d);
-	return 1;
+	return w->arena + wk_arena_record_offset(w->frame_size, b);
 }
 
 /* Zero-check every page (early exit on the first non-zero line); a page
  * that is not zero gets its CRC, and its fingerprint goes into its chunk's
- * slot: one atomic XOR per chunk the run touches, not one per page. */
-static uint64_t check_pages(struct worker *w, uint64_t first, uint32_t n, uint8_t *is_zero, uint32_t *crc)
+ * contribution: one record entry per chunk the run touches. */
+static uint32_t check_pages(struct worker *w, uint64_t first, uint32_t n, struct wk_record_writer *rec,
+			    _Atomic uint64_t *table)
 {
 	const size_t page = w->geo.page_size;
-	uint64_t zero_pages = 0, fp = 0, chunk = first / w->fp_chunk_pages;
-	for (uint32_t k = 0; k < n; k++) {
-		const uint8_t *p = w->guest + (first + k) * page;
-		uint64_t c = (first + k) / w->fp_chunk_pages;
+	uint32_t zero_pages = 0;
+	uint64_t fp = 0, chunk = first / w->fp_chunk_pages;
+	for (uint32_t k = 0; k <= n; k++) {
+		uint64_t c = k < n ? (first + k) / w->fp_chunk_pages : chunk + 1;
 		if (c != chunk) {
-			if (fp)
-				atomic_fetch_xor_explicit(&w->fingerprints[chunk], fp, memory_order_relaxed);
+			if (fp && rec)
+				wk_record_add_fp(rec, chunk, fp);
+			if (fp && table)
+				atomic_fetch_xor_explicit(&table[chunk], fp, memory_order_relaxed);
 			fp = 0;
 			chunk = c;
 		}
-		is_zero[k] = (uint8_t)wk_page_is_zero(p, page);
-		if (is_zero[k]) {
+		if (k == n)
+			break;
+		const uint8_t *p = w->guest + (first + k) * page;
+		w->is_zero[k] = (uint8_t)wk_page_is_zero(p, page);
+		if (w->is_zero[k]) {
 			zero_pages++;
 			continue;
 		}
-		crc[k] = proto_crc32c(0, p, page);
-		fp ^= shm_fp_mix(first + k, crc[k]);
+		w->crc[k] = proto_crc32c(0, p, page);
+		fp ^= shm_fp_mix(first + k, w->crc[k]);
 	}
-	if (fp)
-		atomic_fetch_xor_explicit(&w->fingerprints[chunk], fp, memory_order_relaxed);
 	return zero_pages;
 }
 
-/* Split a run into maximal sub-runs of data pages and of zero pages. */
+/* The whole run as one zstd frame into buffer b, zero pages included (zstd
+ * turns them into a few bytes), followed by the frame's CRC-32C.  Returns
+ * the frame's length, or 0 when the run does not shrink by more than the
+ * CRC's 4 bytes. */
+static uint32_t compress_run(struct worker *w, uint32_t b, uint64_t first, uint32_t n)
+{
+	size_t raw = (size_t)n * w->geo.page_size;
+	uint8_t *frame = frame_of(w, b);
+	size_t len = wk_zstd_compress(w->zstd, frame, w->guest + first * w->geo.page_size, raw,
+				      raw - PROTO_DESC_FRAME_CRC_BYTES);
+	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
+	if (!len)
+		return 0;
+	put_le32(frame + len, proto_crc32c(0, frame, len));
+	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
+	return (uint32_t)len;
+}
+
+/* One run in, one descriptor out. */
 static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
-	static uint8_t is_zero[4096];
-	static uint32_t crc[4096];
-	uint64_t zero_pages = check_pages(w, first, n, is_zero, crc);
+	struct wk_record_writer *rec = &w->rec;
+	wk_record_start(rec, NULL);
+	uint32_t zero_pages = check_pages(w, first, n, rec, NULL);
 	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
 	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
 	stage_stat_add(w->stats, SHM_STAT_RUNS, 1);
-	if (w->zstd && zero_pages < n && emit_compressed(w, first, n))
+	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZERO, .first_page = first,
+				.n_pages = n };
+	if (zero_pages == n) {
+		push(w, &d);
 		return;
-	uint64_t run_start = first;
-	int run_zero = -1;
-	uint32_t run_crc = 0;
-	for (uint64_t p = first; p < first + n; p++) {
-		int zero = is_zero[p - first];
-		if (zero != run_zero && run_zero >= 0) {
-			emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(p - run_start),
-			     run_crc);
-			run_start = p;
-			run_crc = 0;
-		}
-		run_zero = zero;
-		if (!zero) /* crc(A || page) from crc(A) and crc(page) */
-			run_crc = proto_crc32c_shift_combine(&w->page_shift, run_crc, crc[p - first]);
 	}
-	emit(w, run_zero ? PROTO_ENC_ZERO : PROTO_ENC_RAW, run_start, (uint32_t)(first + n - run_start), run_crc);
+	uint32_t b = take_buffer(w);
+	rec->rec = record_of(w, b);
+	d.buffer = (uint16_t)b;
+	uint32_t len = w->zstd ? compress_run(w, b, first, n) : 0;
+	if (len) {
+		d.encoding = PROTO_ENC_ZSTD;
+		d.payload_len = len;
+		wk_record_finish(rec, NULL, 0);
+		push(w, &d);
+		return;
+	}
+	/* Data extents' CRCs, and for SPARSE the packet's CRC over bitmap then
+	 * data pages: crc(A || page) from crc(A) and crc(page). */
+	uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
+	uint32_t bitmap_bytes = zero_pages ? proto_sparse_bitmap_bytes(n) : 0;
+	memset(bitmap, 0, bitmap_bytes);
+	for (uint32_t k = 0; k < n && zero_pages; k++)
+		if (!w->is_zero[k])
+			bitmap[k / 8] |= (uint8_t)(1u << (k % 8));
+	uint32_t packet_crc = proto_crc32c(0, bitmap, bitmap_bytes), extent_crc = 0;
+	for (uint32_t k = 0; k < n; k++) {
+		if (w->is_zero[k])
+			continue;
+		if (k == 0 || w->is_zero[k - 1])
+			extent_crc = 0;
+		extent_crc = proto_crc32c_shift_combine(&w->page_shift, extent_crc, w->crc[k]);
+		packet_crc = proto_crc32c_shift_combine(&w->page_shift, packet_crc, w->crc[k]);
+		if (k + 1 == n || w->is_zero[k + 1])
+			wk_record_add_extent(rec, extent_crc);
+	}
+	d.encoding = zero_pages ? PROTO_ENC_SPARSE : PROTO_ENC_RAW;
+	d.payload_len = packet_crc; /* RAW: the pages' CRC; SPARSE: bitmap and pages' */
+	wk_record_finish(rec, zero_pages ? bitmap : NULL, bitmap_bytes);
+	push(w, &d);
 }
 
 /* After END: the writer may ask us to fingerprint the guest's data pages
- * once more, XORing into the same chunks (writer/wr_recheck.h): a guest
+ * once more, XORing into the table itself (writer/wr_recheck.h): a guest
  * that did not change brings every chunk back to 0.  Our mapping is warm,
  * and the workers share the pass.  Buffers that come back meanwhile need
  * no more bookkeeping. */
 static void recheck_when_asked(struct worker *w)
 {
-	static uint8_t is_zero[4096];
-	static uint32_t crc[4096];
+	_Atomic uint64_t *table = shm_segment_fingerprints(&w->seg);
 	struct shm_slot batch[BURST];
 	for (;;) {
 		int n = shm_ring_dequeue(&w->back, batch, BURST, SHM_RING_VARIABLE);
@@ -214,7 +255,7 @@ static void recheck_when_asked(struct worker *w)
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from writer: %s", proto_strerror(err));
 			if (d.type == PROTO_DESC_RECHECK) {
-				check_pages(w, d.first_page, d.n_pages, is_zero, crc);
+				check_pages(w, d.first_page, d.n_pages, NULL, table);
 			} else if (d.type == PROTO_DESC_RECHECK_END) {
 				struct proto_desc done = { .type = PROTO_DESC_RECHECKED };
 				push(w, &done);
@@ -227,6 +268,51 @@ static void recheck_when_asked(struct worker *w)
 	}
 }
 
+/* A replacement: the writer took every output the worker before us
+ * published (they precede our RESYNC on the ring); it answers how many, and
+ * which of our buffers it still holds.  Inputs up to that count were
+ * answered: release them; the rest are ours to do. */
+static void resync(struct worker *w)
+{
+	struct proto_desc ask = { .type = PROTO_DESC_RESYNC };
+	push(w, &ask);
+	flush(w);
+	struct shm_slot slot;
+	for (;;) {
+		int n = shm_ring_dequeue(&w->back, &slot, 1, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, "ring from writer");
+		if (n == 0) {
+			if ((n = shm_ring_wait_ready(&w->back, 1, -1)) < 0)
+				stage_die_ring(n, "ring from writer");
+			continue;
+		}
+		struct proto_desc d;
+		enum proto_err err = proto_desc_unpack(slot, &w->geo, WK_ARENA_BUFFERS, &d);
+		if (err != PROTO_OK)
+			stage_die(STAGE_EXIT_FAILED, "descriptor from writer: %s", proto_strerror(err));
+		if (d.type == PROTO_DESC_RECHECK || d.type == PROTO_DESC_RECHECK_END)
+			stage_die(STAGE_EXIT_FAILED, "the worker this one replaces died in the final re-check, "
+						     "which cannot be resumed");
+		if (d.type == PROTO_DESC_BUFFER)
+			continue; /* given back to the worker before us: covered by the answer */
+		if (d.type != PROTO_DESC_RESYNCED)
+			stage_die(STAGE_EXIT_FAILED, "descriptor from writer: unexpected type %u", d.type);
+		for (uint32_t b = 0; b < WK_ARENA_BUFFERS; b++)
+			if (!(d.payload_len >> b & 1))
+				give_back(w, b);
+		uint32_t released = atomic_load_explicit(&w->in.ctrl->head, memory_order_relaxed);
+		uint32_t answered = (uint32_t)d.first_page - released;
+		int64_t ready = shm_ring_ready_count(&w->in);
+		if (ready < 0 || answered > (uint64_t)ready)
+			stage_die(STAGE_EXIT_FAILED, "the writer took %llu outputs, but %u inputs were released "
+						     "and %lld are waiting",
+				  (unsigned long long)d.first_page, released, (long long)ready);
+		shm_ring_release(&w->in, answered);
+		return;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct worker w = { 0 };
@@ -236,7 +322,8 @@ int main(int argc, char **argv)
 	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
 	int level = (int)stage_arg_u64_or("zstd-level", 1, 19, 0);
 	stage_args_done();
-	stage_close_inherited_fds(level ? WORKER_FD_ARENA : WORKER_FD_BACK, NULL, 0);
+	bool replacement = getenv("PAGEFERRY_RESTARTED") != NULL;
+	stage_close_inherited_fds(WORKER_FD_ARENA, NULL, 0);
 	stage_attach_segment(&w.seg);
 	if (index64 >= w.seg.geo.n_workers)
 		stage_die(STAGE_EXIT_USAGE, "--index=%llu, but the segment has %u workers",
@@ -248,41 +335,39 @@ int main(int argc, char **argv)
 					 .guest_pages = w.seg.geo.guest_pages };
 	w.guest = stage_map_guest(&w.seg, 0);
 	w.stats = shm_segment_stats(&w.seg, SHM_STATS_WORKER0 + index);
-	w.fingerprints = shm_segment_fingerprints(&w.seg);
 	w.fp_chunk_pages = w.seg.fp_chunk_pages;
 	proto_crc32c_shift_init(&w.page_shift, w.geo.page_size);
 	stage_ring(&w.seg, SHM_RING_SCAN_TO_WORKER, index, WORKER_FD_IN, &w.in);
 	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, WORKER_FD_OUT, &w.out);
 	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, WORKER_FD_BACK, &w.back);
-	int max_fd = WORKER_FD_BACK;
+	w.frame_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
+	w.arena = stage_map_arena(WORKER_FD_ARENA, wk_arena_source_size(w.frame_size), 1);
 	if (level) {
-		w.buffer_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
-		w.arena = stage_map_arena(WORKER_FD_ARENA, wk_arena_size(w.buffer_size), 1);
-		w.zstd = wk_zstd_new(level, w.buffer_size);
+		w.zstd = wk_zstd_new(level, w.frame_size);
 		if (!w.zstd)
 			stage_die(STAGE_EXIT_FAILED, "setting up zstd level %d", level);
-		for (uint32_t b = 0; b < WK_ARENA_BUFFERS; b++) {
-			w.free_buffers[w.n_free++] = b;
-			w.is_free[b] = 1;
-		}
-		max_fd = WORKER_FD_ARENA;
 	}
-	stage_lockdown(SB_ROLE_WORKER, max_fd, 0);
+	stage_lockdown(SB_ROLE_WORKER, WORKER_FD_ARENA, 0);
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
+	if (replacement)
+		resync(&w);
+	else
+		for (uint32_t b = 0; b < WK_ARENA_BUFFERS; b++)
+			give_back(&w, b);
 
 	struct shm_slot batch[BURST];
 	for (;;) {
-		int n = shm_ring_dequeue(&w.in, batch, BURST, SHM_RING_VARIABLE);
+		int n = shm_ring_peek(&w.in, batch, BURST, SHM_RING_VARIABLE);
 		if (n < 0)
 			stage_die_ring(n, "ring from scanner");
 		if (n == 0) {
-			flush(&w); /* the writer should not wait on us while we sleep */
 			int rc = shm_ring_wait_ready(&w.in, 1, -1);
 			if (rc < 0)
 				stage_die_ring(rc, "ring from scanner");
 			continue;
 		}
-		for (int i = 0; i < n; i++) {
+		bool ended = false;
+		for (int i = 0; i < n && !ended; i++) {
 			struct proto_desc d;
 			enum proto_err err = proto_desc_unpack(batch[i], &w.geo, 0, &d);
 			if (err != PROTO_OK)
@@ -294,19 +379,24 @@ int main(int argc, char **argv)
 				/* End of a pre-copy round: the writer holds our later
 				 * descriptors until every worker has reached it. */
 				push(&w, &d);
-				flush(&w);
 			} else if (d.type == PROTO_DESC_END) {
 				struct proto_desc end = { .type = PROTO_DESC_END };
 				push(&w, &end);
-				flush(&w);
-				recheck_when_asked(&w);
-				/* Our XORs reached the writer with RECHECKED (ring
-				 * release); DONE only tells it the re-check was had. */
-				stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);
-				return STAGE_EXIT_OK;
+				n = i + 1;
+				ended = true;
 			} else {
 				stage_die(STAGE_EXIT_FAILED, "descriptor from scanner: unexpected type %u", d.type);
 			}
+		}
+		/* Outputs published, then the inputs they answer released. */
+		flush(&w);
+		shm_ring_release(&w.in, (uint32_t)n);
+		if (ended) {
+			recheck_when_asked(&w);
+			/* Our XORs reached the writer with RECHECKED (ring
+			 * release); DONE only tells it the re-check was had. */
+			stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_DONE);
+			return STAGE_EXIT_OK;
 		}
 	}
 }

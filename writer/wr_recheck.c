@@ -64,6 +64,9 @@ int wr_recheck_by_workers(const struct shm_segment *seg, struct shm_ring *in, st
 		if (n < 0)
 			stage_die_ring(n, "ring from worker");
 		struct proto_desc d;
+		if (proto_desc_unpack(slot, &geo, WK_ARENA_BUFFERS, &d) == PROTO_OK && d.type == PROTO_DESC_RESYNC)
+			stage_die(STAGE_EXIT_FAILED, "worker %u was replaced during the final re-check, which cannot be "
+						     "resumed", i);
 		if (proto_desc_unpack(slot, &geo, WK_ARENA_BUFFERS, &d) != PROTO_OK || d.type != PROTO_DESC_RECHECKED)
 			stage_die(STAGE_EXIT_FAILED, "worker %u: unexpected descriptor instead of the re-check's end", i);
 	}
@@ -90,12 +93,15 @@ static int64_t now_ms(void)
 }
 
 void wr_recheck_after_failure(const struct shm_segment *seg, struct shm_ring *in, struct shm_ring *back,
-			      int timeout_ms)
+			      int timeout_ms, wr_recheck_drop_fn drop, void *ctx, const bool *already_ended)
 {
 	const struct proto_geometry geo = { .page_size = seg->geo.page_size, .max_run_pages = seg->geo.max_run_pages,
 					    .guest_pages = seg->geo.guest_pages };
 	bool ended[SHM_MAX_WORKERS] = { false };
 	uint32_t n_ended = 0;
+	for (uint32_t i = 0; i < seg->geo.n_workers; i++)
+		if ((ended[i] = already_ended[i]))
+			n_ended++;
 	int64_t deadline = now_ms() + timeout_ms;
 	while (n_ended < seg->geo.n_workers) {
 		int handled = 0;
@@ -120,12 +126,9 @@ void wr_recheck_after_failure(const struct shm_segment *seg, struct shm_ring *in
 					ended[i] = true;
 					n_ended++;
 				}
-				if (d.type == PROTO_DESC_RUN && d.encoding == PROTO_ENC_ZSTD) {
-					struct proto_desc b = { .type = PROTO_DESC_BUFFER, .buffer = d.buffer };
-					struct shm_slot slot = proto_desc_pack(&b);
-					if (shm_ring_enqueue_all(&back[i], &slot, 1) < 0)
-						return;
-				}
+				if (d.type == PROTO_DESC_RESYNC)
+					return; /* a replacement: it would wait for an answer */
+				drop(ctx, i, &d);
 			}
 		}
 		if (handled == 0) {

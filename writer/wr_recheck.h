@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdnoreturn.h>
 
+#include "protocol/proto_desc.h"
 #include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
 
@@ -28,14 +29,19 @@ int wr_recheck_by_workers(const struct shm_segment *seg, struct shm_ring *in, st
 /* Fail the stage: "the guest changed while it was copied ...". */
 noreturn void wr_recheck_changed(uint64_t first, uint64_t last);
 
+/* Takes a worker's descriptor that will not be sent: applies its
+ * fingerprints and gives its buffer back (writer_main.c). */
+typedef void (*wr_recheck_drop_fn)(void *ctx, uint32_t worker, const struct proto_desc *d);
+
 /* A paused migration's send failed: perhaps because the guest changed under
  * us (the receiver refuses a payload whose CRC no longer matches its pages)
  * and the user must hear that, not "Broken pipe".  Let the workers finish
- * (their descriptors are taken and dropped, zstd buffers given back) for up
- * to timeout_ms, then re-check with them: fails the stage with the
- * changed-guest line if so; returns otherwise (also when the re-check had
- * already passed), and the caller reports its own failure. */
+ * (their descriptors are handed to drop; already_ended[i]: worker i's END
+ * was taken already) for up to timeout_ms, then re-check
+ * with them: fails the stage with the changed-guest line if so; returns
+ * otherwise (also when the re-check had already passed), and the caller
+ * reports its own failure. */
 void wr_recheck_after_failure(const struct shm_segment *seg, struct shm_ring *in, struct shm_ring *back,
-			      int timeout_ms);
+			      int timeout_ms, wr_recheck_drop_fn drop, void *ctx, const bool *already_ended);
 
 #endif

@@ -84,7 +84,7 @@ class DeadLink(VethWorkspace, Base):
         self.assert_one_line(tx_err, r"^pageferry migrate: pageferry-writer: the link to "
                                      + re.escape(f"{self.veth.addr[1]}:{self.port}") + r" is dead: no progress for "
                                      + f"{IO_TIMEOUT}" + r" s \(--io-timeout\)" + re.escape(tail) + "$")
-        self.assert_one_line(rx_err, r"^pageferry receive: pageferry-receiver: the link to "
+        self.assert_one_line(rx_err, r"^pageferry receive: pageferry-receive: the link to "
                                      + re.escape(self.veth.addr[0]) + r":\d+ is dead: no progress for "
                                      + f"{IO_TIMEOUT}" + r" s \(--io-timeout\)$")
         self.assert_no_output(self.into)
@@ -135,7 +135,8 @@ class FullDestination(Base):
         self.addCleanup(subprocess.run, ["umount", self.mnt], capture_output=True)
 
     def no_space_line(self, command, into):
-        return (r"^pageferry " + command + r": pageferry-(receiver|inflater\[\d+\]): no space left on "
+        stage = "restore" if command == "restore" else r"(receive|inflater\[\d+\])"
+        return (r"^pageferry " + command + r": pageferry-" + stage + r": no space left on "
                 + re.escape(into) + r" for the guest's pages \(the filesystem is full\)$")
 
     def test_restore(self):

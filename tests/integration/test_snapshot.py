@@ -135,7 +135,7 @@ class BadInput(Workspace):
         snap = self.good_snapshot()
         os.truncate(snap, os.stat(snap).st_size - 4096)
         self.assertEqual(self.restore_error(snap),
-                         "pageferry restore: pageferry-receiver: snapshot refused: snapshot file is "
+                         "pageferry restore: pageferry-restore: snapshot refused: snapshot file is "
                          "shorter than its header says (truncated)")
 
     def test_corrupt_bitmap_refused(self):
@@ -196,16 +196,18 @@ class Failures(Workspace):
         self.assertEqual(r.returncode, 1)
         self.assertIn("snapshot is incomplete", r.stderr)
 
-    def test_worker_killed_mid_snapshot(self):
+    def test_writer_killed_mid_snapshot(self):
+        # A dead worker is replaced (test_restart.py); the writer is not: it
+        # holds the file and the transfer's position.
         guest = self.guest("random")
         out = self.disk_path("w.pfs")
         p = self.spawn([PF, "snapshot", "--guest", guest, "--out", out, "--workers", 2],
-                       env={"PAGEFERRY_TEST_HOOK": "worker:slow"})
+                       env={"PAGEFERRY_TEST_HOOK": "writer:slow"})
         time.sleep(0.8)
-        os.kill(self.wait_child(p, "pageferry-worker"), signal.SIGKILL)
+        os.kill(self.wait_child(p, "pageferry-writer"), signal.SIGKILL)
         _, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 3)
-        self.assertRegex(err.strip(), r"^pageferry snapshot: pageferry-worker\[\d\] was killed by signal 9 \(SIGKILL\)$")
+        self.assertRegex(err.strip(), r"^pageferry snapshot: pageferry-writer was killed by signal 9 \(SIGKILL\)$")
         self.assert_no_output(out)
 
     def test_sandbox_violation_is_reported(self):

@@ -35,20 +35,18 @@ def documented(name, mode):
         return std | {fd("scanner", "segment"), fd("scanner", "guest")} | \
             {fd("scanner", "ring", i) for i in range(n)}
     if name == "pageferry-worker":
-        return std | {fd("worker", k) for k in ("segment", "guest", "in", "out", "back")} | \
-            ({fd("worker", "arena")} if mode == "migrate" else set())
+        return std | {fd("worker", k) for k in ("segment", "guest", "in", "out", "back", "arena")}
     if name == "pageferry-writer":
-        rings = {fd("writer", r, i) for r in ("ring_in", "ring_back") for i in range(n)}
+        rings = {fd("writer", r, i) for r in ("ring_in", "ring_back") for i in range(n)} | \
+            {fd("writer", "arena", i, n) for i in range(n)}
         if mode == "snapshot":
             return std | rings | {fd("writer", k) for k in ("segment", "guest", "meta", "data")}
-        return std | rings | {fd("writer", k) for k in ("segment", "guest", "commit")} | \
-            {fd("writer", "arena", i, n) for i in range(n)}
-    if name == "pageferry-receiver":
-        return std | {fd("receiver", k) for k in ("segment", "dest", "commit")} | \
-            {fd("receiver", r, i) for r in ("ring_out", "ring_back") for i in range(n)} | \
-            {fd("receiver", "arena", i, n) for i in range(n)}
+        return std | rings | {fd("writer", k) for k in ("segment", "guest", "commit")}
+    if name == "pageferry-receive":
+        return std | {fd("receive", k) for k in ("segment", "dest", "commit")} | \
+            {fd("receive", "ring", i) for i in range(n)} | {fd("receive", "arena", i, n) for i in range(n)}
     if name == "pageferry-inflater":
-        return std | {fd("inflater", k) for k in ("segment", "dest", "in", "back", "arena")}
+        return std | {fd("inflater", k) for k in ("segment", "dest", "in", "arena")}
     raise AssertionError(f"unexpected stage {name}")
 
 
@@ -130,10 +128,10 @@ class StageFds(pftest.Workspace):
                 self.assertNotIn(decoy_path, fds.values(), f"{name} holds the front end's inherited file")
                 self.assertEqual(want - set(fds), set(), f"{name} lacks fds of its map: {fds}")
                 # Beyond the map: only the network stages' own sockets (and
-                # the receiver's wake-up pipe), which may also fill a hole
+                # the receive stage's wake-up pipe), which may also fill a hole
                 # of the map, such as 5 without a key; nothing for the rest.
                 extra = {fd: t for fd, t in fds.items() if fd not in want}
-                if mode == "migrate" and name in ("pageferry-writer", "pageferry-receiver"):
+                if mode == "migrate" and name in ("pageferry-writer", "pageferry-receive"):
                     for fd, target in extra.items():
                         self.assertRegex(target, r"^(socket|pipe):\[", f"{name} fd {fd} is {target}")
                 else:
@@ -164,7 +162,7 @@ class StageFds(pftest.Workspace):
             code, out, err = self.finish(p)
             self.assertEqual(code, 0, err)
         self.assert_equal_ram(guest, into)
-        self.check(seen, ["pageferry-scanner", "pageferry-writer", "pageferry-receiver"] +
+        self.check(seen, ["pageferry-scanner", "pageferry-writer", "pageferry-receive"] +
                    ["pageferry-worker"] * WORKERS + ["pageferry-inflater"] * WORKERS, decoy_path)
 
 

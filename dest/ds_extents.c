@@ -1,4 +1,4 @@
-#include "receiver/rc_extents.h"
+#include "dest/ds_extents.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 #include "protocol/proto_crc32c.h"
 #include "protocol/proto_error.h"
 
-int rc_extents_read(int meta_fd, const struct proto_snap_header *h, uint64_t first, uint32_t n, uint8_t *buf)
+int ds_extents_read(int meta_fd, const struct proto_snap_header *h, uint64_t first, uint32_t n, uint8_t *buf)
 {
 	return dio_pread_full(meta_fd, buf, (uint64_t)n * PROTO_SNAP_EXTENT_SIZE,
 			      h->extent_table_offset + first * PROTO_SNAP_EXTENT_SIZE);
@@ -20,10 +20,10 @@ int rc_extents_read(int meta_fd, const struct proto_snap_header *h, uint64_t fir
 		goto out;                     \
 	} while (0)
 
-int rc_extents_validate(int meta_fd, const struct proto_snap_header *h, const uint8_t *bitmap, const char **why)
+int ds_extents_validate(int meta_fd, const struct proto_snap_header *h, const uint8_t *bitmap, const char **why)
 {
 	int rc = 0;
-	uint8_t *batch = malloc(RC_EXTENT_BATCH * PROTO_SNAP_EXTENT_SIZE);
+	uint8_t *batch = malloc(DS_EXTENT_BATCH * PROTO_SNAP_EXTENT_SIZE);
 	uint8_t *seen = calloc(1, h->bitmap_len);
 	if (!batch || !seen) {
 		*why = "allocating memory to check the extent table";
@@ -32,9 +32,9 @@ int rc_extents_validate(int meta_fd, const struct proto_snap_header *h, const ui
 	}
 	/* Pass 1: the table's CRC, so that damage to it is named as such. */
 	uint32_t crc = 0;
-	for (uint64_t i = 0; i < h->extent_count; i += RC_EXTENT_BATCH) {
-		uint32_t n = (uint32_t)(h->extent_count - i < RC_EXTENT_BATCH ? h->extent_count - i : RC_EXTENT_BATCH);
-		if ((rc = rc_extents_read(meta_fd, h, i, n, batch)) < 0) {
+	for (uint64_t i = 0; i < h->extent_count; i += DS_EXTENT_BATCH) {
+		uint32_t n = (uint32_t)(h->extent_count - i < DS_EXTENT_BATCH ? h->extent_count - i : DS_EXTENT_BATCH);
+		if ((rc = ds_extents_read(meta_fd, h, i, n, batch)) < 0) {
 			*why = "reading the snapshot's extent table";
 			goto out;
 		}
@@ -44,9 +44,9 @@ int rc_extents_validate(int meta_fd, const struct proto_snap_header *h, const ui
 		BAD(PROTO_E_EXTENT_CHECKSUM);
 	/* Pass 2: every record. */
 	uint64_t total = 0;
-	for (uint64_t i = 0; i < h->extent_count; i += RC_EXTENT_BATCH) {
-		uint32_t n = (uint32_t)(h->extent_count - i < RC_EXTENT_BATCH ? h->extent_count - i : RC_EXTENT_BATCH);
-		if ((rc = rc_extents_read(meta_fd, h, i, n, batch)) < 0) {
+	for (uint64_t i = 0; i < h->extent_count; i += DS_EXTENT_BATCH) {
+		uint32_t n = (uint32_t)(h->extent_count - i < DS_EXTENT_BATCH ? h->extent_count - i : DS_EXTENT_BATCH);
+		if ((rc = ds_extents_read(meta_fd, h, i, n, batch)) < 0) {
 			*why = "reading the snapshot's extent table";
 			goto out;
 		}

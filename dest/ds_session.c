@@ -1,7 +1,7 @@
 /* The receiver's session set-up: listen, accept the main channel and the
  * data channels, check every handshake (and key proof) against the main
  * channel's, all before lock-down. */
-#include "receiver/rc_net.h"
+#include "dest/ds_net.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -14,7 +14,7 @@
 #define HANDSHAKE_TIMEOUT_MS 10000
 #define DATA_CHANNEL_WAIT_MS 30000
 
-static int accept_one(struct rc_net *r, int timeout_ms, struct net_addr *peer, const char *what)
+static int accept_one(struct ds_net *r, int timeout_ms, struct net_addr *peer, const char *what)
 {
 	int fd = net_accept(r->listen_fd, timeout_ms, peer);
 	if (fd == -ETIMEDOUT)
@@ -29,7 +29,7 @@ static int accept_one(struct rc_net *r, int timeout_ms, struct net_addr *peer, c
 
 /* Answer an offer; on refusal or a failed key proof, die naming why (the
  * refusal's own words, or `detail` where the receiver knows more). */
-static void answer(struct rc_net *r, int fd, const struct proto_handshake *agreed, enum proto_err status,
+static void answer(struct ds_net *r, int fd, const struct proto_handshake *agreed, enum proto_err status,
 		   const struct net_psk *psk, const char *who, const char *detail)
 {
 	int rc = net_channel_answer(fd, agreed, status, psk);
@@ -48,7 +48,7 @@ static void version_detail(char *buf, size_t len, const struct proto_handshake *
 		 proto_strerror(PROTO_E_VERSION), h->version, PROTO_VERSION);
 }
 
-static enum proto_err check_main_offer(const struct rc_net *r, const struct proto_handshake *h,
+static enum proto_err check_main_offer(const struct ds_net *r, const struct proto_handshake *h,
 				       const struct net_psk *psk)
 {
 	if (h->channel_kind != PROTO_CHAN_MAIN)
@@ -60,7 +60,7 @@ static enum proto_err check_main_offer(const struct rc_net *r, const struct prot
 	return PROTO_OK;
 }
 
-void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const struct net_psk *psk,
+void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_psk *psk,
 			   int accept_timeout_ms)
 {
 	struct net_addr addr, peer;
@@ -112,13 +112,13 @@ void rc_net_accept_session(struct rc_net *r, const char *listen_addr, const stru
 		answer(r, fd, rc > 0 ? NULL : &h, err, psk, who, err == PROTO_E_VERSION ? detail : NULL);
 		r->ch[h.channel_id].fd = fd;
 		r->ch[h.channel_id].round = 1;
-		r->ch[h.channel_id].staging = malloc(RC_STAGING_BYTES);
+		r->ch[h.channel_id].staging = malloc(DS_STAGING_BYTES);
 		if (!r->ch[h.channel_id].staging)
 			stage_die_errno(-ENOMEM, "staging buffer");
 		/* From here on a sender may pause between packets, but not forever. */
-		net_set_timeout(fd, rc_net_silence_ms(r));
+		net_set_timeout(fd, ds_net_silence_ms(r));
 	}
-	net_set_timeout(r->main_fd, rc_net_silence_ms(r));
+	net_set_timeout(r->main_fd, ds_net_silence_ms(r));
 	close(r->listen_fd);
 	r->listen_fd = -1;
 }

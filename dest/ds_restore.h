@@ -1,20 +1,20 @@
 /* Restoring a snapshot file into a destination RAM file, or checking one
  * (`pageferry check`: the same reading and verification, no destination). */
-#ifndef PF_RC_RESTORE_H
-#define PF_RC_RESTORE_H
+#ifndef PF_DS_RESTORE_H
+#define PF_DS_RESTORE_H
 
 #include <pthread.h>
 #include <stdint.h>
 
 #include "dio/dio_queue.h"
 #include "protocol/proto_snapfile.h"
-#include "receiver/rc_extents.h"
+#include "dest/ds_extents.h"
 #include "shm/shm_layout.h"
 
 /* Check mode: page data read per O_DIRECT read, per thread. */
-#define RC_CHECK_BUF (1u << 20)
+#define DS_CHECK_BUF (1u << 20)
 
-struct rc_restore {
+struct ds_restore {
 	int meta_fd, data_fd, dest_fd;	/* dest_fd -1: check only */
 	int direct;
 	struct proto_snap_header hdr;
@@ -31,37 +31,33 @@ struct rc_restore {
 };
 
 /* Reads in flight per reader thread. */
-#define RC_RESTORE_DEPTH 64u
+#define DS_RESTORE_DEPTH 64u
 
-struct rc_reader {
-	struct rc_restore *restore;
+struct ds_reader {
+	struct ds_restore *restore;
 	struct dio_queue queue;
 	uint64_t bytes_done;	/* completed, not yet added to the statistics */
-	uint8_t records[RC_EXTENT_BATCH * PROTO_SNAP_EXTENT_SIZE];
-	uint8_t *buf;		/* check only: RC_CHECK_BUF bytes, O_DIRECT-aligned */
+	uint8_t records[DS_EXTENT_BATCH * PROTO_SNAP_EXTENT_SIZE];
+	uint8_t *buf;		/* check only: DS_CHECK_BUF bytes, O_DIRECT-aligned */
 };
 
 /* Read and check header, bitmap and extent table.  On a bad file returns
  * -EBADMSG with *why set to the protocol error's message; -errno otherwise
  * with *why naming the step.  dest_fd -1: check only. */
-int rc_restore_open(struct rc_restore *r, int meta_fd, int data_fd, int dest_fd, const char **why);
+int ds_restore_open(struct ds_restore *r, int meta_fd, int data_fd, int dest_fd, const char **why);
 /* Size and map the destination (holes everywhere). */
-int rc_restore_map_dest(struct rc_restore *r, const char **why);
+int ds_restore_map_dest(struct ds_restore *r, const char **why);
 /* Set up one reader: before lock-down. */
-int rc_reader_init(struct rc_reader *rd, struct rc_restore *r);
-/* Body of each reader thread (arg: its struct rc_reader): claims chunks of
+int ds_reader_init(struct ds_reader *rd, struct ds_restore *r);
+/* Body of each reader thread (arg: its struct ds_reader): claims chunks of
  * the page space and reads the runs of present pages in them straight into
- * the destination mapping, RC_RESTORE_DEPTH reads in flight; once every
+ * the destination mapping, DS_RESTORE_DEPTH reads in flight; once every
  * thread has, claims batches of extents and checks their CRCs (check
  * only: reads each extent's pages and checks them, nothing else).
  * r->all_read must be a barrier for exactly the reader threads. */
-void *rc_restore_reader(void *arg);
+void *ds_restore_reader(void *arg);
 /* After the threads: 0, or -errno of a failed read (*why names it), or
  * -EBADMSG with the extent that does not match named in line (one line). */
-int rc_restore_result(struct rc_restore *r, char *line, size_t len);
-
-/* The whole restore or check: receiver_main's "restore THREADS" and
- * "check THREADS" modes.  Fds as receiver_main.c documents. */
-int rc_restore_main(int threads, int check_only);
+int ds_restore_result(struct ds_restore *r, char *line, size_t len);
 
 #endif

@@ -1,4 +1,4 @@
-#include "receiver/rc_suspect.h"
+#include "dest/ds_suspect.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
  * every round-1 packet mismatched needs one per window (128 pages). */
 #define LOG_PAGES_PER_ENTRY 8u
 
-int rc_suspect_init(struct rc_suspect *s, uint64_t n_pages)
+int ds_suspect_init(struct ds_suspect *s, uint64_t n_pages)
 {
 	s->n_pages = n_pages;
 	s->max_log = n_pages / LOG_PAGES_PER_ENTRY + 256;
@@ -26,7 +26,7 @@ int rc_suspect_init(struct rc_suspect *s, uint64_t n_pages)
 /* Set or clear bits [first, first + n), keeping n_set.  Channels place
  * disjoint pages within a round and rounds are separated by a barrier; the
  * atomics keep neighbouring pages of one word apart. */
-static void update(struct rc_suspect *s, uint64_t first, uint64_t n, bool set)
+static void update(struct ds_suspect *s, uint64_t first, uint64_t n, bool set)
 {
 	uint64_t end = first + n;
 	for (uint64_t w = first / 64; w * 64 < end; w++) {
@@ -44,19 +44,19 @@ static void update(struct rc_suspect *s, uint64_t first, uint64_t n, bool set)
 	}
 }
 
-static bool bit(const struct rc_suspect *s, uint64_t page)
+static bool bit(const struct ds_suspect *s, uint64_t page)
 {
 	return (atomic_load_explicit(&s->bits[page / 64], memory_order_relaxed) >> (page % 64)) & 1;
 }
 
 /* Channels place disjoint pages within a round, and rounds are separated by
  * a barrier: plain byte stores. */
-static void seen_in(struct rc_suspect *s, uint64_t first, uint64_t n, uint32_t round)
+static void seen_in(struct ds_suspect *s, uint64_t first, uint64_t n, uint32_t round)
 {
 	memset(s->last_round + first, (int)(round < 255 ? round : 255), n);
 }
 
-void rc_suspect_mark(struct rc_suspect *s, const struct rc_mismatch *m)
+void ds_suspect_mark(struct ds_suspect *s, const struct ds_mismatch *m)
 {
 	update(s, m->first_page, m->n_pages, true);
 	seen_in(s, m->first_page, m->n_pages, m->round);
@@ -68,7 +68,7 @@ void rc_suspect_mark(struct rc_suspect *s, const struct rc_mismatch *m)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n, uint32_t round)
+void ds_suspect_clear(struct ds_suspect *s, uint64_t first, uint32_t n, uint32_t round)
 {
 	/* Nearly always nothing is suspect: no work at all then.  (Rounds are
 	 * only compared for pages of a logged mismatch, which set n_set.) */
@@ -79,7 +79,7 @@ void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n, uint32_t
 }
 
 /* The first suspect range inside [from, to). */
-static bool first_range(const struct rc_suspect *s, uint64_t from, uint64_t to, uint64_t *first, uint64_t *last)
+static bool first_range(const struct ds_suspect *s, uint64_t from, uint64_t to, uint64_t *first, uint64_t *last)
 {
 	uint64_t p = from;
 	while (p < to && !bit(s, p))
@@ -92,20 +92,20 @@ static bool first_range(const struct rc_suspect *s, uint64_t from, uint64_t to, 
 	return true;
 }
 
-bool rc_suspect_unexplained(struct rc_suspect *s, struct rc_mismatch *m, uint64_t *first, uint64_t *last)
+bool ds_suspect_unexplained(struct ds_suspect *s, struct ds_mismatch *m, uint64_t *first, uint64_t *last)
 {
 	if (!s->bits || atomic_load(&s->n_set) == 0)
 		return false;
 	/* Explained: some page of the packet came again in a later round. */
 	for (uint64_t k = 0; k < s->n_log; k++) {
-		struct rc_mismatch *e = &s->log[k];
+		struct ds_mismatch *e = &s->log[k];
 		for (uint64_t p = e->first_page; p < e->first_page + e->n_pages && !e->explained; p++)
 			e->explained = s->last_round[p] > e->round;
 	}
 	/* Latest first: a suspect page belongs to the latest packet that
 	 * covered it; an explained one takes its pages off the list. */
 	for (uint64_t k = s->n_log; k-- > 0;) {
-		struct rc_mismatch *e = &s->log[k];
+		struct ds_mismatch *e = &s->log[k];
 		if (e->explained) {
 			update(s, e->first_page, e->n_pages, false);
 		} else if (first_range(s, e->first_page, e->first_page + e->n_pages, first, last)) {
@@ -116,6 +116,6 @@ bool rc_suspect_unexplained(struct rc_suspect *s, struct rc_mismatch *m, uint64_
 	/* Left: pages of packets the list had no room for. */
 	if (!first_range(s, 0, s->n_pages, first, last))
 		return false;
-	*m = (struct rc_mismatch){ 0 };
+	*m = (struct ds_mismatch){ 0 };
 	return true;
 }

@@ -1,4 +1,4 @@
-#include "receiver/rc_net.h"
+#include "dest/ds_net.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,19 +16,17 @@
 
 #include "net/net_socket.h"
 #include "protocol/proto_crc32c.h"
-#include "protocol/proto_desc.h"
-#include "receiver/rc_commit.h"
+#include "dest/ds_commit.h"
 #include "stage/stage.h"
 #include "stage/stage_sigbus.h"
-#include "workers/wk_arena.h"
 
 /* Statistics are updated by every receiving thread. */
-static void stat_add(struct rc_net *r, int which, uint64_t v)
+static void stat_add(struct ds_net *r, int which, uint64_t v)
 {
 	atomic_fetch_add_explicit(&r->stats->v[which], v, memory_order_relaxed);
 }
 
-static int send_result(const struct rc_net *r, uint32_t status)
+static int send_result(const struct ds_net *r, uint32_t status)
 {
 	uint8_t packet[PROTO_RESULT_PACKET_SIZE];
 	proto_result_packet_encode(status, packet);
@@ -37,7 +35,7 @@ static int send_result(const struct rc_net *r, uint32_t status)
 
 /* Tell the sender why (best effort), then end with the same message. */
 static noreturn void __attribute__((format(printf, 3, 4)))
-fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
+fail(struct ds_net *r, uint32_t status, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -54,68 +52,14 @@ fail(struct rc_net *r, uint32_t status, const char *fmt, ...)
  * so that on a dead link the kernel's verdict (keepalive, after
  * --io-timeout) comes first and a silent sender on a live link is told
  * apart from it. */
-int rc_net_silence_ms(const struct rc_net *r)
+int ds_net_silence_ms(const struct ds_net *r)
 {
 	if (r->io_timeout_ms <= 0)
 		return 0;
 	return r->io_timeout_ms + (r->io_timeout_ms / 4 > 2000 ? r->io_timeout_ms / 4 : 2000);
 }
 
-static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index);
-
-/* Take back buffers from inflater i.  With `ack`, wait until the inflater
- * echoes a descriptor of type ack_type (its fence or end). */
-static void collect_buffers(struct rc_net *r, uint32_t i, int wait, bool *ack, uint8_t ack_type)
-{
-	struct rc_inflater *f = &r->inf[i];
-	struct shm_slot batch[WK_ARENA_BUFFERS];
-	for (;;) {
-		int n = shm_ring_dequeue(&f->back, batch, WK_ARENA_BUFFERS, SHM_RING_VARIABLE);
-		if (n < 0)
-			stage_die_ring(n, "ring from inflater");
-		for (int k = 0; k < n; k++) {
-			struct proto_desc d;
-			enum proto_err err = proto_desc_unpack(batch[k], &r->geo, WK_ARENA_BUFFERS, &d);
-			if (err == PROTO_OK && ack && d.type == ack_type) {
-				*ack = true;
-				continue;
-			}
-			if (err == PROTO_OK && (d.type != PROTO_DESC_BUFFER || f->is_free[d.buffer]))
-				err = PROTO_E_DESC_BUFFER;
-			if (err != PROTO_OK)
-				stage_die(STAGE_EXIT_FAILED, "buffer returned by inflater %u: %s", i, proto_strerror(err));
-			f->is_free[d.buffer] = true;
-			f->free_buffers[f->n_free++] = d.buffer;
-		}
-		if ((n > 0 && !ack) || !wait || (ack && *ack))
-			return;
-		if (n > 0)
-			continue;
-		int rc = shm_ring_wait_ready(&f->back, 1, -1);
-		if (rc < 0)
-			stage_die_ring(rc, "ring from inflater");
-	}
-}
-
-static struct rc_inflater *free_inflater(struct rc_net *r, uint32_t *index)
-{
-	for (uint32_t k = 0; k < r->n_inflaters; k++) {
-		uint32_t i = (r->next_inflater + k) % r->n_inflaters;
-		collect_buffers(r, i, 0, NULL, 0);
-		if (r->inf[i].n_free) {
-			r->next_inflater = (i + 1) % r->n_inflaters;
-			*index = i;
-			return &r->inf[i];
-		}
-	}
-	uint32_t i = r->next_inflater;
-	collect_buffers(r, i, 1, NULL, 0);
-	r->next_inflater = (i + 1) % r->n_inflaters;
-	*index = i;
-	return &r->inf[i];
-}
-
-static noreturn void truncated(struct rc_net *r, uint32_t c, const char *what)
+static noreturn void truncated(struct ds_net *r, uint32_t c, const char *what)
 {
 	/* A cancelling sender says so on the main channel before its data
 	 * channels close: let the main thread report that instead (it does at
@@ -127,45 +71,45 @@ static noreturn void truncated(struct rc_net *r, uint32_t c, const char *what)
 }
 
 /* SO_RCVTIMEO expired: the link answers keepalive probes, the sender sent nothing. */
-static noreturn void idle(struct rc_net *r, uint32_t c)
+static noreturn void idle(struct ds_net *r, uint32_t c)
 {
 	fail(r, PROTO_RESULT_LOCAL_FAILURE, "data channel %u: nothing from the sender at %s for more than %d s "
 	     "(--io-timeout)", c, r->peer, r->io_timeout_ms / 1000);
 }
 
 /* The kernel gave the connection up (TCP_USER_TIMEOUT, keepalive). */
-static noreturn void dead_link(struct rc_net *r)
+static noreturn void dead_link(struct ds_net *r)
 {
 	fail(r, PROTO_RESULT_LOCAL_FAILURE, "the link to %s is dead: no progress for %d s (--io-timeout)", r->peer,
 	     r->io_timeout_ms / 1000);
 }
 
 /* recv into a destination page the filesystem could not allocate. */
-static void check_fault(struct rc_net *r, int err)
+static void check_fault(struct ds_net *r, int err)
 {
 	if (err == EFAULT && stage_fault_reason(STAGE_MAP_DEST))
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", stage_fault_reason(STAGE_MAP_DEST));
 }
 
-/* Have at least `need` (<= RC_STAGING_BYTES) bytes staged.  It reads ahead
+/* Have at least `need` (<= DS_STAGING_BYTES) bytes staged.  It reads ahead
  * a little, so that a stream of small packets costs few recv calls, but not
  * much: what lands here is copied once more, where a large payload read
  * straight from the socket is not. */
-static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const char *what)
+static void stage_at_least(struct ds_net *r, uint32_t c, uint32_t need, const char *what)
 {
-	struct rc_channel *ch = &r->ch[c];
+	struct ds_channel *ch = &r->ch[c];
 	if (ch->fill - ch->start >= need)
 		return;
-	if (ch->start + (need > RC_READAHEAD ? need : RC_READAHEAD) > RC_STAGING_BYTES) {
+	if (ch->start + (need > DS_READAHEAD ? need : DS_READAHEAD) > DS_STAGING_BYTES) {
 		memmove(ch->staging, ch->staging + ch->start, ch->fill - ch->start);
 		ch->fill -= ch->start;
 		ch->start = 0;
 	}
 	while (ch->fill - ch->start < need) {
 		uint32_t want = ch->start + need - ch->fill;
-		want = want > RC_READAHEAD ? want : RC_READAHEAD;
-		if (want > RC_STAGING_BYTES - ch->fill)
-			want = RC_STAGING_BYTES - ch->fill;
+		want = want > DS_READAHEAD ? want : DS_READAHEAD;
+		if (want > DS_STAGING_BYTES - ch->fill)
+			want = DS_STAGING_BYTES - ch->fill;
 		ssize_t n = recv(ch->fd, ch->staging + ch->fill, want, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -183,9 +127,9 @@ static void stage_at_least(struct rc_net *r, uint32_t c, uint32_t need, const ch
 
 /* Fill the iovecs exactly: from what is staged first, the rest straight from
  * the socket (payloads skip the staging copy). */
-static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, size_t n_iov, const char *what)
+static void recv_iov_or_fail(struct ds_net *r, uint32_t c, struct iovec *iov, size_t n_iov, const char *what)
 {
-	struct rc_channel *ch = &r->ch[c];
+	struct ds_channel *ch = &r->ch[c];
 	while (n_iov && ch->start < ch->fill) {
 		size_t take = ch->fill - ch->start < iov->iov_len ? ch->fill - ch->start : iov->iov_len;
 		memcpy(iov->iov_base, ch->staging + ch->start, take);
@@ -215,7 +159,7 @@ static void recv_iov_or_fail(struct rc_net *r, uint32_t c, struct iovec *iov, si
 	}
 }
 
-static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, const char *what)
+static void recv_or_fail(struct ds_net *r, uint32_t c, void *dst, size_t len, const char *what)
 {
 	struct iovec iov = { dst, len };
 	recv_iov_or_fail(r, c, &iov, 1, what);
@@ -224,29 +168,29 @@ static void recv_or_fail(struct rc_net *r, uint32_t c, void *dst, size_t len, co
 /* Compare a DATA packet's payload with its checksum, right after receiving
  * it.  A paused migration fails at once, naming the packet.  In a live one
  * the guest may have written a page after the worker took the checksum and
- * before TCP read it: rc_suspect.h decides after every END.  A zstd frame
+ * before TCP read it: ds_suspect.h decides after every END.  A zstd frame
  * was compressed into the worker's own buffer, never sent from the guest:
  * its mismatch fails at once in either. */
-static void payload_checked(struct rc_net *r, uint32_t c, const struct proto_packet *p, uint32_t crc)
+static void payload_checked(struct ds_net *r, uint32_t c, const struct proto_packet *p, uint32_t crc)
 {
 	if (crc == p->payload_crc) {
-		rc_suspect_clear(&r->suspect, p->first_page, p->n_pages, p->round);
+		ds_suspect_clear(&r->suspect, p->first_page, p->n_pages, p->round);
 		return;
 	}
 	if (!r->suspect.bits || p->encoding == PROTO_ENC_ZSTD)
 		fail(r, PROTO_E_PAYLOAD_CHECKSUM, "data channel %u, packet %llu (pages %llu..%llu): %s (corrupted in transit)",
 		     c, (unsigned long long)p->seq, (unsigned long long)p->first_page,
 		     (unsigned long long)(p->first_page + p->n_pages - 1), proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
-	rc_suspect_mark(&r->suspect, &(struct rc_mismatch){ .channel = c, .round = p->round, .n_pages = p->n_pages,
+	ds_suspect_mark(&r->suspect, &(struct ds_mismatch){ .channel = c, .round = p->round, .n_pages = p->n_pages,
 							   .seq = p->seq, .first_page = p->first_page });
 }
 
 /* After every END: a mismatch that no later intact copy explains. */
-static void check_suspects(struct rc_net *r)
+static void check_suspects(struct ds_net *r)
 {
-	struct rc_mismatch m;
+	struct ds_mismatch m;
 	uint64_t first, last;
-	if (!rc_suspect_unexplained(&r->suspect, &m, &first, &last))
+	if (!ds_suspect_unexplained(&r->suspect, &m, &first, &last))
 		return;
 	if (m.n_pages)
 		fail(r, PROTO_E_PAYLOAD_CHECKSUM,
@@ -259,30 +203,20 @@ static void check_suspects(struct rc_net *r)
 	     (unsigned long long)last, proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
 }
 
-static void place_zstd(struct rc_net *r, uint32_t c, const struct proto_packet *p)
+/* A zstd frame goes into a free buffer of an inflater, which places its
+ * pages.  It is checked before the inflater sees it. */
+static void place_zstd(struct ds_net *r, uint32_t c, const struct proto_packet *p)
 {
-	uint32_t i;
-	pthread_mutex_lock(&r->inflater_lock);
-	struct rc_inflater *f = free_inflater(r, &i);
-	uint32_t b = f->free_buffers[--f->n_free];
-	f->is_free[b] = false;
-	pthread_mutex_unlock(&r->inflater_lock);
-	uint8_t *frame = f->arena + (uint64_t)b * WK_ARENA_DEST_BUFFER_SIZE;
+	uint32_t i, b;
+	uint8_t *frame = ds_inflaters_take(&r->inflaters, &i, &b);
 	recv_or_fail(r, c, frame, p->payload_len, "a compressed payload");
 	payload_checked(r, c, p, proto_crc32c(0, frame, p->payload_len));
-	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .buffer = (uint16_t)b,
-				.n_pages = p->n_pages, .payload_len = p->payload_len, .first_page = p->first_page };
-	struct shm_slot s = proto_desc_pack(&d);
-	pthread_mutex_lock(&r->inflater_lock);
-	int rc = shm_ring_enqueue_all(&f->out, &s, 1);
-	pthread_mutex_unlock(&r->inflater_lock);
-	if (rc < 0)
-		stage_die_ring(rc, "ring to inflater");
+	ds_inflaters_post(&r->inflaters, i, b, p->first_page, p->n_pages, p->payload_len);
 }
 
-static void check_end(struct rc_net *r, uint32_t c)
+static void check_end(struct ds_net *r, uint32_t c)
 {
-	struct rc_channel *ch = &r->ch[c];
+	struct ds_channel *ch = &r->ch[c];
 	uint8_t body[PROTO_END_BODY_SIZE];
 	struct proto_end_body e;
 	recv_or_fail(r, c, body, sizeof(body), "the end marker");
@@ -299,7 +233,7 @@ static void check_end(struct rc_net *r, uint32_t c)
 /* Pages the source has as zero.  A fresh destination is all holes in round
  * 1; in later rounds they may have been sent before, and an existing file
  * (--in-place) may hold anything where it held data. */
-static void zero_pages(struct rc_net *r, uint32_t round, uint64_t first, uint32_t n)
+static void zero_pages(struct ds_net *r, uint32_t round, uint64_t first, uint32_t n)
 {
 	uint64_t off = first * r->geo.page_size, len = (uint64_t)n * r->geo.page_size;
 	stat_add(r, SHM_STAT_ZERO_PAGES, n);
@@ -307,13 +241,13 @@ static void zero_pages(struct rc_net *r, uint32_t round, uint64_t first, uint32_
 		if (fallocate(STAGE_FD_GUEST, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
 			memset(r->dest + off, 0, len);
 	} else if (r->inplace) {
-		rc_inplace_zero(r->inplace, r->dest, off, len, r->geo.page_size);
+		ds_inplace_zero(r->inplace, r->dest, off, len, r->geo.page_size);
 	}
 }
 
 /* A window of data and zero pages: the bitmap, then each run of present
  * pages straight into the destination with one recvmsg. */
-static void place_sparse(struct rc_net *r, uint32_t c, const struct proto_packet *p)
+static void place_sparse(struct ds_net *r, uint32_t c, const struct proto_packet *p)
 {
 	uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
 	uint32_t bitmap_len = proto_sparse_bitmap_bytes(p->n_pages), page = r->geo.page_size;
@@ -347,9 +281,9 @@ static void place_sparse(struct rc_net *r, uint32_t c, const struct proto_packet
 }
 
 /* One packet from channel c. */
-static void handle_packet(struct rc_net *r, uint32_t c)
+static void handle_packet(struct ds_net *r, uint32_t c)
 {
-	struct rc_channel *ch = &r->ch[c];
+	struct ds_channel *ch = &r->ch[c];
 	uint8_t header[PROTO_PACKET_HEADER_SIZE];
 	stage_at_least(r, c, sizeof(header), "a packet header");
 	recv_or_fail(r, c, header, sizeof(header), "a packet header");
@@ -388,7 +322,7 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 		place_sparse(r, c, &p);
 	} else {
 		zero_pages(r, p.round, p.first_page, p.n_pages);
-		rc_suspect_clear(&r->suspect, p.first_page, p.n_pages, p.round);
+		ds_suspect_clear(&r->suspect, p.first_page, p.n_pages, p.round);
 	}
 	ch->seq++;
 	ch->pages += p.n_pages;
@@ -399,31 +333,13 @@ static void handle_packet(struct rc_net *r, uint32_t c)
 	stat_add(r, SHM_STAT_PACKETS, 1);
 }
 
-/* Every inflater has placed everything it was given (type FENCE), or is
- * done (type END). */
-static void drain_inflaters(struct rc_net *r, uint8_t type)
-{
-	struct proto_desc marker = { .type = type };
-	struct shm_slot s = proto_desc_pack(&marker);
-	for (uint32_t i = 0; i < r->n_inflaters; i++) {
-		int rc = shm_ring_enqueue_all(&r->inf[i].out, &s, 1);
-		if (rc < 0)
-			stage_die_ring(rc, "ring to inflater");
-	}
-	for (uint32_t i = 0; i < r->n_inflaters; i++) {
-		bool acked = false;
-		while (!acked)
-			collect_buffers(r, i, 1, &acked, type);
-	}
-}
-
 /* Channel c reached the end of its round: wait until every channel has, and
  * every inflater has placed what it was given, so that older versions of
  * pages are all placed before any newer one is (design.md §3). */
-static void end_of_round(struct rc_net *r, uint32_t c)
+static void end_of_round(struct ds_net *r, uint32_t c)
 {
 	if (pthread_barrier_wait(&r->round_end) == PTHREAD_BARRIER_SERIAL_THREAD) {
-		drain_inflaters(r, PROTO_DESC_FENCE);
+		ds_inflaters_end_round(&r->inflaters, r->ch[c].round);
 		stage_stat_set(r->stats, SHM_STAT_ROUND, r->ch[c].round + 1);
 	}
 	pthread_barrier_wait(&r->round_end);
@@ -434,7 +350,7 @@ static void end_of_round(struct rc_net *r, uint32_t c)
 
 /* The sender's RESULT on the main channel: during the transfer only a
  * cancellation; after our "prepared", its commit decision. */
-static uint32_t read_sender_result(struct rc_net *r)
+static uint32_t read_sender_result(struct ds_net *r)
 {
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
 	int rc = net_recv_all(r->main_fd, header, sizeof(header));
@@ -470,21 +386,23 @@ static noreturn void sender_gave_up(uint32_t status)
 }
 
 /* The main channel carries nothing until the end, except a cancellation. */
-static void check_main(struct rc_net *r)
+static void check_main(struct ds_net *r)
 {
 	sender_gave_up(read_sender_result(r));
 }
 
 struct channel_arg {
-	struct rc_net *r;
+	struct ds_net *r;
 	uint32_t c;
 };
 
 static void *channel_thread(void *arg)
 {
 	struct channel_arg *a = arg;
-	struct rc_net *r = a->r;
-	struct rc_channel *ch = &r->ch[a->c];
+	struct ds_net *r = a->r;
+	struct ds_channel *ch = &r->ch[a->c];
+	ds_live_thread_start();
+	pthread_barrier_wait(&r->registered);
 	pthread_barrier_wait(&r->start);
 	while (!ch->ended) {
 		handle_packet(r, a->c);
@@ -498,26 +416,32 @@ static void *channel_thread(void *arg)
 		if (write(r->done_pipe[1], &one, 1) < 0)
 			stage_die_errno(-errno, "waking the main thread");
 	}
+	ds_live_thread_end();
 	return NULL;
 }
 
-void rc_net_start_threads(struct rc_net *r)
+void ds_net_start_threads(struct ds_net *r)
 {
 	static struct channel_arg args[PROTO_MAX_CHANNELS];
 	int rc;
-	if ((rc = pthread_barrier_init(&r->start, NULL, r->n_channels + 1)) != 0 ||
+	if ((rc = pthread_barrier_init(&r->registered, NULL, r->n_channels + 1)) != 0 ||
+	    (rc = pthread_barrier_init(&r->start, NULL, r->n_channels + 1)) != 0 ||
 	    (rc = pthread_barrier_init(&r->round_end, NULL, r->n_channels)) != 0 ||
-	    (rc = pthread_mutex_init(&r->inflater_lock, NULL)) != 0 || (rc = pthread_mutex_init(&r->main_lock, NULL)) != 0)
+	    (rc = pthread_mutex_init(&r->main_lock, NULL)) != 0)
 		stage_die_errno(-rc, "setting up the receiving threads");
 	if (pipe2(r->done_pipe, O_CLOEXEC) < 0)
 		stage_die_errno(-errno, "pipe");
-	if ((r->hs.features & PROTO_F_ROUNDS) && (rc = rc_suspect_init(&r->suspect, r->geo.guest_pages)) < 0)
+	if ((r->hs.features & PROTO_F_ROUNDS) && (rc = ds_suspect_init(&r->suspect, r->geo.guest_pages)) < 0)
 		stage_die_errno(rc, "allocating the suspect-page bitmap");
 	for (uint32_t c = 0; c < r->n_channels; c++) {
 		args[c] = (struct channel_arg){ r, c };
 		if ((rc = pthread_create(&r->threads[c], NULL, channel_thread, &args[c])) != 0)
 			stage_die_errno(-rc, "starting the thread of data channel %u", c);
 	}
+	/* Registering may allocate (liburcu's thread-local reader), and so
+	 * may the first grace period: both before lock-down. */
+	pthread_barrier_wait(&r->registered);
+	ds_live_warm_up(&r->inflaters.live);
 }
 
 /* The sender's front end answers at once; this bounds a sender that hangs. */
@@ -527,18 +451,25 @@ void rc_net_start_threads(struct rc_net *r)
  * would leave their threads waiting forever. */
 #define LOPSIDED_END_MS 30000
 
-void rc_net_receive(struct rc_net *r)
+void ds_net_receive(struct ds_net *r)
 {
 	pthread_barrier_wait(&r->start);
 	int lopsided_ms = 0;
+	struct ds_notices notices = { .fill = 0 };
+	int notice_fd = RECEIVE_FD_COMMIT;
 	while (atomic_load(&r->n_ended) < r->n_channels) {
-		struct pollfd pfd[2] = { { .fd = r->main_fd, .events = POLLIN },
-					 { .fd = r->done_pipe[0], .events = POLLIN } };
-		int ready = poll(pfd, 2, 200);
+		struct pollfd pfd[3] = { { .fd = r->main_fd, .events = POLLIN },
+					 { .fd = r->done_pipe[0], .events = POLLIN },
+					 { .fd = notice_fd, .events = POLLIN } };
+		int ready = poll(pfd, 3, 200);
 		if (ready < 0 && errno != EINTR)
 			stage_die_errno(-errno, "poll on the main channel");
 		if (ready > 0 && pfd[0].revents && atomic_load(&r->n_ended) < r->n_channels)
 			check_main(r);
+		/* The front end closing its end is its death, which ends us anyway
+		 * (stage_tie_to_supervisor): just stop watching. */
+		if (ready > 0 && pfd[2].revents && !ds_commit_read_notices(&notices, &r->inflaters.live))
+			notice_fd = -1;
 		uint32_t ended = atomic_load(&r->n_ended);
 		lopsided_ms = ended > 0 && ended < r->n_channels ? lopsided_ms + 200 : 0;
 		if (lopsided_ms > LOPSIDED_END_MS)
@@ -547,7 +478,7 @@ void rc_net_receive(struct rc_net *r)
 	}
 	for (uint32_t c = 0; c < r->n_channels; c++)
 		pthread_join(r->threads[c], NULL);
-	drain_inflaters(r, PROTO_DESC_END);
+	ds_inflaters_finish(&r->inflaters);
 	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "fdatasync of the destination: %s", strerror(errno));
 	/* Everything checked and durable: "prepared".  The sender decides; only
@@ -569,5 +500,5 @@ void rc_net_receive(struct rc_net *r)
 	uint32_t status = read_sender_result(r);
 	if (status != PROTO_OK)
 		sender_gave_up(status);
-	rc_commit_handover(r->main_fd);
+	ds_commit_handover(r->main_fd);
 }

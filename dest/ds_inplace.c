@@ -1,4 +1,4 @@
-#include "receiver/rc_inplace.h"
+#include "dest/ds_inplace.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -14,21 +14,21 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-static int add_extent(struct rc_inplace *ip, uint64_t *cap, uint64_t start, uint64_t end)
+static int add_extent(struct ds_inplace *ip, uint64_t *cap, uint64_t start, uint64_t end)
 {
 	if (ip->n_extents == *cap) {
 		uint64_t grown = *cap ? *cap * 2 : 16;
-		struct rc_extent *e = realloc(ip->extents, grown * sizeof(*e));
+		struct ds_extent *e = realloc(ip->extents, grown * sizeof(*e));
 		if (!e)
 			return -ENOMEM;
 		ip->extents = e;
 		*cap = grown;
 	}
-	ip->extents[ip->n_extents++] = (struct rc_extent){ start, end };
+	ip->extents[ip->n_extents++] = (struct ds_extent){ start, end };
 	return 0;
 }
 
-int rc_inplace_open(struct rc_inplace *ip, int fd, const char **what)
+int ds_inplace_open(struct ds_inplace *ip, int fd, const char **what)
 {
 	memset(ip, 0, sizeof(*ip));
 	struct stat st;
@@ -56,7 +56,7 @@ int rc_inplace_open(struct rc_inplace *ip, int fd, const char **what)
 	return 0;
 }
 
-void rc_inplace_populate(const struct rc_inplace *ip, uint8_t *map)
+void ds_inplace_populate(const struct ds_inplace *ip, uint8_t *map)
 {
 	long page = sysconf(_SC_PAGESIZE);
 	for (uint64_t k = 0; k < ip->n_extents; k++) {
@@ -66,7 +66,7 @@ void rc_inplace_populate(const struct rc_inplace *ip, uint8_t *map)
 }
 
 /* The first extent that ends after `off`. */
-static uint64_t first_extent_after(const struct rc_inplace *ip, uint64_t off)
+static uint64_t first_extent_after(const struct ds_inplace *ip, uint64_t off)
 {
 	uint64_t lo = 0, hi = ip->n_extents;
 	while (lo < hi) {
@@ -79,7 +79,7 @@ static uint64_t first_extent_after(const struct rc_inplace *ip, uint64_t off)
 	return lo;
 }
 
-uint64_t rc_inplace_zero(const struct rc_inplace *ip, uint8_t *map, uint64_t off, uint64_t len, uint32_t page)
+uint64_t ds_inplace_zero(const struct ds_inplace *ip, uint8_t *map, uint64_t off, uint64_t len, uint32_t page)
 {
 	uint64_t written = 0, end = off + len;
 	for (uint64_t k = first_extent_after(ip, off); k < ip->n_extents && ip->extents[k].start < end; k++) {

@@ -18,42 +18,42 @@
  * A page whose latest copy came in a packet that is not explained fails the
  * transfer, naming the packet.
  */
-#ifndef PF_RC_SUSPECT_H
-#define PF_RC_SUSPECT_H
+#ifndef PF_DS_SUSPECT_H
+#define PF_DS_SUSPECT_H
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-struct rc_mismatch {
+struct ds_mismatch {
 	uint32_t channel, round, n_pages;
 	bool explained;
 	uint64_t seq, first_page;
 };
 
-struct rc_suspect {
+struct ds_suspect {
 	_Atomic uint64_t *bits;	/* NULL: not a live migration */
 	uint64_t n_pages;
 	_Atomic uint64_t n_set;
 	uint8_t *last_round;	/* per page; rounds are at most 65 */
 	pthread_mutex_t lock;	/* the list */
-	struct rc_mismatch *log;
+	struct ds_mismatch *log;
 	uint64_t n_log, max_log;
 	bool overflow;		/* more mismatching packets than the list holds */
 };
 
 /* Before lock-down (the memory is only touched where mismatches happen).
  * 0 or -errno. */
-int rc_suspect_init(struct rc_suspect *s, uint64_t n_pages);
+int ds_suspect_init(struct ds_suspect *s, uint64_t n_pages);
 /* A packet's checksum did not match: its pages' latest copies are suspect. */
-void rc_suspect_mark(struct rc_suspect *s, const struct rc_mismatch *m);
+void ds_suspect_mark(struct ds_suspect *s, const struct ds_mismatch *m);
 /* A packet of `round` covering [first, first + n) arrived intact. */
-void rc_suspect_clear(struct rc_suspect *s, uint64_t first, uint32_t n, uint32_t round);
+void ds_suspect_clear(struct ds_suspect *s, uint64_t first, uint32_t n, uint32_t round);
 /* After every END, from one thread.  false when every mismatch is
  * explained; otherwise true with the first unexplained packet in *m
  * (m->n_pages 0 when the list overflowed and it is not known) and the first
  * range of its pages still suspect in [*first, *last]. */
-bool rc_suspect_unexplained(struct rc_suspect *s, struct rc_mismatch *m, uint64_t *first, uint64_t *last);
+bool ds_suspect_unexplained(struct ds_suspect *s, struct ds_mismatch *m, uint64_t *first, uint64_t *last);
 
 #endif

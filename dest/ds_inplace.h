@@ -11,31 +11,31 @@
  *  - its allocated pages are mapped up front (MADV_POPULATE_WRITE) before
  *    the sender connects, so placing pages does not page-fault on each one.
  */
-#ifndef PF_RC_INPLACE_H
-#define PF_RC_INPLACE_H
+#ifndef PF_DS_INPLACE_H
+#define PF_DS_INPLACE_H
 
 #include <stdint.h>
 
-struct rc_extent {
+struct ds_extent {
 	uint64_t start, end;	/* bytes [start, end) */
 };
 
-struct rc_inplace {
+struct ds_inplace {
 	uint64_t size;		/* the file's size: the guest's must equal it */
 	uint64_t n_extents;
-	struct rc_extent *extents; /* what held data at the start, in order */
+	struct ds_extent *extents; /* what held data at the start, in order */
 };
 
 /* Read the file's size and its data extents (lseek SEEK_DATA/SEEK_HOLE).
  * -errno with *what naming the step. */
-int rc_inplace_open(struct rc_inplace *ip, int fd, const char **what);
+int ds_inplace_open(struct ds_inplace *ip, int fd, const char **what);
 /* Map the pages of every data extent of `map` (the file mapped writable) in
  * one go.  Best effort: a kernel without MADV_POPULATE_WRITE faults them in
  * one at a time later. */
-void rc_inplace_populate(const struct rc_inplace *ip, uint8_t *map);
+void ds_inplace_populate(const struct ds_inplace *ip, uint8_t *map);
 /* Make the bytes [off, off + len) of `map` read as zeros, writing only the
  * pages (of `page` bytes) that held data at the start and are not zero.
  * Returns how many pages it wrote. */
-uint64_t rc_inplace_zero(const struct rc_inplace *ip, uint8_t *map, uint64_t off, uint64_t len, uint32_t page);
+uint64_t ds_inplace_zero(const struct ds_inplace *ip, uint8_t *map, uint64_t off, uint64_t len, uint32_t page);
 
 #endif

@@ -1,0 +1,176 @@
+/* pageferry-inflater: a helper of the receive stage.  Decompresses the zstd
+ * frames the receive stage put in its arena straight into the destination
+ * mapping, after checking each descriptor against the session's geometry
+ * and each frame's output against its page count.
+ *
+ * argv: pageferry-inflater --index=I [--in-place]
+ * fds (stage/stage_fds.h): 3 control segment, 4 destination RAM file
+ *      (read-write), 5 wake socket of the ring from the receive stage (we
+ *      consume), 6 its arena (read-only).
+ *
+ * The session.  The receive stage learns the guest's geometry from the
+ * sender's handshake, after this process was started; it publishes it in
+ * the segment's destination line (shm/shm_layout.h) and wakes us.  We
+ * check it, map the destination, and lock down.  The same line says which
+ * round is being placed: read after each batch of descriptors, it is that
+ * batch's round, because the receive stage starts a round only once every
+ * inflater's ring is empty.
+ *
+ * A frame covers a whole run, zero pages included: it is decompressed into
+ * a private scratch buffer and only the pages that are not zero are copied
+ * to the destination, so zero pages stay holes there.  In rounds after the
+ * first, and in every round when the destination is an existing file
+ * (in-place), a zero page may replace older contents and is written as
+ * zeros where it is not zero already.
+ *
+ * Replacement.  A slot is released only once its pages are placed, and the
+ * receive stage reuses a frame's buffer only once its slot is released.
+ * So when the front end replaces an inflater that died (same index, same
+ * fds; PAGEFERRY_RESTARTED set), the replacement finds in the ring exactly
+ * the frames whose pages may not all be placed, and places them again: the
+ * same frame gives the same pages, and nothing newer can exist for them
+ * yet (a page comes once per round, and the next round starts only when
+ * this ring is empty).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "protocol/proto_desc.h"
+#include "protocol/proto_packet.h"
+#include "stage/stage.h"
+#include "workers/wk_arena.h"
+#include "workers/wk_zero.h"
+#include "workers/wk_zstd.h"
+
+#define BURST 16u
+#define RING_NAME "ring from pageferry-receive"
+
+/* Sleep until the receive stage has published the session (A3), then
+ * read and check it. */
+static struct proto_geometry await_session(struct shm_seg_header *h, struct shm_ring *in)
+{
+	/* A3 pairs with R3 in ds_inflaters_publish. */
+	while (!atomic_load_explicit(&h->dest_ready, memory_order_acquire)) {
+		struct pollfd p = { .fd = in->wake_fd, .events = POLLIN };
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			stage_die_errno(-errno, "waiting for the session");
+		}
+		int rc = shm_ring_drain_wakes(in);
+		if (rc == 0 && (p.revents & (POLLHUP | POLLERR)))
+			rc = -EPIPE;
+		if (rc < 0)
+			stage_die_ring(rc, RING_NAME);
+	}
+	struct proto_geometry g = { .page_size = h->dest_page_size, .max_run_pages = h->dest_max_run_pages,
+				    .guest_pages = h->dest_guest_pages };
+	if (!proto_page_size_valid(g.page_size) || !proto_run_limit_valid(g.page_size, g.max_run_pages) ||
+	    !proto_guest_pages_valid(g.page_size, g.guest_pages))
+		stage_die(STAGE_EXIT_FAILED, "geometry from pageferry-receive: %s", proto_strerror(PROTO_E_GEOMETRY));
+	return g;
+}
+
+static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t page, bool may_hold_data,
+		  struct shm_stats *stats)
+{
+	uint64_t zero = 0;
+	for (uint32_t k = 0; k < n_pages; k++, dst += page, src += page) {
+		if (!wk_page_is_zero(src, page))
+			memcpy(dst, src, page);
+		else if (zero++, may_hold_data && !wk_page_is_zero(dst, page))
+			memset(dst, 0, page);
+	}
+	stage_stat_add(stats, SHM_STAT_ZERO_PAGES, zero);
+}
+
+int main(int argc, char **argv)
+{
+	stage_set_name("inflater", -1);
+	stage_tie_to_supervisor();
+	stage_args(argc, argv, "pageferry-inflater --index=I [--in-place]");
+	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
+	bool in_place = stage_arg_flag("in-place");
+	stage_args_done();
+	stage_close_inherited_fds(INFLATER_FD_ARENA, NULL, 0);
+	struct shm_segment seg;
+	stage_attach_segment(&seg);
+	if (index64 >= seg.geo.n_workers)
+		stage_die(STAGE_EXIT_USAGE, "--index=%llu, but the segment has %u inflaters",
+			  (unsigned long long)index64, seg.geo.n_workers);
+	uint32_t index = (uint32_t)index64;
+	stage_set_name("inflater", (int)index);
+	struct shm_ring in;
+	stage_ring(&seg, SHM_RING_RECEIVER_TO_INFLATER, index, INFLATER_FD_IN, &in);
+	struct shm_stats *stats = shm_segment_stats(&seg, SHM_STATS_WORKER0 + index);
+	bool replacement = getenv("PAGEFERRY_RESTARTED") != NULL;
+	if (replacement && atomic_load_explicit(&stats->v[SHM_STAT_STATE], memory_order_relaxed) == SHM_PROC_DONE)
+		return STAGE_EXIT_OK; /* the one before us took its END and was killed on its way out */
+	const uint8_t *arena = stage_map_arena(INFLATER_FD_ARENA, wk_arena_size(WK_ARENA_DEST_BUFFER_SIZE), 0);
+	struct proto_geometry geo = await_session(seg.hdr, &in);
+	uint8_t *dest = stage_map_file(STAGE_FD_GUEST, "destination", geo.guest_pages * geo.page_size, 1);
+	struct wk_zstd *z = wk_zstd_new(0, (size_t)geo.max_run_pages * geo.page_size);
+	uint8_t *scratch = malloc((size_t)geo.max_run_pages * geo.page_size);
+	if (!z || !scratch)
+		stage_die(STAGE_EXIT_FAILED, "setting up zstd");
+	/* Touch it now: its pages must not be first faulted in after lock-down
+	 * through an mmap the sandbox refuses (malloc may have used mmap). */
+	memset(scratch, 0, (size_t)geo.max_run_pages * geo.page_size);
+	stage_lockdown(SB_ROLE_INFLATER, INFLATER_FD_ARENA, 0);
+	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
+	/* The receive stage may sleep for a release the one before us made
+	 * just before it died, without waking it: one byte, whatever its flag. */
+	if (replacement)
+		__shm_ring_wake_peer(&in);
+
+	struct shm_slot batch[BURST];
+	for (;;) {
+		int n = shm_ring_peek(&in, batch, BURST, SHM_RING_VARIABLE);
+		if (n < 0)
+			stage_die_ring(n, RING_NAME);
+		if (n == 0) {
+			int rc = shm_ring_wait_ready(&in, 1, -1);
+			if (rc < 0)
+				stage_die_ring(rc, RING_NAME);
+			continue;
+		}
+		/* A4 pairs with R4 in ds_inflaters_end_round: the round of what we
+		 * just took (the next one starts when our ring is empty). */
+		uint32_t round = atomic_load_explicit(&seg.hdr->dest_round, memory_order_acquire);
+		for (int i = 0; i < n; i++) {
+			struct proto_desc d;
+			enum proto_err err = proto_desc_unpack(batch[i], &geo, WK_ARENA_BUFFERS, &d);
+			if (err == PROTO_OK && d.type == PROTO_DESC_END) {
+				/* Said before the slot goes: a replacement of ours that
+				 * finds it can leave at once. */
+				stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_DONE);
+				shm_ring_release(&in, 1);
+				return STAGE_EXIT_OK;
+			}
+			if (err == PROTO_OK && (d.type != PROTO_DESC_RUN || d.encoding != PROTO_ENC_ZSTD))
+				err = PROTO_E_DESC_TYPE;
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "descriptor from pageferry-receive: %s", proto_strerror(err));
+			stage_test_hook("inflater");
+			size_t out_len = (size_t)d.n_pages * geo.page_size;
+			err = wk_zstd_decompress(z, scratch, out_len, arena + (uint64_t)d.buffer * WK_ARENA_DEST_BUFFER_SIZE,
+						 d.payload_len);
+			if (err != PROTO_OK)
+				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",
+					  (unsigned long long)d.first_page,
+					  (unsigned long long)(d.first_page + d.n_pages - 1), proto_strerror(err));
+			place(dest + d.first_page * geo.page_size, scratch, d.n_pages, geo.page_size, round > 1 || in_place,
+			      stats);
+			stage_stat_add(stats, SHM_STAT_PAGES, d.n_pages);
+			stage_stat_add(stats, SHM_STAT_IN_BYTES, d.payload_len);
+			stage_stat_add(stats, SHM_STAT_OUT_BYTES, out_len);
+			/* R1 (in shm_ring_release): the pages are placed and the
+			 * buffer read; the receive stage may reuse it now. */
+			shm_ring_release(&in, 1);
+		}
+	}
+}

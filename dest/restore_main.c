@@ -1,0 +1,96 @@
+/* pageferry-restore: restores a snapshot file into a destination RAM file,
+ * or only checks it (`pageferry check`).
+ *
+ * argv: pageferry-restore --mode=restore|check --threads=N
+ * fds (stage/stage_fds.h): 3 control segment (statistics only), 4 the
+ *      destination RAM file (read-write, empty; not in check mode),
+ *      5 the snapshot (buffered: header, bitmap, extent table),
+ *      6 the snapshot again, O_DIRECT where the filesystem allows (page data).
+ *
+ * The snapshot is untrusted input: header, bitmap and extent table are
+ * decoded field by field and checked (protocol/proto_snapfile.c,
+ * dest/ds_extents.c) before any offset is used; after the pages are read,
+ * every extent's CRC-32C is checked (dest/ds_restore.c).  Check mode reads
+ * each extent's pages into a private buffer instead, and writes nothing.
+ *
+ * There are no other processes: N reader threads of this one do the work,
+ * each with its own asynchronous I/O context.  They are started before
+ * lock-down and wait on a barrier, so the seccomp filter (synchronised to
+ * every thread) covers them before they read a single page.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <unistd.h>
+
+#include "dest/ds_restore.h"
+#include "stage/stage.h"
+
+#define USAGE "pageferry-restore --mode=restore|check --threads=N"
+#define MAX_THREADS 64
+
+static pthread_barrier_t start_line;
+
+static void *reader_main(void *arg)
+{
+	pthread_barrier_wait(&start_line);
+	return ds_restore_reader(arg);
+}
+
+int main(int argc, char **argv)
+{
+	stage_set_name("restore", -1);
+	stage_tie_to_supervisor();
+	stage_args(argc, argv, USAGE);
+	static const char *const modes[] = { "restore", "check", NULL };
+	bool check_only = stage_arg_choice("mode", modes) == 1;
+	int threads = (int)stage_arg_u64("threads", 1, MAX_THREADS);
+	stage_args_done();
+	/* Up to the snapshot's O_DIRECT fd; check: no destination. */
+	static const int no_dest[] = { STAGE_FD_GUEST };
+	stage_close_inherited_fds(RESTORE_FD_DATA, no_dest, check_only ? 1 : 0);
+	struct shm_segment seg;
+	stage_attach_segment(&seg);
+
+	static struct ds_restore r;
+	const char *why = "";
+	int rc = ds_restore_open(&r, RESTORE_FD_META, RESTORE_FD_DATA, check_only ? -1 : STAGE_FD_GUEST, &why);
+	if (rc == -EBADMSG)
+		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
+	if (rc < 0)
+		stage_die_errno(rc, "%s", why);
+	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
+	stage_stat_set(r.stats, SHM_STAT_FLAGS, r.direct ? SHM_FLAG_DIRECT_IO : 0);
+	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, check_only ? r.hdr.pages_present : r.hdr.n_pages);
+	if (!check_only && (rc = ds_restore_map_dest(&r, &why)) < 0)
+		stage_die_errno(rc, "%s", why);
+
+	static struct ds_reader readers[MAX_THREADS];
+	for (int i = 0; i < threads; i++)
+		if ((rc = ds_reader_init(&readers[i], &r)) < 0)
+			stage_die_errno(rc, check_only ? "allocating read buffers"
+						       : "setting up asynchronous I/O (io_setup)");
+	pthread_t tid[MAX_THREADS];
+	if ((rc = pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1)) != 0 ||
+	    (rc = pthread_barrier_init(&r.all_read, NULL, (unsigned)threads)) != 0)
+		stage_die_errno(-rc, "pthread_barrier_init");
+	for (int i = 0; i < threads; i++)
+		if ((rc = pthread_create(&tid[i], NULL, reader_main, &readers[i])) != 0)
+			stage_die_errno(-rc, "starting reader thread %d", i);
+	stage_lockdown(SB_ROLE_RESTORE, RESTORE_FD_DATA, !check_only);
+	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
+	pthread_barrier_wait(&start_line);
+	for (int i = 0; i < threads; i++)
+		pthread_join(tid[i], NULL);
+
+	char line[256];
+	rc = ds_restore_result(&r, line, sizeof(line));
+	if (rc == -EBADMSG)
+		stage_die(STAGE_EXIT_FAILED, "%s", line);
+	if (rc < 0)
+		stage_die_errno(rc, "%s", line);
+	if (!check_only && fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
+		stage_die_errno(-errno, "fdatasync of the destination");
+	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_DONE);
+	return STAGE_EXIT_OK;
+}

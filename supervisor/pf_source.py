@@ -1,0 +1,39 @@
+"""The source pipeline: scanner -> workers -> writer, for snapshot and migrate."""
+import pf_abi
+from pf_stages import memfd, wake_pair
+
+
+def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds, worker_args=None,
+                 scanner_args=(), scanner_fds=None):
+    """Start the source pipeline: scanner -> workers -> writer, wired by
+    their rings' wake sockets on the fds of stage/stage_fds.h (pf_abi.fd),
+    each worker with its arena of buffers for runs of run_bytes.
+    writer_fds / scanner_fds: role-specific fds, {fd number: fd we hold};
+    worker_args: extra named args for every worker. Workers are replaced
+    when they die (pf_stages.Pipeline.spawn, restartable)."""
+    pipeline = run.pipeline
+    pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
+    arenas = [memfd(f"pageferry-arena-{i}", pf_abi.source_arena_bytes(run_bytes)) for i in range(workers)]
+    run.fds.extend(arenas)
+    fds = {pf_abi.fd("writer", "segment"): seg.fd, pf_abi.fd("writer", "guest"): guest_fd, **writer_fds}
+    for i in range(workers):
+        fds[pf_abi.fd("writer", "ring_in", i)] = pairs[(1, i)][1].fileno()
+        fds[pf_abi.fd("writer", "ring_back", i)] = pairs[(2, i)][0].fileno()
+        fds[pf_abi.fd("writer", "arena", i, workers)] = arenas[i]
+    pipeline.spawn("pageferry-writer", "pageferry-writer", writer_args, fds)
+    for i in range(workers):
+        pipeline.spawn(f"pageferry-worker[{i}]", "pageferry-worker", [f"--index={i}"] + list(worker_args or []),
+                       {pf_abi.fd("worker", "segment"): seg.fd, pf_abi.fd("worker", "guest"): guest_fd,
+                        pf_abi.fd("worker", "in"): pairs[(0, i)][1].fileno(),
+                        pf_abi.fd("worker", "out"): pairs[(1, i)][0].fileno(),
+                        pf_abi.fd("worker", "back"): pairs[(2, i)][1].fileno(),
+                        pf_abi.fd("worker", "arena"): arenas[i]}, restartable=True)
+    fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
+           **(scanner_fds or {})}
+    fds.update({pf_abi.fd("scanner", "ring", i): pairs[(0, i)][0].fileno() for i in range(workers)})
+    pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
+    # Our copies must go, or a dead stage's peer would never see it hang up
+    # (the pipeline keeps the workers' own ends: they are replaced instead).
+    for a, b in pairs.values():
+        a.close()
+        b.close()

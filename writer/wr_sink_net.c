@@ -1,0 +1,288 @@
+/* The network sink: each run becomes one DATA packet on the next channel
+ * (writer/wr_net.h): RAW and SPARSE pages straight from the guest mapping
+ * (or by sendfile from the guest file), the SPARSE bitmap and ZSTD frames
+ * from the worker's arena.  Prepare is the receiver's "prepared"; commit
+ * asks the front end, then tells the receiver (doc/architecture.md, "The
+ * handoff"). */
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "stage/stage.h"
+#include "stage/stage_sigbus.h"
+#include "workers/wk_arena.h"
+#include "writer/wr_net.h"
+#include "writer/wr_recheck.h"
+#include "writer/wr_sink.h"
+
+struct net_sink {
+	struct wr_net net;
+	bool rounds, zstd;
+	/* The data extents of the run being sent, in the guest mapping. */
+	struct iovec extents[WK_RECORD_MAX_PAGES / 2 + 1];
+};
+
+static struct net_sink ns;
+
+static noreturn void die_refused(uint32_t status)
+{
+	if (status == PROTO_RESULT_LOCAL_FAILURE)
+		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
+	stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s", proto_strerror((enum proto_err)status));
+}
+
+/* A failed send or wait for the receiver: the guest file shrank under a
+ * send from its mapping (EFAULT), the link died (--io-timeout), the
+ * receiver refused a packet (it says why before it hangs up), or what the
+ * kernel said. */
+static noreturn void net_failed(struct wr_source *src, int rc, const char *what)
+{
+	stage_die_if_fault(STAGE_MAP_GUEST, rc);
+	if (wr_net_link_dead(&ns.net, rc))
+		stage_die(STAGE_EXIT_FAILED, "the link to %s is dead: no progress for %d s (--io-timeout)", ns.net.peer,
+			  ns.net.io_timeout_ms / 1000);
+	/* Paused: the receiver may have refused pages the guest changed. */
+	if (!ns.rounds)
+		wr_source_after_failure(src);
+	uint32_t status;
+	if ((rc == -EPIPE || rc == -ECONNRESET) && wr_net_why_refused(&ns.net, 1000, &status) == 0 &&
+	    status != PROTO_OK)
+		die_refused(status);
+	stage_die_errno(rc, "%s", what);
+}
+
+static void sent(struct wr_source *src, int rc, const struct proto_packet *p)
+{
+	if (rc < 0)
+		net_failed(src, rc, "sending to the receiver");
+	stage_stat_add(src->stats, SHM_STAT_PACKETS, 1);
+	if (p->payload_len)
+		stage_stat_add(src->stats, SHM_STAT_BYTES, p->payload_len);
+}
+
+static void net_put(struct wr_sink *s, const struct wr_run *r)
+{
+	struct wr_source *src = s->src;
+	const struct proto_desc *d = &r->d;
+	const size_t page = src->geo.page_size;
+	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = src->round,
+				  .n_pages = d->n_pages, .first_page = d->first_page };
+	const uint8_t *pages = src->guest + d->first_page * page;
+	switch (d->encoding) {
+	case PROTO_ENC_ZERO:
+		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages);
+		sent(src, wr_net_send(&ns.net, &p, NULL, -1, 0), &p);
+		return;
+	case PROTO_ENC_RAW:
+		p.payload_len = (uint32_t)(d->n_pages * page);
+		p.payload_crc = d->payload_len; /* the worker's CRC of the pages */
+		ns.extents[0] = (struct iovec){ (void *)pages, p.payload_len };
+		sent(src, wr_net_send_iov(&ns.net, &p, NULL, 0, ns.extents, 1), &p);
+		break;
+	case PROTO_ENC_SPARSE: {
+		uint32_t n_ext = 0, present = 0, k = 0, first, len;
+		while (wk_record_next_extent(r->rec.bitmap, d->n_pages, &k, &first, &len)) {
+			ns.extents[n_ext++] = (struct iovec){ (void *)(pages + first * page), len * page };
+			present += len;
+		}
+		if (n_ext > WR_NET_IOV - 2) /* runs are at most 4 MiB: 512 extents of 4 KiB pages */
+			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %u extents in one run", r->worker, n_ext);
+		uint32_t prefix = proto_sparse_bitmap_bytes(d->n_pages);
+		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
+		p.payload_len = (uint32_t)(prefix + present * page);
+		p.payload_crc = d->payload_len; /* the worker's CRC of bitmap then pages */
+		/* The bitmap is copied into the packet's own slot: the record
+		 * can go back at once. */
+		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext), &p);
+		break;
+	}
+	case PROTO_ENC_ZSTD: {
+		if (!ns.zstd)
+			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", r->worker);
+		const uint8_t *frame = src->arena[r->worker] + d->buffer * src->frame_size;
+		uint32_t crc;
+		if (!proto_desc_frame_crc(frame, src->frame_size, d->payload_len, &crc))
+			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %s", r->worker,
+				  proto_strerror(PROTO_E_PAYLOAD_LEN));
+		p.payload_len = d->payload_len;
+		p.payload_crc = crc;
+		/* The frame goes back once the kernel is done with it. */
+		sent(src, wr_net_send(&ns.net, &p, frame, (int32_t)r->worker, d->buffer), &p);
+		return;
+	}
+	}
+	wr_source_give_back(src, r->worker, d->buffer);
+}
+
+static void net_round_end(struct wr_sink *s)
+{
+	int rc = wr_net_sync(&ns.net, s->src->round);
+	if (rc < 0)
+		net_failed(s->src, rc, "sending to the receiver");
+}
+
+static unsigned net_idle(struct wr_sink *s, struct pollfd *pfd, unsigned max)
+{
+	/* What is gathered goes out before we sleep, not after; buffers whose
+	 * sends completed go back before the workers wait for them. */
+	int rc = wr_net_flush(&ns.net);
+	if (rc == 0)
+		rc = wr_net_reap(&ns.net);
+	if (rc < 0)
+		net_failed(s->src, rc, "sending to the receiver");
+	/* Workers may be waiting for buffers that only a completion frees. */
+	return wr_net_pollfds(&ns.net, pfd, max);
+}
+
+static void net_progress(struct wr_sink *s)
+{
+	int rc = wr_net_flush(&ns.net);
+	if (rc == 0)
+		rc = wr_net_reap(&ns.net);
+	if (rc < 0)
+		net_failed(s->src, rc, "sending to the receiver");
+}
+
+static void check_answer(struct wr_source *src, int rc, uint32_t status)
+{
+	if (rc < 0)
+		net_failed(src, rc, "finishing the migration");
+	if (rc > 0)
+		stage_die(STAGE_EXIT_FAILED, "the receiver's answer: %s", proto_strerror((enum proto_err)rc));
+	if (status != PROTO_OK)
+		die_refused(status);
+}
+
+/* Prepared: every check passed there and the copy is durable, but it is
+ * committed only when we say so. */
+static void net_prepare(struct wr_sink *s)
+{
+	uint32_t status = PROTO_OK;
+	check_answer(s->src, wr_net_finish(&ns.net, &status), status);
+}
+
+/* The front end decides whether the prepared copy is committed: it knows
+ * whether the source's VMM still holds the guest paused for us (the lease)
+ * and whether the user cancelled.  One byte each way on WRITER_FD_COMMIT. */
+static bool front_end_says_commit(void)
+{
+	char c = 'P';
+	ssize_t n;
+	do
+		n = write(WRITER_FD_COMMIT, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		stage_die_errno(n < 0 ? -errno : -EPIPE, "asking the front end to commit");
+	do
+		n = read(WRITER_FD_COMMIT, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		stage_die(STAGE_EXIT_PEER, "the front end went away before it decided the commit");
+	return c == 'C';
+}
+
+static void net_commit(struct wr_sink *s, bool changed, uint64_t first, uint64_t last)
+{
+	struct wr_source *src = s->src;
+	bool commit = !changed && front_end_says_commit();
+	uint32_t status = PROTO_OK;
+	int rc = wr_net_commit(&ns.net, commit, &status);
+	if (changed)
+		wr_recheck_changed(first, last);
+	if (!commit)
+		stage_die(STAGE_EXIT_FAILED, "the commit was called off; the receiver keeps nothing");
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	stage_stat_set(src->stats, SHM_STAT_EVENT_US, (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u);
+	stage_stat_set(src->stats, SHM_STAT_ZC_SENDS, wr_net_zc_sends(&ns.net));
+	stage_stat_set(src->stats, SHM_STAT_ZC_COPIED, wr_net_zc_copied(&ns.net));
+	stage_stat_set(src->stats, SHM_STAT_SENDFILE_BYTES, wr_net_sendfile_bytes(&ns.net));
+	check_answer(src, rc, status);
+}
+
+static void net_check_cancel(struct wr_sink *s)
+{
+	if (atomic_load_explicit(&s->src->seg.hdr->cancel, memory_order_acquire)) {
+		wr_net_cancel(&ns.net);
+		stage_die(STAGE_EXIT_FAILED, "cancelled");
+	}
+}
+
+bool wr_sink_net_rounds(void)
+{
+	return ns.rounds;
+}
+
+/* The migrate mode's arguments, parsed before anything else is touched. */
+static struct {
+	const char *to;
+	uint32_t channels;
+	enum wr_zerocopy zerocopy;
+	bool psk;
+	int connect_timeout_ms, io_timeout_ms;
+} args;
+
+bool wr_sink_net_args(void)
+{
+	static const char *const zc_modes[] = { "off", "auto", "on", "sendfile", NULL };
+	static const enum wr_zerocopy zc_values[] = { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON, WR_ZC_SENDFILE };
+	args.to = stage_arg_str("to");
+	args.channels = (uint32_t)stage_arg_u64("channels", 1, PROTO_MAX_CHANNELS);
+	args.zerocopy = zc_values[stage_arg_choice("zerocopy", zc_modes)];
+	args.psk = stage_arg_flag("psk");
+	ns.zstd = stage_arg_flag("zstd");
+	args.connect_timeout_ms = (int)stage_arg_u64("connect-timeout-ms", 0, 3600000);
+	ns.rounds = stage_arg_flag("rounds");
+	args.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
+	return args.psk;
+}
+
+void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
+{
+	const char *to = args.to;
+	uint32_t channels = args.channels;
+	bool use_psk = args.psk;
+	int connect_timeout_ms = args.connect_timeout_ms, io_timeout_ms = args.io_timeout_ms;
+	enum wr_zerocopy zerocopy = args.zerocopy;
+	static struct net_psk psk;
+	if (use_psk) {
+		const char *why = "";
+		int rc = net_psk_read(WRITER_FD_PSK, &psk, &why);
+		if (rc < 0)
+			stage_die_errno(rc, "%s", why);
+	}
+	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)channels,
+				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) | (use_psk ? PROTO_F_PSK : 0) |
+						  (ns.rounds ? PROTO_F_ROUNDS : 0) };
+	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
+		stage_die_errno(-errno, "getrandom for the session id");
+	/* sendfile has no MSG_NOSIGNAL: a receiver that went away must be
+	 * EPIPE, reported, not a silent death by SIGPIPE. */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		stage_die_errno(-errno, "ignoring SIGPIPE");
+	char what[256] = "";
+	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = src->guest,
+				  .bytes = src->geo.guest_pages * src->geo.page_size };
+	int rc = wr_net_open(&ns.net, to, &hs, &psk, zerocopy, &guest, connect_timeout_ms, io_timeout_ms, what,
+			     sizeof(what));
+	memset(&psk, 0, sizeof(psk));
+	if (rc < 0)
+		stage_die_errno(rc, "%s", what);
+	if (rc > 0)
+		stage_die(STAGE_EXIT_FAILED, "%s", what);
+	ns.net.buffer_done = wr_source_give_back;
+	ns.net.ctx = src;
+	stage_stat_set(src->stats, SHM_STAT_FLAGS,
+		       (ns.net.zerocopy ? SHM_FLAG_ZEROCOPY : 0) | (ns.net.sendfile ? SHM_FLAG_SENDFILE : 0));
+	/* sockets: the main channel, then the data channels, after our fds */
+	*max_fd = ns.net.main_fd > *max_fd ? ns.net.main_fd : *max_fd;
+	for (uint32_t i = 0; i < channels; i++)
+		*max_fd = ns.net.ch[i].fd > *max_fd ? ns.net.ch[i].fd : *max_fd;
+	*s = (struct wr_sink){ .put = net_put, .round_end = net_round_end, .idle = net_idle,
+			       .progress = net_progress, .prepare = net_prepare, .commit = net_commit,
+			       .check_cancel = net_check_cancel, .src = src };
+}
