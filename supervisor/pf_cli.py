@@ -119,7 +119,12 @@ def build_parser():
                         "says which (default: auto)")
     g.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking / compressing worker processes (default: %(default)s)")
-    g.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
+    g.add_argument("--psk-file", metavar="FILE",
+                   help="pre-shared key (16..1024 bytes) both ends must hold: every connection proves it has "
+                        "it; the pages themselves are not encrypted")
+    g.add_argument("--insecure", action="store_true",
+                   help="send to a receiver that is not on this host without --psk-file: anyone on the path "
+                        "could pose as the receiver (refused otherwise)")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="keep retrying a refused connection this long (default: %(default)s)")
     g.add_argument("--io-timeout", type=io_timeout, default=30, metavar="SECONDS",
@@ -179,7 +184,8 @@ def build_parser():
                                    "With --in-place, FILE is an existing RAM file of the guest's size (the "
                                    "destination VMM's, pre-allocated or not) written where it is; it is "
                                    "marked by FILE.pf-incomplete until the transfer is complete.")
-    c.add_argument("--listen", required=True, metavar="ADDR:PORT", help="address to listen on, e.g. 0.0.0.0:4444")
+    c.add_argument("--listen", required=True, metavar="ADDR:PORT",
+                   help="address to listen on, e.g. 0.0.0.0:4444 (not loopback: needs --psk-file or --insecure)")
     c.add_argument("--into", required=True, metavar="FILE",
                    help="destination RAM file (replaced on success; with --in-place, overwritten)")
     c.add_argument("--in-place", action="store_true",
@@ -188,7 +194,12 @@ def build_parser():
                         "source are zeroed in it")
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="decompressing worker processes (default: %(default)s)")
-    c.add_argument("--psk-file", metavar="FILE", help="pre-shared key (16..1024 bytes) both ends must hold")
+    c.add_argument("--psk-file", metavar="FILE",
+                   help="pre-shared key (16..1024 bytes) both ends must hold: every connection proves it has "
+                        "it; the pages themselves are not encrypted")
+    c.add_argument("--insecure", action="store_true",
+                   help="listen on an address other than loopback without --psk-file: anyone who can "
+                        "connect could write this RAM file (refused otherwise)")
     c.add_argument("--accept-timeout", type=float, default=0, metavar="SECONDS",
                    help="give up when no sender connects this long (default: wait forever)")
     c.add_argument("--io-timeout", type=io_timeout, default=30, metavar="SECONDS",
@@ -338,7 +349,8 @@ def main(stage_dirs, argv=None):
                         "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout,
                         "pause_lease": args.pause_lease}
             pf_migrate.migrate(ctx, args.guest, args.to, args.channels, args.compress, args.zerocopy,
-                               args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout)
+                               args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
+                               args.insecure)
         elif args.cmd == "status":
             return pf_status.status(ctx)
         elif args.cmd == "cancel":
@@ -353,7 +365,7 @@ def main(stage_dirs, argv=None):
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
             pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
-                               args.io_timeout, args.in_place)
+                               args.io_timeout, args.in_place, args.insecure)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

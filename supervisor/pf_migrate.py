@@ -1,5 +1,6 @@
 """The network jobs: migrate (source, paused or live) and receive
 (destination)."""
+import ipaddress
 import os
 import socket
 import stat
@@ -22,6 +23,32 @@ from pf_stages import wake_pair
 # pages at most, 128 pages of 4 KiB.
 MIGRATE_RUN_BYTES = 512 * 1024
 INCOMPLETE_SUFFIX = ".pf-incomplete"
+
+
+def _split_hostport(hostport):
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), port
+
+
+def only_loopback(host):
+    """Does host name only loopback addresses? A name that does not resolve
+    counts as not: the check fails closed."""
+    try:
+        infos = socket.getaddrinfo(host or None, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(ai[4][0].split("%")[0]).is_loopback for ai in infos)
+
+
+def require_authentication(what, hostport, psk_file, insecure, refusal):
+    """Safe default (doc/security.md): off loopback, nothing moves without a
+    pre-shared key unless the user says --insecure."""
+    host, _ = _split_hostport(hostport)
+    if psk_file or insecure or only_loopback(host):
+        return
+    raise JobError(f"{what} {hostport}: {refusal} is not loopback and no --psk-file was given: anyone who "
+                   "can reach it could take part in the migration. Give --psk-file FILE (the same key on "
+                   "both hosts), or --insecure on a network you trust completely", 2)
 
 
 def parse_target(to):
@@ -65,8 +92,9 @@ def round_records(seg, workers):
 
 
 def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None,
-            io_timeout=30):
+            io_timeout=30, insecure=False):
     hostport = parse_target(to)
+    require_authentication("--to", hostport, psk_file, insecure, "the receiver")
     level = parse_compress(compress)
     guest_fd, size, page = pf_jobs.check_guest(guest)
     run = Run(ctx, "migrate", size)
@@ -288,7 +316,8 @@ class InflaterNotices:
             self.stopped = True  # the stage is gone: the pipeline reports why
 
 
-def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False):
+def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False, insecure=False):
+    require_authentication("--listen", listen, psk_file, insecure, "this address")
     partial = into + pf_jobs.PARTIAL_SUFFIX
     run = Run(ctx, "receive", 1)
     ok = False

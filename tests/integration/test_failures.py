@@ -46,11 +46,13 @@ class DeadLink(VethWorkspace, Base):
         self.port = free_port()
         self.into = self.path("dest.ram")
         return self.spawn([PF, "receive", "--listen", f"{self.veth.addr[1]}:{self.port}", "--into", self.into,
-                           "--accept-timeout", 30, "--io-timeout", IO_TIMEOUT, "--workers", 1], ns=self.veth.ns[1])
+                           "--accept-timeout", 30, "--io-timeout", IO_TIMEOUT, "--workers", 1, "--insecure"],
+                          ns=self.veth.ns[1])
 
     def sender(self, guest, *extra):
         return self.spawn([PF, "migrate", "--guest", guest, "--to", f"tcp:{self.veth.addr[1]}:{self.port}",
-                           "--channels", 2, "--io-timeout", IO_TIMEOUT] + list(extra), ns=self.veth.ns[0])
+                           "--channels", 2, "--io-timeout", IO_TIMEOUT, "--insecure"] + list(extra),
+                          ns=self.veth.ns[0])
 
     def wait_for_bytes(self, tx, rx):
         """Until the transfer is under way: both still running, the

@@ -30,11 +30,11 @@ class Live(Workspace):
         self.port = free_port()
         self.into = self.path("dest.ram")
         return self.spawn([PF, "receive", "--listen", f"{self.addr}:{self.port}", "--into", self.into,
-                           "--accept-timeout", "30", "--workers", "2"], ns=self.netns and self.netns[1])
+                           "--accept-timeout", "30", "--workers", "2", "--insecure"], ns=self.netns and self.netns[1])
 
     def migrate_cmd(self, *extra):
         return [PF, "migrate", "--guest", self.ram, "--dirty-log", self.log, "--to",
-                f"tcp:{self.addr}:{self.port}", "--json"] + list(extra)
+                f"tcp:{self.addr}:{self.port}", "--json", "--insecure"] + list(extra)
 
     def migrate(self, *extra):
         return subprocess.run(in_netns(self.netns and self.netns[0], self.migrate_cmd(*extra)), capture_output=True,

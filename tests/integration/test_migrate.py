@@ -22,12 +22,16 @@ SIZE = os.environ.get("PF_TEST_MIGRATE_SIZE", "256M")
 class Base(Workspace):
     guest_size = SIZE
 
+    # The veth pair between two namespaces of the test's own is a network
+    # trusted completely: --insecure there, the safe default elsewhere.
     def start_receiver(self, port, into, *extra, netns=None, addr="127.0.0.1"):
+        trust = ["--insecure"] if netns else []
         return self.spawn([PF, "receive", "--listen", f"{addr}:{port}", "--into", into, "--accept-timeout", 30]
-                          + list(extra), ns=netns)
+                          + trust + list(extra), ns=netns)
 
     def migrate(self, guest, port, *extra, netns=None, addr="127.0.0.1", env=None):
-        cmd = in_netns(netns, [PF, "migrate", "--guest", guest, "--to", f"tcp:{addr}:{port}"] + list(extra))
+        trust = ["--insecure"] if netns else []
+        cmd = in_netns(netns, [PF, "migrate", "--guest", guest, "--to", f"tcp:{addr}:{port}"] + trust + list(extra))
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(self.env, **(env or {})))
 
     def round_trip(self, pattern, channels, compress, netns=None, addr="127.0.0.1", guest=None, zerocopy="on"):
@@ -219,6 +223,24 @@ class BadInput(Base):
         self.port = free_port()
         self.into = self.path("bad.dst")
         return self.start_receiver(self.port, self.into, "--workers", 1, *extra)
+
+    def test_off_loopback_without_a_key_is_refused(self):
+        # Safe default: a receiver on every address, or a sender to another
+        # host, needs --psk-file (or --insecure); nothing is created.
+        into = self.path("open.dst")
+        r = pf("receive", "--listen", f"0.0.0.0:{free_port()}", "--into", into)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("this address is not loopback and no --psk-file was given", r.stderr)
+        self.assertIn("--insecure", r.stderr)
+        self.assert_no_output(into)
+        guest = self.guest("zero", "4M")
+        r = pf("migrate", "--guest", guest, "--to", "tcp:10.255.255.1:4444")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--to 10.255.255.1:4444: the receiver is not loopback and no --psk-file was given", r.stderr)
+        # Loopback stays one command: refused only by the missing receiver.
+        r = pf("migrate", "--guest", guest, "--to", f"tcp:localhost:{free_port()}", "--connect-timeout", 0)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("Connection refused", r.stderr)
 
     def expect_refusal(self, rx, message):
         code, _, err = self.finish(rx)
