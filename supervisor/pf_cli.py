@@ -26,6 +26,10 @@ class Context:
         return pf_jobs.pf_stages.find_stage(name, self.stage_dirs)
 
 
+PSK_HELP = ("pre-shared key (16..1024 bytes) both ends must hold: every connection proves it has it; the "
+            "pages themselves are not encrypted")
+
+
 def positive_int(text):
     try:
         v = int(text)
@@ -119,9 +123,7 @@ def build_parser():
                         "says which (default: auto)")
     g.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking / compressing worker processes (default: %(default)s)")
-    g.add_argument("--psk-file", metavar="FILE",
-                   help="pre-shared key (16..1024 bytes) both ends must hold: every connection proves it has "
-                        "it; the pages themselves are not encrypted")
+    g.add_argument("--psk-file", metavar="FILE", help=PSK_HELP)
     g.add_argument("--insecure", action="store_true",
                    help="send to a receiver that is not on this host without --psk-file: anyone on the path "
                         "could pose as the receiver (refused otherwise)")
@@ -194,9 +196,7 @@ def build_parser():
                         "source are zeroed in it")
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="decompressing worker processes (default: %(default)s)")
-    c.add_argument("--psk-file", metavar="FILE",
-                   help="pre-shared key (16..1024 bytes) both ends must hold: every connection proves it has "
-                        "it; the pages themselves are not encrypted")
+    c.add_argument("--psk-file", metavar="FILE", help=PSK_HELP)
     c.add_argument("--insecure", action="store_true",
                    help="listen on an address other than loopback without --psk-file: anyone who can "
                         "connect could write this RAM file (refused otherwise)")

@@ -37,19 +37,6 @@ void wk_record_finish(struct wk_record_writer *w, const uint8_t *bitmap, uint32_
 		memcpy(p, bitmap, bitmap_bytes);
 }
 
-/* Maximal runs of set bits among the first n. */
-static uint32_t count_extents(const uint8_t *bitmap, uint32_t n)
-{
-	uint32_t extents = 0;
-	int prev = 0;
-	for (uint32_t k = 0; k < n; k++) {
-		int bit = proto_sparse_bit(bitmap, k);
-		extents += bit && !prev;
-		prev = bit;
-	}
-	return extents;
-}
-
 bool wk_record_read(const uint8_t *shared, uint8_t encoding, uint64_t first, uint32_t n_pages,
 		    uint32_t fp_chunk_pages, uint8_t copy[WK_RECORD_BYTES], struct wk_record *out)
 {
@@ -81,13 +68,14 @@ bool wk_record_read(const uint8_t *shared, uint8_t encoding, uint64_t first, uin
 		return n_extents == 0;
 	case PROTO_ENC_SPARSE: {
 		out->bitmap = out->crcs + 4u * n_extents;
-		uint32_t present = 0;
-		for (uint32_t k = 0; k < n_pages; k++)
-			present += (uint32_t)proto_sparse_bit(out->bitmap, k);
+		uint32_t present = 0, extents = 0, k = 0, start, run;
+		while (wk_record_next_extent(out->bitmap, n_pages, &k, &start, &run)) {
+			extents++;
+			present += run;
+		}
 		/* Some pages but not all (else RAW or ZERO), nothing past the run. */
-		return present > 0 && present < n_pages &&
-		       proto_sparse_bitmap_check(out->bitmap, n_pages, present) == PROTO_OK &&
-		       count_extents(out->bitmap, n_pages) == n_extents;
+		return present > 0 && present < n_pages && extents == n_extents &&
+		       proto_sparse_bitmap_check(out->bitmap, n_pages, present) == PROTO_OK;
 	}
 	default:
 		return false;

@@ -64,10 +64,11 @@ int wr_recheck_by_workers(const struct shm_segment *seg, struct shm_ring *in, st
 		if (n < 0)
 			stage_die_ring(n, "ring from worker");
 		struct proto_desc d;
-		if (proto_desc_unpack(slot, &geo, WK_ARENA_BUFFERS, &d) == PROTO_OK && d.type == PROTO_DESC_RESYNC)
+		bool valid = proto_desc_unpack(slot, &geo, WK_ARENA_BUFFERS, &d) == PROTO_OK;
+		if (valid && d.type == PROTO_DESC_RESYNC)
 			stage_die(STAGE_EXIT_FAILED, "worker %u was replaced during the final re-check, which cannot be "
 						     "resumed", i);
-		if (proto_desc_unpack(slot, &geo, WK_ARENA_BUFFERS, &d) != PROTO_OK || d.type != PROTO_DESC_RECHECKED)
+		if (!valid || d.type != PROTO_DESC_RECHECKED)
 			stage_die(STAGE_EXIT_FAILED, "worker %u: unexpected descriptor instead of the re-check's end", i);
 	}
 	if (skip)

@@ -243,20 +243,15 @@ bool wr_sink_net_args(void)
 
 void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 {
-	const char *to = args.to;
-	uint32_t channels = args.channels;
-	bool use_psk = args.psk;
-	int connect_timeout_ms = args.connect_timeout_ms, io_timeout_ms = args.io_timeout_ms;
-	enum wr_zerocopy zerocopy = args.zerocopy;
 	static struct net_psk psk;
-	if (use_psk) {
+	if (args.psk) {
 		const char *why = "";
 		int rc = net_psk_read(WRITER_FD_PSK, &psk, &why);
 		if (rc < 0)
 			stage_die_errno(rc, "%s", why);
 	}
-	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)channels,
-				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) | (use_psk ? PROTO_F_PSK : 0) |
+	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)args.channels,
+				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) | (args.psk ? PROTO_F_PSK : 0) |
 						  (ns.rounds ? PROTO_F_ROUNDS : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
@@ -267,8 +262,8 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 	char what[256] = "";
 	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = src->guest,
 				  .bytes = src->geo.guest_pages * src->geo.page_size };
-	int rc = wr_net_open(&ns.net, to, &hs, &psk, zerocopy, &guest, connect_timeout_ms, io_timeout_ms, what,
-			     sizeof(what));
+	int rc = wr_net_open(&ns.net, args.to, &hs, &psk, args.zerocopy, &guest, args.connect_timeout_ms,
+			     args.io_timeout_ms, what, sizeof(what));
 	memset(&psk, 0, sizeof(psk));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", what);
@@ -280,7 +275,7 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 		       (ns.net.zerocopy ? SHM_FLAG_ZEROCOPY : 0) | (ns.net.sendfile ? SHM_FLAG_SENDFILE : 0));
 	/* sockets: the main channel, then the data channels, after our fds */
 	*max_fd = ns.net.main_fd > *max_fd ? ns.net.main_fd : *max_fd;
-	for (uint32_t i = 0; i < channels; i++)
+	for (uint32_t i = 0; i < args.channels; i++)
 		*max_fd = ns.net.ch[i].fd > *max_fd ? ns.net.ch[i].fd : *max_fd;
 	*s = (struct wr_sink){ .put = net_put, .round_end = net_round_end, .idle = net_idle,
 			       .progress = net_progress, .prepare = net_prepare, .commit = net_commit,

@@ -226,10 +226,8 @@ static void sleep_on_rings(struct writer *w)
 {
 	struct wr_source *src = &w->src;
 	struct pollfd pfd[SHM_MAX_WORKERS + PROTO_MAX_CHANNELS];
-	unsigned n = 0;
-	unsigned n_sink = w->sink.idle(&w->sink, pfd, PROTO_MAX_CHANNELS);
 	/* The sink's fds first: the rings' follow. */
-	n = n_sink;
+	unsigned n = w->sink.idle(&w->sink, pfd, PROTO_MAX_CHANNELS);
 	for (uint32_t i = 0; i < src->n_workers; i++) {
 		if (w->ended[i] || w->fenced[i])
 			continue;
