@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 
 # Debian bookworm package names; build and tests use bookworm's own versions.
 PACKAGES=(build-essential meson ninja-build pkg-config python3
-          libzstd-dev liburcu-dev libseccomp-dev libcmocka-dev
-          zstd iproute2 e2fsprogs util-linux clang libclang-rt-14-dev)
+          libzstd-dev liburcu-dev libseccomp-dev libcmocka-dev libgnutls28-dev
+          zstd iproute2 e2fsprogs util-linux clang libclang-rt-14-dev
+          gnutls-bin)
 
 install_missing() {
 	local missing=()

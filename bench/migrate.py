@@ -10,7 +10,9 @@
   - pageferry migrate -> receive over loopback, and QEMU 10 multifd migrating
     the same RAM image (bench/qemu_migrate.py, max-bandwidth set far above the
     link), for each guest, destination kind, compression (none, zstd:1),
-    channel count and pageferry --zerocopy mode.
+    channel count, pageferry --zerocopy mode and TLS (none, or psk: both
+    with a pre-shared key, QEMU through tls-creds-psk objects, each preferring
+    AES-128-GCM in TLS 1.3).
 
 Every row runs --reps times per program, interleaved (pageferry, QEMU, then
 QEMU, pageferry, ...: this VM's speed drifts within minutes), and reports the
@@ -37,7 +39,8 @@ JSON (DIR/migrate-bench.json) and a PNG chart.
 
 usage: bench/migrate.py [--size 1G] [--patterns mixed,random,zero,text]
          [--dest prealloc,fresh] [--compress none,zstd] [--channels 2]
-         [--zerocopy auto] [--reps 3] [--pageferry build/pageferry] [--out DIR]
+         [--zerocopy auto] [--tls none,psk] [--reps 3] [--pageferry build/pageferry]
+         [--out DIR]
 """
 import argparse
 import itertools
@@ -164,17 +167,18 @@ def verify(guest, dest):
     return subprocess.run([PF, "verify", guest, dest], capture_output=True).returncode == 0
 
 
-def pageferry(guest, channels, compress, zerocopy, dest):
+def pageferry(guest, channels, compress, zerocopy, dest, tls="none"):
     """One pageferry receive + migrate of `guest` into a `dest` destination
-    (destination.KINDS); compress is none or zstd (level 1)."""
+    (destination.KINDS); compress is none or zstd (level 1); tls none or psk."""
     port = random.randint(20000, 60000)
+    creds = ["--psk-file", qemu_migrate.psk_file()] if tls == "psk" else []
     into = guest + ".dst"
     size = os.path.getsize(guest)
     destination.prepare(into, size, dest, sparse_file=False)
     allocated = destination.check(into, size, dest)
     try:
         rx = Command([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
-                      "--json", "--accept-timeout", "30"] + (["--in-place"] if dest == "prealloc" else []))
+                      "--json", "--accept-timeout", "30"] + (["--in-place"] if dest == "prealloc" else []) + creds)
         try:
             wait_listening(port, rx)
         except RuntimeError:
@@ -185,7 +189,7 @@ def pageferry(guest, channels, compress, zerocopy, dest):
         tx, window, busy, load = machine_load(lambda: Command(
             [PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
              "--compress", "zstd:1" if compress == "zstd" else compress, "--zerocopy", zerocopy,
-             "--workers", "2", "--json"]).finish())
+             "--workers", "2", "--json"] + creds).finish())
         rx.finish()
         if tx.returncode or rx.returncode:
             raise RuntimeError(f"pageferry failed: {(tx.stderr.strip() or rx.stderr.strip())[-300:]}")
@@ -202,11 +206,12 @@ def pageferry(guest, channels, compress, zerocopy, dest):
             "migrate_window": window, "dest_allocated_before": allocated}
 
 
-def qemu(guest, channels, compress, zerocopy, dest):
+def qemu(guest, channels, compress, zerocopy, dest, tls="none"):
     """One QEMU migration of the same image into the same kind of destination."""
     into = guest + ".dst"
     try:
-        q = qemu_migrate.run(guest, into, channels, compress, zerocopy, random.randint(20000, 60000), dest)
+        q = qemu_migrate.run(guest, into, channels, compress, zerocopy, random.randint(20000, 60000), dest,
+                             tls=tls)
         q["verified"] = verify(guest, into)
         return q
     finally:
@@ -259,6 +264,7 @@ def main():
     ap.add_argument("--channels", default="2", help="channel counts, e.g. 1,2,4")
     ap.add_argument("--zerocopy", default="auto", help="pageferry --zerocopy modes, e.g. auto,on,off")
     ap.add_argument("--qemu-zerocopy", action="store_true", help="QEMU zero-copy-send on uncompressed rows")
+    ap.add_argument("--tls", default="none", help="none, psk (TLS 1.3 with a pre-shared key on both programs)")
     ap.add_argument("--reps", type=int, default=3, help="runs of each program per row (median, range)")
     ap.add_argument("--pageferry", default=PF, help="the pageferry command to measure")
     args = ap.parse_args()
@@ -272,7 +278,7 @@ def main():
         if d not in destination.KINDS:
             sys.exit(f"--dest {d}: expected {', '.join(destination.KINDS)}")
     matrix = list(itertools.product(dests, args.compress.split(","), [int(c) for c in args.channels.split(",")],
-                                    args.zerocopy.split(",")))
+                                    args.zerocopy.split(","), args.tls.split(",")))
     rows_total = len(patterns) * len(matrix)
     est = estimate_s(gib, len(patterns), rows_total, args.reps)
     t_start = time.monotonic()
@@ -292,16 +298,16 @@ def main():
         try:
             zstd_ref[pattern] = zstd_bench(guest)
             print(f"zstd -b1, one core, {pattern} guest: {zstd_ref[pattern] / 2**20:.0f} MiB/s", flush=True)
-            for dest, compress, channels, zc in matrix:
+            for dest, compress, channels, zc, tls in matrix:
                 runs = {"pf": [], "qemu": []}
                 for rep in range(args.reps):
                     order = ("pf", "qemu") if rep % 2 == 0 else ("qemu", "pf")
                     for prog in order:
                         try:
                             if prog == "pf":
-                                r = pageferry(guest, channels, compress, zc, dest)
+                                r = pageferry(guest, channels, compress, zc, dest, tls)
                             else:
-                                r = qemu(guest, channels, compress, args.qemu_zerocopy, dest)
+                                r = qemu(guest, channels, compress, args.qemu_zerocopy and tls == "none", dest, tls)
                         except RuntimeError as e:
                             r = {"error": str(e)}
                         runs[prog].append(r)
@@ -321,8 +327,8 @@ def main():
                             qemu_params_shown = True
                 p, q = summarize(runs["pf"]), summarize(runs["qemu"])
                 rows.append({"pattern": pattern, "dest": dest, "compress": compress, "channels": channels,
-                             "zerocopy": zc, "pf": p, "qemu": q})
-                label = f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:8}"
+                             "zerocopy": zc, "tls": tls, "pf": p, "qemu": q})
+                label = f"{pattern:6} {dest:8} {compress:4} ch={channels} zc={zc:8} tls={tls:4}"
                 if "error" in p:
                     print(f"{label}: pageferry FAILED: {p['error']}", flush=True)
                     continue

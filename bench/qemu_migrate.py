@@ -41,6 +41,25 @@ import time
 import destination
 
 MAX_BANDWIDTH = 100 << 30  # bytes/s: far above loopback's few GiB/s
+# TLS rows: the same pre-shared key for both programs, and the same cipher
+# preference as pageferry (net/net_tls.c): TLS 1.3, AES-128-GCM first.
+# QEMU appends its PSK key exchanges to this.
+TLS_PRIORITY = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305"
+PSK_DIR = os.path.join(tempfile.gettempdir(), "pf-bench-psk")
+PSK_USER = "qemu"  # tls-creds-psk's default username
+
+
+def psk_file():
+    """The bench's key: DIR/key for pageferry, DIR/keys.psk for QEMU."""
+    path = os.path.join(PSK_DIR, "key")
+    if not os.path.exists(path):
+        os.makedirs(PSK_DIR, mode=0o700, exist_ok=True)
+        key = os.urandom(32)
+        with open(path, "wb") as f:
+            f.write(key)
+        with open(os.path.join(PSK_DIR, "keys.psk"), "w") as f:
+            f.write(f"{PSK_USER}:{key.hex()}\n")
+    return path
 DOWNTIME_LIMIT_MS = 2000 * 1000  # QEMU's maximum
 
 
@@ -81,7 +100,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(image, qmp_path, incoming, log, prealloc=False):
+def start(image, qmp_path, incoming, log, prealloc=False, tls="none"):
     size = os.path.getsize(image)
     backend = f"memory-backend-file,id=ram,size={size},mem-path={image},share=on"
     if prealloc:
@@ -92,10 +111,14 @@ def start(image, qmp_path, incoming, log, prealloc=False):
            "-nodefaults", "-display", "none", "-S", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if incoming:
         cmd += ["-incoming", "defer"]
+    if tls == "psk":
+        psk_file()
+        cmd += ["-object", f"tls-creds-psk,id=tls0,endpoint={'server' if incoming else 'client'},dir={PSK_DIR},"
+                + ("" if incoming else f"username={PSK_USER},") + f"priority={TLS_PRIORITY}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
 
 
-def configure(q, is_src, channels, comp, zerocopy):
+def configure(q, is_src, channels, comp, zerocopy, tls="none"):
     caps = [{"capability": "multifd", "state": True},
             {"capability": "x-ignore-shared", "state": False}]  # share=on RAM must still be sent
     if is_src:
@@ -104,13 +127,15 @@ def configure(q, is_src, channels, comp, zerocopy):
     params = {"multifd-channels": channels, "multifd-compression": comp, "zero-page-detection": "multifd"}
     if comp == "zstd":
         params["multifd-zstd-level"] = 1
+    if tls != "none":
+        params["tls-creds"] = "tls0"
     if is_src:
         params["max-bandwidth"] = MAX_BANDWIDTH
         params["downtime-limit"] = DOWNTIME_LIMIT_MS
     q.cmd("migrate-set-parameters", **params)
 
 
-def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900):
+def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900, tls="none"):
     """One QEMU migration of IMAGE into DEST (prepared here as `dest_kind`);
     DEST is left in place for the caller to verify and remove."""
     zerocopy = bool(zerocopy) and comp == "none"  # QEMU refuses zero-copy-send with compression
@@ -121,11 +146,11 @@ def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900):
     logs = {side: open(f"{tmp}/{side}.log", "w+") for side in ("src", "dst")}
     procs = {}
     try:
-        procs["src"] = start(image, f"{tmp}/src.qmp", False, logs["src"])
-        procs["dst"] = start(dest, f"{tmp}/dst.qmp", True, logs["dst"], prealloc=dest_kind == "prealloc")
+        procs["src"] = start(image, f"{tmp}/src.qmp", False, logs["src"], tls=tls)
+        procs["dst"] = start(dest, f"{tmp}/dst.qmp", True, logs["dst"], prealloc=dest_kind == "prealloc", tls=tls)
         qs, qd = QMP(f"{tmp}/src.qmp", procs["src"]), QMP(f"{tmp}/dst.qmp", procs["dst"])
-        configure(qs, True, channels, comp, zerocopy)
-        configure(qd, False, channels, comp, zerocopy)
+        configure(qs, True, channels, comp, zerocopy, tls)
+        configure(qd, False, channels, comp, zerocopy, tls)
         params = qs.cmd("query-migrate-parameters")
         if params["max-bandwidth"] != MAX_BANDWIDTH:
             raise RuntimeError(f"QEMU kept max-bandwidth at {params['max-bandwidth']} bytes/s")
@@ -154,9 +179,9 @@ def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900):
                 "cpu_src": c1[0] - c0[0], "cpu_dst": c1[1] - c0[1], "cpu": c1[0] - c0[0] + c1[1] - c0[1],
                 "ram": st.get("ram", {}), "version": qs.greeting["QMP"]["version"]["qemu"],
                 "dest": dest_kind, "dest_allocated_before": allocated,
-                "params": {k: params[k] for k in ("max-bandwidth", "downtime-limit", "multifd-channels",
-                                                  "multifd-compression", "multifd-zstd-level",
-                                                  "zero-page-detection")},
+                "params": {k: params.get(k) for k in ("max-bandwidth", "downtime-limit", "multifd-channels",
+                                                      "multifd-compression", "multifd-zstd-level",
+                                                      "zero-page-detection", "tls-creds")},
                 "capabilities": {k: caps[k] for k in ("multifd", "zero-copy-send", "x-ignore-shared")}}
     except RuntimeError as e:
         tails = []
@@ -185,10 +210,11 @@ def main():
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--compress", choices=("none", "zstd"), default="none")
     ap.add_argument("--zerocopy", action="store_true")
+    ap.add_argument("--tls", choices=("none", "psk"), default="none")
     ap.add_argument("--port", type=int, default=random.randint(20000, 60000))
     a = ap.parse_args()
     try:
-        print(json.dumps(run(a.image, a.dest, a.channels, a.compress, a.zerocopy, a.port, a.dest_kind)))
+        print(json.dumps(run(a.image, a.dest, a.channels, a.compress, a.zerocopy, a.port, a.dest_kind, tls=a.tls)))
     finally:
         destination.remove(a.dest)
 

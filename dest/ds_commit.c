@@ -5,10 +5,8 @@
 #include <sys/socket.h>
 
 #include "protocol/proto_bytes.h"
-#include "protocol/proto_packet.h"
 #include "stage/stage.h"
 
-#define ANSWER_SIZE PROTO_RESULT_PACKET_SIZE
 
 /* Decoded field by field: the front end is trusted more than the network,
  * but a wrong index here would mark a ring that does not exist. */
@@ -47,46 +45,45 @@ bool ds_commit_read_notices(struct ds_notices *n, struct ds_live *live)
 	}
 }
 
-/* Notices that came after the main thread stopped reading them: nothing
- * takes a buffer any more.  Read, so that the front end's end does not see
- * our close as a reset. */
-static void discard_notices(void)
+static void send_magic(const char *magic, const char *what)
 {
-	uint8_t buf[256];
-	ssize_t got;
-	do
-		got = recv(RECEIVE_FD_COMMIT, buf, sizeof(buf), MSG_DONTWAIT);
-	while (got > 0 || (got < 0 && errno == EINTR));
-}
-
-void ds_commit_handover(int main_fd)
-{
-	uint8_t msg[8 + 2 + 2 * ANSWER_SIZE];
-	memcpy(msg, DS_COMMIT_MAGIC, 8);
-	put_le16(msg + 8, ANSWER_SIZE);
-	proto_result_packet_encode(PROTO_OK, msg + 10);
-	proto_result_packet_encode(PROTO_RESULT_LOCAL_FAILURE, msg + 10 + ANSWER_SIZE);
-
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} control;
-	memset(&control, 0, sizeof(control));
-	struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-			     .msg_controllen = sizeof(control.buf) };
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET;
-	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &main_fd, sizeof(int));
-	discard_notices();
 	ssize_t n;
 	do
-		n = sendmsg(RECEIVE_FD_COMMIT, &mh, MSG_NOSIGNAL);
+		n = send(RECEIVE_FD_COMMIT, magic, 8, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
-		stage_die_errno(-errno, "handing the result to the front end for the commit");
-	if ((size_t)n != sizeof(msg))
-		stage_die(STAGE_EXIT_FAILED, "handing the result to the front end: short write");
+		stage_die_errno(-errno, "%s", what);
+	if (n != 8)
+		stage_die(STAGE_EXIT_FAILED, "%s: short write", what);
+}
+
+bool ds_commit_ask(struct ds_notices *n)
+{
+	send_magic(DS_COMMIT_MAGIC, "asking the front end to commit");
+	for (;;) {
+		uint8_t b;
+		ssize_t got = recv(RECEIVE_FD_COMMIT, &b, 1, 0);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			stage_die_errno(-errno, "waiting for the front end's commit");
+		if (got == 0)
+			stage_die(STAGE_EXIT_FAILED, "the front end went away during the commit");
+		n->part[n->fill++] = b;
+		if (n->fill < DS_NOTICE_SIZE)
+			continue;
+		n->fill = 0;
+		uint8_t kind = n->part[0];
+		if (kind == DS_NOTICE_DOWN || kind == DS_NOTICE_UP)
+			continue; /* the inflaters are done: nothing to route */
+		if ((kind != DS_DECISION_COMMITTED && kind != DS_DECISION_FAILED) || n->part[1] || n->part[2] ||
+		    n->part[3])
+			stage_die(STAGE_EXIT_FAILED, "the front end's commit: unknown answer 0x%02x", kind);
+		return kind == DS_DECISION_COMMITTED;
+	}
+}
+
+void ds_commit_answered(void)
+{
+	send_magic(DS_ANSWERED_MAGIC, "telling the front end the sender knows of the commit");
 }

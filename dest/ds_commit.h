@@ -1,28 +1,24 @@
 /* The destination's half of the handoff (doc/architecture.md, "The handoff").
  *
- * The receiver does not tell the sender "done" itself: the copy is not
- * committed until the front end has renamed it into place (or removed the
- * in-place marker) and synced the directory, and a stage cannot do either
- * from its sandbox.  So once every check has passed and the data is durable,
- * the receiver hands the main channel (SCM_RIGHTS) and two ready-made
- * answers, success and failure, to the front end on RECEIVE_FD_COMMIT
- * (stage/stage_fds.h), and exits.
- * The front end commits, then sends one of them.  The answers are encoded
- * here, so the wire format stays in C.
+ * The receiver does not commit the copy itself: renaming it into place (or
+ * removing the in-place marker) and syncing the directory cannot be done
+ * from its sandbox.  So once every check has passed, the data is durable and
+ * the sender said "commit", the receiver asks the front end on
+ * RECEIVE_FD_COMMIT (stage/stage_fds.h) and waits; the front end commits and
+ * says whether it did; the receiver tells the sender (inside TLS, which only
+ * it can speak) and, once that answer is sent, tells the front end, which
+ * undoes the commit when that word never comes.
  *
- * Message on RECEIVE_FD_COMMIT: "PFCOMMIT", u16 LE answer length N, the success
- * answer (N bytes), the failure answer (N bytes); the main channel's fd as
- * SCM_RIGHTS.
- *
- * The other way, front end -> stage, the same socket carries notices about
- * the inflaters (dest/ds_live.h), DS_NOTICE_SIZE bytes each:
- *   u8 kind: DS_NOTICE_DOWN, inflater i died (give it nothing new), or
- *            DS_NOTICE_UP, its replacement runs (locked down);
- *   u8 0; u16 LE i (< the number of inflaters).
- * The stage's main thread reads them in its poll loop until every channel
- * ended, and discards whatever came after, unread, just before it hands
- * over; the front end stops sending once the handover is readable.  The
- * directions never mix, so the two formats cannot be confused.
+ * Receiver -> front end: "PFCOMMIT" (commit now), later "PFANSWER" (the
+ * sender has been told of the commit).
+ * Front end -> receiver: messages of DS_NOTICE_SIZE bytes,
+ *   u8 kind; u8 0; u16 LE index, where kind is
+ *   DS_NOTICE_DOWN: inflater `index` died (give it nothing new),
+ *   DS_NOTICE_UP: its replacement runs (locked down),
+ *   DS_DECISION_COMMITTED / DS_DECISION_FAILED (index 0): the front end's
+ *   answer to PFCOMMIT.
+ * Notices may still arrive after PFCOMMIT (the front end has not read it
+ * yet): they are read and ignored then, the inflaters having finished.
  */
 #ifndef PF_DS_COMMIT_H
 #define PF_DS_COMMIT_H
@@ -36,6 +32,9 @@
 #define DS_NOTICE_SIZE 4
 #define DS_NOTICE_DOWN 'D'
 #define DS_NOTICE_UP 'U'
+#define DS_DECISION_COMMITTED 'C'
+#define DS_DECISION_FAILED 'F'
+#define DS_ANSWERED_MAGIC "PFANSWER"
 
 /* A notice may arrive in pieces: what is read of the next one. */
 struct ds_notices {
@@ -48,7 +47,10 @@ struct ds_notices {
  * closed its end.  Dies on a malformed notice. */
 bool ds_commit_read_notices(struct ds_notices *n, struct ds_live *live);
 
-/* Hand the main channel and the answers to the front end, or die. */
-void ds_commit_handover(int main_fd);
+/* Ask the front end to commit (PFCOMMIT) and wait for its decision: true
+ * when it committed.  Dies when the front end goes away. */
+bool ds_commit_ask(struct ds_notices *n);
+/* Tell the front end the sender has been told (PFANSWER), or die. */
+void ds_commit_answered(void);
 
 #endif

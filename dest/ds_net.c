@@ -26,11 +26,11 @@ static void stat_add(struct ds_net *r, int which, uint64_t v)
 	atomic_fetch_add_explicit(&r->stats->v[which], v, memory_order_relaxed);
 }
 
-static int send_result(const struct ds_net *r, uint32_t status)
+static int send_result(struct ds_net *r, uint32_t status)
 {
 	uint8_t packet[PROTO_RESULT_PACKET_SIZE];
 	proto_result_packet_encode(status, packet);
-	return net_send_all(r->main_fd, packet, sizeof(packet));
+	return net_conn_send_all(&r->main, packet, sizeof(packet));
 }
 
 /* Tell the sender why (best effort), then end with the same message. */
@@ -43,7 +43,7 @@ fail(struct ds_net *r, uint32_t status, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	pthread_mutex_lock(&r->main_lock); /* held until we exit: one message */
-	if (r->main_fd >= 0)
+	if (r->main.fd >= 0)
 		(void)send_result(r, status);
 	stage_die(STAGE_EXIT_FAILED, "%s", msg);
 }
@@ -91,6 +91,21 @@ static void check_fault(struct ds_net *r, int err)
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", stage_fault_reason(STAGE_MAP_DEST));
 }
 
+/* A failed receive on data channel c: the one line that says why. */
+static noreturn void recv_failed(struct ds_net *r, uint32_t c, int rc, const char *what)
+{
+	if (rc == -EAGAIN || rc == -EWOULDBLOCK)
+		idle(r, c);
+	if (net_is_dead_link(rc))
+		dead_link(r);
+	if (rc == -ECONNRESET)
+		truncated(r, c, what);
+	if (rc == -EBADMSG)
+		fail(r, PROTO_E_TLS_RECORD, "data channel %u: receiving %s: %s", c, what, net_conn_why(&r->ch[c].conn, rc));
+	check_fault(r, -rc);
+	stage_die_errno(rc, "data channel %u: receiving %s", c, what);
+}
+
 /* Have at least `need` (<= DS_STAGING_BYTES) bytes staged.  It reads ahead
  * a little, so that a stream of small packets costs few recv calls, but not
  * much: what lands here is copied once more, where a large payload read
@@ -110,15 +125,11 @@ static void stage_at_least(struct ds_net *r, uint32_t c, uint32_t need, const ch
 		want = want > DS_READAHEAD ? want : DS_READAHEAD;
 		if (want > DS_STAGING_BYTES - ch->fill)
 			want = DS_STAGING_BYTES - ch->fill;
-		ssize_t n = recv(ch->fd, ch->staging + ch->fill, want, 0);
-		if (n < 0 && errno == EINTR)
+		ssize_t n = net_conn_recv(&ch->conn, ch->staging + ch->fill, want);
+		if (n == -EINTR)
 			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			idle(r, c);
-		if (n < 0 && net_is_dead_link(-errno))
-			dead_link(r);
 		if (n < 0)
-			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
+			recv_failed(r, c, (int)n, what);
 		if (n == 0)
 			truncated(r, c, what);
 		ch->fill += (uint32_t)n;
@@ -138,21 +149,22 @@ static void recv_iov_or_fail(struct ds_net *r, uint32_t c, struct iovec *iov, si
 	}
 	if (ch->start == ch->fill)
 		ch->start = ch->fill = 0;
+	while (n_iov && ch->conn.tls) {
+		/* TLS hands over what it unprotected, a record at most at a time. */
+		ssize_t n = net_conn_recv(&ch->conn, iov->iov_base, iov->iov_len);
+		if (n < 0)
+			recv_failed(r, c, (int)n, what);
+		if (n == 0)
+			truncated(r, c, what);
+		net_iov_advance(&iov, &n_iov, (size_t)n);
+	}
 	while (n_iov) {
 		struct msghdr m = { .msg_iov = iov, .msg_iovlen = n_iov < IOV_MAX ? n_iov : IOV_MAX };
-		ssize_t n = recvmsg(ch->fd, &m, MSG_WAITALL);
+		ssize_t n = recvmsg(ch->conn.fd, &m, MSG_WAITALL);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			idle(r, c);
-		if (n < 0 && net_is_dead_link(-errno))
-			dead_link(r);
-		if (n < 0 && errno == ECONNRESET)
-			truncated(r, c, what);
 		if (n < 0)
-			check_fault(r, errno);
-		if (n < 0)
-			stage_die_errno(-errno, "data channel %u: receiving %s", c, what);
+			recv_failed(r, c, -errno, what);
 		if (n == 0)
 			truncated(r, c, what);
 		net_iov_advance(&iov, &n_iov, (size_t)n);
@@ -353,7 +365,7 @@ static void end_of_round(struct ds_net *r, uint32_t c)
 static uint32_t read_sender_result(struct ds_net *r)
 {
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
-	int rc = net_recv_all(r->main_fd, header, sizeof(header));
+	int rc = net_conn_recv_all(&r->main, header, sizeof(header));
 	if (rc == -ECONNRESET) {
 		/* A sender that died mid-packet left a data channel that can say
 		 * more precisely what it lost: give its thread a moment to. */
@@ -363,6 +375,8 @@ static uint32_t read_sender_result(struct ds_net *r)
 	}
 	if (rc < 0 && net_is_dead_link(rc))
 		dead_link(r);
+	if (rc == -EBADMSG)
+		fail(r, PROTO_E_TLS_RECORD, "main channel: %s", net_conn_why(&r->main, rc));
 	if (rc < 0)
 		stage_die_errno(rc, "main channel");
 	struct proto_packet p;
@@ -370,7 +384,7 @@ static uint32_t read_sender_result(struct ds_net *r)
 	enum proto_err err = proto_packet_decode(header, sizeof(header), &r->geo, &p);
 	if (err == PROTO_OK && p.type != PROTO_PKT_RESULT)
 		err = PROTO_E_PACKET_TYPE;
-	if (err == PROTO_OK && (rc = net_recv_all(r->main_fd, body, sizeof(body))) < 0)
+	if (err == PROTO_OK && (rc = net_conn_recv_all(&r->main, body, sizeof(body))) < 0)
 		stage_die_errno(rc, "main channel");
 	if (err == PROTO_OK)
 		err = proto_result_decode(body, sizeof(body), &status);
@@ -458,13 +472,14 @@ void ds_net_receive(struct ds_net *r)
 	struct ds_notices notices = { .fill = 0 };
 	int notice_fd = RECEIVE_FD_COMMIT;
 	while (atomic_load(&r->n_ended) < r->n_channels) {
-		struct pollfd pfd[3] = { { .fd = r->main_fd, .events = POLLIN },
+		struct pollfd pfd[3] = { { .fd = r->main.fd, .events = POLLIN },
 					 { .fd = r->done_pipe[0], .events = POLLIN },
 					 { .fd = notice_fd, .events = POLLIN } };
-		int ready = poll(pfd, 3, 200);
+		int ready = net_conn_buffered(&r->main) ? 1 : poll(pfd, 3, 200);
 		if (ready < 0 && errno != EINTR)
 			stage_die_errno(-errno, "poll on the main channel");
-		if (ready > 0 && pfd[0].revents && atomic_load(&r->n_ended) < r->n_channels)
+		if (ready > 0 && (pfd[0].revents || net_conn_buffered(&r->main)) &&
+		    atomic_load(&r->n_ended) < r->n_channels)
 			check_main(r);
 		/* The front end closing its end is its death, which ends us anyway
 		 * (stage_tie_to_supervisor): just stop watching. */
@@ -482,16 +497,15 @@ void ds_net_receive(struct ds_net *r)
 	if (fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
 		fail(r, PROTO_RESULT_LOCAL_FAILURE, "fdatasync of the destination: %s", strerror(errno));
 	/* Everything checked and durable: "prepared".  The sender decides; only
-	 * its RESULT(OK) lets the front end commit (doc/architecture.md, "The
-	 * handoff"), and the front end, not us, answers once it has. */
+	 * its RESULT(OK) lets the front end commit, and only once the front end
+	 * has do we tell the sender (doc/architecture.md, "The handoff"). */
 	int rc = send_result(r, PROTO_OK);
 	if (rc < 0)
 		stage_die_errno(rc, "telling the sender the copy is prepared");
-	struct pollfd pfd = { .fd = r->main_fd, .events = POLLIN };
-	int ready;
-	do
-		ready = poll(&pfd, 1, COMMIT_DECISION_MS);
-	while (ready < 0 && errno == EINTR);
+	struct pollfd pfd = { .fd = r->main.fd, .events = POLLIN };
+	int ready = net_conn_buffered(&r->main) ? 1 : 0;
+	while (!ready && (ready = poll(&pfd, 1, COMMIT_DECISION_MS)) < 0 && errno == EINTR)
+		ready = 0;
 	if (ready < 0)
 		stage_die_errno(-errno, "waiting for the sender's commit");
 	if (ready == 0)
@@ -500,5 +514,15 @@ void ds_net_receive(struct ds_net *r)
 	uint32_t status = read_sender_result(r);
 	if (status != PROTO_OK)
 		sender_gave_up(status);
-	ds_commit_handover(r->main_fd);
+	/* Anything more from the sender now is its close or a cancellation:
+	 * then nothing may be committed. */
+	pfd.revents = 0;
+	if (net_conn_buffered(&r->main) || poll(&pfd, 1, 0) != 0)
+		stage_die(STAGE_EXIT_FAILED, "the sender went away before the commit; nothing was committed");
+	bool committed = ds_commit_ask(&notices);
+	rc = send_result(r, committed ? PROTO_OK : PROTO_RESULT_LOCAL_FAILURE);
+	if (rc < 0)
+		stage_die(STAGE_EXIT_FAILED, "the sender went away during the commit (%s)", net_conn_why(&r->main, rc));
+	if (committed)
+		ds_commit_answered();
 }

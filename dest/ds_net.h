@@ -22,7 +22,7 @@
 #define DS_READAHEAD (16u << 10) /* staged by one recv when a header is needed */
 
 struct ds_channel {
-	int fd;
+	struct net_conn conn;
 	bool ended;
 	bool synced;		/* reached the end of the current round */
 	uint32_t round;
@@ -34,7 +34,8 @@ struct ds_channel {
 };
 
 struct ds_net {
-	int listen_fd, main_fd;
+	int listen_fd;
+	struct net_conn main;
 	struct proto_handshake hs;	/* the session, as agreed on the main channel */
 	struct proto_geometry geo;
 	uint32_t n_channels;
@@ -55,10 +56,12 @@ struct ds_net {
 	struct shm_stats *stats;
 };
 
-/* Listen, accept the main channel and every data channel, check and answer
- * each handshake (dest/ds_session.c).  Dies with a message on any
- * failure.  r->io_timeout_ms must be set before. */
-void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_psk *psk,
+/* Listen, accept the main channel and every data channel, each through TLS
+ * (creds not NULL) and its handshake (dest/ds_session.c); connections that
+ * fail are closed and logged, and do not end the receive.  Dies with a
+ * message when the real sender cannot be served.  r->io_timeout_ms must be
+ * set before. */
+void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_tls_creds *creds,
 			   int accept_timeout_ms);
 /* How long a connection may stay silent: a little longer than --io-timeout,
  * so that on a dead link the kernel's verdict comes first. */

@@ -1,45 +1,132 @@
-/* The receiver's session set-up: listen, accept the main channel and the
- * data channels, check every handshake (and key proof) against the main
- * channel's, all before lock-down. */
+/* The receiver's session set-up, before lock-down (doc/security.md,
+ * "Before authentication").
+ *
+ * Every connection is accepted at once and taken through TLS and our
+ * handshake concurrently, in one thread driving non-blocking sockets, each
+ * within an absolute deadline from its accept (not renewed by each byte).
+ * At most PENDING_MAX wait at a time; one more closes the oldest.  A
+ * connection that fails (garbage, a failed TLS handshake or credential, a
+ * wrong session, a second sender) is closed with a log line: nothing it
+ * does ends the receive or holds up the real sender.  The receive ends here
+ * only for what the real (authenticated) sender asks and this end cannot
+ * give: a destination of another size, or channels that never come. */
 #include "dest/ds_net.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "net/net_socket.h"
 #include "stage/stage.h"
 
-#define HANDSHAKE_TIMEOUT_MS 10000
+#define PENDING_MAX 128
+#define AUTH_DEADLINE_MS 10000	/* from accept to an offer we can answer */
 #define DATA_CHANNEL_WAIT_MS 30000
+#define LOGGED_MAX 50		/* refusals logged one by one; then a count at the end */
+#define TLS_RECORD_HANDSHAKE 0x16 /* the first byte of every TLS ClientHello */
 
-static int accept_one(struct ds_net *r, int timeout_ms, struct net_addr *peer, const char *what)
+enum pending_state {
+	P_SNIFF,	/* nothing read yet: TLS or our handshake? */
+	P_TLS,		/* TLS handshake under way */
+	P_OFFER,	/* reading our 64-byte offer */
+	P_HELD,		/* a data channel's offer, waiting for its main channel */
+};
+
+struct pending {
+	struct net_conn conn;
+	enum pending_state state;
+	short events;
+	int64_t deadline_ms;
+	struct net_addr peer;
+	uint8_t offer[PROTO_HANDSHAKE_SIZE];
+	uint32_t got;
+	struct proto_handshake h;
+};
+
+struct session {
+	struct ds_net *r;
+	const struct net_tls_creds *creds;
+	struct pending p[PENDING_MAX];	/* [0, n), oldest first */
+	uint32_t n;
+	bool have_main;
+	uint32_t n_data;
+	unsigned logged, unlogged;
+};
+
+static int64_t now_ms(void)
 {
-	int fd = net_accept(r->listen_fd, timeout_ms, peer);
-	if (fd == -ETIMEDOUT)
-		stage_die(STAGE_EXIT_FAILED, "no %s connected within %d s", what, timeout_ms / 1000);
-	if (fd < 0)
-		stage_die_errno(fd, "accept on %s", what);
-	int rc = net_set_io_timeout(fd, r->io_timeout_ms);
-	if (rc < 0 || (rc = net_set_timeout(fd, HANDSHAKE_TIMEOUT_MS)) < 0)
-		stage_die_errno(rc, "socket timeouts on the %s from %s", what, peer->text);
-	return fd;
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-/* Answer an offer; on refusal or a failed key proof, die naming why (the
- * refusal's own words, or `detail` where the receiver knows more). */
-static void answer(struct ds_net *r, int fd, const struct proto_handshake *agreed, enum proto_err status,
-		   const struct net_psk *psk, const char *who, const char *detail)
+static void __attribute__((format(printf, 2, 3))) note(struct session *s, const char *fmt, ...)
 {
-	int rc = net_channel_answer(fd, agreed, status, psk);
-	if (status != PROTO_OK)
-		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, detail ? detail : proto_strerror(status));
-	if (rc > 0)
-		stage_die(STAGE_EXIT_FAILED, "refused %s: %s", who, proto_strerror((enum proto_err)rc));
-	if (rc < 0)
-		stage_die_errno(rc, "handshake with %s", who);
-	(void)r;
+	if (s->logged++ >= LOGGED_MAX) {
+		s->unlogged++;
+		return;
+	}
+	char line[512];
+	int n = snprintf(line, sizeof(line), "%s: notice: ", stage_name());
+	va_list ap;
+	va_start(ap, fmt);
+	n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(line) - 2)
+		n = (int)sizeof(line) - 2;
+	line[n++] = '\n';
+	(void)!write(2, line, (size_t)n);
+}
+
+/* Take p out of the table; close it unless it was kept. */
+static void drop(struct session *s, uint32_t k, bool close_it)
+{
+	if (close_it) {
+		/* Closing with unread bytes would reset the connection, and the
+		 * peer might lose our refusal to the reset: read them first. */
+		uint8_t scrap[4096];
+		(void)!recv(s->p[k].conn.fd, scrap, sizeof(scrap), MSG_DONTWAIT);
+		net_conn_close(&s->p[k].conn);
+	}
+	memmove(&s->p[k], &s->p[k + 1], (s->n - k - 1) * sizeof(s->p[0]));
+	s->n--;
+}
+
+static int set_blocking(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ? -errno : 0;
+}
+
+/* Answer an offer; on a refusal, log why and close the connection. */
+static int answer(struct session *s, uint32_t k, const struct proto_handshake *agreed, enum proto_err status,
+		  const char *detail)
+{
+	struct pending *p = &s->p[k];
+	/* A 64-byte answer into a socket that sent us nothing back to read
+	 * cannot fill its buffer: blocking here is bounded. */
+	int rc = set_blocking(p->conn.fd);
+	if (rc == 0)
+		rc = net_channel_answer(&p->conn, agreed, status);
+	if (status != PROTO_OK) {
+		note(s, "refused a connection from %s: %s", p->peer.text, detail ? detail : proto_strerror(status));
+		drop(s, k, true);
+		return -1;
+	}
+	if (rc < 0) {
+		note(s, "lost the connection from %s while answering its handshake: %s", p->peer.text,
+		     net_conn_why(&p->conn, rc));
+		drop(s, k, true);
+		return -1;
+	}
+	return 0;
 }
 
 static void version_detail(char *buf, size_t len, const struct proto_handshake *h)
@@ -48,77 +135,267 @@ static void version_detail(char *buf, size_t len, const struct proto_handshake *
 		 proto_strerror(PROTO_E_VERSION), h->version, PROTO_VERSION);
 }
 
-static enum proto_err check_main_offer(const struct ds_net *r, const struct proto_handshake *h,
-				       const struct net_psk *psk)
+static void accept_data(struct session *s, uint32_t k)
 {
-	if (h->channel_kind != PROTO_CHAN_MAIN)
-		return PROTO_E_CHANNEL_KIND;
-	if (!!(h->features & PROTO_F_PSK) != (psk->len > 0))
-		return PROTO_E_PSK_MISSING;
-	if (r->inplace && h->geo.guest_pages * h->geo.page_size != r->inplace->size)
-		return PROTO_E_DEST_SIZE;
-	return PROTO_OK;
+	struct ds_net *r = s->r;
+	struct pending *p = &s->p[k];
+	enum proto_err err = proto_handshake_match(&p->h, &r->hs);
+	if (err == PROTO_OK && r->ch[p->h.channel_id].conn.fd > 0)
+		err = PROTO_E_CHANNEL_DUPLICATE;
+	if (answer(s, k, err == PROTO_OK ? &p->h : NULL, err, NULL) < 0)
+		return;
+	struct ds_channel *ch = &r->ch[p->h.channel_id];
+	ch->conn = p->conn;
+	ch->round = 1;
+	ch->staging = malloc(DS_STAGING_BYTES);
+	if (!ch->staging)
+		stage_die_errno(-ENOMEM, "staging buffer");
+	s->n_data++;
+	drop(s, k, false);
 }
 
-void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_psk *psk,
+static void accept_main(struct session *s, uint32_t k)
+{
+	struct ds_net *r = s->r;
+	struct pending *p = &s->p[k];
+	if (s->have_main) {
+		answer(s, k, NULL, PROTO_E_BUSY, NULL);
+		return;
+	}
+	if (r->inplace && p->h.geo.guest_pages * p->h.geo.page_size != r->inplace->size) {
+		/* The sender was let in and wants what this end cannot give. */
+		char why[160];
+		snprintf(why, sizeof(why), "the guest is %llu bytes but the destination (--in-place) is %llu",
+			 (unsigned long long)(p->h.geo.guest_pages * p->h.geo.page_size),
+			 (unsigned long long)r->inplace->size);
+		(void)set_blocking(p->conn.fd);
+		(void)net_channel_answer(&p->conn, NULL, PROTO_E_DEST_SIZE);
+		stage_die(STAGE_EXIT_FAILED, "refused main channel from %s: %s", p->peer.text, why);
+	}
+	if (answer(s, k, &p->h, PROTO_OK, NULL) < 0)
+		return;
+	r->hs = p->h;
+	r->geo = p->h.geo;
+	r->n_channels = p->h.n_channels;
+	r->main = p->conn;
+	snprintf(r->peer, sizeof(r->peer), "%s", p->peer.text);
+	s->have_main = true;
+	drop(s, k, false);
+	/* Data channels that offered before their main channel came. */
+	for (uint32_t j = s->n; j-- > 0;)
+		if (s->p[j].state == P_HELD)
+			accept_data(s, j);
+}
+
+static void on_offer(struct session *s, uint32_t k)
+{
+	struct pending *p = &s->p[k];
+	enum proto_err err = net_channel_decode_offer(p->offer, &p->h);
+	char detail[200];
+	if (err != PROTO_OK) {
+		if (err == PROTO_E_VERSION)
+			version_detail(detail, sizeof(detail), &p->h);
+		answer(s, k, NULL, err, err == PROTO_E_VERSION ? detail : NULL);
+	} else if (p->h.channel_kind == PROTO_CHAN_MAIN) {
+		accept_main(s, k);
+	} else if (s->have_main) {
+		accept_data(s, k);
+	} else {
+		p->state = P_HELD;
+	}
+}
+
+/* The first byte tells TLS from our own handshake.  It is consumed (a
+ * peek would leave the socket readable, and a peer that sends one byte and
+ * stops would keep this loop spinning): TLS gets it back. */
+static int sniff(struct session *s, uint32_t k)
+{
+	struct pending *p = &s->p[k];
+	uint8_t b;
+	ssize_t n = recv(p->conn.fd, &b, 1, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 1;
+	if (n <= 0) {
+		note(s, "the connection from %s closed before it said anything", p->peer.text);
+		drop(s, k, true);
+		return -1;
+	}
+	if (s->creds && b == TLS_RECORD_HANDSHAKE) {
+		int rc = net_tls_server(&p->conn.tls, p->conn.fd, s->creds, &b, 1);
+		if (rc < 0)
+			stage_die_errno(rc, "starting TLS");
+		p->state = P_TLS;
+		return 0;
+	}
+	if (s->creds) {
+		/* A plain sender ("PFHS..."): tell it why, in words it reads. */
+		if (b == 'P') {
+			answer(s, k, NULL, PROTO_E_TLS_REQUIRED, "it does not use TLS, and this receiver requires it");
+		} else {
+			note(s, "refused a connection from %s: not a TLS handshake", p->peer.text);
+			drop(s, k, true);
+		}
+		return -1;
+	}
+	if (b == TLS_RECORD_HANDSHAKE) {
+		note(s, "refused a connection from %s: it speaks TLS, but this receiver was started without "
+		     "credentials (--psk-file or --tls-creds)", p->peer.text);
+		drop(s, k, true);
+		return -1;
+	}
+	p->offer[0] = b;
+	p->got = 1;
+	p->state = P_OFFER;
+	return 0;
+}
+
+/* Move p on as far as its socket allows (it may leave the table). */
+static void advance(struct session *s, uint32_t k)
+{
+	struct pending *p = &s->p[k];
+	for (;;) {
+		int rc;
+		switch (p->state) {
+		case P_SNIFF:
+			if (sniff(s, k) != 0)
+				return;
+			break;
+		case P_TLS:
+			rc = net_tls_step(p->conn.tls, &p->events);
+			if (rc < 0) {
+				note(s, "refused a connection from %s: %s", p->peer.text,
+				     rc == -EBADMSG ? net_tls_why(p->conn.tls) : strerror(-rc));
+				drop(s, k, true);
+				return;
+			}
+			if (rc > 0)
+				return;
+			p->state = P_OFFER;
+			p->events = POLLIN;
+			break;
+		case P_OFFER: {
+			ssize_t n = net_conn_recv(&p->conn, p->offer + p->got, sizeof(p->offer) - p->got);
+			if (n == -EAGAIN)
+				return;
+			if (n <= 0) {
+				note(s, "the connection from %s %s before its handshake", p->peer.text,
+				     n == 0 ? "closed" : net_conn_why(&p->conn, (int)n));
+				drop(s, k, true);
+				return;
+			}
+			p->got += (uint32_t)n;
+			if (p->got < sizeof(p->offer))
+				break;
+			on_offer(s, k);
+			return;
+		}
+		case P_HELD:
+			return;
+		}
+	}
+}
+
+static void take_connections(struct session *s, int64_t now)
+{
+	for (;;) {
+		struct net_addr peer;
+		int fd = net_accept(s->r->listen_fd, &peer);
+		if (fd == -EAGAIN || fd == -EINTR || fd == -ECONNABORTED)
+			return;
+		if (fd < 0)
+			stage_die_errno(fd, "accept");
+		if (s->n == PENDING_MAX) {
+			/* Make room: the oldest has had the longest to prove itself. */
+			note(s, "closed the connection from %s: %u connections are waiting to authenticate, the "
+			     "most allowed", s->p[0].peer.text, PENDING_MAX);
+			drop(s, 0, true);
+		}
+		int rc = net_set_io_timeout(fd, s->r->io_timeout_ms);
+		if (rc < 0)
+			stage_die_errno(rc, "socket timeouts on the connection from %s", peer.text);
+		s->p[s->n++] = (struct pending){ .conn = { .fd = fd, .tls = NULL }, .state = P_SNIFF, .events = POLLIN,
+						 .deadline_ms = now + AUTH_DEADLINE_MS, .peer = peer };
+	}
+}
+
+void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_tls_creds *creds,
 			   int accept_timeout_ms)
 {
-	struct net_addr addr, peer;
+	static struct session s;
+	s = (struct session){ .r = r, .creds = creds };
+	struct net_addr addr;
 	const char *why = "";
-	r->main_fd = -1;
+	r->main = (struct net_conn){ .fd = -1, .tls = NULL };
 	if (net_resolve(listen_addr, 1, &addr, &why) < 0)
 		stage_die(STAGE_EXIT_FAILED, "listen address %s: %s", listen_addr, why);
 	r->listen_fd = net_listen(&addr);
 	if (r->listen_fd < 0)
 		stage_die_errno(r->listen_fd, "listen on %s", listen_addr);
+	if (fcntl(r->listen_fd, F_SETFL, O_NONBLOCK) < 0)
+		stage_die_errno(-errno, "listen on %s", listen_addr);
 	stage_stat_set(r->stats, SHM_STAT_STATE, SHM_PROC_LISTENING);
 
-	char who[200];
-	int fd = accept_one(r, accept_timeout_ms, &peer, "main channel");
-	snprintf(who, sizeof(who), "main channel from %s", peer.text);
-	snprintf(r->peer, sizeof(r->peer), "%s", peer.text);
-	struct proto_handshake h;
-	int rc = net_channel_read_offer(fd, &h);
-	if (rc < 0)
-		stage_die_errno(rc, "reading the handshake of %s", who);
-	enum proto_err err = rc > 0 ? (enum proto_err)rc : check_main_offer(r, &h, psk);
-	char sizes[128];
-	if (err == PROTO_E_DEST_SIZE)
-		snprintf(sizes, sizeof(sizes), "the guest is %llu bytes but the destination (--in-place) is %llu",
-			 (unsigned long long)(h.geo.guest_pages * h.geo.page_size), (unsigned long long)r->inplace->size);
-	else if (err == PROTO_E_VERSION)
-		version_detail(sizes, sizeof(sizes), &h);
-	/* An offer that did not decode gets the placeholder geometry back. */
-	answer(r, fd, rc > 0 ? NULL : &h, err, psk, who, err == PROTO_E_DEST_SIZE || err == PROTO_E_VERSION ? sizes : NULL);
-	r->hs = h;
-	r->geo = h.geo;
-	r->n_channels = h.n_channels;
-	r->main_fd = fd;
-
-	for (uint32_t connected = 0; connected < r->n_channels; connected++) {
-		fd = accept_one(r, DATA_CHANNEL_WAIT_MS, &peer, "data channel");
-		snprintf(who, sizeof(who), "data channel from %s", peer.text);
-		rc = net_channel_read_offer(fd, &h);
-		if (rc < 0)
-			stage_die_errno(rc, "reading the handshake of %s", who);
-		err = rc > 0 ? (enum proto_err)rc : proto_handshake_match(&h, &r->hs);
-		if (err == PROTO_OK && h.channel_kind != PROTO_CHAN_DATA)
-			err = PROTO_E_CHANNEL_KIND;
-		if (err == PROTO_OK && r->ch[h.channel_id].fd > 0)
-			err = PROTO_E_CHANNEL_DUPLICATE;
-		char detail[128];
-		if (err == PROTO_E_VERSION)
-			version_detail(detail, sizeof(detail), &h);
-		answer(r, fd, rc > 0 ? NULL : &h, err, psk, who, err == PROTO_E_VERSION ? detail : NULL);
-		r->ch[h.channel_id].fd = fd;
-		r->ch[h.channel_id].round = 1;
-		r->ch[h.channel_id].staging = malloc(DS_STAGING_BYTES);
-		if (!r->ch[h.channel_id].staging)
-			stage_die_errno(-ENOMEM, "staging buffer");
-		/* From here on a sender may pause between packets, but not forever. */
-		net_set_timeout(fd, ds_net_silence_ms(r));
+	int64_t give_up = accept_timeout_ms > 0 ? now_ms() + accept_timeout_ms : INT64_MAX;
+	bool waiting_for_data = false;
+	for (;;) {
+		int64_t now = now_ms();
+		if (s.have_main && s.n_data == r->n_channels)
+			break;
+		if (s.have_main && !waiting_for_data) {
+			waiting_for_data = true;
+			give_up = now + DATA_CHANNEL_WAIT_MS;
+		}
+		if (now >= give_up && !s.have_main)
+			stage_die(STAGE_EXIT_FAILED, "no main channel connected within %d s", accept_timeout_ms / 1000);
+		if (now >= give_up)
+			stage_die(STAGE_EXIT_FAILED, "only %u of %u data channels connected within %d s", s.n_data,
+				  r->n_channels, DATA_CHANNEL_WAIT_MS / 1000);
+		struct pollfd pfd[PENDING_MAX + 1] = { { .fd = r->listen_fd, .events = POLLIN } };
+		int64_t wake = give_up;
+		bool ready_now = false;
+		for (uint32_t k = 0; k < s.n; k++) {
+			struct pending *p = &s.p[k];
+			pfd[k + 1] = (struct pollfd){ .fd = p->state == P_HELD ? -1 : p->conn.fd, .events = p->events };
+			wake = p->deadline_ms < wake ? p->deadline_ms : wake;
+			ready_now |= p->state != P_HELD && net_conn_buffered(&p->conn);
+		}
+		int wait = ready_now ? 0 : wake == INT64_MAX ? -1 : wake - now > 0 ? (int)(wake - now) : 0;
+		uint32_t n_polled = s.n;
+		if (poll(pfd, n_polled + 1, wait) < 0 && errno != EINTR)
+			stage_die_errno(-errno, "poll while accepting connections");
+		now = now_ms();
+		/* Newest first: advancing one may take it (and held ones below
+		 * it) out of the table; one advanced by mistake finds nothing
+		 * to read and waits. */
+		for (uint32_t k = n_polled; k-- > 0;)
+			if (k < s.n && (pfd[k + 1].revents || net_conn_buffered(&s.p[k].conn)))
+				advance(&s, k);
+		for (uint32_t k = s.n; k-- > 0;)
+			if (s.p[k].deadline_ms <= now) {
+				note(&s, "closed the connection from %s: %s within %d s", s.p[k].peer.text,
+				     s.p[k].state == P_HELD ? "its main channel did not come" : "it did not authenticate",
+				     AUTH_DEADLINE_MS / 1000);
+				drop(&s, k, true);
+			}
+		if (pfd[0].revents)
+			take_connections(&s, now);
 	}
-	net_set_timeout(r->main_fd, ds_net_silence_ms(r));
+	while (s.n)
+		drop(&s, s.n - 1, true);
+	if (s.unlogged) {
+		unsigned more = s.unlogged;
+		s.logged = 0;
+		note(&s, "%u more connections were refused or closed (not logged one by one)", more);
+	}
 	close(r->listen_fd);
 	r->listen_fd = -1;
+	/* From here on a sender may pause between packets, but not forever. */
+	int rc = set_blocking(r->main.fd);
+	if (rc == 0)
+		rc = net_set_timeout(r->main.fd, ds_net_silence_ms(r));
+	for (uint32_t c = 0; rc == 0 && c < r->n_channels; c++)
+		if ((rc = set_blocking(r->ch[c].conn.fd)) == 0)
+			rc = net_set_timeout(r->ch[c].conn.fd, ds_net_silence_ms(r));
+	if (rc < 0)
+		stage_die_errno(rc, "socket timeouts");
 }

@@ -3,20 +3,21 @@
  * raw pages straight into the destination, zstd frames through its
  * inflater processes (dest/inflater_main.c).
  *
- * argv: pageferry-receive --listen=ADDR:PORT [--psk] --accept-timeout-ms=MS
+ * argv: pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS
  *                         --io-timeout-ms=MS [--in-place]
  * fds (stage/stage_fds.h): 3 control segment (its worker count is the
  *      number of inflaters; its geometry is a placeholder until the
  *      handshake, see its destination line), 4 destination RAM file
  *      (read-write; empty, or with --in-place an existing file of the
- *      guest's size to overwrite), 5 pre-shared key file (with --psk),
- *      6 our end of the commit socket to the front end (dest/ds_commit.h:
- *      its notices about inflaters come in, the handover goes out),
+ *      guest's size to overwrite), 5 TLS credentials: the pre-shared key
+ *      file (--tls=psk) or the X.509 directory (--tls=x509), 6 our end of
+ *      the commit socket to the front end (dest/ds_commit.h: its notices
+ *      about inflaters and its commit come in, our readiness goes out),
  *      7 + i wake socket of the ring to inflater i (we produce),
  *      7 + N + i inflater i's arena (read-write).
  *
- * Handshakes are read and checked before lock-down (they decide the
- * destination's size); every packet is read after it, by one thread per
+ * TLS and our handshakes run before lock-down (they decide the
+ * destination's size; dest/ds_session.c); every packet is read after it, by one thread per
  * data channel, started before lock-down and covered by the synchronised
  * filter.
  */
@@ -28,7 +29,7 @@
 #include "dest/ds_net.h"
 #include "stage/stage.h"
 
-#define USAGE "pageferry-receive --listen=ADDR:PORT [--psk] --accept-timeout-ms=MS --io-timeout-ms=MS [--in-place]"
+#define USAGE "pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS --io-timeout-ms=MS [--in-place]"
 
 int main(int argc, char **argv)
 {
@@ -37,7 +38,9 @@ int main(int argc, char **argv)
 	stage_args(argc, argv, USAGE);
 	static struct ds_net r;
 	const char *listen_addr = stage_arg_str("listen");
-	int use_psk = stage_arg_flag("psk");
+	static const char *const tls_modes[] = { "none", "psk", "x509", NULL };
+	enum { TLS_NONE, TLS_PSK, TLS_X509 };
+	int tls = stage_arg_choice("tls", tls_modes);
 	int timeout_ms = (int)stage_arg_u64("accept-timeout-ms", 0, 86400000);
 	r.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
 	int in_place = stage_arg_flag("in-place");
@@ -45,8 +48,8 @@ int main(int argc, char **argv)
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
 	uint32_t n_inflaters = seg.geo.n_workers;
-	static const int no_psk[] = { RECEIVE_FD_PSK };
-	stage_close_inherited_fds(RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters), no_psk, use_psk ? 0 : 1);
+	static const int no_creds[] = { RECEIVE_FD_CREDS };
+	stage_close_inherited_fds(RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters), no_creds, tls != TLS_NONE ? 0 : 1);
 	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
 	static struct ds_inplace inplace;
 	if (in_place) {
@@ -59,16 +62,21 @@ int main(int argc, char **argv)
 		ds_inplace_populate(&inplace, r.dest);
 		r.inplace = &inplace;
 	}
-	static struct net_psk psk;
-	if (use_psk) {
-		const char *why = "";
-		int rc = net_psk_read(RECEIVE_FD_PSK, &psk, &why);
-		if (rc < 0)
-			stage_die_errno(rc, "%s", why);
+	struct net_tls_creds *creds = NULL;
+	char why[256] = "";
+	int rc = 0;
+	if (tls == TLS_PSK)
+		rc = net_tls_creds_psk(&creds, NET_TLS_SERVER, RECEIVE_FD_CREDS, why, sizeof(why));
+	else if (tls == TLS_X509)
+		rc = net_tls_creds_x509(&creds, NET_TLS_SERVER, RECEIVE_FD_CREDS, why, sizeof(why));
+	if (rc < 0)
+		stage_die_errno(rc, "%s", why);
+	if (creds) {
+		close(RECEIVE_FD_CREDS);
+		net_tls_before_lockdown();
 	}
 	ds_inflaters_attach(&r.inflaters, &seg, r.stats);
-	ds_net_accept_session(&r, listen_addr, &psk, timeout_ms ? timeout_ms : -1);
-	memset(&psk, 0, sizeof(psk));
+	ds_net_accept_session(&r, listen_addr, creds, timeout_ms);
 
 	uint64_t size = r.geo.guest_pages * r.geo.page_size;
 	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, r.geo.guest_pages);
@@ -82,9 +90,9 @@ int main(int argc, char **argv)
 	ds_inflaters_publish(&r.inflaters, &r.geo);
 	ds_net_start_threads(&r);
 	int max_fd = RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters);
-	max_fd = r.main_fd > max_fd ? r.main_fd : max_fd;
+	max_fd = r.main.fd > max_fd ? r.main.fd : max_fd;
 	for (uint32_t c = 0; c < r.n_channels; c++)
-		max_fd = r.ch[c].fd > max_fd ? r.ch[c].fd : max_fd;
+		max_fd = r.ch[c].conn.fd > max_fd ? r.ch[c].conn.fd : max_fd;
 	for (int k = 0; k < 2; k++)
 		max_fd = r.done_pipe[k] > max_fd ? r.done_pipe[k] : max_fd;
 	/* Threads exist before lock-down; the filter is synchronised to them and

@@ -1,5 +1,6 @@
-/* Opening a channel: the handshake both ways, then (when both ends have a
- * pre-shared key) the challenge-response of protocol/proto_auth.h.
+/* Opening a channel: the 64-byte handshake of protocol/proto_handshake.h
+ * both ways, inside TLS when the connection has it (who may connect is
+ * TLS's question; what this connection is for is this exchange's).
  *
  * Return convention: 0 on success, -errno for an I/O failure, or a positive
  * enum proto_err saying what was wrong with the peer. */
@@ -9,28 +10,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "protocol/proto_auth.h"
+#include "net/net_conn.h"
 #include "protocol/proto_handshake.h"
 
-struct net_psk {
-	uint8_t key[PROTO_PSK_MAX];
-	size_t len;		/* 0: no key */
-};
+/* Sender: offer `ours`, check the receiver's answer.  *refused is set when
+ * the receiver said no (the error is its reason). */
+int net_channel_offer(struct net_conn *c, const struct proto_handshake *ours, int *refused);
 
-/* Read a key file (trailing newlines dropped).  -EINVAL with *why when it is
- * shorter than PROTO_PSK_MIN or longer than PROTO_PSK_MAX bytes. */
-int net_psk_read(int fd, struct net_psk *psk, const char **why);
-
-/* Sender: offer `ours`, check the receiver's answer, authenticate.
- * *refused is set when the receiver said no (the error is its reason). */
-int net_channel_offer(int fd, const struct proto_handshake *ours, const struct net_psk *psk, int *refused);
-
-/* Receiver: read and decode the sender's offer. */
-int net_channel_read_offer(int fd, struct proto_handshake *peer);
+/* Receiver: decode an offer's bytes (a status other than OK is an error:
+ * senders never send one). */
+enum proto_err net_channel_decode_offer(const uint8_t buf[PROTO_HANDSHAKE_SIZE], struct proto_handshake *peer);
 /* Receiver: answer an offer.  status != PROTO_OK refuses it (`agreed` may
- * then be NULL).  On acceptance with a key, runs the challenge and returns
- * PROTO_E_PSK if the sender's proof is wrong. */
-int net_channel_answer(int fd, const struct proto_handshake *agreed, enum proto_err status,
-		       const struct net_psk *psk);
+ * then be NULL). */
+int net_channel_answer(struct net_conn *c, const struct proto_handshake *agreed, enum proto_err status);
 
 #endif

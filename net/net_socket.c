@@ -106,20 +106,11 @@ int net_listen(const struct net_addr *a)
 	return fd;
 }
 
-int net_accept(int listen_fd, int timeout_ms, struct net_addr *peer)
+int net_accept(int listen_fd, struct net_addr *peer)
 {
-	struct pollfd p = { .fd = listen_fd, .events = POLLIN };
-	int n;
-	do
-		n = poll(&p, 1, timeout_ms);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	if (n == 0)
-		return -ETIMEDOUT;
 	memset(peer, 0, sizeof(*peer));
 	peer->len = sizeof(peer->ss);
-	int fd = accept4(listen_fd, (struct sockaddr *)&peer->ss, &peer->len, SOCK_CLOEXEC);
+	int fd = accept4(listen_fd, (struct sockaddr *)&peer->ss, &peer->len, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	if (fd < 0)
 		return -errno;
 	char host[INET6_ADDRSTRLEN] = "?";

@@ -21,8 +21,9 @@ int net_resolve(const char *hostport, int passive, struct net_addr *out, const c
  * the same deadline (-ETIMEDOUT).  Returns the fd or -errno. */
 int net_connect(const struct net_addr *a, int timeout_ms);
 int net_listen(const struct net_addr *a);
-/* The fd of the next connection, -ETIMEDOUT after timeout_ms (-1: never). */
-int net_accept(int listen_fd, int timeout_ms, struct net_addr *peer);
+/* The next connection waiting on a non-blocking listening socket, itself
+ * non-blocking, with its peer's address: its fd, or -EAGAIN when none waits. */
+int net_accept(int listen_fd, struct net_addr *peer);
 /* Whole buffers: 0, or -errno; -ECONNRESET when the peer closed first. */
 int net_send_all(int fd, const void *buf, size_t len);
 int net_recv_all(int fd, void *buf, size_t len);

@@ -35,8 +35,8 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_DESC_TYPE] = "descriptor has an unknown type",
 	[PROTO_E_DESC_BUFFER] = "descriptor names a buffer that does not exist",
 	[PROTO_E_STATUS] = "status code out of range",
-	[PROTO_E_PSK] = "pre-shared key proof does not match (wrong or missing key)",
-	[PROTO_E_PSK_MISSING] = "one end uses a pre-shared key and the other does not",
+	[PROTO_E_TLS_RECORD] = "a TLS record did not authenticate (the stream was altered in transit)",
+	[PROTO_E_TLS_REQUIRED] = "the receiver requires TLS: give the sender the same --psk-file or --tls-creds",
 	[PROTO_E_CHANNEL_DUPLICATE] = "data channel id already connected",
 	[PROTO_E_SEQUENCE] = "packet sequence number out of order (lost or replayed packet)",
 	[PROTO_E_ROUND] = "round number goes backwards or skips ahead",
@@ -56,6 +56,7 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_EXTENT_OVERLAP] = "extent overlaps another extent",
 	[PROTO_E_EXTENT_ABSENT] = "extent covers a page the bitmap does not have",
 	[PROTO_E_EXTENT_TOTAL] = "extents do not cover exactly the pages the bitmap has",
+	[PROTO_E_BUSY] = "another sender's migration to this receiver is under way",
 };
 
 const char *proto_strerror(enum proto_err err)

@@ -82,8 +82,6 @@ enum proto_err proto_handshake_match(const struct proto_handshake *peer,
 		return PROTO_E_RUN_LIMIT;
 	if (peer->n_channels != ours->n_channels)
 		return PROTO_E_CHANNEL_COUNT;
-	if ((peer->features ^ ours->features) & PROTO_F_PSK)
-		return PROTO_E_PSK_MISSING;
 	if (peer->features != ours->features)
 		return PROTO_E_FEATURES;
 	return PROTO_OK;

@@ -25,9 +25,10 @@
 #include "protocol/proto_error.h"
 #include "protocol/proto_geometry.h"
 
-/* 3: DATA packets carry their payload's CRC-32C; END and RESULT bodies
- * their own.  2: SPARSE packets. */
-#define PROTO_VERSION 3u
+/* 4: channels run inside TLS (or plainly, with --insecure); the in-band
+ * PSK challenge of version 3 is gone.  3: DATA packets carry their
+ * payload's CRC-32C; END and RESULT bodies their own.  2: SPARSE packets. */
+#define PROTO_VERSION 4u
 #define PROTO_HANDSHAKE_MAGIC 0x53484650u
 #define PROTO_HANDSHAKE_SIZE 64u
 
@@ -35,10 +36,10 @@ enum proto_channel_kind { PROTO_CHAN_MAIN = 0, PROTO_CHAN_DATA = 1 };
 
 enum proto_feature {
 	PROTO_F_ZSTD = 1u << 0,	/* packets may be zstd-encoded */
-	PROTO_F_PSK = 1u << 1,	/* a PSK challenge-response follows */
+	/* 1u << 1 was version 3's in-band PSK challenge: never set now */
 	PROTO_F_ROUNDS = 1u << 2,	/* live migration: several rounds */
 };
-#define PROTO_F_KNOWN (PROTO_F_ZSTD | PROTO_F_PSK | PROTO_F_ROUNDS)
+#define PROTO_F_KNOWN (PROTO_F_ZSTD | PROTO_F_ROUNDS)
 
 struct proto_handshake {
 	uint8_t channel_kind;

@@ -31,7 +31,7 @@
 /* pageferry-writer */
 #define WRITER_FD_META 5	/* snapshot: the snapshot file, buffered (header, bitmap) */
 #define WRITER_FD_DATA 6	/* snapshot: the same file, O_DIRECT (page data only) */
-#define WRITER_FD_PSK 5		/* migrate: the pre-shared key file (--psk=1) */
+#define WRITER_FD_CREDS 5	/* migrate: TLS credentials, the key file or the X.509 directory (--tls) */
 #define WRITER_FD_COMMIT 6	/* migrate: socket to the front end, for the commit decision */
 #define WRITER_FD_RING_IN(i) (7 + 2 * (int)(i))	/* wake socket of ring worker i -> writer */
 #define WRITER_FD_RING_BACK(i) (8 + 2 * (int)(i)) /* wake socket of ring writer -> worker i */
@@ -42,7 +42,7 @@
 #define RESTORE_FD_DATA 6	/* the snapshot again, O_DIRECT (page data) */
 
 /* pageferry-receive */
-#define RECEIVE_FD_PSK 5	/* the pre-shared key file (--psk) */
+#define RECEIVE_FD_CREDS 5	/* TLS credentials, the key file or the X.509 directory (--tls) */
 #define RECEIVE_FD_COMMIT 6	/* socket to the front end (dest/ds_commit.h) */
 #define RECEIVE_FD_RING(i) (7 + (int)(i))	/* wake socket of ring receive -> inflater i (we produce) */
 #define RECEIVE_FD_ARENA(i, n) (7 + (int)(n) + (int)(i)) /* inflater i's arena, read-write */

@@ -26,8 +26,11 @@ class Context:
         return pf_jobs.pf_stages.find_stage(name, self.stage_dirs)
 
 
-PSK_HELP = ("pre-shared key (16..1024 bytes) both ends must hold: every connection proves it has it; the "
-            "pages themselves are not encrypted")
+PSK_HELP = ("TLS 1.3 with a pre-shared key: a file of 16..1024 bytes both ends hold; every channel is "
+            "authenticated and encrypted")
+TLS_CREDS_HELP = ("TLS 1.3 with X.509 certificates, in the layout of QEMU's tls-creds-x509: DIR holds "
+                  "ca-cert.pem and this end's %s-cert.pem and %s-key.pem; the peer's certificate must be signed "
+                  "by that CA%s")
 
 
 def positive_int(text):
@@ -101,8 +104,9 @@ def build_parser():
 
     g = sub.add_parser("migrate", help="send a paused guest's RAM to a pageferry receiver over TCP",
                        description="Migrate a paused guest's RAM file to `pageferry receive` on another "
-                                   "host: a main channel plus N data channels, each checked by a "
-                                   "handshake (and a pre-shared key with --psk-file). Zero pages and "
+                                   "host: a main channel plus N data channels, each inside TLS 1.3 "
+                                   "(--psk-file or --tls-creds; plain TCP only on loopback or with "
+                                   "--insecure) and checked by a handshake. Zero pages and "
                                    "holes travel as markers only; every packet's payload carries a "
                                    "CRC-32C. Without --dirty-log the guest must be paused: one that "
                                    "changed while it was copied fails the migration. Succeeds only "
@@ -124,9 +128,11 @@ def build_parser():
     g.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking / compressing worker processes (default: %(default)s)")
     g.add_argument("--psk-file", metavar="FILE", help=PSK_HELP)
+    g.add_argument("--tls-creds", metavar="DIR", help=TLS_CREDS_HELP % ("client", "client",
+                                                                        " and name the host of --to"))
     g.add_argument("--insecure", action="store_true",
-                   help="send to a receiver that is not on this host without --psk-file: anyone on the path "
-                        "could pose as the receiver (refused otherwise)")
+                   help="send to a receiver that is not on this host without TLS: anyone on the path could "
+                        "read the guest's memory or pose as the receiver (refused otherwise)")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="keep retrying a refused connection this long (default: %(default)s)")
     g.add_argument("--io-timeout", type=io_timeout, default=30, metavar="SECONDS",
@@ -178,7 +184,11 @@ def build_parser():
 
     c = sub.add_parser("receive", help="receive a migration into a RAM file",
                        description="Listen for one `pageferry migrate` and write the guest RAM into FILE "
-                                   "(sized from the sender's handshake). Every packet is checked against "
+                                   "(sized from the sender's handshake). Connections are accepted and "
+                                   "authenticated concurrently (TLS 1.3 with --psk-file or --tls-creds); "
+                                   "one that does not authenticate within 10 s, or belongs to another "
+                                   "sender, is closed with a log line and does not end the receive. "
+                                   "Every packet is checked against "
                                    "the agreed geometry, and its payload against its CRC-32C, before use. "
                                    "FILE is written as FILE.pf-partial and renamed into place only when "
                                    "every channel's totals and checksums match and the sender confirms "
@@ -187,7 +197,8 @@ def build_parser():
                                    "destination VMM's, pre-allocated or not) written where it is; it is "
                                    "marked by FILE.pf-incomplete until the transfer is complete.")
     c.add_argument("--listen", required=True, metavar="ADDR:PORT",
-                   help="address to listen on, e.g. 0.0.0.0:4444 (not loopback: needs --psk-file or --insecure)")
+                   help="address to listen on, e.g. 0.0.0.0:4444 (not loopback: needs --psk-file, --tls-creds "
+                        "or --insecure)")
     c.add_argument("--into", required=True, metavar="FILE",
                    help="destination RAM file (replaced on success; with --in-place, overwritten)")
     c.add_argument("--in-place", action="store_true",
@@ -197,9 +208,10 @@ def build_parser():
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="decompressing worker processes (default: %(default)s)")
     c.add_argument("--psk-file", metavar="FILE", help=PSK_HELP)
+    c.add_argument("--tls-creds", metavar="DIR", help=TLS_CREDS_HELP % ("server", "server", ""))
     c.add_argument("--insecure", action="store_true",
-                   help="listen on an address other than loopback without --psk-file: anyone who can "
-                        "connect could write this RAM file (refused otherwise)")
+                   help="listen on an address other than loopback without TLS: anyone who can connect could "
+                        "write this RAM file, and anyone on the path read it (refused otherwise)")
     c.add_argument("--accept-timeout", type=float, default=0, metavar="SECONDS",
                    help="give up when no sender connects this long (default: wait forever)")
     c.add_argument("--io-timeout", type=io_timeout, default=30, metavar="SECONDS",
@@ -350,7 +362,7 @@ def main(stage_dirs, argv=None):
                         "pause_lease": args.pause_lease}
             pf_migrate.migrate(ctx, args.guest, args.to, args.channels, args.compress, args.zerocopy,
                                args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
-                               args.insecure)
+                               args.insecure, args.tls_creds)
         elif args.cmd == "status":
             return pf_status.status(ctx)
         elif args.cmd == "cancel":
@@ -365,7 +377,7 @@ def main(stage_dirs, argv=None):
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
             pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
-                               args.io_timeout, args.in_place, args.insecure)
+                               args.io_timeout, args.in_place, args.insecure, args.tls_creds)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

@@ -1,65 +1,60 @@
 """The destination's commit: the last step of the handoff (doc/architecture.md,
 "The handoff").
 
-The receiver stage, once every check passed and the data is durable, hands
-us the main channel and two ready-made answers (dest/ds_commit.h). We
+The receiver stage, once every check passed, the data is durable and the
+sender said "commit", asks us on the commit socket (dest/ds_commit.h). We
 commit — rename FILE.pf-partial into place, or remove the in-place marker,
-and sync the directory — and only then send the success answer. So the
-sender reports success only for a committed destination, and a destination
-whose sender has gone is not committed.
+and sync the directory — and say so; the stage tells the sender (inside TLS,
+which only it speaks) and then tells us it has. When that word never comes,
+the sender cannot know of the commit: we undo it. So the sender reports
+success only for a committed destination, and a destination whose sender
+has gone is not committed.
 """
 import os
-import select
 import socket
-import struct
 
 import pf_jobs
 import pf_stages
-from pf_abi import COMMIT_MAGIC as MAGIC
+from pf_abi import ANSWERED_MAGIC, COMMIT_MAGIC, DECISION_COMMITTED, DECISION_FAILED, NOTICE_SIZE
 from pf_jobs import JobError
+
+# The stage sends its answer within its own timeouts (--io-timeout); this
+# only bounds a stage that hangs.
+ANSWERED_WAIT_S = 300
 
 
 class Handover:
     def __init__(self, sock):
-        """sock: our end of the commit socket; the receiver stage has exited."""
+        """sock: our end of the commit socket, readable: the stage asks."""
         try:
-            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+            data = sock.recv(len(COMMIT_MAGIC), socket.MSG_DONTWAIT)
         except BlockingIOError:
-            data, anc = b"", []
-        fds = [struct.unpack("i", d[:4])[0] for lvl, typ, d in anc
-               if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS]
-        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 2 or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
+            data = b""
+        if data != COMMIT_MAGIC:
             raise JobError("the receiver ended without handing over its result")
-        n = struct.unpack_from("<H", data, len(MAGIC))[0]
-        answers = data[len(MAGIC) + 2:]
-        if len(answers) != 2 * n:
-            os.close(fds[0])
-            raise JobError("the receiver handed over a malformed result")
-        self.main = socket.socket(fileno=fds[0])
-        self.ok, self.failed = answers[:n], answers[n:]
-
-    def sender_gone(self):
-        """Before committing: anything readable on the main channel means the
-        sender closed it or gave up (a cancellation): then we must not commit."""
-        readable, _, _ = select.select([self.main], [], [], 0)
-        return bool(readable)
+        self.sock = sock
 
     def answer(self, ok):
-        self.main.setblocking(True)
-        self.main.settimeout(10)
-        self.main.sendall(self.ok if ok else self.failed)
+        kind = DECISION_COMMITTED if ok else DECISION_FAILED
+        self.sock.setblocking(True)
+        self.sock.sendall(kind + bytes(NOTICE_SIZE - 1))
 
-    def close(self):
-        self.main.close()
+    def wait_answered(self):
+        """The stage has told the sender; OSError when it could not."""
+        self.sock.settimeout(ANSWERED_WAIT_S)
+        data = b""
+        while len(data) < len(ANSWERED_MAGIC):
+            more = self.sock.recv(len(ANSWERED_MAGIC) - len(data))
+            if not more:
+                raise OSError(0, "the receiver could not send the answer")
+            data += more
+        if data != ANSWERED_MAGIC:
+            raise OSError(0, "the receiver sent something else than its answer")
 
 
 def commit(handover, partial, into, marker):
     """Commit the received copy and tell the sender. Raises JobError, with
     nothing committed, when either cannot be done."""
-    if handover.sender_gone():
-        raise JobError("the sender went away before the commit; nothing was committed")
     pf_stages.test_hook("receive:before-commit")
     try:
         if marker:
@@ -76,6 +71,7 @@ def commit(handover, partial, into, marker):
         raise JobError(f"committing {into}: {e.strerror}; nothing was committed")
     try:
         handover.answer(True)
+        handover.wait_answered()
     except OSError as e:
         # The sender cannot learn of the commit: undo it, so that it is not
         # both failed there and committed here.

@@ -1,6 +1,5 @@
 """The network jobs: migrate (source, paused or live) and receive
 (destination)."""
-import ipaddress
 import os
 import socket
 import stat
@@ -16,6 +15,7 @@ import pf_segment
 import pf_source
 import pf_stages
 import pf_status
+import pf_tls
 from pf_jobs import JobError, Run
 from pf_stages import wake_pair
 
@@ -23,32 +23,7 @@ from pf_stages import wake_pair
 # pages at most, 128 pages of 4 KiB.
 MIGRATE_RUN_BYTES = 512 * 1024
 INCOMPLETE_SUFFIX = ".pf-incomplete"
-
-
-def _split_hostport(hostport):
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), port
-
-
-def only_loopback(host):
-    """Does host name only loopback addresses? A name that does not resolve
-    counts as not: the check fails closed."""
-    try:
-        infos = socket.getaddrinfo(host or None, None)
-    except (socket.gaierror, UnicodeError):
-        return False
-    return bool(infos) and all(ipaddress.ip_address(ai[4][0].split("%")[0]).is_loopback for ai in infos)
-
-
-def require_authentication(what, hostport, psk_file, insecure, refusal):
-    """Safe default (doc/security.md): off loopback, nothing moves without a
-    pre-shared key unless the user says --insecure."""
-    host, _ = _split_hostport(hostport)
-    if psk_file or insecure or only_loopback(host):
-        return
-    raise JobError(f"{what} {hostport}: {refusal} is not loopback and no --psk-file was given: anyone who "
-                   "can reach it could take part in the migration. Give --psk-file FILE (the same key on "
-                   "both hosts), or --insecure on a network you trust completely", 2)
+TLS_TEXT = {"psk": "TLS 1.3 with a pre-shared key", "x509": "TLS 1.3 with X.509 certificates"}
 
 
 def parse_target(to):
@@ -68,14 +43,6 @@ def parse_compress(text):
     raise JobError(f"--compress {text}: expected none, zstd or zstd:LEVEL with LEVEL 1..19", 2)
 
 
-def _psk_fd(run, psk_file):
-    if not psk_file:
-        return None
-    fd = pf_jobs._open(psk_file, os.O_RDONLY, "open pre-shared key file")
-    run.fds.append(fd)
-    return fd
-
-
 def round_records(seg, workers):
     out = []
     for r in range(1, pf_abi.MAX_ROUNDS + 1):
@@ -92,9 +59,9 @@ def round_records(seg, workers):
 
 
 def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None,
-            io_timeout=30, insecure=False):
+            io_timeout=30, insecure=False, tls_creds=None):
     hostport = parse_target(to)
-    require_authentication("--to", hostport, psk_file, insecure, "the receiver")
+    pf_tls.require_authentication("--to", hostport, psk_file or tls_creds, insecure, "the receiver")
     level = parse_compress(compress)
     guest_fd, size, page = pf_jobs.check_guest(guest)
     run = Run(ctx, "migrate", size)
@@ -105,7 +72,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
     try:
         if live:
             log = pf_dirtylog.DirtyLog(live["dirty_log"], page, size // page, live["pause_lease"])
-        psk = _psk_fd(run, psk_file)
+        tls, creds = pf_tls.credentials(run, psk_file, tls_creds, "client")
         run_pages = max(1, MIGRATE_RUN_BYTES // page)
         seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), page, workers, pf_jobs.RING_SLOTS, run_pages,
                                  size // page)
@@ -117,10 +84,9 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         writer_fds = {pf_abi.fd("writer", "commit"): commit_theirs.fileno()}
         writer_args = ["--mode=migrate", f"--to={hostport}", f"--channels={channels}", f"--zerocopy={zerocopy}",
                        f"--connect-timeout-ms={int(connect_timeout * 1000)}",
-                       f"--io-timeout-ms={int(io_timeout * 1000)}"]
-        if psk is not None:
-            writer_fds[pf_abi.fd("writer", "psk")] = psk
-            writer_args.append("--psk")
+                       f"--io-timeout-ms={int(io_timeout * 1000)}", f"--tls={tls}"]
+        if creds is not None:
+            writer_fds[pf_abi.fd("writer", "creds")] = creds
         if level:
             writer_args.append("--zstd")
         scanner_args, scanner_fds = [], {}
@@ -178,7 +144,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         ok = True
         summary = {
             "command": "migrate", "guest": guest, "to": to, "channels": channels, "workers": workers,
-            "compress": compress, "page_size": page, "guest_bytes": size, "bytes_sent": wr["bytes"],
+            "compress": compress, "tls": tls, "page_size": page, "guest_bytes": size, "bytes_sent": wr["bytes"],
             "packets": wr["packets"],
             "pages": {"total": size // page, "zero": zero, "hole": sc["hole_pages"],
                       "normal": size // page - zero - sc["hole_pages"]},
@@ -202,7 +168,9 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                 "bytes_per_guest_byte": round(wr["bytes"] / size, 3),
             }
         seg.close()
-        if by_sendfile:
+        if tls != "none":
+            zc_text = None
+        elif by_sendfile:
             zc_text = (f"sendfile, {wr['sendfile_bytes'] / pf_report.MiB:.0f} MiB spliced from the guest file "
                        f"(runs under {pf_abi.SENDFILE_MIN_BYTES // 1024} KiB copied)")
         elif zc_on:
@@ -212,7 +180,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                                if zerocopy == "auto" else "")
         line = (f"migrate to {hostport}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"sent on {channels} channel(s) ({zero} zero, {sc['hole_pages']} hole pages not sent) in "
-                f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; zerocopy {zc_text}"
+                f"{secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s; "
+                f"{TLS_TEXT[tls] if zc_text is None else 'not encrypted, zerocopy ' + zc_text}"
                 f"{pf_report.replaced_text(p.replacements)}; the destination committed it")
         if live:
             lv = summary["live"]
@@ -316,14 +285,15 @@ class InflaterNotices:
             self.stopped = True  # the stage is gone: the pipeline reports why
 
 
-def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False, insecure=False):
-    require_authentication("--listen", listen, psk_file, insecure, "this address")
+def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False, insecure=False,
+            tls_creds=None):
+    pf_tls.require_authentication("--listen", listen, psk_file or tls_creds, insecure, "this address")
     partial = into + pf_jobs.PARTIAL_SUFFIX
     run = Run(ctx, "receive", 1)
     ok = False
     marker = None
     try:
-        psk = _psk_fd(run, psk_file)
+        tls, creds = pf_tls.credentials(run, psk_file, tls_creds, "server")
         if in_place:
             dest_fd, marker = _open_in_place(run, into)
         else:
@@ -341,10 +311,9 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
         fds = {pf_abi.fd("receive", "segment"): seg.fd, pf_abi.fd("receive", "dest"): dest_fd,
                pf_abi.fd("receive", "commit"): commit_theirs.fileno()}
         args = [f"--listen={listen}", f"--accept-timeout-ms={int(accept_timeout * 1000)}",
-                f"--io-timeout-ms={int(io_timeout * 1000)}"]
-        if psk is not None:
-            fds[pf_abi.fd("receive", "psk")] = psk
-            args.append("--psk")
+                f"--io-timeout-ms={int(io_timeout * 1000)}", f"--tls={tls}"]
+        if creds is not None:
+            fds[pf_abi.fd("receive", "creds")] = creds
         if in_place:
             args.append("--in-place")
         for i in range(workers):
@@ -373,18 +342,13 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             return progress()
 
         def on_handover():
-            # Commit as soon as the receiver hands over: not when it has
-            # exited, since unmapping a large destination takes a while and
-            # the sender's guest is paused until we answer.
+            # Commit as soon as the receiver asks: the sender's guest is
+            # paused until it hears the answer.
             p.watched.pop(commit_ours.fileno())
             notices.stopped = True
             if not commit_ours.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return  # the receiver died: the pipeline reports why
-            handover = pf_commit.Handover(commit_ours)
-            try:
-                pf_commit.commit(handover, partial, into, marker)
-            finally:
-                handover.close()
+            pf_commit.commit(pf_commit.Handover(commit_ours), partial, into, marker)
             committed.append(True)
 
         p.watch_fd(commit_ours.fileno(), on_handover)

@@ -45,6 +45,19 @@ def find_stage(name, search_dirs):
     raise FileNotFoundError(f"stage binary {name} not found in {', '.join(search_dirs)}")
 
 
+# A stage's stderr line that is news, not a failure (e.g. a refused
+# connection): shown at once, never taken for the reason a run failed.
+NOTICE = ": notice: "
+
+
+def _forward_notices(before, chunk):
+    start = before.rfind(b"\n") + 1
+    for line in (before[start:] + chunk).split(b"\n")[:-1]:
+        if NOTICE.encode() in line:
+            sys.stderr.write(line.decode(errors="replace") + "\n")
+            sys.stderr.flush()
+
+
 class Stage:
     def __init__(self, label, pid, err_fd):
         self.label = label
@@ -60,7 +73,7 @@ class Stage:
         self.replaced = False   # died and a replacement took over
 
     def message(self):
-        lines = [l for l in self.err.decode(errors="replace").splitlines() if l.strip()]
+        lines = [l for l in self.err.decode(errors="replace").splitlines() if l.strip() and NOTICE not in l]
         return lines[-1] if lines else ""
 
     def describe_failure(self):
@@ -163,6 +176,7 @@ class Pipeline:
                 except BlockingIOError:
                     continue
                 if chunk:
+                    _forward_notices(s.err, chunk)
                     s.err = (s.err + chunk)[-8192:]
                 else:
                     os.close(s.err_fd)

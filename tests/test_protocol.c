@@ -11,7 +11,6 @@
 
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
-#include "protocol/proto_auth.h"
 #include "protocol/proto_desc.h"
 #include "protocol/proto_handshake.h"
 #include "protocol/proto_packet.h"
@@ -604,67 +603,7 @@ static void test_descriptor_roundtrip_and_checks(void **state)
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&resynced), &geo, 15, &out), PROTO_E_DESC_BUFFER);
 }
 
-/* ---- SHA-256, HMAC, PSK proofs, RESULT ---- */
-
-static void hex_equal(const uint8_t *got, const char *hex)
-{
-	char buf[65];
-	for (int i = 0; i < 32; i++)
-		snprintf(buf + 2 * i, 3, "%02x", got[i]);
-	assert_string_equal(buf, hex);
-}
-
-static void test_sha256_and_hmac_vectors(void **state)
-{
-	(void)state;
-	uint8_t out[32];
-	struct proto_sha256 s;
-	proto_sha256_init(&s);
-	proto_sha256_update(&s, "abc", 3);
-	proto_sha256_final(&s, out);
-	hex_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-	/* 56 bytes: padding spills into a second block. */
-	proto_sha256_init(&s);
-	proto_sha256_update(&s, "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56);
-	proto_sha256_final(&s, out);
-	hex_equal(out, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-	/* RFC 4231 test case 2 and 6 (a key longer than a block). */
-	struct proto_hmac m;
-	proto_hmac_init(&m, (const uint8_t *)"Jefe", 4);
-	proto_hmac_update(&m, "what do ya want for nothing?", 28);
-	proto_hmac_final(&m, out);
-	hex_equal(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-	uint8_t key[131];
-	memset(key, 0xaa, sizeof(key));
-	proto_hmac_init(&m, key, sizeof(key));
-	proto_hmac_update(&m, "Test Using Larger Than Block-Size Key - Hash Key First", 54);
-	proto_hmac_final(&m, out);
-	hex_equal(out, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-}
-
-static void test_psk_proofs_bind_role_session_channel_and_nonces(void **state)
-{
-	(void)state;
-	const uint8_t *key = (const uint8_t *)"0123456789abcdef";
-	uint8_t session[16] = { 1 }, nr[32] = { 2 }, ns[32] = { 3 }, a[32], b[32];
-	proto_auth_proof(key, 16, PROTO_AUTH_SENDER, session, 1, 0, nr, ns, a);
-	proto_auth_proof(key, 16, PROTO_AUTH_SENDER, session, 1, 0, nr, ns, b);
-	assert_true(proto_mac_equal(a, b, 32));
-	proto_auth_proof(key, 16, PROTO_AUTH_RECEIVER, session, 1, 0, nr, ns, b);
-	assert_false(proto_mac_equal(a, b, 32));
-	proto_auth_proof(key, 16, PROTO_AUTH_SENDER, session, 1, 1, nr, ns, b);
-	assert_false(proto_mac_equal(a, b, 32));
-	session[3] = 9;
-	proto_auth_proof(key, 16, PROTO_AUTH_SENDER, session, 1, 0, nr, ns, b);
-	assert_false(proto_mac_equal(a, b, 32));
-	session[3] = 0;
-	ns[31] = 1;
-	proto_auth_proof(key, 16, PROTO_AUTH_SENDER, session, 1, 0, nr, ns, b);
-	assert_false(proto_mac_equal(a, b, 32));
-	ns[31] = 0;
-	proto_auth_proof((const uint8_t *)"0123456789abcdeF", 16, PROTO_AUTH_SENDER, session, 1, 0, nr, ns, b);
-	assert_false(proto_mac_equal(a, b, 32));
-}
+/* ---- RESULT ---- */
 
 static void test_result_body(void **state)
 {
@@ -704,8 +643,6 @@ int main(void)
 		cmocka_unit_test(test_snapshot_bitmap_malformed),
 		cmocka_unit_test(test_snapshot_extents),
 		cmocka_unit_test(test_descriptor_roundtrip_and_checks),
-		cmocka_unit_test(test_sha256_and_hmac_vectors),
-		cmocka_unit_test(test_psk_proofs_bind_role_session_channel_and_nonces),
 		cmocka_unit_test(test_result_body),
 	};
 	return cmocka_run_group_tests_name("protocol", tests, NULL, NULL);

@@ -149,6 +149,8 @@ int main(void)
 	printf("\n# dest/ds_commit.h\n");
 	printf("COMMIT_MAGIC = b\"%s\"\n", DS_COMMIT_MAGIC);
 	printf("NOTICE_DOWN = b\"%c\"\nNOTICE_UP = b\"%c\"\n", DS_NOTICE_DOWN, DS_NOTICE_UP);
+	printf("DECISION_COMMITTED = b\"%c\"\nDECISION_FAILED = b\"%c\"\n", DS_DECISION_COMMITTED, DS_DECISION_FAILED);
+	printf("ANSWERED_MAGIC = b\"%s\"\n", DS_ANSWERED_MAGIC);
 	constant("NOTICE_SIZE", DS_NOTICE_SIZE, "kind, 0, u16 LE inflater index");
 
 	printf("\n# protocol/proto_dirtylog.h (little-endian by definition: read with '<')\n");
@@ -182,7 +184,7 @@ int main(void)
 	FD("writer", "guest", STAGE_FD_GUEST);
 	FD("writer", "meta", WRITER_FD_META);
 	FD("writer", "data", WRITER_FD_DATA);
-	FD("writer", "psk", WRITER_FD_PSK);
+	FD("writer", "creds", WRITER_FD_CREDS);
 	FD("writer", "commit", WRITER_FD_COMMIT);
 	FD("writer", "ring_in", WRITER_FD_RING_IN(i));
 	FD("writer", "ring_back", WRITER_FD_RING_BACK(i));
@@ -191,7 +193,7 @@ int main(void)
 	FD("restore", "meta", RESTORE_FD_META);
 	FD("restore", "data", RESTORE_FD_DATA);
 	FD("receive", "dest", STAGE_FD_GUEST);
-	FD("receive", "psk", RECEIVE_FD_PSK);
+	FD("receive", "creds", RECEIVE_FD_CREDS);
 	FD("receive", "commit", RECEIVE_FD_COMMIT);
 	FD("receive", "ring", RECEIVE_FD_RING(i));
 	FD("receive", "arena", RECEIVE_FD_ARENA(i, n));

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "net/net_socket.h"
+#include "writer/wr_tls_send.h"
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
 
@@ -46,24 +47,53 @@ static int guest_splices(const struct wr_guest *g)
 	return err;
 }
 
-/* Connect and handshake one channel: 0 with *fd_out set, or the failure
- * (-errno or a positive enum proto_err). */
-static int open_channel(const struct net_addr *addr, struct proto_handshake *hs, const struct net_psk *psk,
-			int timeout_ms, int io_timeout_ms, char *what, size_t what_len, const char *name, int *fd_out)
+/* "HOST" of "HOST:PORT" or "[V6]:PORT": what the receiver's certificate must name. */
+static void host_of(const char *hostport, char *host, size_t len)
 {
-	int fd = net_connect(addr, timeout_ms);
-	if (fd < 0) {
+	const char *colon = strrchr(hostport, ':');
+	size_t n = colon ? (size_t)(colon - hostport) : strlen(hostport);
+	if (n >= 2 && hostport[0] == '[' && hostport[n - 1] == ']') {
+		hostport++;
+		n -= 2;
+	}
+	snprintf(host, len, "%.*s", (int)n, hostport);
+}
+
+/* Connect, TLS, and our handshake on one channel: 0 with *out set, or the
+ * failure (-errno or a positive enum proto_err). */
+static int open_channel(const struct net_addr *addr, struct proto_handshake *hs, const struct net_tls_creds *creds,
+			int timeout_ms, int io_timeout_ms, char *what, size_t what_len, const char *name,
+			struct net_conn *out)
+{
+	struct net_conn c = { .fd = net_connect(addr, timeout_ms), .tls = NULL };
+	if (c.fd < 0) {
 		snprintf(what, what_len, "connect %s", addr->text);
-		return fd;
+		return c.fd;
 	}
 	int refused = 0;
-	int rc = net_set_io_timeout(fd, io_timeout_ms);
+	int rc = net_set_io_timeout(c.fd, io_timeout_ms);
 	if (rc < 0) {
 		snprintf(what, what_len, "setting the progress timeout (--io-timeout) on %s %s", name, addr->text);
-		close(fd);
+		net_conn_close(&c);
 		return rc;
 	}
-	rc = net_channel_offer(fd, hs, psk, &refused);
+	if (creds) {
+		char host[128];
+		host_of(addr->text, host, sizeof(host));
+		rc = net_tls_client(&c.tls, c.fd, creds, host, timeout_ms);
+		if (rc < 0) {
+			if (rc == -EBADMSG)
+				snprintf(what, what_len, "%s %s: %s (both ends need the same --psk-file, or "
+					 "--tls-creds from the same CA)", name, addr->text, net_tls_why(c.tls));
+			else
+				snprintf(what, what_len, "TLS handshake on %s %s%s", name, addr->text,
+					 rc == -ECONNRESET ? " (the receiver closed the connection: does it use TLS, with "
+							     "the same kind of credentials?)" : "");
+			net_conn_close(&c);
+			return rc == -EBADMSG ? PROTO_E_TLS_REQUIRED : rc;
+		}
+	}
+	rc = net_channel_offer(&c, hs, &refused);
 	if (rc != 0) {
 		if (rc == PROTO_E_VERSION && !refused) /* its answer is in another version */
 			snprintf(what, what_len, "%s %s: %s: the receiver speaks another wire protocol version, "
@@ -71,21 +101,39 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 		else if (rc > 0)
 			snprintf(what, what_len, "%s %s: %s%s", name, addr->text,
 				 refused ? "the receiver refused it: " : "", proto_strerror((enum proto_err)rc));
+		else if (rc == -EBADMSG)
+			snprintf(what, what_len, "handshake on %s %s: %s (both ends need the same --psk-file, or "
+				 "--tls-creds from the same CA)", name, addr->text, net_conn_why(&c, rc));
 		else
 			snprintf(what, what_len, "handshake on %s %s", name, addr->text);
-		close(fd);
-		return rc;
+		net_conn_close(&c);
+		return rc == -EBADMSG ? PROTO_E_TLS_RECORD : rc;
 	}
-	*fd_out = fd;
+	*out = c;
 	return 0;
 }
 
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
-		const struct net_psk *psk, enum wr_zerocopy zc, const struct wr_guest *guest,
+		const struct net_tls_creds *creds, enum wr_zerocopy zc, const struct wr_guest *guest,
 		int connect_timeout_ms, int io_timeout_ms, char *what, size_t what_len)
 {
 	memset(n, 0, sizeof(*n));
-	n->main_fd = -1;
+	n->main.fd = -1;
+	n->tls = creds != NULL;
+	if (n->tls) {
+		/* Protecting records reads the pages anyway: no zerocopy, no
+		 * sendfile (kernel TLS would allow both; doc/security.md). */
+		if (zc == WR_ZC_ON || zc == WR_ZC_SENDFILE) {
+			snprintf(what, what_len, "--zerocopy %s cannot be used with TLS: the pages are encrypted "
+				 "in user space", zc == WR_ZC_ON ? "on" : "sendfile");
+			return -EINVAL;
+		}
+		zc = WR_ZC_OFF;
+		if (pipe2(n->tls_wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+			snprintf(what, what_len, "a pipe for the TLS senders");
+			return -errno;
+		}
+	}
 	n->io_timeout_ms = io_timeout_ms;
 	snprintf(n->peer, sizeof(n->peer), "%s", hostport);
 	n->hs = *hs;
@@ -115,12 +163,11 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 	struct proto_handshake h = *hs;
 	h.channel_kind = PROTO_CHAN_MAIN;
 	h.channel_id = 0;
-	int fd = -1;
-	int rc = open_channel(&addr, &h, psk, connect_timeout_ms, io_timeout_ms, what, what_len, "main channel to",
-			      &fd);
+	int rc = open_channel(&addr, &h, creds, connect_timeout_ms, io_timeout_ms, what, what_len, "main channel to",
+			      &n->main);
 	if (rc != 0)
 		return rc;
-	n->main_fd = fd;
+	int fd = n->main.fd;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	/* Read only once, for the receiver's RESULT: set now, before lock-down.
@@ -138,10 +185,14 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		snprintf(name, sizeof(name), "data channel %u to", i);
 		h.channel_kind = PROTO_CHAN_DATA;
 		h.channel_id = (uint8_t)i;
-		rc = open_channel(&addr, &h, psk, connect_timeout_ms, io_timeout_ms, what, what_len, name, &fd);
+		rc = open_channel(&addr, &h, creds, connect_timeout_ms, io_timeout_ms, what, what_len, name, &n->ch[i].conn);
 		if (rc != 0)
 			return rc;
-		n->ch[i].fd = fd;
+		fd = n->ch[i].conn.fd;
+		if (n->tls && (rc = wr_tls_sender_start(&n->ch[i].sender, n->ch[i].conn.tls, n->tls_wake[1])) < 0) {
+			snprintf(what, what_len, "starting the TLS sender of data channel %u", i);
+			return rc;
+		}
 		if (zc == WR_ZC_OFF || zc == WR_ZC_SENDFILE)
 			continue;
 		if (setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0) {
@@ -177,10 +228,10 @@ bool wr_net_link_dead(const struct wr_net *n, int neg_errno)
 	/* The kernel's verdict (ETIMEDOUT) goes to whichever call sees it
 	 * first: a send that had already sent part of its bytes returns that
 	 * count and the verdict is lost; the next send says only EPIPE. */
-	if (n->main_fd >= 0 && silent_for_timeout(n->main_fd, n->io_timeout_ms))
+	if (n->main.fd >= 0 && silent_for_timeout(n->main.fd, n->io_timeout_ms))
 		return true;
 	for (uint32_t i = 0; n->ch && i < n->n_channels; i++)
-		if (n->ch[i].fd > 0 && silent_for_timeout(n->ch[i].fd, n->io_timeout_ms))
+		if (n->ch[i].conn.fd > 0 && silent_for_timeout(n->ch[i].conn.fd, n->io_timeout_ms))
 			return true;
 	return false;
 }
@@ -188,7 +239,8 @@ bool wr_net_link_dead(const struct wr_net *n, int neg_errno)
 /* Give back the buffers of sent packets whose notifications all arrived. */
 static void sweep_completed(struct wr_net *n, struct wr_channel *c)
 {
-	while (c->tail != c->queued && c->inflight[c->tail % WR_NET_INFLIGHT].need_done <= c->zc_done) {
+	uint64_t done = c->sender ? wr_tls_sender_done(c->sender) : c->zc_done;
+	while (c->tail != c->queued && c->inflight[c->tail % WR_NET_INFLIGHT].need_done <= done) {
 		struct wr_inflight *f = &c->inflight[c->tail % WR_NET_INFLIGHT];
 		if (f->worker >= 0 && n->buffer_done)
 			n->buffer_done(n->ctx, (uint32_t)f->worker, f->buffer);
@@ -200,10 +252,18 @@ static void sweep_completed(struct wr_net *n, struct wr_channel *c)
  * least one arrives. */
 static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
 {
+	if (c->sender) {
+		char drain[64];
+		while (read(n->tls_wake[0], drain, sizeof(drain)) > 0)
+			;
+		int rc = wait ? wr_tls_sender_wait(c->sender) : wr_tls_sender_check(c->sender);
+		sweep_completed(n, c);
+		return rc;
+	}
 	for (;;) {
 		char control[128];
 		struct msghdr msg = { .msg_control = control, .msg_controllen = sizeof(control) };
-		ssize_t r = recvmsg(c->fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+		ssize_t r = recvmsg(c->conn.fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && errno == EAGAIN) {
@@ -214,21 +274,21 @@ static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
 			 * (TCP_USER_TIMEOUT): take its verdict from SO_ERROR, and
 			 * check the age of the last acknowledgement ourselves in
 			 * case no verdict comes. */
-			struct pollfd p = { .fd = c->fd, .events = 0 };
+			struct pollfd p = { .fd = c->conn.fd, .events = 0 };
 			int waited = poll(&p, 1, n->io_timeout_ms > 0 ? n->io_timeout_ms : 10000);
 			if (waited < 0 && errno != EINTR)
 				return -errno;
 			int err = 0;
 			socklen_t len = sizeof(err);
 			if ((p.revents & (POLLERR | POLLHUP)) &&
-			    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+			    getsockopt(c->conn.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
 				return -err;
 			if (p.revents & POLLHUP)
 				return -ECONNRESET;
 			struct tcp_info ti;
 			len = sizeof(ti);
 			if (waited == 0 && n->io_timeout_ms > 0 &&
-			    getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+			    getsockopt(c->conn.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
 			    ti.tcpi_last_ack_recv >= (uint32_t)n->io_timeout_ms)
 				return -ETIMEDOUT;
 			continue;
@@ -262,7 +322,7 @@ static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
 int wr_net_reap(struct wr_net *n)
 {
 	for (uint32_t i = 0; i < n->n_channels; i++)
-		if (n->ch[i].zerocopy && n->ch[i].tail != n->ch[i].queued) {
+		if ((n->ch[i].zerocopy || n->ch[i].sender) && n->ch[i].tail != n->ch[i].queued) {
 			int rc = reap_channel(n, &n->ch[i], false);
 			if (rc < 0)
 				return rc;
@@ -276,7 +336,7 @@ static int send_iovs(struct wr_net *n, struct wr_channel *c, struct iovec *iov, 
 	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = n_iov };
 	bool zc = c->zerocopy;
 	while (msg.msg_iovlen) {
-		ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL | flags | (zc ? MSG_ZEROCOPY : 0));
+		ssize_t r = sendmsg(c->conn.fd, &msg, MSG_NOSIGNAL | flags | (zc ? MSG_ZEROCOPY : 0));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && errno == ENOBUFS && zc) {
@@ -311,7 +371,7 @@ static int sendfile_piece(struct wr_net *n, struct wr_channel *c, const struct i
 	off_t off = (off_t)((const uint8_t *)v->iov_base - n->guest.base);
 	size_t left = v->iov_len;
 	while (left) {
-		ssize_t r = sendfile(c->fd, n->guest.fd, &off, left);
+		ssize_t r = sendfile(c->conn.fd, n->guest.fd, &off, left);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -332,6 +392,16 @@ static int flush_channel(struct wr_net *n, struct wr_channel *c)
 	if (c->queued == c->head)
 		return 0;
 	size_t i = 0;
+	if (c->sender) {
+		/* One batch in flight: the thread sends this one once the last
+		 * is done; it counts as a completion (sweep_completed). */
+		int rc = wr_tls_sender_wait(c->sender);
+		if (rc < 0)
+			return rc;
+		wr_tls_sender_post(c->sender, c->iov, c->n_iov);
+		c->zc_issued++;
+		i = c->n_iov;
+	}
 	while (i < c->n_iov) {
 		int rc;
 		if (goes_by_sendfile(n, &c->iov[i])) {
@@ -446,7 +516,7 @@ static int send_result(struct wr_net *n, uint32_t status)
 {
 	uint8_t packet[PROTO_RESULT_PACKET_SIZE];
 	proto_result_packet_encode(status, packet);
-	return net_send_all(n->main_fd, packet, sizeof(packet));
+	return net_conn_send_all(&n->main, packet, sizeof(packet));
 }
 
 void wr_net_cancel(struct wr_net *n)
@@ -457,9 +527,15 @@ void wr_net_cancel(struct wr_net *n)
 unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max)
 {
 	unsigned k = 0;
-	for (uint32_t i = 0; i < n->n_channels && k < max; i++)
-		if (n->ch[i].tail != n->ch[i].queued)
-			pfd[k++] = (struct pollfd){ .fd = n->ch[i].fd, .events = 0 };
+	for (uint32_t i = 0; i < n->n_channels && k < max; i++) {
+		if (n->ch[i].tail == n->ch[i].queued)
+			continue;
+		if (n->ch[i].sender) { /* TLS: the senders' pipe, once for all of them */
+			pfd[0] = (struct pollfd){ .fd = n->tls_wake[0], .events = POLLIN };
+			return 1;
+		}
+		pfd[k++] = (struct pollfd){ .fd = n->ch[i].conn.fd, .events = 0 };
+	}
 	return k;
 }
 
@@ -468,7 +544,7 @@ unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max
 static int read_result(struct wr_net *n, uint32_t *status)
 {
 	uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_RESULT_BODY_SIZE];
-	int rc = net_recv_all(n->main_fd, header, sizeof(header));
+	int rc = net_conn_recv_all(&n->main, header, sizeof(header));
 	if (rc < 0)
 		return rc;
 	struct proto_packet p;
@@ -478,7 +554,7 @@ static int read_result(struct wr_net *n, uint32_t *status)
 		err = PROTO_E_PACKET_TYPE;
 	if (err != PROTO_OK)
 		return (int)err;
-	if ((rc = net_recv_all(n->main_fd, body, sizeof(body))) < 0)
+	if ((rc = net_conn_recv_all(&n->main, body, sizeof(body))) < 0)
 		return rc;
 	err = proto_result_decode(body, sizeof(body), status);
 	return err == PROTO_OK ? 0 : (int)err;
@@ -491,14 +567,18 @@ int wr_net_finish(struct wr_net *n, uint32_t *status)
 		return flushed;
 	for (uint32_t i = 0; i < n->n_channels; i++) {
 		struct wr_channel *c = &n->ch[i];
+		/* The END goes from here: the channel's thread must be done with it. */
+		int rc = c->sender ? wr_tls_sender_wait(c->sender) : 0;
+		if (rc < 0)
+			return rc;
 		struct proto_end_body e = { .packets = c->seq, .pages = c->pages, .payload_bytes = c->payload_bytes,
 					    .crc_of_crcs = c->crc_of_crcs };
 		struct proto_packet p = { .type = PROTO_PKT_END, .payload_len = PROTO_END_BODY_SIZE, .seq = c->seq };
 		uint8_t header[PROTO_PACKET_HEADER_SIZE], body[PROTO_END_BODY_SIZE];
 		proto_packet_encode(&p, header);
 		proto_end_body_encode(&e, body);
-		int rc = net_send_all(c->fd, header, sizeof(header));
-		if (rc < 0 || (rc = net_send_all(c->fd, body, sizeof(body))) < 0)
+		rc = net_conn_send_all(&c->conn, header, sizeof(header));
+		if (rc < 0 || (rc = net_conn_send_all(&c->conn, body, sizeof(body))) < 0)
 			return rc;
 	}
 	for (uint32_t i = 0; i < n->n_channels; i++)
@@ -512,11 +592,10 @@ int wr_net_finish(struct wr_net *n, uint32_t *status)
 
 int wr_net_why_refused(struct wr_net *n, int wait_ms, uint32_t *status)
 {
-	struct pollfd pfd = { .fd = n->main_fd, .events = POLLIN };
-	int ready;
-	do
-		ready = poll(&pfd, 1, wait_ms);
-	while (ready < 0 && errno == EINTR);
+	struct pollfd pfd = { .fd = n->main.fd, .events = POLLIN };
+	int ready = net_conn_buffered(&n->main) ? 1 : 0;
+	while (!ready && (ready = poll(&pfd, 1, wait_ms)) < 0 && errno == EINTR)
+		ready = 0;
 	if (ready <= 0)
 		return -ETIMEDOUT;
 	int rc = read_result(n, status);

@@ -1,6 +1,9 @@
 /* The writer's network side: the main channel and N data channels to a
- * pageferry receiver, packets sent with sendmsg (MSG_ZEROCOPY where the
- * kernel allows), completions reaped from each socket's error queue.
+ * pageferry receiver.  With TLS (net/net_tls.h), packets are protected
+ * into records from where they lie, small pieces gathered so that records
+ * are full.  Without it (--insecure, loopback), they go with sendmsg
+ * (MSG_ZEROCOPY where the kernel allows) or sendfile, completions reaped
+ * from each socket's error queue.
  *
  * Nothing handed to the kernel with MSG_ZEROCOPY is reused before its
  * completion: packet headers live in a per-channel slab slot until then, and
@@ -49,8 +52,11 @@ struct wr_inflight {
 	uint32_t buffer;
 };
 
+struct wr_tls_sender;
+
 struct wr_channel {
-	int fd;
+	struct net_conn conn;
+	struct wr_tls_sender *sender; /* TLS: the thread that protects and sends */
 	bool zerocopy;
 	uint64_t seq;		/* DATA packets sent */
 	uint64_t pages, payload_bytes;
@@ -70,7 +76,7 @@ struct wr_channel {
 };
 
 struct wr_net {
-	int main_fd;
+	struct net_conn main;
 	uint32_t n_channels, next;
 	struct proto_handshake hs;
 	bool zerocopy;		/* SO_ZEROCOPY is on for the data channels */
@@ -81,14 +87,16 @@ struct wr_net {
 	struct wr_channel *ch;	/* n_channels of them */
 	char peer[128];		/* HOST:PORT as the user wrote it, for messages */
 	int io_timeout_ms;	/* --io-timeout: the most any wait for the peer may last */
+	bool tls;
+	int tls_wake[2];	/* TLS: senders say a batch is done on [1] */
 };
 
 /* Connect the main channel and `hs->n_channels` data channels to `hostport`,
- * handshake and authenticate each.  On failure returns -errno or a positive
+ * run TLS's handshake on each (when creds is not NULL), then ours.  On failure returns -errno or a positive
  * enum proto_err, with `what` describing the step (and the receiver's reason
  * when it refused). */
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
-		const struct net_psk *psk, enum wr_zerocopy zc, const struct wr_guest *guest,
+		const struct net_tls_creds *creds, enum wr_zerocopy zc, const struct wr_guest *guest,
 		int connect_timeout_ms, int io_timeout_ms, char *what, size_t what_len);
 /* Whether a failed send or wait (neg_errno) means the link is dead: the
  * kernel said so, or a connection heard nothing for --io-timeout. */

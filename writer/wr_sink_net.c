@@ -222,36 +222,45 @@ static struct {
 	const char *to;
 	uint32_t channels;
 	enum wr_zerocopy zerocopy;
-	bool psk;
+	int tls; /* TLS_NONE, TLS_PSK or TLS_X509 */
 	int connect_timeout_ms, io_timeout_ms;
 } args;
 
+enum { TLS_NONE, TLS_PSK, TLS_X509 };
+
 bool wr_sink_net_args(void)
 {
+	static const char *const tls_modes[] = { "none", "psk", "x509", NULL };
 	static const char *const zc_modes[] = { "off", "auto", "on", "sendfile", NULL };
 	static const enum wr_zerocopy zc_values[] = { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON, WR_ZC_SENDFILE };
 	args.to = stage_arg_str("to");
 	args.channels = (uint32_t)stage_arg_u64("channels", 1, PROTO_MAX_CHANNELS);
 	args.zerocopy = zc_values[stage_arg_choice("zerocopy", zc_modes)];
-	args.psk = stage_arg_flag("psk");
+	args.tls = stage_arg_choice("tls", tls_modes);
 	ns.zstd = stage_arg_flag("zstd");
 	args.connect_timeout_ms = (int)stage_arg_u64("connect-timeout-ms", 0, 3600000);
 	ns.rounds = stage_arg_flag("rounds");
 	args.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
-	return args.psk;
+	return args.tls != TLS_NONE;
 }
 
 void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 {
-	static struct net_psk psk;
-	if (args.psk) {
-		const char *why = "";
-		int rc = net_psk_read(WRITER_FD_PSK, &psk, &why);
-		if (rc < 0)
-			stage_die_errno(rc, "%s", why);
+	struct net_tls_creds *creds = NULL;
+	char why[256] = "";
+	int rc = 0;
+	if (args.tls == TLS_PSK)
+		rc = net_tls_creds_psk(&creds, NET_TLS_CLIENT, WRITER_FD_CREDS, why, sizeof(why));
+	else if (args.tls == TLS_X509)
+		rc = net_tls_creds_x509(&creds, NET_TLS_CLIENT, WRITER_FD_CREDS, why, sizeof(why));
+	if (rc < 0)
+		stage_die_errno(rc, "%s", why);
+	if (creds) {
+		close(WRITER_FD_CREDS);
+		net_tls_before_lockdown();
 	}
 	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)args.channels,
-				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) | (args.psk ? PROTO_F_PSK : 0) |
+				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) |
 						  (ns.rounds ? PROTO_F_ROUNDS : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
@@ -262,9 +271,8 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 	char what[256] = "";
 	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = src->guest,
 				  .bytes = src->geo.guest_pages * src->geo.page_size };
-	int rc = wr_net_open(&ns.net, args.to, &hs, &psk, args.zerocopy, &guest, args.connect_timeout_ms,
+	rc = wr_net_open(&ns.net, args.to, &hs, creds, args.zerocopy, &guest, args.connect_timeout_ms,
 			     args.io_timeout_ms, what, sizeof(what));
-	memset(&psk, 0, sizeof(psk));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
@@ -274,9 +282,11 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 	stage_stat_set(src->stats, SHM_STAT_FLAGS,
 		       (ns.net.zerocopy ? SHM_FLAG_ZEROCOPY : 0) | (ns.net.sendfile ? SHM_FLAG_SENDFILE : 0));
 	/* sockets: the main channel, then the data channels, after our fds */
-	*max_fd = ns.net.main_fd > *max_fd ? ns.net.main_fd : *max_fd;
+	*max_fd = ns.net.main.fd > *max_fd ? ns.net.main.fd : *max_fd;
 	for (uint32_t i = 0; i < args.channels; i++)
-		*max_fd = ns.net.ch[i].fd > *max_fd ? ns.net.ch[i].fd : *max_fd;
+		*max_fd = ns.net.ch[i].conn.fd > *max_fd ? ns.net.ch[i].conn.fd : *max_fd;
+	for (int k = 0; ns.net.tls && k < 2; k++)
+		*max_fd = ns.net.tls_wake[k] > *max_fd ? ns.net.tls_wake[k] : *max_fd;
 	*s = (struct wr_sink){ .put = net_put, .round_end = net_round_end, .idle = net_idle,
 			       .progress = net_progress, .prepare = net_prepare, .commit = net_commit,
 			       .check_cancel = net_check_cancel, .src = src };

@@ -4,14 +4,14 @@
  * (writer/wr_sink_net.c).
  *
  * argv: pageferry-writer --mode=snapshot
- *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile [--psk]
+ *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile --tls=none|psk|x509
  *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS
- *       (--psk: a pre-shared key on fd 5; --zstd: the workers compress;
+ *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
  *       --rounds: a live migration's pre-copy rounds)
  * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
- *      migrate:  5 pre-shared key file (with --psk)
+ *      migrate:  5 TLS credentials: the key file or the X.509 directory (with --tls)
  *                6 socket to the front end, for the commit decision
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
  *      8 + 2i  wake socket of ring writer -> worker i   (buffers back)
@@ -272,18 +272,18 @@ int main(int argc, char **argv)
 	stage_tie_to_supervisor();
 	stage_args(argc, argv,
 		   "pageferry-writer --mode=snapshot | --mode=migrate --to=HOST:PORT --channels=N "
-		   "--zerocopy=off|auto|on|sendfile [--psk] [--zstd] --connect-timeout-ms=MS [--rounds] "
+		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
 		   "--io-timeout-ms=MS");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
-	bool psk = migrate && wr_sink_net_args();
+	bool tls = migrate && wr_sink_net_args();
 	w.rounds = migrate && wr_sink_net_rounds();
 	stage_args_done();
 	src->round = 1;
 	stage_attach_segment(&src->seg);
 	src->n_workers = src->seg.geo.n_workers;
-	static const int no_psk[] = { WRITER_FD_PSK };
-	stage_close_inherited_fds(WRITER_FD_ARENA(src->n_workers - 1, src->n_workers), no_psk, migrate && !psk);
+	static const int no_creds[] = { WRITER_FD_CREDS };
+	stage_close_inherited_fds(WRITER_FD_ARENA(src->n_workers - 1, src->n_workers), no_creds, migrate && !tls);
 	src->geo = (struct proto_geometry){ .page_size = src->seg.geo.page_size,
 					    .max_run_pages = src->seg.geo.max_run_pages,
 					    .guest_pages = src->seg.geo.guest_pages };
