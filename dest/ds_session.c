@@ -85,6 +85,29 @@ static void __attribute__((format(printf, 2, 3))) note(struct session *s, const 
 	(void)!write(2, line, (size_t)n);
 }
 
+/* The refusals past LOGGED_MAX, counted in one line (before the receive
+ * goes on, or ends). */
+static void note_count(struct session *s)
+{
+	if (!s->unlogged)
+		return;
+	unsigned more = s->unlogged;
+	s->logged = 0;
+	s->unlogged = 0;
+	note(s, "%u more connections were refused or closed (not logged one by one)", more);
+}
+
+static noreturn void __attribute__((format(printf, 2, 3))) give_up(struct session *s, const char *fmt, ...)
+{
+	note_count(s);
+	char msg[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	stage_die(STAGE_EXIT_FAILED, "%s", msg);
+}
+
 /* Take p out of the table; close it unless it was kept. */
 static void drop(struct session *s, uint32_t k, bool close_it)
 {
@@ -170,7 +193,7 @@ static void accept_main(struct session *s, uint32_t k)
 			 (unsigned long long)r->inplace->size);
 		(void)set_blocking(p->conn.fd);
 		(void)net_channel_answer(&p->conn, NULL, PROTO_E_DEST_SIZE);
-		stage_die(STAGE_EXIT_FAILED, "refused main channel from %s: %s", p->peer.text, why);
+		give_up(s, "refused main channel from %s: %s", p->peer.text, why);
 	}
 	if (answer(s, k, &p->h, PROTO_OK, NULL) < 0)
 		return;
@@ -335,7 +358,7 @@ void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const stru
 		stage_die_errno(-errno, "listen on %s", listen_addr);
 	stage_stat_set(r->stats, SHM_STAT_STATE, SHM_PROC_LISTENING);
 
-	int64_t give_up = accept_timeout_ms > 0 ? now_ms() + accept_timeout_ms : INT64_MAX;
+	int64_t give_up_at = accept_timeout_ms > 0 ? now_ms() + accept_timeout_ms : INT64_MAX;
 	bool waiting_for_data = false;
 	for (;;) {
 		int64_t now = now_ms();
@@ -343,32 +366,39 @@ void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const stru
 			break;
 		if (s.have_main && !waiting_for_data) {
 			waiting_for_data = true;
-			give_up = now + DATA_CHANNEL_WAIT_MS;
+			give_up_at = now + DATA_CHANNEL_WAIT_MS;
 		}
-		if (now >= give_up && !s.have_main)
-			stage_die(STAGE_EXIT_FAILED, "no main channel connected within %d s", accept_timeout_ms / 1000);
-		if (now >= give_up)
-			stage_die(STAGE_EXIT_FAILED, "only %u of %u data channels connected within %d s", s.n_data,
-				  r->n_channels, DATA_CHANNEL_WAIT_MS / 1000);
-		struct pollfd pfd[PENDING_MAX + 1] = { { .fd = r->listen_fd, .events = POLLIN } };
-		int64_t wake = give_up;
+		if (now >= give_up_at && !s.have_main)
+			give_up(&s, "no main channel connected within %d s", accept_timeout_ms / 1000);
+		if (now >= give_up_at)
+			give_up(&s, "only %u of %u data channels connected within %d s", s.n_data, r->n_channels,
+				DATA_CHANNEL_WAIT_MS / 1000);
+		/* [0] new connections, [1] the accepted main channel: it says
+		 * nothing until the end, so anything there means its sender
+		 * closed it or gave up; then [2 + k] the pending ones. */
+		struct pollfd pfd[PENDING_MAX + 2] = { { .fd = r->listen_fd, .events = POLLIN },
+						       { .fd = s.have_main ? r->main.fd : -1, .events = POLLIN } };
+		int64_t wake = give_up_at;
 		bool ready_now = false;
 		for (uint32_t k = 0; k < s.n; k++) {
 			struct pending *p = &s.p[k];
-			pfd[k + 1] = (struct pollfd){ .fd = p->state == P_HELD ? -1 : p->conn.fd, .events = p->events };
+			pfd[k + 2] = (struct pollfd){ .fd = p->state == P_HELD ? -1 : p->conn.fd, .events = p->events };
 			wake = p->deadline_ms < wake ? p->deadline_ms : wake;
 			ready_now |= p->state != P_HELD && net_conn_buffered(&p->conn);
 		}
 		int wait = ready_now ? 0 : wake == INT64_MAX ? -1 : wake - now > 0 ? (int)(wake - now) : 0;
 		uint32_t n_polled = s.n;
-		if (poll(pfd, n_polled + 1, wait) < 0 && errno != EINTR)
+		if (poll(pfd, n_polled + 2, wait) < 0 && errno != EINTR)
 			stage_die_errno(-errno, "poll while accepting connections");
 		now = now_ms();
+		if (pfd[1].revents)
+			give_up(&s, "the sender at %s closed its main channel or gave up before its %u data channels "
+				"connected (%u did)", r->peer, r->n_channels, s.n_data);
 		/* Newest first: advancing one may take it (and held ones below
 		 * it) out of the table; one advanced by mistake finds nothing
 		 * to read and waits. */
 		for (uint32_t k = n_polled; k-- > 0;)
-			if (k < s.n && (pfd[k + 1].revents || net_conn_buffered(&s.p[k].conn)))
+			if (k < s.n && (pfd[k + 2].revents || net_conn_buffered(&s.p[k].conn)))
 				advance(&s, k);
 		for (uint32_t k = s.n; k-- > 0;)
 			if (s.p[k].deadline_ms <= now) {
@@ -382,11 +412,7 @@ void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const stru
 	}
 	while (s.n)
 		drop(&s, s.n - 1, true);
-	if (s.unlogged) {
-		unsigned more = s.unlogged;
-		s.logged = 0;
-		note(&s, "%u more connections were refused or closed (not logged one by one)", more);
-	}
+	note_count(&s);
 	close(r->listen_fd);
 	r->listen_fd = -1;
 	/* From here on a sender may pause between packets, but not forever. */

@@ -315,6 +315,44 @@ static int session_new(struct net_tls **out, int fd, const struct net_tls_creds 
 	return 0;
 }
 
+/* What an alert from the peer most likely means, in terms of our options. */
+static const char *alert_hint(const struct net_tls *t, gnutls_alert_description_t alert)
+{
+	switch (alert) {
+	case GNUTLS_A_ILLEGAL_PARAMETER:
+	case GNUTLS_A_DECRYPT_ERROR:
+		return t->c->psk ? ": the pre-shared keys differ (--psk-file)" : "";
+	case GNUTLS_A_HANDSHAKE_FAILURE:
+	case GNUTLS_A_INSUFFICIENT_SECURITY:
+		return " (do both ends use the same kind of credentials, --psk-file or --tls-creds?)";
+	case GNUTLS_A_CERTIFICATE_REQUIRED:
+		return ": it wants a certificate signed by its CA (ca-cert.pem), and ours is not";
+	case GNUTLS_A_BAD_CERTIFICATE:
+	case GNUTLS_A_CERTIFICATE_EXPIRED:
+	case GNUTLS_A_UNKNOWN_CA:
+	case GNUTLS_A_CERTIFICATE_UNKNOWN:
+		return ": it did not accept our certificate (expired, not signed by its CA, or not naming the host "
+		       "it connected to?)";
+	default:
+		return "";
+	}
+}
+
+/* The same for what GnuTLS found wrong itself. */
+static const char *error_hint(const struct net_tls *t, int rc, bool handshake)
+{
+	if (handshake && t->c->psk && (rc == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER || rc == GNUTLS_E_DECRYPTION_FAILED))
+		return " (the peer's pre-shared key differs from this one, --psk-file)";
+	if (!handshake && rc == GNUTLS_E_DECRYPTION_FAILED)
+		return " (the stream was altered in transit)";
+	if (rc == GNUTLS_E_NO_CIPHER_SUITES || rc == GNUTLS_E_INSUFFICIENT_CREDENTIALS ||
+	    rc == GNUTLS_E_UNKNOWN_CIPHER_SUITE || rc == GNUTLS_E_UNEXPECTED_PACKET)
+		return " (do both ends use the same kind of credentials, --psk-file or --tls-creds?)";
+	if (rc == GNUTLS_E_CERTIFICATE_REQUIRED || rc == GNUTLS_E_NO_CERTIFICATE_FOUND)
+		return " (the peer sent no certificate signed by this end's CA, ca-cert.pem)";
+	return "";
+}
+
 /* A failed TLS call: -errno where the socket failed, else -EBADMSG with
  * t->why saying what TLS refused. */
 static int tls_failed(struct net_tls *t, int rc, const char *during)
@@ -336,10 +374,12 @@ static int tls_failed(struct net_tls *t, int rc, const char *during)
 			snprintf(t->why, sizeof(t->why), "%s: the peer's certificate was refused", during);
 		}
 	} else if (rc == GNUTLS_E_FATAL_ALERT_RECEIVED || rc == GNUTLS_E_WARNING_ALERT_RECEIVED) {
-		snprintf(t->why, sizeof(t->why), "%s: the peer refused with the alert \"%s\"", during,
-			 gnutls_alert_get_name(gnutls_alert_get(t->s)));
+		gnutls_alert_description_t alert = gnutls_alert_get(t->s);
+		snprintf(t->why, sizeof(t->why), "%s: the peer refused with the alert \"%s\"%s", during,
+			 gnutls_alert_get_name(alert), alert_hint(t, alert));
 	} else {
-		snprintf(t->why, sizeof(t->why), "%s: %s", during, gnutls_strerror(rc));
+		snprintf(t->why, sizeof(t->why), "%s: %s%s", during, gnutls_strerror(rc),
+			 error_hint(t, rc, strcmp(during, "TLS handshake") == 0));
 	}
 	size_t n = strlen(t->why);
 	while (n && (t->why[n - 1] == ' ' || t->why[n - 1] == '\n'))
@@ -420,9 +460,12 @@ int net_tls_send_more(struct net_tls *t, const void *buf, size_t len, bool more)
 		/* Every record but the last of a batch goes out with MSG_MORE:
 		 * TCP fills segments instead of pushing each record. */
 		t->more = more || len > NET_TLS_RECORD_MAX;
+		t->sys_errno = 0;
 		ssize_t n = gnutls_record_send(t->s, p, len);
+		if (n == GNUTLS_E_AGAIN && t->sys_errno == 0)
+			continue; /* a short write: send the rest, which fails with the reason if any */
 		if (n == GNUTLS_E_AGAIN)
-			return t->sys_errno ? -t->sys_errno : -EAGAIN; /* the send timeout passed */
+			return -t->sys_errno; /* the send timeout passed */
 		if (n < 0)
 			return tls_failed(t, (int)n, "TLS");
 		p += n;
@@ -448,6 +491,11 @@ ssize_t net_tls_recv(struct net_tls *t, void *buf, size_t len)
 bool net_tls_buffered(const struct net_tls *t)
 {
 	return t->rstart < t->rfill || gnutls_record_check_pending(t->s) > 0;
+}
+
+bool net_tls_failed(const struct net_tls *t)
+{
+	return t && t->why[0];
 }
 
 const char *net_tls_why(const struct net_tls *t)

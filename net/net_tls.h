@@ -74,6 +74,8 @@ ssize_t net_tls_recv(struct net_tls *t, void *buf, size_t len);
 bool net_tls_buffered(const struct net_tls *t);
 /* Why the last call failed with -EBADMSG, for the user (never NULL). */
 const char *net_tls_why(const struct net_tls *t);
+/* Whether TLS refused something on this session (net_tls_why says what). */
+bool net_tls_failed(const struct net_tls *t);
 /* What the handshake agreed, e.g. "TLS1.3 AES-128-GCM PSK". */
 const char *net_tls_description(struct net_tls *t, char *buf, size_t len);
 /* Send the TLS close (best effort), free the session and wipe its keys;

@@ -1,4 +1,5 @@
 #include "stage/stage.h"
+#include "stage/stage_privs.h"
 #include "stage/stage_sigbus.h"
 
 #include <errno.h>
@@ -47,13 +48,19 @@ static noreturn void vdie(int code, int neg_errno, const char *fmt, va_list ap)
 	_exit(code);
 }
 
-void stage_tie_to_supervisor(void)
+static void tie_to_supervisor(void)
 {
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
 		stage_die_errno(-errno, "prctl(PR_SET_PDEATHSIG)");
 	const char *expected = getenv("PAGEFERRY_SUPERVISOR_PID");
 	if (expected && strtol(expected, NULL, 10) != (long)getppid())
 		stage_die(STAGE_EXIT_PEER, "the pageferry process that started this stage is gone");
+}
+
+void stage_tie_to_supervisor(void)
+{
+	tie_to_supervisor();
+	stage_privs_begin();
 }
 
 void stage_die(int code, const char *fmt, ...)
@@ -128,9 +135,14 @@ void stage_lockdown(enum sb_role role, int max_fd, int writes_files)
 	struct sb_options opt = { .mode = sb_default_mode(), .max_fd = max_fd,
 				  .writes_files = writes_files != 0 };
 	const char *step = "lock-down";
+	stage_privs_drop(role);
+	/* Changing ids cleared PR_SET_PDEATHSIG; a front end that died before
+	 * this is caught by the parent check. */
+	tie_to_supervisor();
 	int rc = sb_lockdown(role, &opt, &step);
 	if (rc < 0)
 		stage_die_errno(rc, "sandbox: %s", step);
+	stage_test_hook("locked");
 }
 
 void stage_close_inherited_fds(int max_fd, const int *unused, size_t n)
@@ -284,5 +296,7 @@ void stage_test_hook(const char *role)
 		usleep(20000);
 	else if (strcmp(hook + n + 1, "forbidden") == 0)
 		syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
+	else if (strcmp(hook + n + 1, "stop") == 0)
+		raise(SIGSTOP); /* tgkill on ourselves: allowed by every filter */
 }
 #endif

@@ -33,7 +33,10 @@ const char *stage_name(void);
  * that started it (PR_SET_PDEATHSIG), so a killed front end leaves nothing
  * running that could finish, pause a guest or write a file on its own.  The
  * parent check closes the race of a supervisor that died before the prctl:
- * $PAGEFERRY_SUPERVISOR_PID names the parent we must still have. */
+ * $PAGEFERRY_SUPERVISOR_PID names the parent we must still have.  Being
+ * the first call, it also empties the capability sets only exec could use,
+ * and all of them when the stage is not root (stage_privs_begin), so that
+ * every thread the stage starts has them empty. */
 void stage_tie_to_supervisor(void);
 
 /* Print "<name>: <fmt...>" as one line to stderr and exit with code. */
@@ -52,7 +55,10 @@ void *stage_map_arena(int fd, uint64_t size, int writable);
 /* Bind ring (kind, worker) with its wake fd, or die. */
 void stage_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker, int wake_fd,
 		struct shm_ring *out);
-/* Lock the process into its role; dies naming the failed step. */
+/* Lock the process into its role; dies naming the failed step.  First the
+ * privileges (stage/stage_privs.h: no capability, the unprivileged user
+ * the front end chose, on every thread), then the rlimits, no-new-privs and
+ * the role's seccomp filter (sandbox/sb_lockdown.h). */
 void stage_lockdown(enum sb_role role, int max_fd, int writes_files);
 
 /* Relaxed statistics updates: one writer per block. */
@@ -98,9 +104,12 @@ void stage_args_done(void);
  * PAGEFERRY_TEST_HOOK=ROLE:ACTION in the environment, the stage whose role is
  * ROLE does ACTION each time it calls this: "slow" sleeps 2 ms, "crawl"
  * 20 ms (a transfer that lasts long enough to be killed mid-way), "forbidden"
- * makes a system call its sandbox forbids.  Roles: "worker", "writer" (per
- * run handled), "scanner" (per run posted: the whole pipeline then lives
- * as long as the scan), "inflater" (per frame, before it is placed). */
+ * makes a system call its sandbox forbids, "stop" stops the stage (SIGSTOP)
+ * until someone sends it SIGCONT.  Roles: "worker", "writer" (per run
+ * handled), "scanner" (per run posted: the whole pipeline then lives as long
+ * as the scan), "inflater" (per frame, before it is placed), and "locked":
+ * every stage, once, at the end of stage_lockdown (a test inspects each
+ * locked-down stage while it is stopped there). */
 #ifdef PF_TEST_HOOKS
 void stage_test_hook(const char *role);
 #else

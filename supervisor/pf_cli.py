@@ -14,6 +14,7 @@ import time
 import pf_check
 import pf_jobs
 import pf_migrate
+import pf_privs
 import pf_status
 
 
@@ -31,6 +32,25 @@ PSK_HELP = ("TLS 1.3 with a pre-shared key: a file of 16..1024 bytes both ends h
 TLS_CREDS_HELP = ("TLS 1.3 with X.509 certificates, in the layout of QEMU's tls-creds-x509: DIR holds "
                   "ca-cert.pem and this end's %s-cert.pem and %s-key.pem; the peer's certificate must be signed "
                   "by that CA%s")
+
+
+RUN_AS_HELP = ("the user (and group) every stage process becomes once it has opened what it needs; it also "
+               "drops every capability (default: nobody, with its primary group). Needs root: when pageferry "
+               "does not run as root, its stages keep its user and only drop their capabilities")
+
+
+def add_privilege_options(parser):
+    """--run-as, on every command that starts stages (pf_privs)."""
+    parser.add_argument("--run-as", metavar="USER[:GROUP]", help=RUN_AS_HELP)
+
+
+def apply_privilege_options(args):
+    """The stages' user, chosen once, before any stage starts."""
+    if hasattr(args, "run_as"):
+        try:
+            pf_privs.choose(args.run_as)
+        except pf_privs.Refused as e:
+            raise pf_jobs.JobError(str(e), 2) from None
 
 
 def positive_int(text):
@@ -79,6 +99,7 @@ def build_parser():
     s.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking worker processes (default: %(default)s)")
     s.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+    add_privilege_options(s)
 
     r = sub.add_parser("restore", help="restore a snapshot into a RAM file",
                        description="Restore SNAP into FILE: page data is read with O_DIRECT straight "
@@ -90,6 +111,7 @@ def build_parser():
     r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="parallel reader threads (default: %(default)s)")
     r.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+    add_privilege_options(r)
 
     chk = sub.add_parser("check", help="verify a snapshot without restoring it",
                          description="Verify SNAP without restoring it: header, bitmap and extent table "
@@ -101,6 +123,7 @@ def build_parser():
     chk.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                      help="parallel reader threads (default: %(default)s)")
     chk.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+    add_privilege_options(chk)
 
     g = sub.add_parser("migrate", help="send a paused guest's RAM to a pageferry receiver over TCP",
                        description="Migrate a paused guest's RAM file to `pageferry receive` on another "
@@ -156,6 +179,7 @@ def build_parser():
                         "that sees it lapse for this long resumes the guest by itself, so a killed or hung "
                         "pageferry never leaves it paused (500..3600000, default: %(default)s)")
     g.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+    add_privilege_options(g)
 
     st = sub.add_parser("status", help="show running live migrations",
                         description="Round, bytes sent, dirty bytes left, dirty rate, throughput and "
@@ -221,6 +245,7 @@ def build_parser():
     c.add_argument("--idle-timeout", dest="io_timeout", type=io_timeout, default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)
     c.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
+    add_privilege_options(c)
 
     v = sub.add_parser("verify", help="compare two RAM files (exit 0 equal, 1 different)",
                        description="Compare two RAM files and name the first differing page. "
@@ -343,6 +368,7 @@ def main(stage_dirs, argv=None):
     args = build_parser().parse_args(argv)
     ctx = Context(stage_dirs, getattr(args, "json", False))
     try:
+        apply_privilege_options(args)
         if args.cmd == "snapshot":
             pf_jobs.snapshot(ctx, args.guest, args.out, args.workers)
         elif args.cmd == "restore":

@@ -366,6 +366,7 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
         ok = True
         summary = {
             "command": "receive", "listen": listen, "into": into, "in_place": in_place, "workers": workers,
+            "tls": tls,
             "guest_bytes": size,
             "bytes_received": st["bytes"], "packets": st["packets"], "zero_pages": st["zero_pages"],
             "rerouted_frames": st["runs"],
@@ -375,8 +376,8 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
         }
         seg.close()
         line = (f"receive into {into}: {size / pf_report.MiB:.0f} MiB guest, {st['bytes'] / pf_report.MiB:.0f} MiB "
-                f"received in {st['packets']} packets{pf_report.replaced_text(p.replacements)}; totals and "
-                "checksums match")
+                f"received in {st['packets']} packets{pf_report.replaced_text(p.replacements)}, "
+                f"{TLS_TEXT.get(tls, 'not encrypted')}; totals and checksums match")
         pf_report.emit_summary(summary, ctx.json, line)
     except JobError as e:
         if marker:

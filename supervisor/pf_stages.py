@@ -4,7 +4,8 @@ Each stage is exec'd (posix_spawn) with exactly the fds it needs, dup'ed
 onto the numbers its main file documents; everything else the supervisor
 holds is close-on-exec. Its stderr goes to a pipe we read, so that when a
 run fails we can report the root cause in one line instead of every
-stage's consequential complaints.
+stage's consequential complaints. Each stage learns from its environment
+the unprivileged user it becomes when it locks down (pf_privs).
 """
 import fcntl
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 
 import pf_abi
+import pf_privs
 
 HIGH_FD = 100
 TEST_HOOKS = False   # set by the entry point of -Dtest_hooks=true builds
@@ -130,6 +132,7 @@ class Pipeline:
 
     def _spawn(self, label, binary, args, fds, extra_env):
         path = find_stage(binary, self.search_dirs)
+        run_as = pf_privs.stage_env()
         r, w = os.pipe2(os.O_CLOEXEC)
         # Lift every source above the targets first, so no dup2 clobbers a
         # source that a later dup2 still needs.
@@ -140,8 +143,10 @@ class Pipeline:
                    (os.POSIX_SPAWN_DUP2, err, 2)]
         actions += [(os.POSIX_SPAWN_DUP2, src, t) for t, src in sorted(lifted.items())]
         try:
-            # The stage checks that we are still its parent (stage_tie_to_supervisor).
-            env = dict(os.environ, PAGEFERRY_SUPERVISOR_PID=str(os.getpid()), **extra_env)
+            # The stage checks that we are still its parent (stage_tie_to_supervisor),
+            # and becomes the user pf_privs chose when it locks down (ours
+            # override whatever the environment says).
+            env = dict(os.environ, PAGEFERRY_SUPERVISOR_PID=str(os.getpid()), **run_as, **extra_env)
             pid = os.posix_spawn(path, [binary] + [str(a) for a in args], env,
                                  file_actions=actions, setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE))
         finally:

@@ -19,6 +19,7 @@
 #include "shm/shm_layout.h"
 #include "stage/stage.h"
 #include "stage/stage_fds.h"
+#include "stage/stage_privs.h"
 #include "workers/wk_arena.h"
 #include "writer/wr_net.h"
 
@@ -145,6 +146,7 @@ int main(void)
 	constant("STAGE_EXIT_FAILED", STAGE_EXIT_FAILED, NULL);
 	constant("STAGE_EXIT_USAGE", STAGE_EXIT_USAGE, NULL);
 	constant("STAGE_EXIT_PEER", STAGE_EXIT_PEER, "a peer stage went away: never the root cause");
+	printf("RUN_AS_ENV = \"%s\"  # UID:GID every stage switches to (stage/stage_privs.h)\n", STAGE_RUN_AS_ENV);
 
 	printf("\n# dest/ds_commit.h\n");
 	printf("COMMIT_MAGIC = b\"%s\"\n", DS_COMMIT_MAGIC);

@@ -99,6 +99,16 @@ static uint32_t checksum_fd(int fd, uint64_t size)
 
 static void publish_checksum(const char *path, uint32_t crc)
 {
+	/* Atomically, by rename, for a reader that polls for the file; but
+	 * never over something that is not a regular file (the default,
+	 * /dev/null, would be replaced by one). */
+	struct stat st;
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		FILE *f = fopen(path, "w");
+		if (!f || fprintf(f, "0x%08x\n", crc) < 0 || fclose(f) != 0)
+			die(path);
+		return;
+	}
 	char tmp[4096];
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	FILE *f = fopen(tmp, "w");

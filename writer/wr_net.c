@@ -83,8 +83,7 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 		rc = net_tls_client(&c.tls, c.fd, creds, host, timeout_ms);
 		if (rc < 0) {
 			if (rc == -EBADMSG)
-				snprintf(what, what_len, "%s %s: %s (both ends need the same --psk-file, or "
-					 "--tls-creds from the same CA)", name, addr->text, net_tls_why(c.tls));
+				snprintf(what, what_len, "%s %s: %s", name, addr->text, net_tls_why(c.tls));
 			else
 				snprintf(what, what_len, "TLS handshake on %s %s%s", name, addr->text,
 					 rc == -ECONNRESET ? " (the receiver closed the connection: does it use TLS, with "
@@ -102,8 +101,7 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 			snprintf(what, what_len, "%s %s: %s%s", name, addr->text,
 				 refused ? "the receiver refused it: " : "", proto_strerror((enum proto_err)rc));
 		else if (rc == -EBADMSG)
-			snprintf(what, what_len, "handshake on %s %s: %s (both ends need the same --psk-file, or "
-				 "--tls-creds from the same CA)", name, addr->text, net_conn_why(&c, rc));
+			snprintf(what, what_len, "handshake on %s %s: %s", name, addr->text, net_conn_why(&c, rc));
 		else
 			snprintf(what, what_len, "handshake on %s %s", name, addr->text);
 		net_conn_close(&c);
@@ -219,6 +217,18 @@ static bool silent_for_timeout(int fd, int io_timeout_ms)
 	socklen_t len = sizeof(ti);
 	return io_timeout_ms > 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
 	       ti.tcpi_last_ack_recv >= (uint32_t)io_timeout_ms;
+}
+
+const char *wr_net_why(const struct wr_net *n, int neg_errno)
+{
+	if (neg_errno != -EBADMSG)
+		return strerror(-neg_errno);
+	if (net_tls_failed(n->main.tls))
+		return net_tls_why(n->main.tls);
+	for (uint32_t i = 0; n->ch && i < n->n_channels; i++)
+		if (net_tls_failed(n->ch[i].conn.tls))
+			return net_tls_why(n->ch[i].conn.tls);
+	return "TLS failed";
 }
 
 bool wr_net_link_dead(const struct wr_net *n, int neg_errno)

@@ -98,6 +98,9 @@ struct wr_net {
 int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_handshake *hs,
 		const struct net_tls_creds *creds, enum wr_zerocopy zc, const struct wr_guest *guest,
 		int connect_timeout_ms, int io_timeout_ms, char *what, size_t what_len);
+/* A failure in words: TLS's own reason for -EBADMSG (from whichever
+ * connection it happened on), else strerror. */
+const char *wr_net_why(const struct wr_net *n, int neg_errno);
 /* Whether a failed send or wait (neg_errno) means the link is dead: the
  * kernel said so, or a connection heard nothing for --io-timeout. */
 bool wr_net_link_dead(const struct wr_net *n, int neg_errno);

@@ -49,10 +49,10 @@ static noreturn void net_failed(struct wr_source *src, int rc, const char *what)
 	if (!ns.rounds)
 		wr_source_after_failure(src);
 	uint32_t status;
-	if ((rc == -EPIPE || rc == -ECONNRESET) && wr_net_why_refused(&ns.net, 1000, &status) == 0 &&
+	if ((rc == -EPIPE || rc == -ECONNRESET || rc == -EBADMSG) && wr_net_why_refused(&ns.net, 1000, &status) == 0 &&
 	    status != PROTO_OK)
 		die_refused(status);
-	stage_die_errno(rc, "%s", what);
+	stage_die(STAGE_EXIT_FAILED, "%s: %s", what, wr_net_why(&ns.net, rc));
 }
 
 static void sent(struct wr_source *src, int rc, const struct proto_packet *p)
@@ -162,7 +162,8 @@ static void check_answer(struct wr_source *src, int rc, uint32_t status)
 static void net_prepare(struct wr_sink *s)
 {
 	uint32_t status = PROTO_OK;
-	check_answer(s->src, wr_net_finish(&ns.net, &status), status);
+	int rc = wr_net_finish(&ns.net, &status);
+	check_answer(s->src, rc, status);
 }
 
 /* The front end decides whether the prepared copy is committed: it knows

@@ -1,17 +1,18 @@
 """A hand-rolled pageferry sender for the receiver's bad-input tests: it
 speaks doc/formats.md's wire format directly, so each test can break exactly
-one field."""
-import hmac
-import hashlib
+one field.  Plain TCP: it talks to receivers without credentials (on
+loopback); tests that need TLS wrap its bytes in Python's ssl."""
 import os
 import socket
 import struct
 import time
 
-HS_MAGIC, PK_MAGIC, VERSION = 0x53484650, 0x4B504650, 3
+HS_MAGIC, PK_MAGIC, VERSION = 0x53484650, 0x4B504650, 4
 DATA, SYNC, END, RESULT = 1, 2, 3, 4
 ZERO, RAW, ZSTD, SPARSE = 0, 1, 2, 3
-F_ZSTD, F_PSK = 1, 2
+F_ZSTD = 1
+# Refusals a handshake answer may carry (protocol/proto_error.h).
+E_MAGIC, E_VERSION, E_SESSION, E_TLS_REQUIRED, E_BUSY = 2, 3, 9, 35, 55
 PAGE = 4096
 
 
@@ -63,6 +64,27 @@ def end_body(packets, pages, payload, crc):
     return b + struct.pack("<I", crc32c(b))
 
 
+def result_packet(status):
+    """A whole RESULT packet: header, then status and its CRC."""
+    body = struct.pack("<I", status)
+    return packet(RESULT, 0, 0, 0, 0, 8) + body + struct.pack("<I", crc32c(body))
+
+
+def read_result(s):
+    """The status of the RESULT packet the receiver sends next on s."""
+    f = parse_header(recv_exact(s, 48))
+    assert f["type"] == RESULT and f["payload_len"] == 8, f
+    body = recv_exact(s, 8)
+    assert struct.unpack_from("<I", body, 4)[0] == crc32c(body[:4]), body
+    return struct.unpack_from("<I", body)[0]
+
+
+def reply_status(reply):
+    """The status of a 64-byte handshake answer: 0 accepted, else the
+    enum proto_err of the refusal."""
+    return struct.unpack_from("<H", reply, 42)[0]
+
+
 def connect(port, host="127.0.0.1", timeout=10):
     deadline = time.monotonic() + timeout
     while True:
@@ -84,31 +106,28 @@ def recv_exact(s, n):
     return buf
 
 
-def psk_exchange(s, key, session, kind, cid):
-    """The sender's half of protocol/proto_auth.h."""
-    nonce_r = recv_exact(s, 32)
-    nonce_s = os.urandom(32)
-    msg = b"pageferry-psk-v1" + b"S" + session + bytes([kind, cid]) + nonce_r + nonce_s
-    s.sendall(nonce_s + hmac.new(key, msg, hashlib.sha256).digest())
-    return recv_exact(s, 36)
-
-
 class Session:
     """Main channel plus one data channel, handshakes done."""
 
-    def __init__(self, port, guest_pages=1024, features=0, session=None):
+    def __init__(self, port, guest_pages=1024, features=0, session=None, data=True):
+        """data=False: the main channel only, until open_data()."""
+        self.port, self.features = port, features
         self.session = session or os.urandom(16)
         self.guest_pages = guest_pages
         self.main = connect(port)
         self.main.sendall(handshake(0, 0, self.session, guest_pages, features=features))
         self.reply = recv_exact(self.main, 64)
-        self.data = connect(port)
-        self.data.sendall(handshake(1, 0, self.session, guest_pages, features=features))
-        self.data_reply = recv_exact(self.data, 64)
+        if data:
+            self.open_data()
         self.seq = 0
         self.crc = 0
         self.pages = 0
         self.bytes = 0
+
+    def open_data(self):
+        self.data = connect(self.port)
+        self.data.sendall(handshake(1, 0, self.session, self.guest_pages, features=self.features))
+        self.data_reply = recv_exact(self.data, 64)
 
     def send(self, enc, first, n_pages, payload=b"", payload_len=None, payload_crc=None):
         if payload_crc is None:
@@ -123,6 +142,15 @@ class Session:
 
     def end(self):
         self.data.sendall(packet(END, 0, 0, 0, self.seq, 32) + end_body(self.seq, self.pages, self.bytes, self.crc))
+
+    def commit(self):
+        """After end(): the handoff (doc/formats.md): the receiver's
+        "prepared", our "commit", its "committed".  Both statuses."""
+        prepared = read_result(self.main)
+        if prepared != 0:
+            return prepared, None
+        self.main.sendall(result_packet(0))
+        return prepared, read_result(self.main)
 
     def close(self):
         for s in (self.data, self.main):

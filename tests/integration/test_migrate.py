@@ -5,6 +5,7 @@ real seccomp filters.  Bad input comes from pfwire.py, a hand-rolled sender
 that breaks one field at a time."""
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -130,6 +131,7 @@ class Loopback(Base):
         r = self.migrate(guest, port, "--psk-file", key, "--channels", 2)
         code, _, err = self.finish(rx)
         self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+        self.assertIn("; TLS 1.3 with a pre-shared key;", r.stdout)
         self.assert_equal_ram(guest, into)
 
 
@@ -216,27 +218,64 @@ class InPlace(Base):
 
 
 class BadInput(Base):
-    """Each malformed input ends the receiver with its own message and a
-    non-zero exit, and leaves no destination file."""
+    """A connection refused at its handshake ends only itself: the raw
+    client reads the refusal, the receiver logs a notice and keeps waiting
+    for the real sender.  Each malformed input after the handshake ends the
+    receiver with its own message and a non-zero exit, and leaves no
+    destination file."""
 
     def receiver(self, *extra):
         self.port = free_port()
         self.into = self.path("bad.dst")
         return self.start_receiver(self.port, self.into, "--workers", 1, *extra)
 
+    def assert_notice(self, err, why):
+        """why: the reason, or a compiled pattern of it."""
+        why = why.pattern if isinstance(why, re.Pattern) else re.escape(why)
+        self.assertRegex(err, r"(?m)^pageferry-receive: notice: refused a connection from 127\.0\.0\.1:\d+: "
+                         + why + "$")
+
+    def expect_notice_then_migration(self, rx, why, *migrate_args):
+        """The receiver refused a connection with a notice and went on
+        waiting: a real migration afterwards arrives bit-exact.  Its stderr."""
+        # Nothing committed, and the refused connection did not even size
+        # the copy in progress.
+        self.assertFalse(os.path.exists(self.into))
+        self.assertEqual(os.path.getsize(self.into + ".pf-partial"), 0)
+        guest = self.guest("random", "16M")
+        r = self.migrate(guest, self.port, "--channels", 2, *migrate_args)
+        code, out, err = self.finish(rx)
+        self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+        self.assertIn("totals and checksums match", out)
+        self.assert_notice(err, why)
+        self.assert_equal_ram(guest, self.into)
+        return err
+
+    def expect_notice_then_timeout(self, rx, why):
+        """Refused with a notice, then nobody else came: the receiver ends at
+        its --accept-timeout, nothing written."""
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 1, err)
+        self.assert_notice(err, why)
+        self.assertRegex(err.strip().splitlines()[-1],
+                         r"^pageferry receive: pageferry-receive: no main channel connected within \d+ s$")
+        self.assert_no_output(self.into)
+
     def test_off_loopback_without_a_key_is_refused(self):
         # Safe default: a receiver on every address, or a sender to another
-        # host, needs --psk-file (or --insecure); nothing is created.
+        # host, needs --psk-file or --tls-creds (or --insecure); nothing is
+        # created.
         into = self.path("open.dst")
         r = pf("receive", "--listen", f"0.0.0.0:{free_port()}", "--into", into)
         self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("this address is not loopback and no --psk-file was given", r.stderr)
+        self.assertIn("this address is not loopback and neither --psk-file nor --tls-creds was given", r.stderr)
         self.assertIn("--insecure", r.stderr)
         self.assert_no_output(into)
         guest = self.guest("zero", "4M")
         r = pf("migrate", "--guest", guest, "--to", "tcp:10.255.255.1:4444")
         self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("--to 10.255.255.1:4444: the receiver is not loopback and no --psk-file was given", r.stderr)
+        self.assertIn("--to 10.255.255.1:4444: the receiver is not loopback and neither --psk-file nor --tls-creds "
+                      "was given", r.stderr)
         # Loopback stays one command: refused only by the missing receiver.
         r = pf("migrate", "--guest", guest, "--to", f"tcp:localhost:{free_port()}", "--connect-timeout", 0)
         self.assertEqual(r.returncode, 1, r.stderr)
@@ -255,27 +294,56 @@ class BadInput(Base):
         s = pfwire.connect(self.port)
         s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, magic=0x12345678))
         reply = pfwire.recv_exact(s, 64)
-        self.assertEqual(struct.unpack_from("<H", reply, 42)[0], 2)  # refused: PROTO_E_MAGIC
-        err = self.expect_refusal(rx, "refused main channel from 127.0.0.1")
-        self.assertIn("bad magic: not a pageferry message", err)
+        self.assertEqual(pfwire.reply_status(reply), pfwire.E_MAGIC)
+        self.assertEqual(s.recv(1), b"")  # then closed
+        self.expect_notice_then_migration(rx, "bad magic: not a pageferry message")
 
     def test_wrong_version(self):
-        rx = self.receiver()
+        rx = self.receiver("--accept-timeout", 3)
         s = pfwire.connect(self.port)
         s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=1))
-        self.expect_refusal(rx, "unsupported protocol or format version")
+        self.assertEqual(pfwire.reply_status(pfwire.recv_exact(s, 64)), pfwire.E_VERSION)
+        self.expect_notice_then_timeout(rx, "unsupported protocol or format version: the sender speaks wire "
+                                            "protocol version 1, this receiver version 4")
 
-    def test_version_2_refused_by_name(self):
-        # Version 2 had no payload checksums: refused, saying which versions.
+    def test_version_3_refused_by_name(self):
+        # Version 3 had no TLS (an in-band key proof): refused, saying which versions.
         rx = self.receiver()
         s = pfwire.connect(self.port)
-        s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=2))
+        s.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024, version=3))
         reply = pfwire.recv_exact(s, 64)
-        self.assertEqual(struct.unpack_from("<H", reply, 4)[0], 3)  # the version we speak
-        self.assertEqual(struct.unpack_from("<H", reply, 42)[0], 3)  # refused: PROTO_E_VERSION
-        err = self.expect_refusal(rx, "refused main channel from 127.0.0.1")
-        self.assertIn("unsupported protocol or format version: the sender speaks wire protocol version 2, "
-                      "this receiver version 3", err)
+        self.assertEqual(struct.unpack_from("<H", reply, 4)[0], 4)  # the version we speak
+        self.assertEqual(pfwire.reply_status(reply), pfwire.E_VERSION)
+        self.expect_notice_then_migration(rx, "unsupported protocol or format version: the sender speaks wire "
+                                              "protocol version 3, this receiver version 4")
+
+    def test_garbage_then_the_real_sender(self):
+        # Not our handshake at all: the first 64 bytes fail its magic.
+        rx = self.receiver()
+        s = pfwire.connect(self.port)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(100))
+        self.assertEqual(pfwire.reply_status(pfwire.recv_exact(s, 64)), pfwire.E_MAGIC)
+        self.expect_notice_then_migration(rx, "bad magic: not a pageferry message")
+
+    def test_second_main_channel_refused_as_busy(self):
+        # A second sender while the first one's channels connect: refused,
+        # the first goes on.
+        rx = self.receiver()
+        s = pfwire.Session(self.port, guest_pages=1024, data=False)
+        other = pfwire.connect(self.port)
+        other.sendall(pfwire.handshake(0, 0, os.urandom(16), 1024))
+        self.assertEqual(pfwire.reply_status(pfwire.recv_exact(other, 64)), pfwire.E_BUSY)
+        s.open_data()
+        page = os.urandom(4096)
+        s.send(pfwire.RAW, 7, 1, page)
+        s.end()
+        self.assertEqual(s.commit(), (0, 0))
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 0, err)
+        self.assert_notice(err, "another sender's migration to this receiver is under way")
+        with open(self.into, "rb") as f:
+            got = f.read()
+        self.assertEqual(got, bytes(7 * 4096) + page + bytes(1016 * 4096))
 
     def test_raw_payload_checksum_mismatch_names_the_packet(self):
         rx = self.receiver()
@@ -319,35 +387,67 @@ class BadInput(Base):
         self.expect_refusal(rx, "data channel 0: end marker: payload checksum mismatch")
 
     def test_wrong_session_on_a_data_channel(self):
+        # Refused alone: the right data channel then gets in, and the
+        # transfer commits what it sent.
         rx = self.receiver()
-        main = pfwire.connect(self.port)
-        main.sendall(pfwire.handshake(0, 0, b"A" * 16, 1024))
-        pfwire.recv_exact(main, 64)
+        s = pfwire.Session(self.port, guest_pages=1024, session=b"A" * 16, data=False)
+        self.assertEqual(pfwire.reply_status(s.reply), 0)
         data = pfwire.connect(self.port)
         data.sendall(pfwire.handshake(1, 0, b"B" * 16, 1024))
-        pfwire.recv_exact(data, 64)
-        self.expect_refusal(rx, "session id does not match this transfer")
+        self.assertEqual(pfwire.reply_status(pfwire.recv_exact(data, 64)), pfwire.E_SESSION)
+        s.open_data()
+        self.assertEqual(pfwire.reply_status(s.data_reply), 0)
+        pages = os.urandom(2 * 4096)
+        s.send(pfwire.RAW, 1022, 2, pages)
+        s.end()
+        self.assertEqual(s.commit(), (0, 0))
+        code, _, err = self.finish(rx)
+        self.assertEqual(code, 0, err)
+        self.assert_notice(err, "session id does not match this transfer")
+        with open(self.into, "rb") as f:
+            self.assertEqual(f.read(), bytes(1022 * 4096) + pages)
 
-    def test_wrong_psk_fails_both_ends(self):
+    def key_files(self):
         good, bad = self.path("good"), self.path("bad")
         with open(good, "w") as f:
-            f.write("0123456789abcdef-the-right-key")
+            f.write("0123456789abcdef-the-right-key\n")
         with open(bad, "w") as f:
-            f.write("0123456789abcdef-the-wrong-key")
+            f.write("0123456789abcdef-the-wrong-key\n")
+        return good, bad
+
+    def test_wrong_psk_fails_both_ends(self):
+        # TLS-PSK: the handshake fails on both ends; the receiver logs it and
+        # goes on listening for the sender with the right key.
+        good, bad = self.key_files()
         rx = self.receiver("--psk-file", good)
         r = self.migrate(self.guest("random", "16M"), self.port, "--psk-file", bad, "--channels", 1)
-        self.expect_refusal(rx, "pre-shared key proof does not match")
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("the receiver refused it: pre-shared key proof does not match", r.stderr)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr.strip(), r"^pageferry migrate: pageferry-writer: main channel to 127\.0\.0\.1:\d+: "
+                                           r"TLS handshake: .+ \(both ends need the same --psk-file, or --tls-creds "
+                                           r"from the same CA\)$")
+        self.expect_notice_then_migration(rx, re.compile(r"TLS handshake: .+"), "--psk-file", good)
 
-    def test_psk_on_one_end_only(self):
-        key = self.path("key")
-        with open(key, "w") as f:
-            f.write("0123456789abcdef")
-        rx = self.receiver("--psk-file", key)
+    def test_psk_on_the_receiver_only(self):
+        good, _ = self.key_files()
+        rx = self.receiver("--psk-file", good)
         r = self.migrate(self.guest("random", "16M"), self.port, "--channels", 1)
-        self.expect_refusal(rx, "one end uses a pre-shared key and the other does not")
-        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("main channel to 127.0.0.1:", r.stderr)
+        self.assertIn("the receiver refused it: the receiver requires TLS: give the sender the same --psk-file or "
+                      "--tls-creds", r.stderr)
+        self.expect_notice_then_migration(rx, "it does not use TLS, and this receiver requires it",
+                                          "--psk-file", good)
+
+    def test_psk_on_the_sender_only(self):
+        good, _ = self.key_files()
+        rx = self.receiver()
+        r = self.migrate(self.guest("random", "16M"), self.port, "--psk-file", good, "--channels", 1)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("TLS handshake on main channel to 127.0.0.1:", r.stderr)
+        self.assertIn("(the receiver closed the connection: does it use TLS, with the same kind of credentials?)",
+                      r.stderr)
+        self.expect_notice_then_migration(rx, "it speaks TLS, but this receiver was started without credentials "
+                                              "(--psk-file or --tls-creds)")
 
     def test_offset_past_the_end_of_ram(self):
         rx = self.receiver()

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Payload checksums on the wire (wire protocol 3): a relay on loopback sits
+"""Payload checksums on the wire (since wire protocol 3): a relay on loopback sits
 between `pageferry migrate` and `pageferry receive`, forwarding every
 connection (main and data channels); it parses the data channels' packet
 headers (doc/formats.md) and can flip one byte of one packet's payload.
@@ -178,9 +178,10 @@ class WireChecksum(Workspace):
         self.assert_failed_naming_the_flipped_packet(
             *self.through_relay(self.guest("text"), target, "--channels", 2, "--compress", "zstd"))
 
-    def test_version_2_receiver_refused_by_name(self):
-        # A receiver of wire version 2 (no payload checksums) answers in its
-        # version, refusing ours: the sender names the version problem.
+    def test_version_3_receiver_refused_by_name(self):
+        # A receiver of wire version 3 (no TLS: an in-band key proof)
+        # answers in its version, refusing ours: the sender names the
+        # version problem.
         srv = socket.socket()
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
@@ -189,7 +190,7 @@ class WireChecksum(Workspace):
         def old_receiver():
             c, _ = srv.accept()
             offer = pfwire.recv_exact(c, 64)
-            reply = bytearray(pfwire.handshake(0, 0, offer[8:24], 1, version=2))
+            reply = bytearray(pfwire.handshake(0, 0, offer[8:24], 1, version=3))
             reply[42:44] = (3).to_bytes(2, "little")  # status: PROTO_E_VERSION
             reply[60:64] = pfwire.crc32c(bytes(reply[:60])).to_bytes(4, "little")
             c.sendall(bytes(reply))
@@ -200,7 +201,7 @@ class WireChecksum(Workspace):
         srv.close()
         self.assertEqual(tx.returncode, 1, tx.stderr)
         self.assertIn(f"main channel to 127.0.0.1:{port}: unsupported protocol or format version: the receiver "
-                      "speaks another wire protocol version, this sender version 3", tx.stderr)
+                      "speaks another wire protocol version, this sender version 4", tx.stderr)
 
     def test_live_flip_in_pages_the_guest_never_rewrites(self):
         # guestsim rewrites only its first 4 MiB.  A mismatch in a live round
