@@ -38,9 +38,8 @@ int main(int argc, char **argv)
 	stage_args(argc, argv, USAGE);
 	static struct ds_net r;
 	const char *listen_addr = stage_arg_str("listen");
-	static const char *const tls_modes[] = { "none", "psk", "x509", NULL };
-	enum { TLS_NONE, TLS_PSK, TLS_X509 };
-	int tls = stage_arg_choice("tls", tls_modes);
+	static const char *const tls_kinds[] = NET_TLS_KIND_NAMES;
+	enum net_tls_kind tls = (enum net_tls_kind)stage_arg_choice("tls", tls_kinds);
 	int timeout_ms = (int)stage_arg_u64("accept-timeout-ms", 0, 86400000);
 	r.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
 	int in_place = stage_arg_flag("in-place");
@@ -49,7 +48,7 @@ int main(int argc, char **argv)
 	stage_attach_segment(&seg);
 	uint32_t n_inflaters = seg.geo.n_workers;
 	static const int no_creds[] = { RECEIVE_FD_CREDS };
-	stage_close_inherited_fds(RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters), no_creds, tls != TLS_NONE ? 0 : 1);
+	stage_close_inherited_fds(RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters), no_creds, tls != NET_TLS_NONE ? 0 : 1);
 	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
 	static struct ds_inplace inplace;
 	if (in_place) {
@@ -62,19 +61,11 @@ int main(int argc, char **argv)
 		ds_inplace_populate(&inplace, r.dest);
 		r.inplace = &inplace;
 	}
-	struct net_tls_creds *creds = NULL;
+	struct net_tls_creds *creds;
 	char why[256] = "";
-	int rc = 0;
-	if (tls == TLS_PSK)
-		rc = net_tls_creds_psk(&creds, NET_TLS_SERVER, RECEIVE_FD_CREDS, why, sizeof(why));
-	else if (tls == TLS_X509)
-		rc = net_tls_creds_x509(&creds, NET_TLS_SERVER, RECEIVE_FD_CREDS, why, sizeof(why));
+	int rc = net_tls_creds_load(&creds, NET_TLS_SERVER, tls, RECEIVE_FD_CREDS, why, sizeof(why));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
-	if (creds) {
-		close(RECEIVE_FD_CREDS);
-		net_tls_before_lockdown();
-	}
 	ds_inflaters_attach(&r.inflaters, &seg, r.stats);
 	ds_net_accept_session(&r, listen_addr, creds, timeout_ms);
 

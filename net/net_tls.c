@@ -276,6 +276,21 @@ void net_tls_creds_free(struct net_tls_creds *c)
 	free(c);
 }
 
+int net_tls_creds_load(struct net_tls_creds **out, enum net_tls_role role, enum net_tls_kind kind, int fd,
+		       char *why, size_t why_len)
+{
+	*out = NULL;
+	if (kind == NET_TLS_NONE)
+		return 0;
+	int rc = kind == NET_TLS_PSK ? net_tls_creds_psk(out, role, fd, why, why_len)
+				     : net_tls_creds_x509(out, role, fd, why, why_len);
+	if (rc < 0)
+		return rc;
+	close(fd);
+	net_tls_before_lockdown();
+	return 0;
+}
+
 void net_tls_before_lockdown(void)
 {
 	mallopt(M_ARENA_MAX, 1);

@@ -42,6 +42,14 @@ int net_tls_creds_psk(struct net_tls_creds **out, enum net_tls_role role, int ke
 int net_tls_creds_x509(struct net_tls_creds **out, enum net_tls_role role, int dir_fd, char *why, size_t why_len);
 /* Wipes what it holds of keys. */
 void net_tls_creds_free(struct net_tls_creds *c);
+
+/* What a stage's credentials fd holds (its argument --tls=none|psk|x509). */
+enum net_tls_kind { NET_TLS_NONE, NET_TLS_PSK, NET_TLS_X509 };
+#define NET_TLS_KIND_NAMES { "none", "psk", "x509", NULL }
+/* Load credentials of `kind` from fd, close fd, and ready the process to
+ * protect records (net_tls_before_lockdown).  *out is NULL for NONE. */
+int net_tls_creds_load(struct net_tls_creds **out, enum net_tls_role role, enum net_tls_kind kind, int fd,
+		       char *why, size_t why_len);
 /* Before lock-down, in a process that will protect records: GnuTLS
  * allocates buffers as records come and go, and a thread's first malloc or
  * a large one would mmap, which no stage's sandbox allows.  Keeps every

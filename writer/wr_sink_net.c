@@ -223,43 +223,33 @@ static struct {
 	const char *to;
 	uint32_t channels;
 	enum wr_zerocopy zerocopy;
-	int tls; /* TLS_NONE, TLS_PSK or TLS_X509 */
+	enum net_tls_kind tls;
 	int connect_timeout_ms, io_timeout_ms;
 } args;
 
-enum { TLS_NONE, TLS_PSK, TLS_X509 };
-
 bool wr_sink_net_args(void)
 {
-	static const char *const tls_modes[] = { "none", "psk", "x509", NULL };
+	static const char *const tls_kinds[] = NET_TLS_KIND_NAMES;
 	static const char *const zc_modes[] = { "off", "auto", "on", "sendfile", NULL };
 	static const enum wr_zerocopy zc_values[] = { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON, WR_ZC_SENDFILE };
 	args.to = stage_arg_str("to");
 	args.channels = (uint32_t)stage_arg_u64("channels", 1, PROTO_MAX_CHANNELS);
 	args.zerocopy = zc_values[stage_arg_choice("zerocopy", zc_modes)];
-	args.tls = stage_arg_choice("tls", tls_modes);
+	args.tls = (enum net_tls_kind)stage_arg_choice("tls", tls_kinds);
 	ns.zstd = stage_arg_flag("zstd");
 	args.connect_timeout_ms = (int)stage_arg_u64("connect-timeout-ms", 0, 3600000);
 	ns.rounds = stage_arg_flag("rounds");
 	args.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
-	return args.tls != TLS_NONE;
+	return args.tls != NET_TLS_NONE;
 }
 
 void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 {
-	struct net_tls_creds *creds = NULL;
+	struct net_tls_creds *creds;
 	char why[256] = "";
-	int rc = 0;
-	if (args.tls == TLS_PSK)
-		rc = net_tls_creds_psk(&creds, NET_TLS_CLIENT, WRITER_FD_CREDS, why, sizeof(why));
-	else if (args.tls == TLS_X509)
-		rc = net_tls_creds_x509(&creds, NET_TLS_CLIENT, WRITER_FD_CREDS, why, sizeof(why));
+	int rc = net_tls_creds_load(&creds, NET_TLS_CLIENT, args.tls, WRITER_FD_CREDS, why, sizeof(why));
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
-	if (creds) {
-		close(WRITER_FD_CREDS);
-		net_tls_before_lockdown();
-	}
 	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)args.channels,
 				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) |
 						  (ns.rounds ? PROTO_F_ROUNDS : 0) };

@@ -423,9 +423,10 @@ class BadInput(Base):
         r = self.migrate(self.guest("random", "16M"), self.port, "--psk-file", bad, "--channels", 1)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertRegex(r.stderr.strip(), r"^pageferry migrate: pageferry-writer: main channel to 127\.0\.0\.1:\d+: "
-                                           r"TLS handshake: .+ \(both ends need the same --psk-file, or --tls-creds "
-                                           r"from the same CA\)$")
-        self.expect_notice_then_migration(rx, re.compile(r"TLS handshake: .+"), "--psk-file", good)
+                                           r"TLS handshake: the peer refused with the alert \"Illegal parameter\": "
+                                           r"the pre-shared keys differ \(--psk-file\)$")
+        self.expect_notice_then_migration(rx, re.compile(r"TLS handshake: .+ \(the peer's pre-shared key differs "
+                                                         r"from this one, --psk-file\)"), "--psk-file", good)
 
     def test_psk_on_the_receiver_only(self):
         good, _ = self.key_files()
