@@ -32,14 +32,15 @@ def migrate():
     if d.get("reps"):
         print(f"Each figure is the median of {d['reps']} runs of each program, interleaved, with the [min-max] "
               "range; time is end to end on a wall clock.\n")
-    print("| guest | destination | compress | channels | zerocopy | pageferry s | sent MiB/s | ratio to reference "
+    print("| guest | destination | compress | channels | zerocopy | TLS | pageferry s | sent MiB/s | ratio to reference "
           "| pageferry CPU-s/GiB | machine busy | machine CPU-s per GiB sent | QEMU s | QEMU CPU-s/GiB "
           "| QEMU s / pageferry s | verified |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     faster = clearly = cheaper = compared = 0
     for r in d["rows"]:
         p, q = r["pf"], r["qemu"]
-        head = f"| {r['pattern']} | {r.get('dest', 'fresh')} | {r['compress']} | {r['channels']} | {r['zerocopy']} |"
+        head = (f"| {r['pattern']} | {r.get('dest', 'fresh')} | {r['compress']} | {r['channels']} | {r['zerocopy']} "
+                f"| {r.get('tls', 'none')} |")
         if "error" in p:
             print(f"{head} failed: {p['error']} | | | | | | | | | |")
             continue
