@@ -70,6 +70,16 @@ static int bound_connect(int fd, long long left_ms)
 	return net_set_timeout(fd, ms);
 }
 
+/* Every write we make is a whole message or a batch (the writer gathers its
+ * packets itself, with MSG_MORE between the pieces of one): Nagle would only
+ * hold the small ones back until the peer's delayed acknowledgement, 40 ms
+ * on each TLS handshake and each END. */
+static int no_delay(int fd)
+{
+	int one = 1;
+	return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ? -errno : 0;
+}
+
 int net_connect(const struct net_addr *a, int timeout_ms)
 {
 	long long deadline = now_ms() + timeout_ms;
@@ -79,7 +89,7 @@ int net_connect(const struct net_addr *a, int timeout_ms)
 			return -errno;
 		int err = -bound_connect(fd, deadline - now_ms());
 		if (err == 0 && connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0 &&
-		    (err = -net_set_timeout(fd, 0)) == 0)
+		    (err = -net_set_timeout(fd, 0)) == 0 && (err = -no_delay(fd)) == 0)
 			return fd;
 		if (err == 0)
 			err = errno == EINPROGRESS ? ETIMEDOUT : errno;
@@ -113,6 +123,11 @@ int net_accept(int listen_fd, struct net_addr *peer)
 	int fd = accept4(listen_fd, (struct sockaddr *)&peer->ss, &peer->len, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	if (fd < 0)
 		return -errno;
+	int err = no_delay(fd);
+	if (err < 0) {
+		close(fd);
+		return err;
+	}
 	char host[INET6_ADDRSTRLEN] = "?";
 	int port = 0;
 	if (peer->ss.ss_family == AF_INET) {

@@ -18,7 +18,9 @@ struct net_addr {
 int net_resolve(const char *hostport, int passive, struct net_addr *out, const char **why);
 /* Connect, retrying "connection refused" until timeout_ms has passed (the
  * receiver may still be starting); a peer that never answers is given up at
- * the same deadline (-ETIMEDOUT).  Returns the fd or -errno. */
+ * the same deadline (-ETIMEDOUT).  Returns the fd or -errno.  Connected and
+ * accepted sockets have TCP_NODELAY: we never write a small piece that
+ * more would follow without saying so (MSG_MORE). */
 int net_connect(const struct net_addr *a, int timeout_ms);
 int net_listen(const struct net_addr *a);
 /* The next connection waiting on a non-blocking listening socket, itself

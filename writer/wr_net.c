@@ -167,7 +167,6 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		return rc;
 	int fd = n->main.fd;
 	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	/* Read only once, for the receiver's RESULT: set now, before lock-down.
 	 * Sends on it (a cancellation) keep the progress timeout. */
 	struct timeval result_wait = { .tv_sec = RESULT_TIMEOUT_MS / 1000 };
