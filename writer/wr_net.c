@@ -86,8 +86,9 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 				snprintf(what, what_len, "%s %s: %s", name, addr->text, net_tls_why(c.tls));
 			else
 				snprintf(what, what_len, "TLS handshake on %s %s%s", name, addr->text,
-					 rc == -ECONNRESET ? " (the receiver closed the connection: does it use TLS, with "
-							     "the same kind of credentials?)" : "");
+					 rc == -ECONNRESET || rc == -EPIPE
+						 ? " (the receiver closed the connection: it serves another sender, or it "
+						   "does not use TLS with the same kind of credentials)" : "");
 			net_conn_close(&c);
 			return rc == -EBADMSG ? PROTO_E_TLS_REQUIRED : rc;
 		}

@@ -445,7 +445,8 @@ class BadInput(Base):
         r = self.migrate(self.guest("random", "16M"), self.port, "--psk-file", good, "--channels", 1)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("TLS handshake on main channel to 127.0.0.1:", r.stderr)
-        self.assertIn("(the receiver closed the connection: does it use TLS, with the same kind of credentials?)",
+        self.assertIn("(the receiver closed the connection: it serves another sender, or it does not use TLS with the "
+                      "same kind of credentials)",
                       r.stderr)
         self.expect_notice_then_migration(rx, "it speaks TLS, but this receiver was started without credentials "
                                               "(--psk-file or --tls-creds)")
