@@ -126,8 +126,6 @@ static void stage_at_least(struct ds_net *r, uint32_t c, uint32_t need, const ch
 		if (want > DS_STAGING_BYTES - ch->fill)
 			want = DS_STAGING_BYTES - ch->fill;
 		ssize_t n = net_conn_recv(&ch->conn, ch->staging + ch->fill, want);
-		if (n == -EINTR)
-			continue;
 		if (n < 0)
 			recv_failed(r, c, (int)n, what);
 		if (n == 0)

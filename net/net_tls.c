@@ -180,7 +180,7 @@ static int creds_new(struct net_tls_creds **out, enum net_tls_role role, bool ps
 	return 0;
 }
 
-int net_tls_creds_psk(struct net_tls_creds **out, enum net_tls_role role, int key_fd, char *why, size_t why_len)
+static int creds_psk(struct net_tls_creds **out, enum net_tls_role role, int key_fd, char *why, size_t why_len)
 {
 	uint8_t *key = NULL;
 	size_t len = 0;
@@ -220,7 +220,7 @@ int net_tls_creds_psk(struct net_tls_creds **out, enum net_tls_role role, int ke
 	return 0;
 }
 
-int net_tls_creds_x509(struct net_tls_creds **out, enum net_tls_role role, int dir_fd, char *why, size_t why_len)
+static int creds_x509(struct net_tls_creds **out, enum net_tls_role role, int dir_fd, char *why, size_t why_len)
 {
 	const char *cert_name = role == NET_TLS_SERVER ? "server-cert.pem" : "client-cert.pem";
 	const char *key_name = role == NET_TLS_SERVER ? "server-key.pem" : "client-key.pem";
@@ -282,19 +282,13 @@ int net_tls_creds_load(struct net_tls_creds **out, enum net_tls_role role, enum 
 	*out = NULL;
 	if (kind == NET_TLS_NONE)
 		return 0;
-	int rc = kind == NET_TLS_PSK ? net_tls_creds_psk(out, role, fd, why, why_len)
-				     : net_tls_creds_x509(out, role, fd, why, why_len);
+	int rc = kind == NET_TLS_PSK ? creds_psk(out, role, fd, why, why_len) : creds_x509(out, role, fd, why, why_len);
 	if (rc < 0)
 		return rc;
 	close(fd);
-	net_tls_before_lockdown();
-	return 0;
-}
-
-void net_tls_before_lockdown(void)
-{
 	mallopt(M_ARENA_MAX, 1);
 	mallopt(M_MMAP_MAX, 0);
+	return 0;
 }
 
 /* ---- sessions ---- */

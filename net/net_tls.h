@@ -33,28 +33,23 @@ struct net_tls;
 
 enum net_tls_role { NET_TLS_CLIENT, NET_TLS_SERVER };
 
-/* A key file's bytes (trailing newlines dropped), 16 to 1024 of them; the
- * copy read is wiped before returning.  why: what was wrong, for the user. */
-int net_tls_creds_psk(struct net_tls_creds **out, enum net_tls_role role, int key_fd, char *why, size_t why_len);
-/* X.509 from a directory (an fd opened O_DIRECTORY): ca-cert.pem and
- * server-cert.pem/server-key.pem (server) or client-cert.pem/client-key.pem
- * (client), as QEMU's tls-creds-x509 lays them out. */
-int net_tls_creds_x509(struct net_tls_creds **out, enum net_tls_role role, int dir_fd, char *why, size_t why_len);
 /* Wipes what it holds of keys. */
 void net_tls_creds_free(struct net_tls_creds *c);
 
 /* What a stage's credentials fd holds (its argument --tls=none|psk|x509). */
 enum net_tls_kind { NET_TLS_NONE, NET_TLS_PSK, NET_TLS_X509 };
 #define NET_TLS_KIND_NAMES { "none", "psk", "x509", NULL }
-/* Load credentials of `kind` from fd, close fd, and ready the process to
- * protect records (net_tls_before_lockdown).  *out is NULL for NONE. */
+/* Load credentials of `kind` from fd and close it: PSK, a key file's bytes
+ * (trailing newlines dropped), 16 to 1024 of them; X.509, a directory (fd
+ * opened O_DIRECTORY) holding ca-cert.pem and server-cert.pem/server-key.pem
+ * (server) or client-cert.pem/client-key.pem (client), as QEMU's
+ * tls-creds-x509 lays them out.  What was read is wiped.  Also readies the
+ * process to protect records: GnuTLS allocates buffers as records come and
+ * go, and a thread's first malloc or a large one would mmap, which no
+ * stage's sandbox allows, so every thread's malloc stays on the main heap
+ * (brk).  *out is NULL for NONE; why: what was wrong, for the user. */
 int net_tls_creds_load(struct net_tls_creds **out, enum net_tls_role role, enum net_tls_kind kind, int fd,
 		       char *why, size_t why_len);
-/* Before lock-down, in a process that will protect records: GnuTLS
- * allocates buffers as records come and go, and a thread's first malloc or
- * a large one would mmap, which no stage's sandbox allows.  Keeps every
- * thread's malloc on the main heap (brk). */
-void net_tls_before_lockdown(void);
 
 /* Client: handshake on a blocking fd, all of it within timeout_ms.
  * hostname: what the server's certificate must name (X.509 only). */
