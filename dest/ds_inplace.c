@@ -3,28 +3,39 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "stage/stage_extents.h"
 #include "workers/wk_zero.h"
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
+#define SCAN_BYTES (256u << 10) /* stays in cache between pread and the check */
 
-static int add_extent(struct ds_inplace *ip, uint64_t *cap, uint64_t start, uint64_t end)
+static int scan_extent(struct ds_inplace *ip, int fd, uint8_t *buf, uint64_t start, uint64_t end)
 {
-	if (ip->n_extents == *cap) {
-		uint64_t grown = *cap ? *cap * 2 : 16;
-		struct ds_extent *e = realloc(ip->extents, grown * sizeof(*e));
-		if (!e)
-			return -ENOMEM;
-		ip->extents = e;
-		*cap = grown;
+	start -= start % DS_INPLACE_UNIT;
+	while (start < end) {
+		size_t n = end - start < SCAN_BYTES ? (size_t)(end - start) : SCAN_BYTES;
+		n += (DS_INPLACE_UNIT - n % DS_INPLACE_UNIT) % DS_INPLACE_UNIT;
+		ssize_t got = pread(fd, buf, n, (off_t)start);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return -errno;
+		if (got == 0)
+			return -EIO; /* the file shrank under us */
+		size_t whole = (size_t)got - (size_t)got % DS_INPLACE_UNIT;
+		if (!whole)
+			return -EIO; /* the size is a multiple of the unit: only a shrink cuts one */
+		for (size_t p = 0; p < whole; p += DS_INPLACE_UNIT) {
+			if (wk_page_is_zero(buf + p, DS_INPLACE_UNIT))
+				continue;
+			uint64_t u = (start + p) / DS_INPLACE_UNIT;
+			ip->nonzero[u / 64] |= UINT64_C(1) << (u % 64);
+			ip->nonzero_units++;
+		}
+		start += whole;
 	}
-	ip->extents[ip->n_extents++] = (struct ds_extent){ start, end };
 	return 0;
 }
 
@@ -37,61 +48,54 @@ int ds_inplace_open(struct ds_inplace *ip, int fd, const char **what)
 		return -errno;
 	}
 	ip->size = (uint64_t)st.st_size;
-	uint64_t cap = 0, pos = 0;
-	while (pos < ip->size) {
+	uint64_t units = (ip->size + DS_INPLACE_UNIT - 1) / DS_INPLACE_UNIT;
+	ip->nonzero = calloc(units / 64 + 1, sizeof(uint64_t));
+	uint8_t *buf = aligned_alloc(DS_INPLACE_UNIT, SCAN_BYTES);
+	int rc = 0;
+	if (!ip->nonzero || !buf) {
+		*what = "allocating the destination's page bitmap";
+		rc = -ENOMEM;
+	}
+	for (uint64_t pos = 0; rc == 0 && pos < ip->size;) {
 		uint64_t data, end;
 		int found = stage_next_data_extent(fd, pos, ip->size, &data, &end);
 		if (found < 0) {
 			*what = "finding the destination's data extents (SEEK_DATA/SEEK_HOLE)";
-			return found;
+			rc = found;
+			break;
 		}
 		if (!found)
 			break;
-		if (add_extent(ip, &cap, data, end) < 0) {
-			*what = "allocating the destination's extent list";
-			return -ENOMEM;
-		}
+		if ((rc = scan_extent(ip, fd, buf, data, end)) < 0)
+			*what = "reading the destination";
 		pos = end;
 	}
-	return 0;
+	free(buf);
+	return rc;
 }
 
-void ds_inplace_populate(const struct ds_inplace *ip, uint8_t *map)
+int64_t ds_inplace_zero(const struct ds_inplace *ip, const struct ds_place *pl, uint64_t off, uint64_t len)
 {
-	long page = sysconf(_SC_PAGESIZE);
-	for (uint64_t k = 0; k < ip->n_extents; k++) {
-		uint64_t start = ip->extents[k].start & ~(uint64_t)(page - 1);
-		(void)madvise(map + start, ip->extents[k].end - start, MADV_POPULATE_WRITE);
-	}
-}
-
-/* The first extent that ends after `off`. */
-static uint64_t first_extent_after(const struct ds_inplace *ip, uint64_t off)
-{
-	uint64_t lo = 0, hi = ip->n_extents;
-	while (lo < hi) {
-		uint64_t mid = lo + (hi - lo) / 2;
-		if (ip->extents[mid].end <= off)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-uint64_t ds_inplace_zero(const struct ds_inplace *ip, uint8_t *map, uint64_t off, uint64_t len, uint32_t page)
-{
-	uint64_t written = 0, end = off + len;
-	for (uint64_t k = first_extent_after(ip, off); k < ip->n_extents && ip->extents[k].start < end; k++) {
-		/* Whole pages that overlap this extent. */
-		uint64_t from = ip->extents[k].start > off ? ip->extents[k].start : off;
-		uint64_t to = ip->extents[k].end < end ? ip->extents[k].end : end;
-		from -= (from - off) % page;
-		for (uint64_t p = from; p < to; p += page)
-			if (!wk_page_is_zero(map + p, page)) {
-				memset(map + p, 0, page);
-				written++;
-			}
+	if (!ip->nonzero_units)
+		return 0;
+	int64_t written = 0;
+	uint64_t u = off / DS_INPLACE_UNIT, end = (off + len) / DS_INPLACE_UNIT;
+	while (u < end) {
+		uint64_t word = ip->nonzero[u / 64] >> (u % 64);
+		if (!word) { /* nothing set up to this word's end */
+			u = (u / 64 + 1) * 64;
+			continue;
+		}
+		u += (uint64_t)__builtin_ctzll(word);
+		if (u >= end)
+			break;
+		uint64_t from = u;
+		while (u < end && (ip->nonzero[u / 64] >> (u % 64) & 1))
+			u++;
+		int rc = ds_place_write_zeros(pl, from * DS_INPLACE_UNIT, (u - from) * DS_INPLACE_UNIT);
+		if (rc < 0)
+			return rc;
+		written += (int64_t)(u - from);
 	}
 	return written;
 }

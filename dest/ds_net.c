@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -10,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,7 +16,6 @@
 #include "protocol/proto_crc32c.h"
 #include "dest/ds_commit.h"
 #include "stage/stage.h"
-#include "stage/stage_sigbus.h"
 
 /* Statistics are updated by every receiving thread. */
 static void stat_add(struct ds_net *r, int which, uint64_t v)
@@ -84,13 +81,6 @@ static noreturn void dead_link(struct ds_net *r)
 	     r->io_timeout_ms / 1000);
 }
 
-/* recv into a destination page the filesystem could not allocate. */
-static void check_fault(struct ds_net *r, int err)
-{
-	if (err == EFAULT && stage_fault_reason(STAGE_MAP_DEST))
-		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", stage_fault_reason(STAGE_MAP_DEST));
-}
-
 /* A failed receive on data channel c: the one line that says why. */
 static noreturn void recv_failed(struct ds_net *r, uint32_t c, int rc, const char *what)
 {
@@ -102,7 +92,6 @@ static noreturn void recv_failed(struct ds_net *r, uint32_t c, int rc, const cha
 		truncated(r, c, what);
 	if (rc == -EBADMSG)
 		fail(r, PROTO_E_TLS_RECORD, "data channel %u: receiving %s: %s", c, what, net_conn_why(&r->ch[c].conn, rc));
-	check_fault(r, -rc);
 	stage_die_errno(rc, "data channel %u: receiving %s", c, what);
 }
 
@@ -134,45 +123,34 @@ static void stage_at_least(struct ds_net *r, uint32_t c, uint32_t need, const ch
 	}
 }
 
-/* Fill the iovecs exactly: from what is staged first, the rest straight from
- * the socket (payloads skip the staging copy). */
-static void recv_iov_or_fail(struct ds_net *r, uint32_t c, struct iovec *iov, size_t n_iov, const char *what)
+/* Fill dst exactly: from what is staged first, the rest straight from the
+ * socket (payloads skip the staging copy). */
+static void recv_or_fail(struct ds_net *r, uint32_t c, void *dst, size_t len, const char *what)
 {
 	struct ds_channel *ch = &r->ch[c];
-	while (n_iov && ch->start < ch->fill) {
-		size_t take = ch->fill - ch->start < iov->iov_len ? ch->fill - ch->start : iov->iov_len;
-		memcpy(iov->iov_base, ch->staging + ch->start, take);
+	uint8_t *at = dst;
+	if (ch->start < ch->fill) {
+		size_t take = ch->fill - ch->start < len ? ch->fill - ch->start : len;
+		memcpy(at, ch->staging + ch->start, take);
 		ch->start += (uint32_t)take;
-		net_iov_advance(&iov, &n_iov, take);
+		at += take;
+		len -= take;
 	}
 	if (ch->start == ch->fill)
 		ch->start = ch->fill = 0;
-	while (n_iov && ch->conn.tls) {
-		/* TLS hands over what it unprotected, a record at most at a time. */
-		ssize_t n = net_conn_recv(&ch->conn, iov->iov_base, iov->iov_len);
-		if (n < 0)
-			recv_failed(r, c, (int)n, what);
-		if (n == 0)
-			truncated(r, c, what);
-		net_iov_advance(&iov, &n_iov, (size_t)n);
-	}
-	while (n_iov) {
-		struct msghdr m = { .msg_iov = iov, .msg_iovlen = n_iov < IOV_MAX ? n_iov : IOV_MAX };
-		ssize_t n = recvmsg(ch->conn.fd, &m, MSG_WAITALL);
-		if (n < 0 && errno == EINTR)
+	while (len) {
+		/* TLS hands over what it unprotected, a record at most at a time;
+		 * a plain socket fills the whole buffer in one call. */
+		ssize_t n = ch->conn.tls ? net_conn_recv(&ch->conn, at, len) : recv(ch->conn.fd, at, len, MSG_WAITALL);
+		if (n < 0 && !ch->conn.tls && errno == EINTR)
 			continue;
 		if (n < 0)
-			recv_failed(r, c, -errno, what);
+			recv_failed(r, c, ch->conn.tls ? (int)n : -errno, what);
 		if (n == 0)
 			truncated(r, c, what);
-		net_iov_advance(&iov, &n_iov, (size_t)n);
+		at += n;
+		len -= (size_t)n;
 	}
-}
-
-static void recv_or_fail(struct ds_net *r, uint32_t c, void *dst, size_t len, const char *what)
-{
-	struct iovec iov = { dst, len };
-	recv_iov_or_fail(r, c, &iov, 1, what);
 }
 
 /* Compare a DATA packet's payload with its checksum, right after receiving
@@ -213,6 +191,35 @@ static void check_suspects(struct ds_net *r)
 	     (unsigned long long)last, proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
 }
 
+static void place_failed(struct ds_net *r, int rc, uint64_t off, uint64_t len)
+{
+	if (rc == -ENOSPC || rc == -EDQUOT)
+		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", ds_place_why(&r->place, rc));
+	fail(r, PROTO_RESULT_LOCAL_FAILURE, "writing pages %llu..%llu of the destination: %s",
+	     (unsigned long long)(off / r->geo.page_size), (unsigned long long)((off + len) / r->geo.page_size - 1),
+	     ds_place_why(&r->place, rc));
+}
+
+/* The len bytes of pages that go to [off, off + len), through the channel's
+ * payload buffer a chunk at a time: each chunk is checksummed while it is in
+ * cache and written once (dest/ds_place.h says why not straight into a
+ * mapping).  Returns the payload's CRC-32C continued from crc. */
+static uint32_t recv_pages(struct ds_net *r, uint32_t c, uint64_t off, uint64_t len, uint32_t crc, const char *what)
+{
+	uint8_t *buf = r->ch[c].payload;
+	while (len) {
+		size_t n = len < DS_PAYLOAD_BYTES ? (size_t)len : DS_PAYLOAD_BYTES;
+		recv_or_fail(r, c, buf, n, what);
+		crc = proto_crc32c(crc, buf, n);
+		int rc = ds_place_write(&r->place, buf, n, off);
+		if (rc < 0)
+			place_failed(r, rc, off, n);
+		off += n;
+		len -= n;
+	}
+	return crc;
+}
+
 /* A zstd frame goes into a free buffer of an inflater, which places its
  * pages.  It is checked before the inflater sees it. */
 static void place_zstd(struct ds_net *r, uint32_t c, const struct proto_packet *p)
@@ -247,16 +254,19 @@ static void zero_pages(struct ds_net *r, uint32_t round, uint64_t first, uint32_
 {
 	uint64_t off = first * r->geo.page_size, len = (uint64_t)n * r->geo.page_size;
 	stat_add(r, SHM_STAT_ZERO_PAGES, n);
+	int64_t rc = 0;
 	if (round > 1) {
-		if (fallocate(STAGE_FD_GUEST, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
-			memset(r->dest + off, 0, len);
+		if (fallocate(r->place.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+			rc = ds_place_write_zeros(&r->place, off, len);
 	} else if (r->inplace) {
-		ds_inplace_zero(r->inplace, r->dest, off, len, r->geo.page_size);
+		rc = ds_inplace_zero(r->inplace, &r->place, off, len);
 	}
+	if (rc < 0)
+		place_failed(r, (int)rc, off, len);
 }
 
 /* A window of data and zero pages: the bitmap, then each run of present
- * pages straight into the destination with one recvmsg. */
+ * pages. */
 static void place_sparse(struct ds_net *r, uint32_t c, const struct proto_packet *p)
 {
 	uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
@@ -266,27 +276,19 @@ static void place_sparse(struct ds_net *r, uint32_t c, const struct proto_packet
 	if (err != PROTO_OK)
 		fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)r->ch[c].seq,
 		     proto_strerror(err));
-	struct iovec iov[PROTO_SPARSE_BITMAP_MAX * 4 + 1];
-	size_t n_iov = 0;
+	uint32_t crc = proto_crc32c(0, bitmap, bitmap_len);
 	for (uint32_t k = 0; k < p->n_pages;) {
 		int present = proto_sparse_bit(bitmap, k);
 		uint32_t end = k + 1;
 		while (end < p->n_pages && proto_sparse_bit(bitmap, end) == present)
 			end++;
 		if (present)
-			iov[n_iov++] = (struct iovec){ r->dest + (p->first_page + k) * page, (size_t)(end - k) * page };
+			crc = recv_pages(r, c, (p->first_page + k) * page, (uint64_t)(end - k) * page, crc,
+					 "sparse pages");
 		else
 			zero_pages(r, p->round, p->first_page + k, end - k);
 		k = end;
 	}
-	/* Receiving consumes the iovecs: keep where the pages went. */
-	struct iovec placed[sizeof(iov) / sizeof(iov[0])];
-	memcpy(placed, iov, n_iov * sizeof(iov[0]));
-	recv_iov_or_fail(r, c, iov, n_iov, "sparse pages");
-	/* Still in cache: checked before the packet counts as placed. */
-	uint32_t crc = proto_crc32c(0, bitmap, bitmap_len);
-	for (size_t k = 0; k < n_iov; k++)
-		crc = proto_crc32c(crc, placed[k].iov_base, placed[k].iov_len);
 	payload_checked(r, c, p, crc);
 }
 
@@ -323,9 +325,7 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
 	if (p.encoding == PROTO_ENC_RAW) {
-		uint8_t *at = r->dest + p.first_page * r->geo.page_size;
-		recv_or_fail(r, c, at, p.payload_len, "raw pages");
-		payload_checked(r, c, &p, proto_crc32c(0, at, p.payload_len));
+		payload_checked(r, c, &p, recv_pages(r, c, p.first_page * r->geo.page_size, p.payload_len, 0, "raw pages"));
 	} else if (p.encoding == PROTO_ENC_ZSTD) {
 		place_zstd(r, c, &p);
 	} else if (p.encoding == PROTO_ENC_SPARSE) {

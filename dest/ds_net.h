@@ -1,6 +1,6 @@
 /* Receiving a migration: accept and check the channels, then read packets
  * from all of them, one thread per channel, placing raw pages straight into
- * the destination mapping and handing zstd payloads to the inflater
+ * the destination file and handing zstd payloads to the inflater
  * processes (dest/ds_inflaters.h).  Every header field is checked against
  * the negotiated geometry before use. */
 #ifndef PF_DS_NET_H
@@ -14,12 +14,16 @@
 #include "net/net_channel.h"
 #include "dest/ds_inflaters.h"
 #include "dest/ds_inplace.h"
+#include "dest/ds_place.h"
 #include "dest/ds_suspect.h"
 #include "protocol/proto_packet.h"
 #include "shm/shm_segment.h"
 
 #define DS_STAGING_BYTES (256u << 10)
 #define DS_READAHEAD (16u << 10) /* staged by one recv when a header is needed */
+/* Pages pass through this much of a buffer at a time: checksummed while
+ * in cache, then written (dest/ds_place.h). */
+#define DS_PAYLOAD_BYTES (256u << 10)
 
 struct ds_channel {
 	struct net_conn conn;
@@ -29,6 +33,7 @@ struct ds_channel {
 	/* Bytes received ahead: many small packets per recv.  [start, fill). */
 	uint8_t *staging;
 	uint32_t start, fill;
+	uint8_t *payload;	/* DS_PAYLOAD_BYTES */
 	uint64_t seq, pages, payload_bytes;
 	uint32_t crc_of_crcs;
 };
@@ -40,8 +45,8 @@ struct ds_net {
 	struct proto_geometry geo;
 	uint32_t n_channels;
 	_Atomic uint32_t n_ended;
-	/* One receiving thread per data channel, so that placing pages (and
-	 * the page faults of a fresh destination) runs on as many cores. */
+	/* One receiving thread per data channel, so that checking and
+	 * writing pages runs on as many cores. */
 	pthread_t threads[PROTO_MAX_CHANNELS];
 	pthread_barrier_t registered, start, round_end;
 	pthread_mutex_t main_lock;	/* one failure message on the main channel */
@@ -50,7 +55,7 @@ struct ds_net {
 	char peer[128];		/* the main channel's peer, HOST:PORT, for messages */
 	struct ds_channel ch[PROTO_MAX_CHANNELS];
 	struct ds_inflaters inflaters;	/* zstd frames go to them (dest/ds_inflaters.h) */
-	uint8_t *dest;
+	struct ds_place place;	/* the destination file */
 	const struct ds_inplace *inplace; /* receiving into an existing file, or NULL */
 	struct ds_suspect suspect;	/* live migrations: checksum mismatches */
 	struct shm_stats *stats;

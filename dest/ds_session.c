@@ -171,8 +171,9 @@ static void accept_data(struct session *s, uint32_t k)
 	ch->conn = p->conn;
 	ch->round = 1;
 	ch->staging = malloc(DS_STAGING_BYTES);
-	if (!ch->staging)
-		stage_die_errno(-ENOMEM, "staging buffer");
+	ch->payload = malloc(DS_PAYLOAD_BYTES);
+	if (!ch->staging || !ch->payload)
+		stage_die_errno(-ENOMEM, "the buffers of data channel %u", p->h.channel_id);
 	s->n_data++;
 	drop(s, k, false);
 }

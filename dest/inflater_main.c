@@ -1,6 +1,6 @@
 /* pageferry-inflater: a helper of the receive stage.  Decompresses the zstd
- * frames the receive stage put in its arena straight into the destination
- * mapping, after checking each descriptor against the session's geometry
+ * frames the receive stage put in its arena and writes their pages into the
+ * destination file (dest/ds_place.h), after checking each descriptor against the session's geometry
  * and each frame's output against its page count.
  *
  * argv: pageferry-inflater --index=I [--in-place]
@@ -11,17 +11,17 @@
  * The session.  The receive stage learns the guest's geometry from the
  * sender's handshake, after this process was started; it publishes it in
  * the segment's destination line (shm/shm_layout.h) and wakes us.  We
- * check it, map the destination, and lock down.  The same line says which
+ * check it, open the destination for writing, and lock down.  The same line says which
  * round is being placed: read after each batch of descriptors, it is that
  * batch's round, because the receive stage starts a round only once every
  * inflater's ring is empty.
  *
  * A frame covers a whole run, zero pages included: it is decompressed into
- * a private scratch buffer and only the pages that are not zero are copied
+ * a private scratch buffer and only the pages that are not zero are written
  * to the destination, so zero pages stay holes there.  In rounds after the
  * first, and in every round when the destination is an existing file
- * (in-place), a zero page may replace older contents and is written as
- * zeros where it is not zero already.
+ * (in-place), a zero page may replace older contents: it is read and
+ * written as zeros where it is not zero already.
  *
  * Replacement.  A slot is released only once its pages are placed, and the
  * receive stage reuses a frame's buffer only once its slot is released.
@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dest/ds_place.h"
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
@@ -75,17 +76,46 @@ static struct proto_geometry await_session(struct shm_seg_header *h, struct shm_
 	return g;
 }
 
-static void place(uint8_t *dst, const uint8_t *src, uint32_t n_pages, size_t page, bool may_hold_data,
-		  struct shm_stats *stats)
+#define CHECK_BYTES (64u << 10) /* destination pages read at a time to see whether they are zero */
+
+struct placing {
+	struct ds_place pl;
+	uint32_t page;
+	uint8_t *check;		/* CHECK_BYTES, rounded up to a page */
+	size_t check_len;
+	struct shm_stats *stats;
+};
+
+static noreturn void place_failed(const struct placing *p, int rc, uint64_t first, uint64_t n)
+{
+	if (rc == -ENOSPC || rc == -EDQUOT)
+		stage_die(STAGE_EXIT_FAILED, "%s", ds_place_why(&p->pl, rc));
+	stage_die(STAGE_EXIT_FAILED, "writing pages %llu..%llu of the destination: %s", (unsigned long long)first,
+		  (unsigned long long)(first + n - 1), ds_place_why(&p->pl, rc));
+}
+
+/* A run's pages, decompressed into src: each stretch of pages that are not
+ * zero in one write; a stretch of zero pages is left alone, or where the
+ * destination may hold data, cleared where it is not zero. */
+static void place(const struct placing *p, uint64_t first, const uint8_t *src, uint32_t n_pages, bool may_hold_data)
 {
 	uint64_t zero = 0;
-	for (uint32_t k = 0; k < n_pages; k++, dst += page, src += page) {
-		if (!wk_page_is_zero(src, page))
-			memcpy(dst, src, page);
-		else if (zero++, may_hold_data && !wk_page_is_zero(dst, page))
-			memset(dst, 0, page);
+	for (uint32_t k = 0; k < n_pages;) {
+		bool is_zero = wk_page_is_zero(src + (size_t)k * p->page, p->page);
+		uint32_t end = k + 1;
+		while (end < n_pages && wk_page_is_zero(src + (size_t)end * p->page, p->page) == is_zero)
+			end++;
+		uint64_t off = (first + k) * p->page, len = (uint64_t)(end - k) * p->page;
+		int64_t rc = 0;
+		if (!is_zero)
+			rc = ds_place_write(&p->pl, src + (size_t)k * p->page, len, off);
+		else if (zero += end - k, may_hold_data)
+			rc = ds_place_clear(&p->pl, off, len, p->page, p->check, p->check_len);
+		if (rc < 0)
+			place_failed(p, (int)rc, first + k, end - k);
+		k = end;
 	}
-	stage_stat_add(stats, SHM_STAT_ZERO_PAGES, zero);
+	stage_stat_add(p->stats, SHM_STAT_ZERO_PAGES, zero);
 }
 
 int main(int argc, char **argv)
@@ -112,15 +142,23 @@ int main(int argc, char **argv)
 		return STAGE_EXIT_OK; /* the one before us took its END and was killed on its way out */
 	const uint8_t *arena = stage_map_arena(INFLATER_FD_ARENA, wk_arena_size(WK_ARENA_DEST_BUFFER_SIZE), 0);
 	struct proto_geometry geo = await_session(seg.hdr, &in);
-	uint8_t *dest = stage_map_file(STAGE_FD_GUEST, "destination", geo.guest_pages * geo.page_size, 1);
+	static struct placing placing;
+	placing.page = geo.page_size;
+	placing.stats = stats;
+	placing.check_len = CHECK_BYTES < geo.page_size ? geo.page_size : CHECK_BYTES;
+	ds_place_open(&placing.pl, STAGE_FD_GUEST, geo.guest_pages * geo.page_size);
 	struct wk_zstd *z = wk_zstd_new(0, (size_t)geo.max_run_pages * geo.page_size);
-	uint8_t *scratch = malloc((size_t)geo.max_run_pages * geo.page_size);
-	if (!z || !scratch)
+	/* Page-aligned: the zero check reads whole 32-byte vectors. */
+	uint8_t *scratch = aligned_alloc(4096, (size_t)geo.max_run_pages * geo.page_size);
+	placing.check = aligned_alloc(4096, placing.check_len);
+	if (!z || !scratch || !placing.check)
 		stage_die(STAGE_EXIT_FAILED, "setting up zstd");
-	/* Touch it now: its pages must not be first faulted in after lock-down
-	 * through an mmap the sandbox refuses (malloc may have used mmap). */
+	/* Touch them now: their pages must not be first faulted in after
+	 * lock-down through an mmap the sandbox refuses (malloc may have used
+	 * mmap). */
 	memset(scratch, 0, (size_t)geo.max_run_pages * geo.page_size);
-	stage_lockdown(SB_ROLE_INFLATER, INFLATER_FD_ARENA, 0);
+	memset(placing.check, 0, placing.check_len);
+	stage_lockdown(SB_ROLE_INFLATER, INFLATER_FD_ARENA, 1); /* it writes the destination */
 	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	/* The receive stage may sleep for a release the one before us made
 	 * just before it died, without waking it: one byte, whatever its flag. */
@@ -163,8 +201,7 @@ int main(int argc, char **argv)
 				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",
 					  (unsigned long long)d.first_page,
 					  (unsigned long long)(d.first_page + d.n_pages - 1), proto_strerror(err));
-			place(dest + d.first_page * geo.page_size, scratch, d.n_pages, geo.page_size, round > 1 || in_place,
-			      stats);
+			place(&placing, d.first_page, scratch, d.n_pages, round > 1 || in_place);
 			stage_stat_add(stats, SHM_STAT_PAGES, d.n_pages);
 			stage_stat_add(stats, SHM_STAT_IN_BYTES, d.payload_len);
 			stage_stat_add(stats, SHM_STAT_OUT_BYTES, out_len);

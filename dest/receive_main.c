@@ -1,6 +1,6 @@
 /* pageferry-receive: the destination of a migration.  It accepts the
  * sender's channels, checks every handshake, then places what arrives:
- * raw pages straight into the destination, zstd frames through its
+ * raw pages into the destination (dest/ds_place.h), zstd frames through its
  * inflater processes (dest/inflater_main.c).
  *
  * argv: pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS
@@ -52,13 +52,12 @@ int main(int argc, char **argv)
 	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
 	static struct ds_inplace inplace;
 	if (in_place) {
-		/* Before anyone connects: mapping its pages is not on the clock. */
+		/* Before anyone connects: learning which pages hold data is not
+		 * on the clock (dest/ds_inplace.h). */
 		const char *what = "";
 		int rc = ds_inplace_open(&inplace, STAGE_FD_GUEST, &what);
 		if (rc < 0)
 			stage_die_errno(rc, "%s", what);
-		r.dest = stage_map_file(STAGE_FD_GUEST, "destination", inplace.size, 1);
-		ds_inplace_populate(&inplace, r.dest);
 		r.inplace = &inplace;
 	}
 	struct net_tls_creds *creds;
@@ -71,12 +70,10 @@ int main(int argc, char **argv)
 
 	uint64_t size = r.geo.guest_pages * r.geo.page_size;
 	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, r.geo.guest_pages);
-	if (!in_place) {
-		if (ftruncate(STAGE_FD_GUEST, (off_t)size) < 0)
-			stage_die_errno(-errno, "sizing the destination to %llu bytes", (unsigned long long)size);
-		r.dest = stage_map_file(STAGE_FD_GUEST, "destination", size, 1);
-	}
-	/* The inflaters wait for the geometry to map the destination (sized
+	if (!in_place && ftruncate(STAGE_FD_GUEST, (off_t)size) < 0)
+		stage_die_errno(-errno, "sizing the destination to %llu bytes", (unsigned long long)size);
+	ds_place_open(&r.place, STAGE_FD_GUEST, size);
+	/* The inflaters wait for the geometry to open the destination (sized
 	 * just above) and lock down. */
 	ds_inflaters_publish(&r.inflaters, &r.geo);
 	ds_net_start_threads(&r);

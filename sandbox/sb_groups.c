@@ -10,6 +10,8 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
+#include "stage/stage_fds.h"
+
 static int allow_names(scmp_filter_ctx ctx, const char *names)
 {
 	for (const char *n = names; *n; n += strlen(n) + 1) {
@@ -94,6 +96,19 @@ static int add_fstat_by_fd(scmp_filter_ctx ctx, int32_t self_pid)
 				SCMP_A3(SCMP_CMP_EQ, AT_EMPTY_PATH));
 }
 
+/* Positioned reads and writes on the destination RAM file only (the
+ * inflaters: dest/ds_place.h); their other fds are rings and an arena. */
+static int add_dest_file(scmp_filter_ctx ctx, int32_t self_pid)
+{
+	(void)self_pid;
+	int rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(pread64), 1,
+				  SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)STAGE_FD_GUEST));
+	if (rc == 0)
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(pwrite64), 1,
+				      SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)STAGE_FD_GUEST));
+	return rc;
+}
+
 /* Sanitizer runtimes map shadow memory and alternate signal stacks on their
  * own schedule; only builds with -Db_sanitize get this group, and even there
  * nothing may become executable. */
@@ -124,6 +139,7 @@ static const struct sb_group groups[] = {
 	{ "@futex", "libc locks", add_futex },
 	{ "@fstat", "fstat on an fd, never by path", add_fstat_by_fd },
 	{ "@file-io", "positioned reads/writes, seek, sync, allocate on held files", add_file_io },
+	{ "@dest-file", "pread/pwrite on the destination RAM file (fd 4) only", add_dest_file },
 	{ "@aio", "submit and reap asynchronous reads/writes on a context made before lock-down", add_aio },
 	{ "@net-io", "send/receive on sockets already connected", add_net_io },
 	{ "@sanitizer-runtime", "only in sanitizer builds: mmap/mprotect without PROT_EXEC and friends",

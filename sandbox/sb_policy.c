@@ -14,7 +14,7 @@ static const char *const worker_groups[] = { COMMON_GROUPS, NULL };
 static const char *const writer_groups[] = { COMMON_GROUPS, "@file-io", "@aio", "@net-io", NULL };
 static const char *const restore_groups[] = { COMMON_GROUPS, "@file-io", "@aio", NULL };
 static const char *const receive_groups[] = { COMMON_GROUPS, "@file-io", "@net-io", NULL };
-static const char *const inflater_groups[] = { COMMON_GROUPS, NULL };
+static const char *const inflater_groups[] = { COMMON_GROUPS, "@dest-file", NULL };
 
 static const struct {
 	const char *name;

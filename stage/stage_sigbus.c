@@ -63,16 +63,21 @@ static void file_name(int fd, char *out, size_t len)
 		out[n - s] = 0;
 }
 
-void stage_sigbus_watch(enum stage_mapping kind, const void *base, uint64_t size, int fd)
+void stage_fault_describe(enum stage_mapping kind, int fd, uint64_t size, char *out, size_t len)
 {
-	char name[256], reason[sizeof(maps[kind].reason)];
+	char name[256];
 	file_name(fd, name, sizeof(name));
 	if (kind == STAGE_MAP_GUEST)
-		snprintf(reason, sizeof(reason), "the guest file %s shrank while it was copied (it was %llu bytes)",
-			 name, (unsigned long long)size);
+		snprintf(out, len, "the guest file %s shrank while it was copied (it was %llu bytes)", name,
+			 (unsigned long long)size);
 	else
-		snprintf(reason, sizeof(reason), "no space left on %s for the guest's pages (the filesystem is full)",
-			 name);
+		snprintf(out, len, "no space left on %s for the guest's pages (the filesystem is full)", name);
+}
+
+void stage_sigbus_watch(enum stage_mapping kind, const void *base, uint64_t size, int fd)
+{
+	char reason[sizeof(maps[kind].reason)];
+	stage_fault_describe(kind, fd, size, reason, sizeof(reason));
 	memcpy(maps[kind].reason, reason, sizeof(reason));
 	int n = snprintf(maps[kind].line, sizeof(maps[kind].line), "%s: %s\n", stage_name(), reason);
 	if (n < 0 || (size_t)n >= sizeof(maps[kind].line)) { /* cut short: still one line */

@@ -14,6 +14,7 @@
 #ifndef PF_STAGE_SIGBUS_H
 #define PF_STAGE_SIGBUS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum stage_mapping {
@@ -26,6 +27,10 @@ enum stage_mapping {
  * process with the message of its kind; one elsewhere is left to kill the
  * process by SIGBUS as before. */
 void stage_sigbus_watch(enum stage_mapping kind, const void *base, uint64_t size, int fd);
+
+/* That message for the file on fd (of `size` bytes), for a write(2) that
+ * failed the same way (ENOSPC).  Reads /proc: before lock-down. */
+void stage_fault_describe(enum stage_mapping kind, int fd, uint64_t size, char *out, size_t len);
 
 /* The message for a fault on a mapping of this kind (without the stage's
  * name), or NULL when none is registered: for a system call that returned

@@ -10,6 +10,7 @@ the sender cannot know of the commit: we undo it. So the sender reports
 success only for a committed destination, and a destination whose sender
 has gone is not committed.
 """
+import errno
 import os
 import socket
 
@@ -88,9 +89,16 @@ def _answer_failure(handover):
 
 
 def write_marker(marker, into):
-    with open(marker, "w") as f:
-        f.write(f"pageferry receive --in-place is writing {into}: its contents are not a whole guest "
-                "until this file is gone\n")
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"pageferry receive --in-place is writing {into}: its contents are not a whole guest "
+                     "until this file is gone\n".encode())
+    except OSError as e:
+        # hugetlbfs takes no write(2): there the empty file's name is the mark.
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _undo(partial, into, marker):

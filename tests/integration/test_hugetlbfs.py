@@ -1,20 +1,23 @@
 #!/usr/bin/python3
 """2 MiB pages: a guest on hugetlbfs is snapshotted with 2 MiB pages and
-restored bit-exact onto hugetlbfs.  Needs root and free memory for 2 MiB
+restored bit-exact onto hugetlbfs, and migrated onto hugetlbfs (which takes
+no write(2): the receiver and its inflaters map it, dest/ds_place.h) and
+onto tmpfs (written with pwrite, 2 MiB pages through a smaller buffer).  Needs root and free memory for 2 MiB
 huge pages; the test reserves them itself and gives them back.  Where the
 machine cannot provide them it exits 77, which meson reports as skipped."""
 import json
+import mmap
 import os
 import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pftest import Workspace, pf  # noqa: E402
+from pftest import PF, Workspace, free_port, pf  # noqa: E402
 
 NR = "/proc/sys/vm/nr_hugepages"
 GUEST_MIB = 256
-NEEDED = 2 * GUEST_MIB // 2 + 8   # guest + restored copy, in 2 MiB pages
+NEEDED = 2 * GUEST_MIB // 2 + 8   # guest + a copy (restored or received), in 2 MiB pages
 
 
 def huge_pages():
@@ -62,6 +65,34 @@ class HugePages(Workspace):
         r = pf("restore", snap, "--into", restored, "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assert_equal_ram(guest, restored)
+
+    def migrate(self, guest, into, *args, compress="none"):
+        port = free_port()
+        rx = self.spawn([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", 2,
+                         "--json", *args])
+        r = pf("migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--compress", compress, "--json")
+        code, out, err = self.finish(rx)
+        self.assertEqual((r.returncode, code), (0, 0), f"migrate: {r.stderr} receive: {err}")
+        self.assertEqual(json.loads(r.stdout)["page_size"], 2 << 20)
+        self.assert_equal_ram(guest, into)
+
+    def test_migrate_with_2mib_pages(self):
+        guest = os.path.join(self.mnt, "guest.ram")
+        self.assertEqual(pf("mkguest", "mixed", f"{GUEST_MIB}M", guest).returncode, 0)
+        self.addCleanup(os.unlink, guest)
+        for compress in ("none", "zstd"):
+            for where in ("hugetlbfs", "tmpfs"):
+                with self.subTest(compress=compress, where=where):
+                    into = os.path.join(self.mnt if where == "hugetlbfs" else self.shm, "received.ram")
+                    self.addCleanup(lambda p=into: os.path.exists(p) and os.unlink(p))
+                    self.migrate(guest, into, compress=compress)
+                    # Into the same file again (a destination VMM's RAM):
+                    # stale contents first, so zero pages must be cleared.
+                    # Through a mapping: hugetlbfs takes no write(2).
+                    with open(into, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+                        m[:] = b"\xa5" * len(m)
+                    self.migrate(guest, into, "--in-place", compress=compress)
+                    os.unlink(into)
 
 
 def can_have_huge_pages():

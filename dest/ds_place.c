@@ -1,0 +1,115 @@
+#include "dest/ds_place.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "stage/stage.h"
+#include "stage/stage_sigbus.h"
+#include "workers/wk_zero.h"
+
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
+
+/* What ds_place_write_zeros writes from. */
+static const uint8_t zeros[64 << 10];
+
+void ds_place_open(struct ds_place *pl, int fd, uint64_t size)
+{
+	memset(pl, 0, sizeof(*pl));
+	pl->fd = fd;
+	stage_fault_describe(STAGE_MAP_DEST, fd, size, pl->full, sizeof(pl->full));
+	struct statfs fs;
+	if (fstatfs(fd, &fs) < 0)
+		stage_die_errno(-errno, "fstatfs of the destination");
+	if (fs.f_type == HUGETLBFS_MAGIC)
+		pl->map = stage_map_file(fd, "destination", size, 1);
+}
+
+int ds_place_write(const struct ds_place *pl, const void *src, size_t len, uint64_t off)
+{
+	if (pl->map) {
+		memcpy(pl->map + off, src, len);
+		return 0;
+	}
+	const uint8_t *p = src;
+	while (len) {
+		ssize_t n = pwrite(pl->fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* pread even on hugetlbfs, which has read(2): a hole read through the
+ * mapping would be allocated. */
+int ds_place_read(const struct ds_place *pl, void *dst, size_t len, uint64_t off)
+{
+	uint8_t *p = dst;
+	while (len) {
+		ssize_t n = pread(pl->fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len)
+{
+	if (pl->map) {
+		memset(pl->map + off, 0, len);
+		return 0;
+	}
+	while (len) {
+		size_t n = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
+		int rc = ds_place_write(pl, zeros, n, off);
+		if (rc < 0)
+			return rc;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int64_t ds_place_clear(const struct ds_place *pl, uint64_t off, uint64_t len, uint32_t page, uint8_t *scratch,
+		       size_t scratch_len)
+{
+	int64_t written = 0;
+	while (len) {
+		size_t n = len < scratch_len ? (size_t)len : scratch_len;
+		int rc = ds_place_read(pl, scratch, n, off);
+		if (rc < 0)
+			return rc;
+		for (size_t p = 0; p < n; p += page) {
+			if (wk_page_is_zero(scratch + p, page))
+				continue;
+			if ((rc = ds_place_write_zeros(pl, off + p, page)) < 0)
+				return rc;
+			written++;
+		}
+		off += n;
+		len -= n;
+	}
+	return written;
+}
+
+const char *ds_place_why(const struct ds_place *pl, int rc)
+{
+	return rc == -ENOSPC || rc == -EDQUOT ? pl->full : strerror(-rc);
+}

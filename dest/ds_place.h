@@ -1,0 +1,53 @@
+/* Placing pages in the destination RAM file (the receive stage and its
+ * inflaters).
+ *
+ * By pwrite(2), not through a mapping.  On the VMs pageferry runs on, a
+ * page's first touch through a new mapping costs several times the copy
+ * itself: writing 1 GiB into tmpfs took 0.09 s by pwrite from a 256 KiB
+ * buffer, 0.27 s through a mapping populated ahead (MADV_POPULATE_WRITE)
+ * and 0.37 s through one faulted page by page (bench/place_cost.c).  And
+ * a process that maps the guest builds page tables for all of it (2 MiB
+ * per GiB).  So a payload lands in a small buffer that stays in cache, is
+ * checked there and written once.
+ *
+ * hugetlbfs takes no write(2): there the file is mapped (one fault per huge
+ * page) and pages are copied in; a full filesystem then raises SIGBUS,
+ * which stage_sigbus.h turns into the same message as ENOSPC here.
+ */
+#ifndef PF_DS_PLACE_H
+#define PF_DS_PLACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct ds_place {
+	int fd;
+	uint8_t *map;		/* hugetlbfs: the file mapped writable; else NULL */
+	char full[384];		/* why a write found no space, in the user's terms */
+};
+
+/* Before lock-down (fstatfs, readlink, mmap); size is the file's size.
+ * Dies with one line on failure. */
+void ds_place_open(struct ds_place *pl, int fd, uint64_t size);
+
+/* Write len bytes at off: 0, or -errno. */
+int ds_place_write(const struct ds_place *pl, const void *src, size_t len, uint64_t off);
+
+/* Read len bytes at off: 0, or -errno (a short file is -EIO). */
+int ds_place_read(const struct ds_place *pl, void *dst, size_t len, uint64_t off);
+
+/* Make every page (of `page` bytes) of [off, off + len) that is not zero
+ * read as zeros, writing only those: the file's size and allocation stay.
+ * scratch (scratch_len bytes, a multiple of page) is for reading.  Returns
+ * how many pages it wrote, or -errno. */
+int64_t ds_place_clear(const struct ds_place *pl, uint64_t off, uint64_t len, uint32_t page, uint8_t *scratch,
+		       size_t scratch_len);
+
+/* Write zeros over [off, off + len) without reading it: 0 or -errno. */
+int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len);
+
+/* The message for a failed write or read: "no space left on FILE ..." for
+ * ENOSPC and EDQUOT, else strerror. */
+const char *ds_place_why(const struct ds_place *pl, int rc);
+
+#endif
