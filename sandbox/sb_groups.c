@@ -96,6 +96,15 @@ static int add_fstat_by_fd(scmp_filter_ctx ctx, int32_t self_pid)
 				SCMP_A3(SCMP_CMP_EQ, AT_EMPTY_PATH));
 }
 
+/* The guest RAM file, fd 4, read with pread by the workers: their other
+ * fds are rings and an arena. */
+static int add_guest_read(scmp_filter_ctx ctx, int32_t self_pid)
+{
+	(void)self_pid;
+	return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(pread64), 1,
+				SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)STAGE_FD_GUEST));
+}
+
 /* Positioned reads and writes on the destination RAM file only (the
  * inflaters: dest/ds_place.h); their other fds are rings and an arena. */
 static int add_dest_file(scmp_filter_ctx ctx, int32_t self_pid)
@@ -139,6 +148,7 @@ static const struct sb_group groups[] = {
 	{ "@futex", "libc locks", add_futex },
 	{ "@fstat", "fstat on an fd, never by path", add_fstat_by_fd },
 	{ "@file-io", "positioned reads/writes, seek, sync, allocate on held files", add_file_io },
+	{ "@guest-read", "pread on the guest RAM file (fd 4) only", add_guest_read },
 	{ "@dest-file", "pread/pwrite on the destination RAM file (fd 4) only", add_dest_file },
 	{ "@aio", "submit and reap asynchronous reads/writes on a context made before lock-down", add_aio },
 	{ "@net-io", "send/receive on sockets already connected", add_net_io },

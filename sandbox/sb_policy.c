@@ -10,7 +10,7 @@
 
 /* Which groups make up each role: see the process table in doc/architecture.md. */
 static const char *const scanner_groups[] = { COMMON_GROUPS, "@file-io", NULL };
-static const char *const worker_groups[] = { COMMON_GROUPS, NULL };
+static const char *const worker_groups[] = { COMMON_GROUPS, "@guest-read", NULL };
 static const char *const writer_groups[] = { COMMON_GROUPS, "@file-io", "@aio", "@net-io", NULL };
 static const char *const restore_groups[] = { COMMON_GROUPS, "@file-io", "@aio", NULL };
 static const char *const receive_groups[] = { COMMON_GROUPS, "@file-io", "@net-io", NULL };

@@ -8,7 +8,7 @@
  * contributions to the guest fingerprint table (shm_layout.h), which the
  * writer applies and re-checks at the end.
  *
- * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
+ * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only, pread),
  *      5 wake socket of ring scanner -> this worker   (we consume)
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
@@ -30,12 +30,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
 #include "protocol/proto_desc.h"
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
+#include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
 #include "workers/wk_record.h"
 #include "workers/wk_zero.h"
@@ -46,7 +48,8 @@
 struct worker {
 	struct shm_segment seg;
 	struct proto_geometry geo;
-	const uint8_t *guest;
+	uint8_t *run;		/* one run's pages, read from the guest file */
+	char shrank[384];	/* the message for a guest file cut short */
 	struct shm_ring in, out, back;
 	struct shm_stats *stats;
 	uint32_t fp_chunk_pages;
@@ -128,11 +131,35 @@ static uint8_t *record_of(struct worker *w, uint32_t b)
 	return w->arena + wk_arena_record_offset(w->frame_size, b);
 }
 
-/* Zero-check every page (early exit on the first non-zero line); a page
- * that is not zero gets its CRC, and its fingerprint goes into its chunk's
- * contribution: one record entry per chunk the run touches. */
-static uint32_t check_pages(struct worker *w, uint64_t first, uint32_t n, struct wk_record_writer *rec,
-			    _Atomic uint64_t *table)
+/* A run's pages, with pread into our buffer rather than through a mapping
+ * of the guest: on the VMs we run on a page's first touch through a new
+ * mapping costs more than the copy (dest/ds_place.h), and a mapping would
+ * build page tables for the whole guest in every worker.  The buffer stays
+ * in cache for the zero check, the CRCs and zstd. */
+static const uint8_t *read_run(struct worker *w, uint64_t first, uint32_t n)
+{
+	size_t len = (size_t)n * w->geo.page_size, got = 0;
+	off_t off = (off_t)(first * w->geo.page_size);
+	while (got < len) {
+		ssize_t r = pread(STAGE_FD_GUEST, w->run + got, len - got, off + (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			stage_die_errno(-errno, "reading guest pages %llu..%llu", (unsigned long long)first,
+					(unsigned long long)(first + n - 1));
+		if (r == 0)
+			stage_die(STAGE_EXIT_FAILED, "%s", w->shrank);
+		got += (size_t)r;
+	}
+	return w->run;
+}
+
+/* Zero-check every page of a run read into pages (early exit on the first
+ * non-zero line); a page that is not zero gets its CRC, and its fingerprint
+ * goes into its chunk's contribution: one record entry per chunk the run
+ * touches. */
+static uint32_t check_pages(struct worker *w, const uint8_t *pages, uint64_t first, uint32_t n,
+			    struct wk_record_writer *rec, _Atomic uint64_t *table)
 {
 	const size_t page = w->geo.page_size;
 	uint32_t zero_pages = 0;
@@ -149,7 +176,7 @@ static uint32_t check_pages(struct worker *w, uint64_t first, uint32_t n, struct
 		}
 		if (k == n)
 			break;
-		const uint8_t *p = w->guest + (first + k) * page;
+		const uint8_t *p = pages + (size_t)k * page;
 		w->is_zero[k] = (uint8_t)wk_page_is_zero(p, page);
 		if (w->is_zero[k]) {
 			zero_pages++;
@@ -165,12 +192,11 @@ static uint32_t check_pages(struct worker *w, uint64_t first, uint32_t n, struct
  * turns them into a few bytes), followed by the frame's CRC-32C.  Returns
  * the frame's length, or 0 when the run does not shrink by more than the
  * CRC's 4 bytes. */
-static uint32_t compress_run(struct worker *w, uint32_t b, uint64_t first, uint32_t n)
+static uint32_t compress_run(struct worker *w, uint32_t b, const uint8_t *pages, uint32_t n)
 {
 	size_t raw = (size_t)n * w->geo.page_size;
 	uint8_t *frame = frame_of(w, b);
-	size_t len = wk_zstd_compress(w->zstd, frame, w->guest + first * w->geo.page_size, raw,
-				      raw - PROTO_DESC_FRAME_CRC_BYTES);
+	size_t len = wk_zstd_compress(w->zstd, frame, pages, raw, raw - PROTO_DESC_FRAME_CRC_BYTES);
 	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
 	if (!len)
 		return 0;
@@ -184,7 +210,8 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
 	struct wk_record_writer *rec = &w->rec;
 	wk_record_start(rec, NULL);
-	uint32_t zero_pages = check_pages(w, first, n, rec, NULL);
+	const uint8_t *pages = read_run(w, first, n);
+	uint32_t zero_pages = check_pages(w, pages, first, n, rec, NULL);
 	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
 	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
 	stage_stat_add(w->stats, SHM_STAT_RUNS, 1);
@@ -197,7 +224,7 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	uint32_t b = take_buffer(w);
 	rec->rec = record_of(w, b);
 	d.buffer = (uint16_t)b;
-	uint32_t len = w->zstd ? compress_run(w, b, first, n) : 0;
+	uint32_t len = w->zstd ? compress_run(w, b, pages, n) : 0;
 	if (len) {
 		d.encoding = PROTO_ENC_ZSTD;
 		d.payload_len = len;
@@ -232,8 +259,8 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 
 /* After END: the writer may ask us to fingerprint the guest's data pages
  * once more, XORing into the table itself (writer/wr_recheck.h): a guest
- * that did not change brings every chunk back to 0.  Our mapping is warm,
- * and the workers share the pass.  Buffers that come back meanwhile need
+ * that did not change brings every chunk back to 0.  The workers share
+ * the pass.  Buffers that come back meanwhile need
  * no more bookkeeping. */
 static void recheck_when_asked(struct worker *w)
 {
@@ -255,7 +282,8 @@ static void recheck_when_asked(struct worker *w)
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from writer: %s", proto_strerror(err));
 			if (d.type == PROTO_DESC_RECHECK) {
-				check_pages(w, d.first_page, d.n_pages, NULL, table);
+				check_pages(w, read_run(w, d.first_page, d.n_pages), d.first_page, d.n_pages, NULL,
+					    table);
 			} else if (d.type == PROTO_DESC_RECHECK_END) {
 				struct proto_desc done = { .type = PROTO_DESC_RECHECKED };
 				push(w, &done);
@@ -333,7 +361,8 @@ int main(int argc, char **argv)
 	w.geo = (struct proto_geometry){ .page_size = w.seg.geo.page_size,
 					 .max_run_pages = w.seg.geo.max_run_pages,
 					 .guest_pages = w.seg.geo.guest_pages };
-	w.guest = stage_map_guest(&w.seg, 0);
+	stage_fault_describe(STAGE_MAP_GUEST, STAGE_FD_GUEST, w.geo.guest_pages * w.geo.page_size, w.shrank,
+			     sizeof(w.shrank));
 	w.stats = shm_segment_stats(&w.seg, SHM_STATS_WORKER0 + index);
 	w.fp_chunk_pages = w.seg.fp_chunk_pages;
 	proto_crc32c_shift_init(&w.page_shift, w.geo.page_size);
@@ -341,12 +370,17 @@ int main(int argc, char **argv)
 	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, WORKER_FD_OUT, &w.out);
 	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, WORKER_FD_BACK, &w.back);
 	w.frame_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
+	/* Page-aligned: the zero check reads whole 32-byte vectors. */
+	w.run = aligned_alloc(4096, w.frame_size);
+	if (!w.run)
+		stage_die_errno(-ENOMEM, "a buffer for one run");
 	w.arena = stage_map_arena(WORKER_FD_ARENA, wk_arena_source_size(w.frame_size), 1);
 	if (level) {
 		w.zstd = wk_zstd_new(level, w.frame_size);
 		if (!w.zstd)
 			stage_die(STAGE_EXIT_FAILED, "setting up zstd level %d", level);
 	}
+	memset(w.run, 0, w.frame_size); /* its pages now, before lock-down */
 	stage_lockdown(SB_ROLE_WORKER, WORKER_FD_ARENA, 0);
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	if (replacement)
