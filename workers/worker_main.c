@@ -61,6 +61,7 @@ struct worker {
 	uint32_t free_buffers[WK_ARENA_BUFFERS], n_free;
 	uint8_t is_free[WK_ARENA_BUFFERS];
 	struct wk_zstd *zstd;	/* NULL: no compression */
+	struct wk_zstd *probe;	/* a page at a time: worth_compressing() */
 	struct wk_record_writer rec;
 	uint8_t is_zero[WK_RECORD_MAX_PAGES];
 	uint32_t crc[WK_RECORD_MAX_PAGES];
@@ -205,6 +206,28 @@ static uint32_t compress_run(struct worker *w, uint32_t b, const uint8_t *pages,
 	return (uint32_t)len;
 }
 
+/* zstd spends nearly as long on pages that do not shrink as on pages that
+ * do, and a guest's incompressible pages (encrypted or compressed data)
+ * come in long stretches.  So before a run is compressed, up to three of
+ * its data pages (the first, one from the middle, the last) are compressed
+ * alone; when none of them shrinks by an eighth, the run goes out RAW or
+ * SPARSE untried.  A run of mixed pages almost always has one that
+ * shrinks.  The probes have their own small context: alternating sizes
+ * on one context would make zstd resize its workspace, which allocates. */
+static bool worth_compressing(struct worker *w, uint8_t *scratch, const uint8_t *pages, uint32_t n)
+{
+	const size_t page = w->geo.page_size;
+	uint32_t data[WK_RECORD_MAX_PAGES], n_data = 0;
+	for (uint32_t k = 0; k < n; k++)
+		if (!w->is_zero[k])
+			data[n_data++] = k;
+	const uint32_t probes[3] = { data[0], data[n_data / 2], data[n_data - 1] };
+	for (uint32_t i = 0; i < 3 && i < n_data; i++)
+		if (wk_zstd_compress(w->probe, scratch, pages + (size_t)probes[i] * page, page, page - page / 8))
+			return true;
+	return false;
+}
+
 /* One run in, one descriptor out. */
 static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
@@ -224,7 +247,7 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	uint32_t b = take_buffer(w);
 	rec->rec = record_of(w, b);
 	d.buffer = (uint16_t)b;
-	uint32_t len = w->zstd ? compress_run(w, b, pages, n) : 0;
+	uint32_t len = w->zstd && worth_compressing(w, frame_of(w, b), pages, n) ? compress_run(w, b, pages, n) : 0;
 	if (len) {
 		d.encoding = PROTO_ENC_ZSTD;
 		d.payload_len = len;
@@ -377,7 +400,8 @@ int main(int argc, char **argv)
 	w.arena = stage_map_arena(WORKER_FD_ARENA, wk_arena_source_size(w.frame_size), 1);
 	if (level) {
 		w.zstd = wk_zstd_new(level, w.frame_size);
-		if (!w.zstd)
+		w.probe = wk_zstd_new(level, w.geo.page_size);
+		if (!w.zstd || !w.probe)
 			stage_die(STAGE_EXIT_FAILED, "setting up zstd level %d", level);
 	}
 	memset(w.run, 0, w.frame_size); /* its pages now, before lock-down */

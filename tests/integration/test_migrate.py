@@ -105,6 +105,19 @@ class Loopback(Base):
         self.assertLess(s["compressed"]["out_bytes"], s["compressed"]["in_bytes"] // 2)
         self.assertEqual(s["bytes_sent"], s["compressed"]["out_bytes"])
 
+    def test_zstd_skips_runs_whose_pages_do_not_shrink(self):
+        # Random pages: every run's probes fail, zstd never sees a byte and
+        # every page goes raw.  Mixed pages: nearly every run has a page that
+        # shrinks, so nearly all of the guest goes through zstd.
+        for pattern, least, most in (("random", 0, 0), ("mixed", 0.85, 1.0)):
+            with self.subTest(pattern=pattern):
+                s = json.loads(self.round_trip(pattern, 2, "zstd").stdout)
+                size = s["guest_bytes"]
+                self.assertGreaterEqual(s["compressed"]["in_bytes"], least * size)
+                self.assertLessEqual(s["compressed"]["in_bytes"], most * size)
+                if pattern == "random":
+                    self.assertEqual(s["bytes_sent"], size)
+
     def test_mixed_guest_travels_in_one_packet_per_window(self):
         # Data and zero pages alternate every page or few: without SPARSE
         # packets this guest would take thousands of packets.
