@@ -59,6 +59,16 @@ static void host_of(const char *hostport, char *host, size_t len)
 	snprintf(host, len, "%.*s", (int)n, hostport);
 }
 
+/* A connection the receiver closed during set-up: once one sender's
+ * channels are all in it stops listening and closes what waits in its
+ * accept queue (doc/security.md), so a second sender meets this at any
+ * step, by timing. */
+#define CLOSED_BY_RECEIVER " (the receiver closed the connection: it serves another sender"
+static bool closed_by_receiver(int rc)
+{
+	return rc == -ECONNRESET || rc == -EPIPE;
+}
+
 /* Connect, TLS, and our handshake on one channel: 0 with *out set, or the
  * failure (-errno or a positive enum proto_err). */
 static int open_channel(const struct net_addr *addr, struct proto_handshake *hs, const struct net_tls_creds *creds,
@@ -67,7 +77,7 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 {
 	struct net_conn c = { .fd = net_connect(addr, timeout_ms), .tls = NULL };
 	if (c.fd < 0) {
-		snprintf(what, what_len, "connect %s", addr->text);
+		snprintf(what, what_len, "connect %s%s", addr->text, closed_by_receiver(c.fd) ? CLOSED_BY_RECEIVER ")" : "");
 		return c.fd;
 	}
 	int refused = 0;
@@ -86,9 +96,8 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 				snprintf(what, what_len, "%s %s: %s", name, addr->text, net_tls_why(c.tls));
 			else
 				snprintf(what, what_len, "TLS handshake on %s %s%s", name, addr->text,
-					 rc == -ECONNRESET || rc == -EPIPE
-						 ? " (the receiver closed the connection: it serves another sender, or it "
-						   "does not use TLS with the same kind of credentials)" : "");
+					 closed_by_receiver(rc) ? CLOSED_BY_RECEIVER ", or it does not use TLS with the "
+										     "same kind of credentials)" : "");
 			net_conn_close(&c);
 			return rc == -EBADMSG ? PROTO_E_TLS_REQUIRED : rc;
 		}
@@ -104,7 +113,8 @@ static int open_channel(const struct net_addr *addr, struct proto_handshake *hs,
 		else if (rc == -EBADMSG)
 			snprintf(what, what_len, "handshake on %s %s: %s", name, addr->text, net_conn_why(&c, rc));
 		else
-			snprintf(what, what_len, "handshake on %s %s", name, addr->text);
+			snprintf(what, what_len, "handshake on %s %s%s", name, addr->text,
+				 closed_by_receiver(rc) ? CLOSED_BY_RECEIVER ")" : "");
 		net_conn_close(&c);
 		return rc == -EBADMSG ? PROTO_E_TLS_RECORD : rc;
 	}
