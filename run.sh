@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # pageferry's two entry points (see README.md):
 #   ./run.sh demo   install what is missing, build, run the demo
-#   ./run.sh test   install what is missing, build, run every test
-#                   (a normal build, then an AddressSanitizer+UBSan build)
+#   ./run.sh test   install what is missing (QEMU 10 too), build, run every
+#                   test (a normal build, then an AddressSanitizer+UBSan build)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -48,6 +48,8 @@ demo)
 	;;
 test)
 	install_missing
+	# QEMU 10 for tests/integration/test_qemu.py: from bookworm-backports.
+	bench/install-qemu.sh
 	build build -Dwerror=true -Dtest_hooks=true
 	echo "== tests (normal build)"
 	meson test -C build --print-errorlogs --num-processes 2

@@ -1,30 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the benchmarks compare against, from Debian's archive only:
 # iperf3 and matplotlib from bookworm, QEMU 10 (qemu-system-x86) from
-# bookworm-backports.  Backports is enabled by adding that suite to the
-# Debian source entry this machine already has (deb822 or one-line format);
-# no host name is written anywhere.
+# bookworm-backports (bench/install-qemu.sh, which run.sh uses too).
 set -euo pipefail
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo
-
-enable_backports() {
-	local f=/etc/apt/sources.list.d/debian.sources
-	if [ -f "$f" ]; then
-		grep -q 'bookworm-backports' "$f" && return 0
-		# The stanza whose Suites list plain "bookworm" gets the backports suite too.
-		$sudo sed -i -E '/^Suites:/{/(^|[[:space:]])bookworm([[:space:]]|$)/s/$/ bookworm-backports/}' "$f"
-	elif [ -f /etc/apt/sources.list ]; then
-		grep -q 'bookworm-backports' /etc/apt/sources.list && return 0
-		local line
-		line=$(grep -E '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+[[:space:]]+bookworm[[:space:]]' /etc/apt/sources.list | head -1)
-		[ -n "$line" ] || { echo "no bookworm entry to extend in /etc/apt/sources.list" >&2; exit 1; }
-		echo "${line/ bookworm / bookworm-backports }" | $sudo tee -a /etc/apt/sources.list >/dev/null
-	else
-		echo "no Debian source entry found to add bookworm-backports to" >&2
-		exit 1
-	fi
-}
 
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
@@ -33,11 +13,6 @@ if [ ${#need[@]} -gt 0 ]; then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if ! qemu-system-x86_64 --version 2>/dev/null | grep -qE 'version (1[0-9])\.'; then
-	enable_backports
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-		-t bookworm-backports qemu-system-x86 >/dev/null
-fi
+"$(dirname "$0")/install-qemu.sh"
 qemu-system-x86_64 --version | head -1
 iperf3 --version | head -1

@@ -3,8 +3,8 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/vfs.h>
-#include <unistd.h>
 
+#include "dio/dio_sync.h"
 #include "stage/stage.h"
 #include "stage/stage_sigbus.h"
 #include "workers/wk_zero.h"
@@ -34,40 +34,15 @@ int ds_place_write(const struct ds_place *pl, const void *src, size_t len, uint6
 		memcpy(pl->map + off, src, len);
 		return 0;
 	}
-	const uint8_t *p = src;
-	while (len) {
-		ssize_t n = pwrite(pl->fd, p, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
-	return 0;
+	return dio_pwrite_full(pl->fd, src, len, off);
 }
 
 /* pread even on hugetlbfs, which has read(2): a hole read through the
  * mapping would be allocated. */
 int ds_place_read(const struct ds_place *pl, void *dst, size_t len, uint64_t off)
 {
-	uint8_t *p = dst;
-	while (len) {
-		ssize_t n = pread(pl->fd, p, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
-	return 0;
+	int rc = dio_pread_full(pl->fd, dst, len, off);
+	return rc == -ENODATA ? -EIO : rc;
 }
 
 int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len)

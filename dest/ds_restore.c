@@ -61,9 +61,28 @@ int ds_restore_open(struct ds_restore *r, int meta_fd, int data_fd, int dest_fd,
 	return ds_extents_validate(meta_fd, &r->hdr, r->bitmap, why);
 }
 
+int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, const char **why)
+{
+	if (!(r->hdr.flags & PROTO_SNAP_F_DEVICE_STATE)) {
+		if (out_fd < 0)
+			return 0;
+		*why = "the snapshot has no device state (it was not taken with snapshot --qmp)";
+		return -EBADMSG;
+	}
+	int rc = dio_pread_full(r->meta_fd, buf, r->hdr.device_state_len, proto_snap_state_offset(&r->hdr));
+	if (rc < 0)
+		*why = "reading the snapshot's device state";
+	else if (proto_crc32c(0, buf, r->hdr.device_state_len) != r->hdr.device_state_crc) {
+		*why = proto_strerror(PROTO_E_DEVICE_STATE_CHECKSUM);
+		rc = -EBADMSG;
+	} else if (out_fd >= 0 && (rc = dio_pwrite_full(out_fd, buf, r->hdr.device_state_len, 0)) < 0)
+		*why = "handing the device state over";
+	return rc;
+}
+
 int ds_restore_map_dest(struct ds_restore *r, const char **why)
 {
-	if (ftruncate(r->dest_fd, (off_t)r->hdr.guest_size) < 0) {
+	if (!r->in_place && ftruncate(r->dest_fd, (off_t)r->hdr.guest_size) < 0) {
 		*why = "sizing the destination";
 		return -errno;
 	}
@@ -81,6 +100,12 @@ static void fail(struct ds_restore *r, int neg_errno)
 {
 	int none = 0;
 	atomic_compare_exchange_strong(&r->failed_errno, &none, -neg_errno);
+}
+
+static void zero_absent(struct ds_restore *r, uint64_t off, uint64_t len)
+{
+	if (fallocate(r->dest_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+		memset(r->dest + off, 0, len);
 }
 
 static void read_done(void *ctx, uint64_t first_page, uint64_t len)
@@ -122,8 +147,13 @@ static void read_pages(struct ds_reader *rd)
 		uint64_t p = c * chunk_pages;
 		uint64_t end = p + chunk_pages < r->hdr.n_pages ? p + chunk_pages : r->hdr.n_pages;
 		while (p < end) {
+			uint64_t absent = p;
 			while (p < end && !proto_bitmap_test(r->bitmap, p))
 				p++;
+			/* An existing destination may hold anything where the guest
+			 * had zeros: make them holes (reads as zeros). */
+			if (r->in_place && p > absent)
+				zero_absent(r, absent * page, (p - absent) * page);
 			uint64_t run = p;
 			while (p < end && proto_bitmap_test(r->bitmap, p))
 				p++;

@@ -17,6 +17,7 @@
 struct ds_restore {
 	int meta_fd, data_fd, dest_fd;	/* dest_fd -1: check only */
 	int direct;
+	int in_place;		/* dest is an existing file of the guest's size (restore --qmp) */
 	struct proto_snap_header hdr;
 	uint8_t *bitmap;
 	uint8_t *dest;		/* destination mapping, read-write; NULL: check only */
@@ -29,6 +30,12 @@ struct ds_restore {
 	_Atomic uint64_t next_batch;
 	_Atomic uint64_t bad_extent;	/* lowest index + 1 of an extent that does not match */
 };
+
+/* Read the snapshot's device state into buf (hdr.device_state_len bytes,
+ * allocated before lock-down) and check it against its CRC; with out_fd >=
+ * 0, write it there.  A snapshot without one is refused when out_fd >= 0
+ * ("no device state").  -errno / -EBADMSG with *why. */
+int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, const char **why);
 
 /* Reads in flight per reader thread. */
 #define DS_RESTORE_DEPTH 64u

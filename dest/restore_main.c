@@ -1,11 +1,16 @@
 /* pageferry-restore: restores a snapshot file into a destination RAM file,
  * or only checks it (`pageferry check`).
  *
- * argv: pageferry-restore --mode=restore|check --threads=N
+ * argv: pageferry-restore --mode=restore|check|state --threads=N [--in-place]
  * fds (stage/stage_fds.h): 3 control segment (statistics only), 4 the
- *      destination RAM file (read-write, empty; not in check mode),
+ *      destination RAM file (read-write, empty; with --in-place an existing
+ *      file of the guest's size, a waiting VMM's RAM: pages the snapshot
+ *      does not have become holes; not in check mode),
  *      5 the snapshot (buffered: header, bitmap, extent table),
- *      6 the snapshot again, O_DIRECT where the filesystem allows (page data).
+ *      6 the snapshot again, O_DIRECT where the filesystem allows (page data),
+ *      7 in state mode: an empty file the snapshot's device state is written
+ *      to, checked; nothing else is done (restore --qmp asks for it before
+ *      it touches the destination).
  *
  * The snapshot is untrusted input: header, bitmap and extent table are
  * decoded field by field and checked (protocol/proto_snapfile.c,
@@ -21,12 +26,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dest/ds_restore.h"
 #include "stage/stage.h"
 
-#define USAGE "pageferry-restore --mode=restore|check --threads=N"
+#define USAGE "pageferry-restore --mode=restore|check|state --threads=N [--in-place]"
 #define MAX_THREADS 64
 
 static pthread_barrier_t start_line;
@@ -42,23 +49,47 @@ int main(int argc, char **argv)
 	stage_set_name("restore", -1);
 	stage_tie_to_supervisor();
 	stage_args(argc, argv, USAGE);
-	static const char *const modes[] = { "restore", "check", NULL };
-	bool check_only = stage_arg_choice("mode", modes) == 1;
+	static const char *const modes[] = { "restore", "check", "state", NULL };
+	int mode = stage_arg_choice("mode", modes);
+	bool check_only = mode == 1, device_state = mode == 2;
 	int threads = (int)stage_arg_u64("threads", 1, MAX_THREADS);
+	bool in_place = stage_arg_flag("in-place");
 	stage_args_done();
-	/* Up to the snapshot's O_DIRECT fd; check: no destination. */
+	/* Up to the snapshot's O_DIRECT fd (state: the device state's); check
+	 * and state: no destination. */
 	static const int no_dest[] = { STAGE_FD_GUEST };
-	stage_close_inherited_fds(RESTORE_FD_DATA, no_dest, check_only ? 1 : 0);
+	stage_close_inherited_fds(device_state ? RESTORE_FD_STATE : RESTORE_FD_DATA, no_dest, mode ? 1 : 0);
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
 
 	static struct ds_restore r;
 	const char *why = "";
-	int rc = ds_restore_open(&r, RESTORE_FD_META, RESTORE_FD_DATA, check_only ? -1 : STAGE_FD_GUEST, &why);
+	int rc = ds_restore_open(&r, RESTORE_FD_META, RESTORE_FD_DATA, mode ? -1 : STAGE_FD_GUEST, &why);
 	if (rc == -EBADMSG)
 		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
+	/* check and restore: the section's CRC; state: and hand it over. */
+	uint8_t *state = malloc(r.hdr.device_state_len ? r.hdr.device_state_len : 1);
+	if (!state)
+		stage_die_errno(-ENOMEM, "allocating the device state");
+	if (device_state)
+		stage_lockdown(SB_ROLE_RESTORE, RESTORE_FD_STATE, 1);
+	rc = ds_restore_device_state(&r, device_state ? RESTORE_FD_STATE : -1, state, &why);
+	if (rc == -EBADMSG)
+		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
+	if (rc < 0)
+		stage_die_errno(rc, "%s", why);
+	if (device_state)
+		return STAGE_EXIT_OK;
+	free(state);
+	r.in_place = in_place && mode == 0;
+	struct stat st;
+	if (r.in_place && fstat(STAGE_FD_GUEST, &st) < 0)
+		stage_die_errno(-errno, "fstat of the destination");
+	if (r.in_place && (uint64_t)st.st_size != r.hdr.guest_size)
+		stage_die(STAGE_EXIT_FAILED, "the snapshot's guest is %llu bytes but the destination is %llu",
+			  (unsigned long long)r.hdr.guest_size, (unsigned long long)st.st_size);
 	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
 	stage_stat_set(r.stats, SHM_STAT_FLAGS, r.direct ? SHM_FLAG_DIRECT_IO : 0);
 	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, check_only ? r.hdr.pages_present : r.hdr.n_pages);

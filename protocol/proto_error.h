@@ -61,6 +61,9 @@ enum proto_err {
 	PROTO_E_EXTENT_ABSENT,
 	PROTO_E_EXTENT_TOTAL,
 	PROTO_E_BUSY,
+	/* snapshot device state (issue 15) */
+	PROTO_E_DEVICE_STATE_LEN,
+	PROTO_E_DEVICE_STATE_CHECKSUM,
 	_PROTO_E_MAX
 };
 

@@ -56,6 +56,7 @@ void proto_snap_header_encode(const struct proto_snap_header *h, uint8_t out[PRO
 	put_le32(out + 8, PROTO_SNAP_VERSION);
 	put_le32(out + 12, h->state);
 	put_le32(out + 16, h->page_size);
+	put_le32(out + 20, h->flags);
 	put_le64(out + 24, h->guest_size);
 	put_le64(out + 32, h->n_pages);
 	put_le64(out + 40, h->bitmap_offset);
@@ -67,6 +68,8 @@ void proto_snap_header_encode(const struct proto_snap_header *h, uint8_t out[PRO
 	put_le32(out + 92, h->extent_crc);
 	put_le64(out + 96, h->extent_table_offset);
 	put_le64(out + 104, h->extent_count);
+	put_le32(out + 112, h->device_state_len);
+	put_le32(out + 116, h->device_state_crc);
 	put_le32(out + 124, proto_crc32c(0, out, 124));
 }
 
@@ -83,10 +86,13 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
 		return PROTO_E_VERSION;
 	if (get_le32(buf + 124) != proto_crc32c(0, buf, 124))
 		return PROTO_E_HEADER_CHECKSUM;
-	if (get_le32(buf + 20) != 0)
+	uint32_t flags = get_le32(buf + 20), state_len = get_le32(buf + 112), state_crc = get_le32(buf + 116);
+	if (flags & ~PROTO_SNAP_F_DEVICE_STATE)
 		return PROTO_E_FLAGS;
-	if (!all_zero(buf + 112, 12))
+	if (!all_zero(buf + 120, 4) || (!(flags & PROTO_SNAP_F_DEVICE_STATE) && (state_len || state_crc)))
 		return PROTO_E_RESERVED;
+	if ((flags & PROTO_SNAP_F_DEVICE_STATE) && (state_len == 0 || state_len > PROTO_SNAP_STATE_MAX))
+		return PROTO_E_DEVICE_STATE_LEN;
 
 	struct proto_snap_header h = {
 		.state = get_le32(buf + 12),
@@ -101,6 +107,9 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
 		.extent_crc = get_le32(buf + 92),
 		.extent_table_offset = get_le64(buf + 96),
 		.extent_count = get_le64(buf + 104),
+		.flags = flags,
+		.device_state_len = state_len,
+		.device_state_crc = state_crc,
 	};
 	memcpy(h.snapshot_id, buf + 72, 16);
 
@@ -127,7 +136,7 @@ enum proto_err proto_snap_header_decode(const uint8_t *buf, size_t len, uint64_t
 		return PROTO_E_EXTENT_COUNT;
 	/* The writer sizes the file to cover every page slot before it marks
 	 * the snapshot complete; a shorter file was truncated afterwards. */
-	if (file_size < h.data_offset + h.guest_size)
+	if (file_size < h.data_offset + h.guest_size + h.device_state_len)
 		return PROTO_E_SNAP_FILE_SIZE;
 	*out = h;
 	return PROTO_OK;

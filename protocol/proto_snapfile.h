@@ -16,7 +16,7 @@
  *    8  4  version        PROTO_SNAP_VERSION
  *   12  4  state          1 WRITING, 2 COMPLETE (set only after data is durable)
  *   16  4  page_size      4096 or 2 MiB
- *   20  4  flags          0
+ *   20  4  flags          PROTO_SNAP_F_DEVICE_STATE or 0
  *   24  8  guest_size     bytes
  *   32  8  n_pages        guest_size / page_size
  *   40  8  bitmap_offset  4096
@@ -28,7 +28,11 @@
  *   92  4  extent_crc     crc32c of the extent_count records, in file order
  *   96  8  extent_table_offset  bitmap end rounded up to 4096
  *  104  8  extent_count   records used, <= n_pages
- *  112 12  reserved       0
+ *  112  4  device_state_len   bytes of the VMM's device state (flag set:
+ *                              1..PROTO_SNAP_STATE_MAX; else 0), stored at
+ *                              data_offset + guest_size
+ *  116  4  device_state_crc   crc32c of those bytes (else 0)
+ *  120  4  reserved       0
  *  124  4  header_crc     crc32c of bytes 0..123
  *
  * Extent record (16 bytes): first_page u64, n_pages u32, crc32c u32 of the
@@ -50,6 +54,10 @@
 #define PROTO_SNAP_HEADER_SIZE 4096u
 #define PROTO_SNAP_FIELDS_SIZE 128u
 #define PROTO_SNAP_DATA_ALIGN (1u << 20)
+/* The file carries a VMM's device state (snapshot --qmp: QEMU's migration
+ * stream without the RAM it maps from the guest file), after the page data. */
+#define PROTO_SNAP_F_DEVICE_STATE 1u
+#define PROTO_SNAP_STATE_MAX (64u << 20)
 
 enum proto_snap_state { PROTO_SNAP_WRITING = 1, PROTO_SNAP_COMPLETE = 2 };
 
@@ -67,7 +75,16 @@ struct proto_snap_header {
 	uint32_t extent_crc;
 	uint64_t extent_table_offset;
 	uint64_t extent_count;
+	uint32_t flags;
+	uint32_t device_state_len;	/* 0: none */
+	uint32_t device_state_crc;
 };
+
+/* Where the device state lies: right after the page data. */
+static inline uint64_t proto_snap_state_offset(const struct proto_snap_header *h)
+{
+	return h->data_offset + h->guest_size;
+}
 
 struct proto_snap_extent {
 	uint64_t first_page;

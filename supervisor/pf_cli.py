@@ -5,17 +5,13 @@ Exit codes: 0 success; 1 the job failed (the message says why); 2 bad usage;
 130 interrupted."""
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
-import pf_check
+# Only what every command needs is imported here: each command imports its
+# own modules (and subprocess, json, ...) when it runs, since a command's
+# fixed cost is paid on every transfer (doc/benchmarks.md, "Start-up cost").
 import pf_jobs
-import pf_migrate
 import pf_privs
-import pf_status
 
 
 class Context:
@@ -77,7 +73,31 @@ def default_workers():
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def build_parser():
+class _Unused:
+    """The parser of a command that is not being run: what is added to it goes nowhere."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self
+
+
+class _OneCommand:
+    """Adds only the subparser of the command being run. Parsing its command
+    line needs no other (argparse hands everything after the command's name
+    to its subparser), and making the dozen others costs every command
+    ~1.5 ms (doc/benchmarks.md, "Start-up cost")."""
+
+    def __init__(self, sub, name):
+        self.sub, self.name, self.found = sub, name, False
+
+    def add_parser(self, name, **kwargs):
+        if name != self.name:
+            return _Unused()
+        self.found = True
+        return self.sub.add_parser(name, **kwargs)
+
+
+def build_parser(only=None):
+    """only: the command's name, when the command line starts with it."""
     p = argparse.ArgumentParser(
         prog="pageferry",
         description="Move a virtual machine's RAM: snapshot it to a file and restore it, or migrate "
@@ -85,6 +105,8 @@ def build_parser():
         epilog="Exit status: 0 ok, 1 failed (one line says why), 2 usage, 3 a stage process was "
                "killed (e.g. a sandbox violation), 130 interrupted.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    if only is not None:
+        sub = _OneCommand(sub, only)
 
     s = sub.add_parser("snapshot", help="write a paused guest's RAM file to a snapshot file",
                        description="Snapshot a paused guest's RAM file. Zero pages and holes are not "
@@ -93,8 +115,14 @@ def build_parser():
                                    "to OUT.pf-partial and renamed to OUT only once complete and durable. "
                                    "Every extent of page data carries a CRC-32C (restore and check "
                                    "verify them); a guest that changed while it was copied fails the "
-                                   "snapshot.")
-    s.add_argument("--guest", required=True, metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
+                                   "snapshot. With --qmp, pageferry asks QEMU for its RAM file, stops the "
+                                   "guest, stores QEMU's device state in the snapshot too, and resumes the "
+                                   "guest if it was running (doc/qemu.md).")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--guest", metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
+    src.add_argument("--qmp", metavar="SOCKET",
+                     help="a running QEMU's QMP unix socket: the whole VM (its RAM must be one "
+                          "memory-backend-file with share=on)")
     s.add_argument("--out", required=True, metavar="SNAP", help="snapshot file to create (replaced on success)")
     s.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking worker processes (default: %(default)s)")
@@ -105,9 +133,17 @@ def build_parser():
                        description="Restore SNAP into FILE: page data is read with O_DIRECT straight "
                                    "into FILE's mapping; zero pages stay holes. Incomplete, truncated or "
                                    "corrupt snapshots are refused. FILE is written as FILE.pf-partial "
-                                   "and renamed only on success.")
+                                   "and renamed only on success. With --qmp, SNAP (from snapshot --qmp) "
+                                   "goes into a QEMU started with -incoming defer: its RAM file is written "
+                                   "in place, then QEMU loads the device state and the guest runs "
+                                   "(doc/qemu.md).")
     r.add_argument("snapshot", metavar="SNAP")
-    r.add_argument("--into", required=True, metavar="FILE", help="destination RAM file (replaced on success)")
+    dst = r.add_mutually_exclusive_group(required=True)
+    dst.add_argument("--into", metavar="FILE", help="destination RAM file (replaced on success)")
+    dst.add_argument("--qmp", metavar="SOCKET",
+                     help="the QMP unix socket of a QEMU waiting with -incoming defer")
+    r.add_argument("--no-resume", action="store_true",
+                   help="with --qmp: leave the restored guest paused (default: resume it)")
     r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="parallel reader threads (default: %(default)s)")
     r.add_argument("--json", action="store_true", help="print a JSON summary instead of a line")
@@ -273,14 +309,22 @@ def build_parser():
     d.add_argument("--dir", default=None, help="directory on a real disk for the snapshot "
                                               "(default: a temporary directory under /var/tmp)")
     d.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N")
+    if only is not None and not sub.found:
+        return build_parser()  # not a command: the full parser says which there are
     return p
 
 
 def tool(ctx, name, args):
+    import subprocess
     return subprocess.run([ctx.stage(name)] + args).returncode
 
 
 def demo(ctx, args):
+    import shutil
+    import subprocess
+    import tempfile
+
+    import pf_migrate
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     work = tempfile.mkdtemp(prefix="pageferry-demo-", dir=args.dir or "/var/tmp")
     guest = os.path.join(shm, f"pageferry-demo-{os.getpid()}.ram")
@@ -329,6 +373,10 @@ def demo(ctx, args):
 
 
 def demo_live(ctx, args, ram, log, crc, into, port):
+    import subprocess
+    import time
+
+    import pf_migrate
     print(f"== live migration: guestsim writes 64 MiB/s into {args.size} of RAM while it moves "
           f"(127.0.0.1:{port})", flush=True)
     sim = subprocess.Popen([ctx.stage("pageferry-guestsim"), "run", ram, log, args.size, "64", "uniform", crc, "1"],
@@ -365,17 +413,28 @@ def demo_live(ctx, args, ram, log, crc, into, port):
 
 
 def main(stage_dirs, argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     ctx = Context(stage_dirs, getattr(args, "json", False))
     try:
         apply_privilege_options(args)
-        if args.cmd == "snapshot":
+        if args.cmd == "snapshot" and args.qmp:
+            import pf_qemu
+            pf_qemu.snapshot(ctx, args.qmp, args.out, args.workers)
+        elif args.cmd == "snapshot":
             pf_jobs.snapshot(ctx, args.guest, args.out, args.workers)
+        elif args.cmd == "restore" and args.qmp:
+            import pf_qemu
+            pf_qemu.restore(ctx, args.snapshot, args.qmp, args.workers, resume_guest=not args.no_resume)
         elif args.cmd == "restore":
+            if args.no_resume:
+                raise pf_jobs.JobError("--no-resume goes with --qmp", 2)
             pf_jobs.restore(ctx, args.snapshot, args.into, args.workers)
         elif args.cmd == "check":
+            import pf_check
             pf_check.check(ctx, args.snapshot, args.workers)
         elif args.cmd == "migrate":
+            import pf_migrate
             live = None
             if args.dirty_log:
                 if not 2 <= args.max_rounds <= 64:
@@ -390,8 +449,10 @@ def main(stage_dirs, argv=None):
                                args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
                                args.insecure, args.tls_creds)
         elif args.cmd == "status":
+            import pf_status
             return pf_status.status(ctx)
         elif args.cmd == "cancel":
+            import pf_status
             return pf_status.cancel(ctx, args.pid)
         elif args.cmd == "guestsim":
             # Become the guest: signals sent to `pageferry guestsim` must reach it.
@@ -402,6 +463,7 @@ def main(stage_dirs, argv=None):
         elif args.cmd == "checksum":
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
+            import pf_migrate
             pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
                                args.io_timeout, args.in_place, args.insecure, args.tls_creds)
         elif args.cmd == "verify":

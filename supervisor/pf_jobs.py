@@ -15,6 +15,7 @@ PAGE_2M = 2 * 1024 * 1024
 RING_SLOTS = 1024
 SNAP_RUN_PAGES = 256  # 1 MiB per descriptor at 4 KiB pages
 PARTIAL_SUFFIX = ".pf-partial"  # a file being written; renamed away when committed
+INCOMPLETE_SUFFIX = ".pf-incomplete"  # marks a file written in place until it is whole
 
 
 class JobError(Exception):
@@ -157,7 +158,26 @@ def pages_done(run, seg):
     return done
 
 
-def snapshot(ctx, guest, out, workers):
+def open_in_place(run, into, what):
+    """A waiting VMM's existing RAM file (receive --in-place, restore --qmp),
+    marked incomplete (FILE.pf-incomplete) until every check passed: it
+    cannot be removed on failure as a partial file is. Returns (fd, marker)."""
+    import pf_commit
+    dest_fd = _open(into, os.O_RDWR, f"open destination ({what})")
+    run.fds.append(dest_fd)
+    st = os.fstat(dest_fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        raise JobError(f"{what}: {into} is not a regular file of the guest's size (it is "
+                       f"{'empty' if stat.S_ISREG(st.st_mode) else 'not a regular file'})", 1)
+    marker = into + INCOMPLETE_SUFFIX
+    pf_commit.write_marker(marker, into)
+    return dest_fd, marker
+
+
+def snapshot(ctx, guest, out, workers, device_state=None, finish=None):
+    """device_state: a VMM's device state (bytes) to store in the snapshot;
+    finish(summary): called once the snapshot is committed, before the
+    summary is printed (snapshot --qmp resumes the guest there)."""
     guest_fd, size, page = check_guest(guest)
     partial = out + PARTIAL_SUFFIX
     run = Run(ctx, "snapshot", size)
@@ -174,8 +194,15 @@ def snapshot(ctx, guest, out, workers):
                                  size // page)
         run.fds.append(os.dup(seg.fd))
         p = run.pipeline
-        pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, ["--mode=snapshot"],
-                     {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd})
+        writer_args = ["--mode=snapshot"]
+        writer_fds = {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd}
+        if device_state is not None:
+            state_fd = pf_stages.memfd("pageferry-device-state", 0)
+            run.fds.append(state_fd)
+            os.write(state_fd, device_state)
+            writer_args.append("--device-state")
+            writer_fds[pf_abi.fd("writer", "state", 0, workers)] = state_fd
+        pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds)
 
         def done():
             w = seg.stats(pf_abi.STATS_WRITER)
@@ -203,7 +230,11 @@ def snapshot(ctx, guest, out, workers):
             "peak_anon_kib": run.sampler.peak_kib,
             "replacements": len(p.replacements), "replaced_stages": p.replacements,
         }
+        if device_state is not None:
+            summary["device_state_bytes"] = len(device_state)
         seg.close()
+        if finish:
+            finish(summary)
         line = (f"snapshot {out}: {size / pf_report.MiB:.0f} MiB guest, {wr['bytes'] / pf_report.MiB:.0f} MiB "
                 f"written ({zero} zero, {sc['hole_pages']} hole pages skipped) in {secs:.2f} s, "
                 f"{summary['mib_per_s']:.0f} MiB/s, direct I/O {'on' if summary['direct_io'] else 'off'}"
@@ -221,7 +252,7 @@ def open_snapshot(ctx, verb, snap):
     return run, meta_fd
 
 
-def spawn_snapshot_reader(ctx, run, snap, meta_fd, mode, workers, more_fds):
+def spawn_snapshot_reader(ctx, run, snap, meta_fd, mode, workers, more_fds, more_args=()):
     """pageferry-restore in MODE (restore, check) reading SNAP: header, bitmap
     and extent table through meta_fd, page data through an O_DIRECT fd where
     the filesystem allows. Returns its (statistics-only) segment."""
@@ -229,33 +260,71 @@ def spawn_snapshot_reader(ctx, run, snap, meta_fd, mode, workers, more_fds):
     run.fds.append(data_fd)
     seg = pf_segment.Segment(ctx.stage("pageferry-mkseg"), PAGE_4K, 1, 8, 1, 1)
     run.fds.append(os.dup(seg.fd))
-    run.pipeline.spawn("pageferry-restore", "pageferry-restore", [f"--mode={mode}", f"--threads={workers}"],
+    run.pipeline.spawn("pageferry-restore", "pageferry-restore",
+                       [f"--mode={mode}", f"--threads={workers}"] + list(more_args),
                        {pf_abi.fd("restore", "segment"): seg.fd, pf_abi.fd("restore", "meta"): meta_fd,
                         pf_abi.fd("restore", "data"): data_fd, **more_fds})
     return seg
 
 
-def restore(ctx, snap, into, workers):
+def _refuse_partial(snap):
     if snap.endswith(PARTIAL_SUFFIX):
         # Its header may already say COMPLETE (pageferry was killed between
         # the writer's last sync and the rename): only the rename commits it.
         raise JobError(f"{snap} is an unfinished snapshot (pageferry stopped before it committed it)")
+
+
+def device_state(ctx, snap):
+    """The device state stored in SNAP (snapshot --qmp), checked against its
+    CRC by the restore stage, which refuses a snapshot without one; nothing
+    else is read."""
+    _refuse_partial(snap)
+    run, meta_fd = open_snapshot(ctx, "restore", snap)
+    try:
+        state_fd = pf_stages.memfd("pageferry-device-state", 0)
+        run.fds.append(state_fd)
+        seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "state", 1,
+                                    {pf_abi.fd("restore", "state"): state_fd})
+        run.watch(lambda: 0)
+        seg.close()
+        return os.pread(state_fd, os.fstat(state_fd).st_size, 0)
+    finally:
+        run.close(True)
+
+
+def restore(ctx, snap, into, workers, in_place=False, finish=None):
+    """in_place: INTO is a waiting VMM's RAM file, written where it is
+    (restore --qmp); finish(summary): called once the RAM is restored and
+    committed, before the summary is printed."""
+    _refuse_partial(snap)
     run, meta_fd = open_snapshot(ctx, "restore", snap)
     partial = into + PARTIAL_SUFFIX
     ok = False
+    marker = None
     try:
-        dest_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
-        run.cleanup_paths.append(partial)
-        run.fds.append(dest_fd)
+        if in_place:
+            dest_fd, marker = open_in_place(run, into, "restore --qmp")
+        else:
+            dest_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
+            run.cleanup_paths.append(partial)
+            run.fds.append(dest_fd)
         seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers,
-                                    {pf_abi.fd("restore", "dest"): dest_fd})
+                                    {pf_abi.fd("restore", "dest"): dest_fd}, ["--in-place"] if in_place else [])
         p = run.pipeline
 
-        secs = run.watch(pages_done(run, seg))
+        try:
+            secs = run.watch(pages_done(run, seg))
+        except JobError as e:
+            if marker:
+                e.args = (f"{e.args[0]}; {into} is incomplete (marked by {marker})",) + e.args[1:]
+            raise
         st = seg.stats(pf_abi.STATS_DEST)
         size = os.fstat(dest_fd).st_size
         pf_stages.test_hook("restore:before-commit")
-        os.rename(partial, into)
+        if in_place:
+            os.unlink(marker)
+        else:
+            os.rename(partial, into)
         _fsync_dir(into)
         ok = True
         pf_stages.test_hook("restore:after-commit")
@@ -270,6 +339,8 @@ def restore(ctx, snap, into, workers):
             "peak_anon_kib": run.sampler.peak_kib,
         }
         seg.close()
+        if finish:
+            finish(summary)
         line = (f"restore {into}: {size / pf_report.MiB:.0f} MiB guest, {st['bytes'] / pf_report.MiB:.0f} MiB "
                 f"read in {secs:.2f} s, {summary['mib_per_s']:.0f} MiB/s, direct I/O "
                 f"{'on' if summary['direct_io'] else 'off'}")

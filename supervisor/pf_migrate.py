@@ -2,19 +2,16 @@
 (destination)."""
 import os
 import socket
-import stat
 import struct
 import time
 
 import pf_abi
 import pf_commit
-import pf_dirtylog
 import pf_jobs
 import pf_report
 import pf_segment
 import pf_source
 import pf_stages
-import pf_status
 import pf_tls
 from pf_jobs import JobError, Run
 from pf_stages import wake_pair
@@ -22,7 +19,6 @@ from pf_stages import wake_pair
 # The supervisor's choice (at most pf_abi.MAX_RUN_BYTES): one packet's
 # pages at most, 128 pages of 4 KiB.
 MIGRATE_RUN_BYTES = 512 * 1024
-INCOMPLETE_SUFFIX = ".pf-incomplete"
 TLS_TEXT = {"psk": "TLS 1.3 with a pre-shared key", "x509": "TLS 1.3 with X.509 certificates"}
 
 
@@ -71,6 +67,9 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
     status = None
     try:
         if live:
+            # Only a live migration needs these (and json, for the status file).
+            import pf_dirtylog
+            import pf_status
             log = pf_dirtylog.DirtyLog(live["dirty_log"], page, size // page, live["pause_lease"])
         tls, creds = pf_tls.credentials(run, psk_file, tls_creds, "client")
         run_pages = max(1, MIGRATE_RUN_BYTES // page)
@@ -229,20 +228,6 @@ def status_record(seg, workers, page, size, to, elapsed):
     return st
 
 
-def _open_in_place(run, into):
-    """The destination VMM's existing RAM file, marked incomplete (FILE.pf-incomplete)
-    until every check passed: it cannot be removed on failure as a partial file is."""
-    dest_fd = pf_jobs._open(into, os.O_RDWR, "open destination (--in-place)")
-    run.fds.append(dest_fd)
-    st = os.fstat(dest_fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-        raise JobError(f"--in-place: {into} is not a regular file of the guest's size (it is "
-                       f"{'empty' if stat.S_ISREG(st.st_mode) else 'not a regular file'})", 1)
-    marker = into + INCOMPLETE_SUFFIX
-    pf_commit.write_marker(marker, into)
-    return dest_fd, marker
-
-
 class InflaterNotices:
     """Tell the receive stage which inflaters may take new frames
     (dest/ds_commit.h, the notices; doc/architecture.md, "Replacing an
@@ -295,7 +280,7 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
     try:
         tls, creds = pf_tls.credentials(run, psk_file, tls_creds, "server")
         if in_place:
-            dest_fd, marker = _open_in_place(run, into)
+            dest_fd, marker = pf_jobs.open_in_place(run, into, "--in-place")
         else:
             dest_fd = pf_jobs._open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
             run.cleanup_paths.append(partial)

@@ -1,7 +1,6 @@
 """Who may take part in a migration (doc/security.md): the credentials the
 network stages get, and the safe default that refuses to talk to or listen
 on anything but loopback without them."""
-import ipaddress
 import os
 import socket
 
@@ -18,14 +17,39 @@ def split_hostport(hostport):
     return host.strip("[]"), port
 
 
+IPV6_LOOPBACK = bytes(15) + b"\1"
+
+
+def _addresses(host):
+    """[(family, address)] that host names. A numeric address is itself: the
+    resolver (and the idna codec it would load) is only asked about names."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return [(family, host)]
+        except (OSError, ValueError):
+            pass
+    return [(ai[0], ai[4][0]) for ai in socket.getaddrinfo(host or None, None)]
+
+
+def _is_loopback(family, address):
+    """127.0.0.0/8 or ::1 (what ipaddress calls loopback), without importing
+    ipaddress: it alone costs more start-up than this whole module."""
+    if family == socket.AF_INET:
+        return socket.inet_pton(family, address)[0] == 127
+    if family == socket.AF_INET6:
+        return socket.inet_pton(family, address.split("%")[0]) == IPV6_LOOPBACK
+    return False
+
+
 def only_loopback(host):
     """Does host name only loopback addresses? A name that does not resolve
     counts as not: the check fails closed."""
     try:
-        infos = socket.getaddrinfo(host or None, None)
+        infos = _addresses(host)
     except (socket.gaierror, UnicodeError):
         return False
-    return bool(infos) and all(ipaddress.ip_address(ai[4][0].split("%")[0]).is_loopback for ai in infos)
+    return bool(infos) and all(_is_loopback(family, address) for family, address in infos)
 
 
 def require_authentication(what, hostport, has_creds, insecure, refusal):

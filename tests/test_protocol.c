@@ -450,7 +450,9 @@ static void test_snapshot_malformed_fields(void **state)
 	assert_int_equal(snap_with(12, PROTO_SNAP_WRITING, 4), PROTO_E_SNAP_INCOMPLETE);
 	assert_int_equal(snap_with(12, 7, 4), PROTO_E_SNAP_STATE);
 	assert_int_equal(snap_with(16, 8192, 4), PROTO_E_PAGE_SIZE);
-	assert_int_equal(snap_with(20, 1, 4), PROTO_E_FLAGS);
+	assert_int_equal(snap_with(20, 2, 4), PROTO_E_FLAGS);
+	assert_int_equal(snap_with(20, 1, 4), PROTO_E_DEVICE_STATE_LEN); /* the flag without a length */
+	assert_int_equal(snap_with(116, 7, 4), PROTO_E_RESERVED);	/* a CRC without the flag */
 	assert_int_equal(snap_with(24, 100 * 4096 + 1, 8), PROTO_E_GUEST_SIZE);
 	assert_int_equal(snap_with(32, 0, 8), PROTO_E_GUEST_SIZE);
 	assert_int_equal(snap_with(40, 8192, 8), PROTO_E_BITMAP_OFFSET);
@@ -458,10 +460,41 @@ static void test_snapshot_malformed_fields(void **state)
 	assert_int_equal(snap_with(56, (1 << 20) + 4096, 8), PROTO_E_DATA_OFFSET);
 	assert_int_equal(snap_with(56, 4096, 8), PROTO_E_DATA_OFFSET);
 	assert_int_equal(snap_with(64, 101, 8), PROTO_E_PRESENT_COUNT);
-	assert_int_equal(snap_with(112, 1, 4), PROTO_E_RESERVED);
+	assert_int_equal(snap_with(112, 1, 4), PROTO_E_RESERVED); /* a length without the flag */
 	assert_int_equal(snap_with(120, 1, 4), PROTO_E_RESERVED);
 	assert_int_equal(snap_with(96, 3 * 4096, 8), PROTO_E_EXTENT_TABLE);
 	assert_int_equal(snap_with(104, 4, 8), PROTO_E_EXTENT_COUNT); /* more extents than present pages */
+}
+
+static void test_snapshot_device_state_fields(void **state)
+{
+	(void)state;
+	struct snap s;
+	struct proto_snap_header out;
+	make_snap(&s);
+	put_le32(s.header + 20, PROTO_SNAP_F_DEVICE_STATE);
+	put_le32(s.header + 112, 300);
+	put_le32(s.header + 116, 0x12345678);
+	put_le32(s.header + 124, proto_crc32c(0, s.header, 124));
+	/* It lies after the page data: the file must hold it too. */
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size + 299, &out),
+			 PROTO_E_SNAP_FILE_SIZE);
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), s.file_size + 300, &out), PROTO_OK);
+	assert_int_equal(out.device_state_len, 300);
+	assert_int_equal(out.device_state_crc, 0x12345678);
+	assert_int_equal(proto_snap_state_offset(&out), out.data_offset + out.guest_size);
+	put_le32(s.header + 112, PROTO_SNAP_STATE_MAX + 1);
+	put_le32(s.header + 124, proto_crc32c(0, s.header, 124));
+	assert_int_equal(proto_snap_header_decode(s.header, sizeof(s.header), UINT64_MAX / 2, &out),
+			 PROTO_E_DEVICE_STATE_LEN);
+	/* Encoding keeps the fields. */
+	struct proto_snap_header h = out;
+	h.device_state_len = 42;
+	uint8_t enc[PROTO_SNAP_FIELDS_SIZE];
+	proto_snap_header_encode(&h, enc);
+	assert_int_equal(get_le32(enc + 20), PROTO_SNAP_F_DEVICE_STATE);
+	assert_int_equal(get_le32(enc + 112), 42);
+	assert_int_equal(get_le32(enc + 116), 0x12345678);
 }
 
 static void test_snapshot_bitmap_malformed(void **state)
@@ -640,6 +673,7 @@ int main(void)
 		cmocka_unit_test(test_sparse_packets),
 		cmocka_unit_test(test_snapshot_roundtrip),
 		cmocka_unit_test(test_snapshot_malformed_fields),
+		cmocka_unit_test(test_snapshot_device_state_fields),
 		cmocka_unit_test(test_snapshot_bitmap_malformed),
 		cmocka_unit_test(test_snapshot_extents),
 		cmocka_unit_test(test_descriptor_roundtrip_and_checks),

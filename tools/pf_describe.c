@@ -15,6 +15,7 @@
 
 #include "protocol/proto_dirtylog.h"
 #include "protocol/proto_geometry.h"
+#include "protocol/proto_snapfile.h"
 #include "dest/ds_commit.h"
 #include "shm/shm_layout.h"
 #include "stage/stage.h"
@@ -139,6 +140,7 @@ int main(void)
 	       "    \"\"\"A source worker's arena for runs of run_bytes (workers/wk_arena.h).\"\"\"\n"
 	       "    return ARENA_BUFFERS * (run_bytes + RECORD_BYTES)\n");
 	constant("MAX_RUN_BYTES", PROTO_MAX_RUN_BYTES, "a run's raw size at most");
+	constant("SNAP_STATE_MAX", PROTO_SNAP_STATE_MAX, "a snapshot's device state at most");
 	constant("MAX_CHANNELS", PROTO_MAX_CHANNELS, NULL);
 	constant("SENDFILE_MIN_BYTES", WR_SENDFILE_MIN, "guest pieces at least this long go by sendfile");
 
@@ -191,9 +193,11 @@ int main(void)
 	FD("writer", "ring_in", WRITER_FD_RING_IN(i));
 	FD("writer", "ring_back", WRITER_FD_RING_BACK(i));
 	FD("writer", "arena", WRITER_FD_ARENA(i, n));
+	FD("writer", "state", WRITER_FD_STATE(n));
 	FD("restore", "dest", STAGE_FD_GUEST);
 	FD("restore", "meta", RESTORE_FD_META);
 	FD("restore", "data", RESTORE_FD_DATA);
+	FD("restore", "state", RESTORE_FD_STATE);
 	FD("receive", "dest", STAGE_FD_GUEST);
 	FD("receive", "creds", RECEIVE_FD_CREDS);
 	FD("receive", "commit", RECEIVE_FD_COMMIT);

@@ -30,8 +30,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "dio/dio_sync.h"
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
 #include "protocol/proto_desc.h"
@@ -139,19 +139,12 @@ static uint8_t *record_of(struct worker *w, uint32_t b)
  * in cache for the zero check, the CRCs and zstd. */
 static const uint8_t *read_run(struct worker *w, uint64_t first, uint32_t n)
 {
-	size_t len = (size_t)n * w->geo.page_size, got = 0;
-	off_t off = (off_t)(first * w->geo.page_size);
-	while (got < len) {
-		ssize_t r = pread(STAGE_FD_GUEST, w->run + got, len - got, off + (off_t)got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			stage_die_errno(-errno, "reading guest pages %llu..%llu", (unsigned long long)first,
-					(unsigned long long)(first + n - 1));
-		if (r == 0)
-			stage_die(STAGE_EXIT_FAILED, "%s", w->shrank);
-		got += (size_t)r;
-	}
+	int rc = dio_pread_full(STAGE_FD_GUEST, w->run, (uint64_t)n * w->geo.page_size, first * w->geo.page_size);
+	if (rc == -ENODATA)
+		stage_die(STAGE_EXIT_FAILED, "%s", w->shrank);
+	if (rc < 0)
+		stage_die_errno(rc, "reading guest pages %llu..%llu", (unsigned long long)first,
+				(unsigned long long)(first + n - 1));
 	return w->run;
 }
 

@@ -75,7 +75,8 @@ void wr_source_drop(void *src, uint32_t worker, const struct proto_desc *d);
  * fails the stage if the guest changed, returns otherwise. */
 void wr_source_after_failure(struct wr_source *src);
 
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src);
+/* state_fd: the VMM's device state to store in the snapshot, or -1. */
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int state_fd);
 /* The migrate mode's named arguments (stage/stage.h), before anything is
  * opened; returns whether a pre-shared key comes on WRITER_FD_PSK. */
 bool wr_sink_net_args(void);

@@ -3,7 +3,7 @@
  * (writer/wr_sink_file.c) or a pageferry receiver's channels
  * (writer/wr_sink_net.c).
  *
- * argv: pageferry-writer --mode=snapshot
+ * argv: pageferry-writer --mode=snapshot [--device-state]
  *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile --tls=none|psk|x509
  *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS
  *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
@@ -11,6 +11,8 @@
  * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
+ *                7 + 3W with --device-state: the VMM's device state, stored
+ *                after the page data (protocol/proto_snapfile.h)
  *      migrate:  5 TLS credentials: the key file or the X.509 directory (with --tls)
  *                6 socket to the front end, for the commit decision
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
@@ -271,19 +273,22 @@ int main(int argc, char **argv)
 	stage_set_name("writer", -1);
 	stage_tie_to_supervisor();
 	stage_args(argc, argv,
-		   "pageferry-writer --mode=snapshot | --mode=migrate --to=HOST:PORT --channels=N "
+		   "pageferry-writer --mode=snapshot [--device-state] | --mode=migrate --to=HOST:PORT --channels=N "
 		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
 		   "--io-timeout-ms=MS");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
 	bool tls = migrate && wr_sink_net_args();
 	w.rounds = migrate && wr_sink_net_rounds();
+	bool device_state = !migrate && stage_arg_flag("device-state");
 	stage_args_done();
 	src->round = 1;
 	stage_attach_segment(&src->seg);
 	src->n_workers = src->seg.geo.n_workers;
 	static const int no_creds[] = { WRITER_FD_CREDS };
-	stage_close_inherited_fds(WRITER_FD_ARENA(src->n_workers - 1, src->n_workers), no_creds, migrate && !tls);
+	stage_close_inherited_fds(device_state ? WRITER_FD_STATE(src->n_workers)
+					       : WRITER_FD_ARENA(src->n_workers - 1, src->n_workers),
+				  no_creds, migrate && !tls);
 	src->geo = (struct proto_geometry){ .page_size = src->seg.geo.page_size,
 					    .max_run_pages = src->seg.geo.max_run_pages,
 					    .guest_pages = src->seg.geo.guest_pages };
@@ -300,7 +305,9 @@ int main(int argc, char **argv)
 	if (migrate)
 		wr_sink_net_init(&w.sink, src, &max_fd);
 	else
-		wr_sink_file_init(&w.sink, src);
+		wr_sink_file_init(&w.sink, src, device_state ? WRITER_FD_STATE(src->n_workers) : -1);
+	if (device_state)
+		close(WRITER_FD_STATE(src->n_workers)); /* copied into the snapshot */
 	stage_lockdown(SB_ROLE_WRITER, max_fd, !migrate);
 	stage_stat_set(src->stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 

@@ -124,12 +124,18 @@ static int model_header(const uint8_t *b, uint64_t file_size)
 {
 	if (memcmp(b, "PGFERRY\x1a", 8) != 0 || get_le32(b + 8) != 2 || get_le32(b + 124) != proto_crc32c(0, b, 124))
 		return 0;
-	for (int k = 112; k < 124; k++)
+	for (int k = 120; k < 124; k++)
 		if (b[k])
 			return 0;
+	/* flags: bit 0 says a device state of 1 B..64 MiB follows the pages;
+	 * without it, its length and CRC are 0. */
+	uint32_t flags = get_le32(b + 20), state_len = get_le32(b + 112), state_crc = get_le32(b + 116);
+	if (flags > 1 || (flags == 0 && (state_len || state_crc)) ||
+	    (flags == 1 && (state_len == 0 || state_len > 64u << 20)))
+		return 0;
 	uint32_t page = get_le32(b + 16);
 	uint64_t guest = get_le64(b + 24), n = get_le64(b + 32), bitmap_len = (n + 63) / 64 * 8;
-	if (get_le32(b + 12) != PROTO_SNAP_COMPLETE || get_le32(b + 20) != 0 || (page != 4096 && page != 2u << 20))
+	if (get_le32(b + 12) != PROTO_SNAP_COMPLETE || (page != 4096 && page != 2u << 20))
 		return 0;
 	if (n < 1 || (unsigned __int128)n * page > (unsigned __int128)1 << 46 || guest != n * page)
 		return 0;
@@ -138,7 +144,7 @@ static int model_header(const uint8_t *b, uint64_t file_size)
 	    get_le64(b + 56) != data)
 		return 0;
 	uint64_t present = get_le64(b + 64), count = get_le64(b + 104);
-	return present <= n && count <= present && file_size >= 4096 && file_size >= data + guest;
+	return present <= n && count <= present && file_size >= 4096 && file_size >= data + guest + state_len;
 }
 
 /* In the order proto_snapfile.h gives: checksum, bits past the last page,

@@ -396,10 +396,15 @@ class Guest:
             self._qmp = QMP(self.qmp_path)
         return self._qmp
 
-    def kill(self):
+    def close_qmp(self):
+        """Hang up this guest's QMP connection: QEMU serves one client at a
+        time, so a test closes its own before pageferry connects."""
         if self._qmp:
             self._qmp.close()
             self._qmp = None
+
+    def kill(self):
+        self.close_qmp()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -413,6 +418,11 @@ class Guest:
             except (OSError, EOFError, QMPError, AssertionError, subprocess.TimeoutExpired):
                 pass
         self.kill()
+
+
+def require_qemu():
+    if shutil.which(QEMU) is None:
+        unavailable(f"{QEMU} is not installed (qemu-system-x86 from bookworm-backports)")
 
 
 def qemu_command(ram, kernel_path, initrd, qmp, serial, backend="file", incoming=False, paused=False,
@@ -436,8 +446,7 @@ def qemu_command(ram, kernel_path, initrd, qmp, serial, backend="file", incoming
                "memfd": f"memory-backend-memfd,id=ram,size={size},share=on"}[backend]
         mem = ["-m", size, "-object", obj]
         machine = "q35,memory-backend=ram"
-    if shutil.which(QEMU) is None:
-        unavailable(f"{QEMU} is not installed (qemu-system-x86 from bookworm-backports)")
+    require_qemu()
     cmd = [QEMU, "-accel", "tcg", "-machine", machine] + mem + [
         "-kernel", kernel_path, "-initrd", initrd, "-append", CMDLINE,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -28,8 +28,9 @@ WORKERS = 2
 HOOK = {"PAGEFERRY_TEST_HOOK": "locked:stop"}
 NOBODY = pwd.getpwnam("nobody")
 SOURCE_STAGES = ("pageferry-scanner", "pageferry-worker", "pageferry-writer")
-# Source stages that map the guest (the scanner only looks for its extents).
-MAPS_GUEST = ("pageferry-worker", "pageferry-writer")
+# Source stages that map the guest (the scanner only looks for its extents,
+# the workers read it with pread).
+MAPS_GUEST = ("pageferry-writer",)
 ZERO_CAPS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 CAP_SYS_RESOURCE = 24
 

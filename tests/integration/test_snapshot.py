@@ -164,6 +164,40 @@ class BadInput(Workspace):
             f.write(hdr)
         self.assertIn("snapshot is incomplete", self.restore_error(snap))
 
+    def with_device_state(self, snap, state):
+        """SNAP as snapshot --qmp would write it (doc/formats.md): the state
+        after the page data, its flag, length and CRC in the header."""
+        with open(snap, "r+b") as f:
+            hdr = bytearray(f.read(128))
+            data_offset, guest_size = struct.unpack_from("<Q", hdr, 56)[0], struct.unpack_from("<Q", hdr, 24)[0]
+            f.seek(data_offset + guest_size)
+            f.write(state)
+            struct.pack_into("<I", hdr, 20, 1)  # DEVICE_STATE
+            struct.pack_into("<II", hdr, 112, len(state), crc32c(state))
+            struct.pack_into("<I", hdr, 124, crc32c(bytes(hdr[:124])))
+            f.seek(0)
+            f.write(hdr)
+        return data_offset + guest_size
+
+    def test_device_state_checked(self):
+        # check and restore verify the section's CRC; one flipped byte is
+        # refused by name, and restore then writes nothing.
+        snap = self.good_snapshot()
+        at = self.with_device_state(snap, os.urandom(5000))
+        self.assertEqual(pf("check", snap).returncode, 0)
+        with open(snap, "r+b") as f:
+            f.seek(at + 4321)
+            b = f.read(1)
+            f.seek(at + 4321)
+            f.write(bytes([b[0] ^ 1]))
+        r = pf("check", snap)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.strip(), "pageferry check: pageferry-restore: snapshot refused: snapshot "
+                                           "device state does not match its checksum")
+        self.assertIn("device state does not match its checksum", self.restore_error(snap))
+        os.truncate(snap, at + 4999)
+        self.assertIn("truncated", self.restore_error(snap))
+
     def test_not_a_snapshot(self):
         snap = self.disk_path("junk.pfs")
         with open(snap, "wb") as f:

@@ -1,0 +1,224 @@
+"""snapshot --qmp and restore --qmp: pageferry drives a QEMU over QMP
+(doc/qemu.md).  QEMU keeps guest RAM in a shared memory-backend-file;
+pageferry moves that file and QEMU moves only its device state, with
+x-ignore-shared leaving the file's RAM out of QEMU's stream.
+
+Decisions:
+- The guest is stopped before the device state is taken and the RAM is
+  read, and resumed on any failure if it was running: a snapshot never
+  leaves a running guest stopped.
+- x-ignore-shared is set back to what it was once the state is taken: a
+  later migration of this QEMU by other means would otherwise leave its RAM
+  behind.
+- The destination gets its device state only once its RAM is whole, is
+  never resumed unless QEMU reports the load completed, and a QEMU whose
+  load failed is left as it is (it refuses a second incoming migration:
+  the user restarts it).
+- Everything QEMU says goes through pf_qmp, which checks it field by field.
+"""
+import os
+import threading
+import time
+
+import pf_abi
+import pf_jobs
+import pf_qmp
+from pf_jobs import JobError
+
+STATE_FD_NAME = "pageferry-state"
+MIGRATE_TIMEOUT = 60.0  # the device state is a few hundred KiB
+
+
+def guest_ram(qmp):
+    """The mem-path of QEMU's one RAM backend, after checking it is a file
+    pageferry can move; refusals name the backend and say what to use."""
+    blocks = pf_qmp.ram_blocks(qmp)
+    where = f"QEMU at {qmp.where}"
+    if len(blocks) != 1:
+        raise JobError(f"{where} has {len(blocks)} RAM backends ({', '.join(b['id'] for b in blocks)}): "
+                       "pageferry moves a guest whose RAM is one memory-backend-file "
+                       "(-machine memory-backend=ID)")
+    b = blocks[0]
+    if b["type"] != "memory-backend-file":
+        raise JobError(f"{where}: RAM backend {b['id']} is {b['type']}, whose RAM pageferry cannot reach; "
+                       f"use -object memory-backend-file,id={b['id']},share=on,mem-path=FILE")
+    if not b["share"]:
+        raise JobError(f"{where}: RAM backend {b['id']} has share=off: QEMU keeps its RAM private and would "
+                       "move it itself; use share=on")
+    if b["offset"]:
+        raise JobError(f"{where}: RAM backend {b['id']} starts at offset {b['offset']} of {b['mem_path']}: "
+                       "pageferry moves whole files (offset=0)")
+    try:
+        st = os.stat(b["mem_path"])
+    except OSError as e:
+        raise JobError(f"{where}: RAM backend {b['id']}: cannot stat {b['mem_path']}: {e.strerror}")
+    if not os.path.isfile(b["mem_path"]) or st.st_size != b["size"]:
+        raise JobError(f"{where}: RAM backend {b['id']}: {b['mem_path']} is not a regular file of "
+                       f"{b['size']} bytes (mem-path must name the file itself)")
+    return b["mem_path"]
+
+
+def run_state(qmp):
+    r = qmp.execute("query-status")
+    if not isinstance(r, dict) or not isinstance(r.get("status"), str):
+        raise JobError(f"QEMU at {qmp.where}: query-status: no status")
+    return r["status"][:40]
+
+
+def _ignore_shared(qmp, on):
+    """Set x-ignore-shared; returns what it was."""
+    caps = qmp.execute("query-migrate-capabilities")
+    was = any(isinstance(c, dict) and c.get("capability") == "x-ignore-shared" and c.get("state") is True
+              for c in (caps if isinstance(caps, list) else []))
+    if was != on:
+        qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": on}])
+    return was
+
+
+def _pump(fn, what, errors):
+    def run():
+        try:
+            fn()
+        except OSError as e:
+            errors.append(f"{what}: {e.strerror or e}")
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _check_migration(qmp, what):
+    r = pf_qmp.wait_migration(qmp, MIGRATE_TIMEOUT)
+    if r["status"] != "completed":
+        desc = r.get("error-desc") if isinstance(r.get("error-desc"), str) else ""
+        raise JobError(f"QEMU at {qmp.where}: {what} {r['status'][:40]}{': ' + desc[:300] if desc else ''}")
+
+
+def save_state(qmp):
+    """QEMU's device state, without the RAM of shared file backends: a
+    migration to a pipe we read to its end."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    chunks, errors = [], []
+
+    def read_all():
+        while True:
+            b = os.read(r, 1 << 20)
+            if not b:
+                return
+            chunks.append(b)
+            if sum(map(len, chunks)) > pf_abi.SNAP_STATE_MAX:
+                raise OSError(0, f"more than {pf_abi.SNAP_STATE_MAX} bytes")
+
+    try:
+        qmp.execute_args("getfd", {"fdname": STATE_FD_NAME}, fds=[w])
+        os.close(w)
+        w = -1
+        t = _pump(read_all, "reading QEMU's device state", errors)
+        qmp.execute("migrate", uri=f"fd:{STATE_FD_NAME}")
+        _check_migration(qmp, "saving the device state:")
+        t.join(MIGRATE_TIMEOUT)
+        if t.is_alive() or errors:
+            raise JobError(f"QEMU at {qmp.where}: " + (errors[0] if errors else "the device state never ended"))
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    state = b"".join(chunks)
+    if not state:
+        raise JobError(f"QEMU at {qmp.where} saved an empty device state")
+    return state
+
+
+def load_state(qmp, state):
+    """Feed the device state to a QEMU waiting with -incoming defer, and
+    wait until it has loaded it (query-migrate completed, status paused)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    errors = []
+
+    def write_all():
+        try:
+            view = memoryview(state)
+            while view:
+                view = view[os.write(w, view):]
+        finally:
+            os.close(w)
+
+    try:
+        qmp.execute_args("getfd", {"fdname": STATE_FD_NAME}, fds=[r])
+        os.close(r)
+        r = -1
+        t = _pump(write_all, "feeding QEMU the device state", errors)
+        qmp.execute("migrate-incoming", uri=f"fd:{STATE_FD_NAME}", **{"exit-on-error": False})
+        _check_migration(qmp, "loading the device state:")
+        t.join(MIGRATE_TIMEOUT)
+        if errors:
+            raise JobError(f"QEMU at {qmp.where}: {errors[0]}")
+    finally:
+        if r >= 0:
+            os.close(r)
+    status = run_state(qmp)
+    if status != "paused":
+        raise JobError(f"QEMU at {qmp.where}: after loading the device state its status is {status}, not paused")
+
+
+def resume(qmp):
+    qmp.execute("cont")
+    qmp.wait_event("RESUME", timeout=10)
+
+
+def snapshot(ctx, qmp_path, out, workers):
+    with pf_qmp.QMP(qmp_path) as qmp:
+        ram = guest_ram(qmp)
+        status = run_state(qmp)
+        if status not in ("running", "paused", "postmigrate"):
+            raise JobError(f"QEMU at {qmp.where} is {status}: pageferry snapshots a guest that runs or is paused")
+        was_running = status == "running"
+        stopped = None
+        resumed = False
+        try:
+            was_ignoring = _ignore_shared(qmp, True)
+            if was_running:
+                qmp.execute("stop")
+                stopped = time.monotonic()
+                qmp.wait_event("STOP", timeout=10)
+            try:
+                state = save_state(qmp)
+            finally:
+                _ignore_shared(qmp, was_ignoring)
+
+            def finish(summary):
+                nonlocal resumed
+                if was_running:
+                    resume(qmp)
+                    resumed = True
+                summary.update(qmp=qmp_path, downtime_ms=round((time.monotonic() - stopped) * 1000)
+                               if stopped else None)
+
+            pf_jobs.snapshot(ctx, ram, out, workers, device_state=state, finish=finish)
+        except BaseException:
+            if was_running and not resumed:
+                try:
+                    resume(qmp)
+                except (JobError, OSError):
+                    pass  # the first failure is the one to report
+            raise
+
+
+def restore(ctx, snap, qmp_path, workers, resume_guest=True):
+    with pf_qmp.QMP(qmp_path) as qmp:
+        status = run_state(qmp)
+        if status != "inmigrate":
+            raise JobError(f"QEMU at {qmp.where} is {status}, not waiting for a migration: start it with "
+                           "-incoming defer (and the same command line as the guest's)")
+        ram = guest_ram(qmp)
+        state = pf_jobs.device_state(ctx, snap)
+        began = time.monotonic()
+
+        def finish(summary):
+            _ignore_shared(qmp, True)
+            load_state(qmp, state)
+            if resume_guest:
+                resume(qmp)
+            summary.update(qmp=qmp_path, device_state_bytes=len(state), resumed=resume_guest,
+                           load_ms=round((time.monotonic() - began) * 1000))
+
+        pf_jobs.restore(ctx, snap, ram, workers, in_place=True, finish=finish)

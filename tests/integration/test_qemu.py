@@ -1,0 +1,289 @@
+#!/usr/bin/python3
+"""pageferry driving a real QEMU over QMP (issue 15): `snapshot --qmp` and
+`restore --qmp` of a booted guest (tests/integration/qemu_guest.py: Debian's
+cloud kernel, a busybox initramfs, QEMU 10 under TCG, 256 MiB of RAM in a
+shared memory-backend-file).
+
+- A running guest is snapshotted and keeps running; restored into a fresh
+  QEMU started with -incoming defer, it continues where it was stopped: its
+  counter goes on from the snapshot's value, the checksum of its 64 MiB of
+  random bytes still matches, and it keeps running. --no-resume leaves the
+  destination paused until the test resumes it.
+- Refusals, each with its one-line message: RAM QEMU would put in its own
+  stream (memory-backend-memfd, share=off), two RAM backends, a snapshot
+  without device state, a destination QEMU not waiting for an incoming
+  migration. A refused snapshot leaves the guest as it was (a running one
+  keeps running), a refused restore leaves the destination QEMU and its RAM
+  untouched.
+
+Each guest boot costs ~5 s under TCG, so one booted source and its snapshot
+serve every restore test (setUpClass); the refusals that need no running
+guest use QEMUs started with -S, which never boot. No timing is asserted:
+waits are bounded, and what is checked is what the guests print."""
+import hashlib
+import json
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import pftest  # noqa: E402
+import qemu_guest  # noqa: E402
+from pftest import DISK, SHM, pf  # noqa: E402
+from qemu_guest import start_guest  # noqa: E402
+
+RAM_BYTES = qemu_guest.RAM_MIB << 20
+
+
+def status(guest):
+    """QEMU's run state (query-status), asked on the test's own QMP
+    connection, which is closed again: pageferry needs the socket next."""
+    try:
+        return guest.qmp().status()
+    finally:
+        guest.close_qmp()
+
+
+def digest(path):
+    """SHA-256 of a guest RAM file (sparse: holes read as zeros quickly)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Base(pftest.Workspace):
+    def initrd(self):
+        return qemu_guest.build_initramfs(self.path("initrd.gz"))
+
+    def assert_refused(self, r, command, *words):
+        """Exit 1 and one line on stderr, from `command`, naming words."""
+        self.assertEqual(r.returncode, 1, f"stdout: {r.stdout} stderr: {r.stderr}")
+        self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
+        self.assertTrue(r.stderr.startswith(f"pageferry {command}: "), r.stderr)
+        for w in words:
+            self.assertIn(w, r.stderr)
+
+
+class SnapshotRestore(Base):
+    """One booted source, snapshotted once while running; the tests restore
+    that snapshot into fresh destination QEMUs."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        shm = cls.class_tempdir(SHM)
+        cls.class_env = dict(os.environ, PAGEFERRY_RUN_DIR=cls.class_tempdir(None))
+        cls.initrd_path = qemu_guest.build_initramfs(os.path.join(shm, "initrd.gz"))
+        cls.source = start_guest(shm, "src", os.path.join(shm, "src.ram"), cls.initrd_path)
+        cls.addClassCleanup(cls.source.kill)
+        cls.source.wait_ready()
+        # Far enough past 0 that a destination that rebooted (counting from
+        # 0 again) cannot pass for one that continued.
+        cls.source.wait_for_counter(3)
+        cls.snap = os.path.join(cls.class_tempdir(DISK), "src.pfs")
+        # The counter k the guest had printed last when pageferry stopped it
+        # is unknown to the test: the guest is resumed afterwards and counts
+        # on (stopping it later through the test's QMP would not tell k
+        # either). It is bracketed instead: lo was printed before the
+        # command began, so lo <= k; once the command has returned, the
+        # console file holds every line up to k except, at most, line k
+        # itself, whose tail may have been in the UART's FIFO at `stop`
+        # (those bytes travel in the device state and are sent after
+        # `cont`; lines are 0.3 s apart, so only one can be unfinished):
+        # k <= hi + 1. A correct destination prints k + 1 first; one
+        # restored from an older state, or rebooted, starts at or below lo.
+        cls.lo = cls.source.last_counter()
+        cls.snapshot_run = pf("snapshot", "--qmp", cls.source.qmp_path, "--out", cls.snap, "--json",
+                              env=cls.class_env)
+        cls.hi = cls.source.last_counter()
+
+    def snapshot_summary(self):
+        r = self.snapshot_run
+        self.assertEqual(r.returncode, 0, f"pageferry snapshot --qmp: {r.stderr.strip()}")
+        return json.loads(r.stdout)
+
+    def destination(self, name):
+        """A fresh QEMU with the source's command line plus -incoming defer,
+        its RAM file its own; QMP up and "inmigrate" before pageferry
+        connects (pageferry does not retry a socket not yet listening)."""
+        self.snapshot_summary()
+        g = start_guest(self.shm, name, self.path(f"{name}.ram"), self.initrd_path, procs=self.procs,
+                        incoming=True)
+        self.assertEqual(status(g), "inmigrate")
+        return g
+
+    def restore(self, guest, *args):
+        r = pf("restore", self.snap, "--qmp", guest.qmp_path, "--json", *args, env=self.env)
+        self.assertEqual(r.returncode, 0, f"pageferry restore --qmp: {r.stderr.strip()}")
+        s = json.loads(r.stdout)
+        self.assertEqual(s["device_state_bytes"], self.snapshot_summary()["device_state_bytes"])
+        return s
+
+    def assert_continues(self, dest, sums=2):
+        """dest, running, goes on from the source's state at the snapshot:
+        its first counter is k + 1 (see setUpClass for the bracket), its
+        counters and the source's up to k form one unbroken sequence, its
+        region checksums are OK and equal the source's reference sum, and
+        it keeps counting."""
+        checks = dest.wait_for_sums(sums)
+        seq = dest.counters()
+        self.assertTrue(seq, "the destination printed no counter")
+        first = seq[0]
+        self.assertGreater(first, self.lo, f"the destination started at {first}, before the snapshot")
+        self.assertLessEqual(first, self.hi + 2, f"the destination started at {first}, after the snapshot")
+        self.assertTrue(qemu_guest.is_consecutive(seq), seq)
+        # The source runs on and prints k as well (the test of that is
+        # test_source_keeps_running); up to k it is the destination's past.
+        self.source.wait_for_counter(first - 1)
+        src = self.source.counters()
+        self.assertIn(first - 1, src)
+        joined = src[:src.index(first - 1) + 1] + seq
+        self.assertTrue(qemu_guest.is_consecutive(joined), joined)
+        sum0 = self.source.sum0()
+        self.assertEqual(checks, [("OK", sum0)] * len(checks))
+        dest.wait_for_counter(seq[-1] + 3)
+        self.assertEqual(status(dest), "running")
+
+    def test_snapshot_summary(self):
+        s = self.snapshot_summary()
+        self.assertEqual(s["qmp"], self.source.qmp_path)
+        self.assertIsInstance(s["device_state_bytes"], int)
+        self.assertGreater(s["device_state_bytes"], 0)
+        # The guest was running: stop to cont is the downtime, a number.
+        self.assertIsInstance(s["downtime_ms"], (int, float))
+        self.assertNotIsInstance(s["downtime_ms"], bool)
+        self.assertGreaterEqual(s["downtime_ms"], 0)
+        self.assertEqual(s["guest_bytes"], RAM_BYTES)
+        self.assertTrue(os.path.exists(self.snap))
+
+    def test_source_keeps_running(self):
+        """pageferry resumed the source it had stopped: it counts on, and
+        its region is intact."""
+        self.snapshot_summary()
+        self.assertEqual(status(self.source), "running")
+        self.source.wait_for_counter(self.hi + 3)
+        n = len(self.source.wait_for_sums(1))
+        checks = self.source.wait_for_sums(n + 1)
+        self.assertEqual(checks, [("OK", self.source.sum0())] * len(checks))
+
+    def test_failed_snapshot_resumes_the_guest(self):
+        """A snapshot that fails after pageferry stopped the guest (here:
+        its file cannot be created) resumes it and leaves no snapshot."""
+        self.snapshot_summary()
+        out = os.path.join(self.disk, "no-such-dir", "x.pfs")
+        r = pf("snapshot", "--qmp", self.source.qmp_path, "--out", out, env=self.env)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(r.stderr.strip(), f"pageferry snapshot: cannot create snapshot {out}.pf-partial: "
+                                           "No such file or directory")
+        self.assertEqual(status(self.source), "running")
+        now = self.source.last_counter()
+        self.source.wait_for_counter(now + 2)
+
+    def test_restore_continues_where_source_stopped(self):
+        dest = self.destination("dst")
+        s = self.restore(dest)
+        self.assertIs(s["resumed"], True)
+        self.assert_continues(dest)
+
+    def test_restore_no_resume_then_snapshot_of_paused_guest(self):
+        """--no-resume: the destination is loaded but paused until the
+        test's `cont`. Before that, a `snapshot --qmp` of the paused guest
+        reports no downtime and leaves it paused."""
+        dest = self.destination("dst2")
+        s = self.restore(dest, "--no-resume")
+        self.assertIs(s["resumed"], False)
+        self.assertEqual(status(dest), "paused")
+        self.assertEqual(dest.qmp().execute("query-migrate").get("status"), "completed")
+        dest.close_qmp()
+
+        again = self.disk_path("dst2.pfs")
+        r = pf("snapshot", "--qmp", dest.qmp_path, "--out", again, "--json", env=self.env)
+        self.assertEqual(r.returncode, 0, f"pageferry snapshot --qmp (paused guest): {r.stderr.strip()}")
+        s = json.loads(r.stdout)
+        self.assertIsNone(s["downtime_ms"])
+        self.assertGreater(s["device_state_bytes"], 0)
+        # After an outgoing migration QEMU says "postmigrate" rather than
+        # "paused"; either way the guest does not run.
+        self.assertIn(status(dest), ("paused", "postmigrate"))
+
+        dest.qmp().execute("cont")
+        dest.qmp().wait_event("RESUME")
+        dest.close_qmp()
+        self.assert_continues(dest, sums=1)
+
+    def test_restore_needs_incoming_defer(self):
+        """A QEMU not waiting for an incoming migration (here one started
+        with -S) is refused before its RAM is written."""
+        self.snapshot_summary()
+        dest = start_guest(self.shm, "noinc", self.path("noinc.ram"), self.initrd_path, procs=self.procs,
+                           paused=True)
+        self.assertEqual(status(dest), "prelaunch")
+        before = digest(dest.ram)
+        r = pf("restore", self.snap, "--qmp", dest.qmp_path, env=self.env)
+        self.assert_refused(r, "restore", "-incoming defer")
+        self.assertEqual(status(dest), "prelaunch")
+        self.assertEqual(digest(dest.ram), before, "the refused restore wrote the destination's RAM")
+
+    def test_restore_refuses_snapshot_without_device_state(self):
+        """A .pfs from plain `snapshot --guest` holds RAM only: restoring it
+        with --qmp is refused and the waiting QEMU is left as it was."""
+        ram = self.path("plain.ram")
+        pf("mkguest", "random", f"{qemu_guest.RAM_MIB}M", ram, check=0)
+        plain = self.disk_path("plain.pfs")
+        pf("snapshot", "--guest", ram, "--out", plain, check=0)
+        dest = self.destination("dst3")
+        before = digest(dest.ram)
+        r = pf("restore", plain, "--qmp", dest.qmp_path, env=self.env)
+        self.assert_refused(r, "restore", "no device state")
+        self.assertEqual(status(dest), "inmigrate")
+        self.assertEqual(digest(dest.ram), before, "the refused restore wrote the destination's RAM")
+
+
+class SnapshotRefusals(Base):
+    """RAM that pageferry cannot move beside QEMU's own stream is refused
+    before the guest is stopped."""
+
+    def refuse(self, backend, *words, boot=False):
+        """snapshot --qmp of a guest with this backend: refused naming
+        words, nothing written; the guest's run state unchanged. A booted
+        guest must also go on counting."""
+        g = start_guest(self.shm, backend, self.path(f"{backend}.ram"), self.initrd(), procs=self.procs,
+                        backend=backend, paused=not boot)
+        if boot:
+            g.wait_ready()
+        state = status(g)
+        out = self.disk_path(f"{backend}.pfs")
+        r = pf("snapshot", "--qmp", g.qmp_path, "--out", out, env=self.env)
+        self.assert_refused(r, "snapshot", *words)
+        self.assert_no_output(out)
+        self.assertEqual(status(g), state)
+        if boot:
+            g.wait_for_counter(g.last_counter() + 3)
+
+    def test_memfd_backend(self):
+        # Booted: the one refusal that also shows the guest still running.
+        self.refuse("memfd", "memory-backend-memfd", "memory-backend-file", boot=True)
+
+    def test_file_backend_without_share(self):
+        self.refuse("file-private", "share=off", "share=on")
+
+    def test_two_ram_backends(self):
+        self.refuse("numa2", "ram0", "ram1")
+
+
+def prerequisites():
+    """QEMU, the kernel and busybox, or a skip (a failure under CI)."""
+    qemu_guest.require_qemu()
+    qemu_guest.kernel()
+    qemu_guest.busybox()
+
+
+if __name__ == "__main__":
+    try:
+        prerequisites()
+    except unittest.SkipTest as e:
+        print(f"SKIP: {e}")
+        sys.exit(77)
+    unittest.main(verbosity=2)
