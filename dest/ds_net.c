@@ -200,24 +200,11 @@ static void place_failed(struct ds_net *r, int rc, uint64_t off, uint64_t len)
 	     ds_place_why(&r->place, rc));
 }
 
-/* The len bytes of pages that go to [off, off + len), through the channel's
- * payload buffer a chunk at a time: each chunk is checksummed while it is in
- * cache and written once (dest/ds_place.h says why not straight into a
- * mapping).  Returns the payload's CRC-32C continued from crc. */
-static uint32_t recv_pages(struct ds_net *r, uint32_t c, uint64_t off, uint64_t len, uint32_t crc, const char *what)
+static void place_or_fail(struct ds_net *r, const uint8_t *src, uint64_t off, uint64_t len)
 {
-	uint8_t *buf = r->ch[c].payload;
-	while (len) {
-		size_t n = len < DS_PAYLOAD_BYTES ? (size_t)len : DS_PAYLOAD_BYTES;
-		recv_or_fail(r, c, buf, n, what);
-		crc = proto_crc32c(crc, buf, n);
-		int rc = ds_place_write(&r->place, buf, n, off);
-		if (rc < 0)
-			place_failed(r, rc, off, n);
-		off += n;
-		len -= n;
-	}
-	return crc;
+	int rc = ds_place_write(&r->place, src, len, off);
+	if (rc < 0)
+		place_failed(r, rc, off, len);
 }
 
 /* A zstd frame goes into a free buffer of an inflater, which places its
@@ -276,20 +263,25 @@ static void place_sparse(struct ds_net *r, uint32_t c, const struct proto_packet
 	if (err != PROTO_OK)
 		fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)r->ch[c].seq,
 		     proto_strerror(err));
-	uint32_t crc = proto_crc32c(0, bitmap, bitmap_len);
+	/* The present pages come back to back: one receive into the channel's
+	 * payload buffer, checked there, then written run by run
+	 * (dest/ds_place.h says why not straight into a mapping). */
+	uint8_t *data = r->ch[c].payload;
+	recv_or_fail(r, c, data, p->payload_len - bitmap_len, "sparse pages");
+	payload_checked(r, c, p, proto_crc32c(proto_crc32c(0, bitmap, bitmap_len), data, p->payload_len - bitmap_len));
 	for (uint32_t k = 0; k < p->n_pages;) {
 		int present = proto_sparse_bit(bitmap, k);
 		uint32_t end = k + 1;
 		while (end < p->n_pages && proto_sparse_bit(bitmap, end) == present)
 			end++;
-		if (present)
-			crc = recv_pages(r, c, (p->first_page + k) * page, (uint64_t)(end - k) * page, crc,
-					 "sparse pages");
-		else
+		if (present) {
+			place_or_fail(r, data, (p->first_page + k) * page, (uint64_t)(end - k) * page);
+			data += (size_t)(end - k) * page;
+		} else {
 			zero_pages(r, p->round, p->first_page + k, end - k);
+		}
 		k = end;
 	}
-	payload_checked(r, c, p, crc);
 }
 
 /* One packet from channel c. */
@@ -325,7 +317,10 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
 	if (p.encoding == PROTO_ENC_RAW) {
-		payload_checked(r, c, &p, recv_pages(r, c, p.first_page * r->geo.page_size, p.payload_len, 0, "raw pages"));
+		/* Into the channel's payload buffer, checked there, written once. */
+		recv_or_fail(r, c, ch->payload, p.payload_len, "raw pages");
+		payload_checked(r, c, &p, proto_crc32c(0, ch->payload, p.payload_len));
+		place_or_fail(r, ch->payload, p.first_page * r->geo.page_size, p.payload_len);
 	} else if (p.encoding == PROTO_ENC_ZSTD) {
 		place_zstd(r, c, &p);
 	} else if (p.encoding == PROTO_ENC_SPARSE) {

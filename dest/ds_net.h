@@ -21,9 +21,6 @@
 
 #define DS_STAGING_BYTES (256u << 10)
 #define DS_READAHEAD (16u << 10) /* staged by one recv when a header is needed */
-/* Pages pass through this much of a buffer at a time: checksummed while
- * in cache, then written (dest/ds_place.h). */
-#define DS_PAYLOAD_BYTES (256u << 10)
 
 struct ds_channel {
 	struct net_conn conn;
@@ -33,7 +30,7 @@ struct ds_channel {
 	/* Bytes received ahead: many small packets per recv.  [start, fill). */
 	uint8_t *staging;
 	uint32_t start, fill;
-	uint8_t *payload;	/* DS_PAYLOAD_BYTES */
+	uint8_t *payload;	/* a run's bytes: a RAW or SPARSE payload's pages, checked before written */
 	uint64_t seq, pages, payload_bytes;
 	uint32_t crc_of_crcs;
 };

@@ -171,7 +171,7 @@ static void accept_data(struct session *s, uint32_t k)
 	ch->conn = p->conn;
 	ch->round = 1;
 	ch->staging = malloc(DS_STAGING_BYTES);
-	ch->payload = malloc(DS_PAYLOAD_BYTES);
+	ch->payload = malloc((size_t)r->geo.max_run_pages * r->geo.page_size);
 	if (!ch->staging || !ch->payload)
 		stage_die_errno(-ENOMEM, "the buffers of data channel %u", p->h.channel_id);
 	s->n_data++;
