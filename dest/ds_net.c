@@ -12,7 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dio/dio_sync.h"
 #include "net/net_socket.h"
+#include "protocol/proto_state.h"
 #include "protocol/proto_crc32c.h"
 #include "dest/ds_commit.h"
 #include "stage/stage.h"
@@ -425,6 +427,30 @@ static void *channel_thread(void *arg)
 	}
 	ds_live_thread_end();
 	return NULL;
+}
+
+void ds_net_receive_state(struct ds_net *r, int out_fd)
+{
+	uint8_t header[PROTO_STATE_HEADER_SIZE];
+	struct proto_state_header h;
+	int rc = net_conn_recv_all(&r->main, header, sizeof(header));
+	if (rc < 0)
+		stage_die_errno(rc, "main channel: receiving the device state from %s", r->peer);
+	enum proto_err err = proto_state_header_decode(header, &h);
+	if (err != PROTO_OK)
+		fail(r, err, "main channel: the device state: %s", proto_strerror(err));
+	uint8_t *state = malloc(h.length);
+	if (!state)
+		stage_die_errno(-ENOMEM, "allocating the device state");
+	if ((rc = net_conn_recv_all(&r->main, state, h.length)) < 0)
+		stage_die_errno(rc, "main channel: receiving the device state from %s", r->peer);
+	if (proto_crc32c(0, state, h.length) != h.crc)
+		fail(r, PROTO_E_DEVICE_STATE_CHECKSUM, "main channel: %s (corrupted in transit)",
+		     proto_strerror(PROTO_E_DEVICE_STATE_CHECKSUM));
+	if ((rc = dio_pwrite_full(out_fd, state, h.length, 0)) < 0)
+		stage_die_errno(rc, "handing the device state to the front end");
+	free(state);
+	close(out_fd);
 }
 
 void ds_net_start_threads(struct ds_net *r)

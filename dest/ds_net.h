@@ -54,6 +54,7 @@ struct ds_net {
 	struct ds_inflaters inflaters;	/* zstd frames go to them (dest/ds_inflaters.h) */
 	struct ds_place place;	/* the destination file */
 	const struct ds_inplace *inplace; /* receiving into an existing file, or NULL */
+	bool want_state;		/* receive --qmp: the sender must send a device state */
 	struct ds_suspect suspect;	/* live migrations: checksum mismatches */
 	struct shm_stats *stats;
 };
@@ -63,6 +64,10 @@ struct ds_net {
  * fail are closed and logged, and do not end the receive.  Dies with a
  * message when the real sender cannot be served.  r->io_timeout_ms must be
  * set before. */
+/* receive --qmp: the device state that follows the main handshake, read
+ * and checked, written to out_fd (then closed).  Before lock-down. */
+void ds_net_receive_state(struct ds_net *r, int out_fd);
+
 void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_tls_creds *creds,
 			   int accept_timeout_ms);
 /* How long a connection may stay silent: a little longer than --io-timeout,

@@ -196,6 +196,15 @@ static void accept_main(struct session *s, uint32_t k)
 		(void)net_channel_answer(&p->conn, NULL, PROTO_E_DEST_SIZE);
 		give_up(s, "refused main channel from %s: %s", p->peer.text, why);
 	}
+	bool sends_state = (p->h.features & PROTO_F_DEVICE_STATE) != 0;
+	if (sends_state != r->want_state) {
+		/* receive --qmp moves a whole VM, and a plain receive takes RAM only:
+		 * either way this sender's migration cannot be what the user asked. */
+		enum proto_err err = sends_state ? PROTO_E_STATE_UNWANTED : PROTO_E_STATE_MISSING;
+		(void)set_blocking(p->conn.fd);
+		(void)net_channel_answer(&p->conn, NULL, err);
+		give_up(s, "refused main channel from %s: %s", p->peer.text, proto_strerror(err));
+	}
 	if (answer(s, k, &p->h, PROTO_OK, NULL) < 0)
 		return;
 	r->hs = p->h;

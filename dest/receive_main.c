@@ -4,7 +4,7 @@
  * inflater processes (dest/inflater_main.c).
  *
  * argv: pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS
- *                         --io-timeout-ms=MS [--in-place]
+ *                         --io-timeout-ms=MS [--in-place] [--device-state]
  * fds (stage/stage_fds.h): 3 control segment (its worker count is the
  *      number of inflaters; its geometry is a placeholder until the
  *      handshake, see its destination line), 4 destination RAM file
@@ -14,7 +14,9 @@
  *      the commit socket to the front end (dest/ds_commit.h: its notices
  *      about inflaters and its commit come in, our readiness goes out),
  *      7 + i wake socket of the ring to inflater i (we produce),
- *      7 + N + i inflater i's arena (read-write).
+ *      7 + N + i inflater i's arena (read-write), 7 + 2N with --device-state
+ *      (receive --qmp): an empty memfd the sender's device state is written to,
+ *      checked, before lock-down (protocol/proto_state.h).
  *
  * TLS and our handshakes run before lock-down (they decide the
  * destination's size; dest/ds_session.c); every packet is read after it, by one thread per
@@ -29,7 +31,9 @@
 #include "dest/ds_net.h"
 #include "stage/stage.h"
 
-#define USAGE "pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS --io-timeout-ms=MS [--in-place]"
+#define USAGE                                                                                              \
+	"pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS --io-timeout-ms=MS " \
+	"[--in-place] [--device-state]"
 
 int main(int argc, char **argv)
 {
@@ -43,12 +47,14 @@ int main(int argc, char **argv)
 	int timeout_ms = (int)stage_arg_u64("accept-timeout-ms", 0, 86400000);
 	r.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
 	int in_place = stage_arg_flag("in-place");
+	r.want_state = stage_arg_flag("device-state");
 	stage_args_done();
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
 	uint32_t n_inflaters = seg.geo.n_workers;
 	static const int no_creds[] = { RECEIVE_FD_CREDS };
-	stage_close_inherited_fds(RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters), no_creds, tls != NET_TLS_NONE ? 0 : 1);
+	stage_close_inherited_fds(r.want_state ? RECEIVE_FD_STATE(n_inflaters) : RECEIVE_FD_ARENA(n_inflaters - 1, n_inflaters),
+				  no_creds, tls != NET_TLS_NONE ? 0 : 1);
 	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
 	static struct ds_inplace inplace;
 	if (in_place) {
@@ -67,6 +73,8 @@ int main(int argc, char **argv)
 		stage_die_errno(rc, "%s", why);
 	ds_inflaters_attach(&r.inflaters, &seg, r.stats);
 	ds_net_accept_session(&r, listen_addr, creds, timeout_ms);
+	if (r.want_state)
+		ds_net_receive_state(&r, RECEIVE_FD_STATE(n_inflaters));
 
 	uint64_t size = r.geo.guest_pages * r.geo.page_size;
 	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, r.geo.guest_pages);

@@ -57,8 +57,12 @@ static const char *const messages[_PROTO_E_MAX] = {
 	[PROTO_E_EXTENT_ABSENT] = "extent covers a page the bitmap does not have",
 	[PROTO_E_EXTENT_TOTAL] = "extents do not cover exactly the pages the bitmap has",
 	[PROTO_E_BUSY] = "another sender's migration to this receiver is under way",
-	[PROTO_E_DEVICE_STATE_LEN] = "snapshot header: device state length is 0 or over 64 MiB",
-	[PROTO_E_DEVICE_STATE_CHECKSUM] = "snapshot device state does not match its checksum",
+	[PROTO_E_DEVICE_STATE_LEN] = "device state length is 0 or over 64 MiB",
+	[PROTO_E_DEVICE_STATE_CHECKSUM] = "device state does not match its checksum",
+	[PROTO_E_STATE_UNWANTED] = "the sender sends a VM's device state (migrate --qmp), but the receiver takes "
+				   "RAM only (receive without --qmp)",
+	[PROTO_E_STATE_MISSING] = "the receiver needs a VM's device state (receive --qmp), but the sender sends "
+				  "RAM only (migrate without --qmp)",
 };
 
 const char *proto_strerror(enum proto_err err)

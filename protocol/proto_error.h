@@ -64,6 +64,8 @@ enum proto_err {
 	/* snapshot device state (issue 15) */
 	PROTO_E_DEVICE_STATE_LEN,
 	PROTO_E_DEVICE_STATE_CHECKSUM,
+	PROTO_E_STATE_UNWANTED,
+	PROTO_E_STATE_MISSING,
 	_PROTO_E_MAX
 };
 

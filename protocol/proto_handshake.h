@@ -38,8 +38,9 @@ enum proto_feature {
 	PROTO_F_ZSTD = 1u << 0,	/* packets may be zstd-encoded */
 	/* 1u << 1 was version 3's in-band PSK challenge: never set now */
 	PROTO_F_ROUNDS = 1u << 2,	/* live migration: several rounds */
+	PROTO_F_DEVICE_STATE = 1u << 3,	/* a VMM's device state follows the main handshake (protocol/proto_state.h) */
 };
-#define PROTO_F_KNOWN (PROTO_F_ZSTD | PROTO_F_ROUNDS)
+#define PROTO_F_KNOWN (PROTO_F_ZSTD | PROTO_F_ROUNDS | PROTO_F_DEVICE_STATE)
 
 struct proto_handshake {
 	uint8_t channel_kind;

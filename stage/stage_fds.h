@@ -48,6 +48,7 @@
 #define RECEIVE_FD_COMMIT 6	/* socket to the front end (dest/ds_commit.h) */
 #define RECEIVE_FD_RING(i) (7 + (int)(i))	/* wake socket of ring receive -> inflater i (we produce) */
 #define RECEIVE_FD_ARENA(i, n) (7 + (int)(n) + (int)(i)) /* inflater i's arena, read-write */
+#define RECEIVE_FD_STATE(n) (7 + 2 * (int)(n))	/* --device-state: the sender's device state is written here */
 
 /* pageferry-inflater (its ring has no way back: the receive stage sees what
  * was placed from the ring's head, doc/architecture.md) */

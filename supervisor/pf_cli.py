@@ -96,6 +96,15 @@ class _OneCommand:
         return self.sub.add_parser(name, **kwargs)
 
 
+def add_guest_or_qmp(p, qmp_note):
+    """What a source command moves: a guest RAM file, or a whole QEMU VM."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--guest", metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
+    src.add_argument("--qmp", metavar="SOCKET",
+                     help="a running QEMU's QMP unix socket: the whole VM (its RAM must be one "
+                          f"memory-backend-file with share=on{qmp_note})")
+
+
 def build_parser(only=None):
     """only: the command's name, when the command line starts with it."""
     p = argparse.ArgumentParser(
@@ -118,11 +127,7 @@ def build_parser(only=None):
                                    "snapshot. With --qmp, pageferry asks QEMU for its RAM file, stops the "
                                    "guest, stores QEMU's device state in the snapshot too, and resumes the "
                                    "guest if it was running (doc/qemu.md).")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--guest", metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
-    src.add_argument("--qmp", metavar="SOCKET",
-                     help="a running QEMU's QMP unix socket: the whole VM (its RAM must be one "
-                          "memory-backend-file with share=on)")
+    add_guest_or_qmp(s, "")
     s.add_argument("--out", required=True, metavar="SNAP", help="snapshot file to create (replaced on success)")
     s.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking worker processes (default: %(default)s)")
@@ -171,8 +176,11 @@ def build_parser(only=None):
                                    "changed while it was copied fails the migration. Succeeds only "
                                    "once the receiver has checked everything and committed its copy "
                                    "(a two-phase handoff); on any failure nothing is committed there and "
-                                   "a live guest runs on here.")
-    g.add_argument("--guest", required=True, metavar="FILE", help="the guest RAM file (memfd, /dev/shm, hugetlbfs)")
+                                   "a live guest runs on here. With --qmp, the whole QEMU VM: pageferry stops "
+                                   "it, sends its device state inside the same TLS session, and leaves it "
+                                   "stopped once the destination (receive --qmp) has loaded it; on any "
+                                   "failure before that it resumes it (doc/qemu.md).")
+    add_guest_or_qmp(g, "; not with --dirty-log")
     g.add_argument("--to", required=True, metavar="tcp:HOST:PORT", help="where `pageferry receive` listens")
     g.add_argument("--channels", type=positive_int, default=2, metavar="N",
                    help="data connections (default: %(default)s)")
@@ -255,16 +263,24 @@ def build_parser(only=None):
                                    "the commit. "
                                    "With --in-place, FILE is an existing RAM file of the guest's size (the "
                                    "destination VMM's, pre-allocated or not) written where it is; it is "
-                                   "marked by FILE.pf-incomplete until the transfer is complete.")
+                                   "marked by FILE.pf-incomplete until the transfer is complete. With "
+                                   "--qmp, into a QEMU started with -incoming defer: its RAM file in place, "
+                                   "then its device state from the sender (migrate --qmp), then the guest "
+                                   "runs (doc/qemu.md).")
     c.add_argument("--listen", required=True, metavar="ADDR:PORT",
                    help="address to listen on, e.g. 0.0.0.0:4444 (not loopback: needs --psk-file, --tls-creds "
                         "or --insecure)")
-    c.add_argument("--into", required=True, metavar="FILE",
-                   help="destination RAM file (replaced on success; with --in-place, overwritten)")
+    cdst = c.add_mutually_exclusive_group(required=True)
+    cdst.add_argument("--into", metavar="FILE",
+                      help="destination RAM file (replaced on success; with --in-place, overwritten)")
+    cdst.add_argument("--qmp", metavar="SOCKET",
+                      help="the QMP unix socket of a QEMU waiting with -incoming defer")
     c.add_argument("--in-place", action="store_true",
                    help="write into the existing FILE instead of creating it: its size must be the guest's; "
-                        "its pages are mapped before the sender connects, and pages that are zero at the "
-                        "source are zeroed in it")
+                        "which of its pages hold data is learned before the sender connects, and pages "
+                        "that are zero at the source are zeroed in it")
+    c.add_argument("--no-resume", action="store_true",
+                   help="with --qmp: leave the received guest paused (default: resume it)")
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="decompressing worker processes (default: %(default)s)")
     c.add_argument("--psk-file", metavar="FILE", help=PSK_HELP)
@@ -445,9 +461,17 @@ def main(stage_dirs, argv=None):
                         "max_bandwidth": args.max_bandwidth, "auto_converge": args.auto_converge,
                         "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout,
                         "pause_lease": args.pause_lease}
-            pf_migrate.migrate(ctx, args.guest, args.to, args.channels, args.compress, args.zerocopy,
-                               args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
-                               args.insecure, args.tls_creds)
+            def job(guest, device_state=None, finish=None):
+                pf_migrate.migrate(ctx, guest, args.to, args.channels, args.compress, args.zerocopy,
+                                   args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
+                                   args.insecure, args.tls_creds, device_state, finish)
+            if args.qmp and live:
+                raise pf_jobs.JobError("--qmp moves a stopped VM: it does not go with --dirty-log", 2)
+            if args.qmp:
+                import pf_qemu
+                pf_qemu.migrate(ctx, args.qmp, job)
+            else:
+                job(args.guest)
         elif args.cmd == "status":
             import pf_status
             return pf_status.status(ctx)
@@ -464,8 +488,17 @@ def main(stage_dirs, argv=None):
             return tool(ctx, "pageferry-guestsim", ["checksum", args.file])
         elif args.cmd == "receive":
             import pf_migrate
-            pf_migrate.receive(ctx, args.listen, args.into, args.workers, args.psk_file, args.accept_timeout,
-                               args.io_timeout, args.in_place, args.insecure, args.tls_creds)
+            def job(into, load_state=None, finish=None):
+                pf_migrate.receive(ctx, args.listen, into, args.workers, args.psk_file, args.accept_timeout,
+                                   args.io_timeout, args.in_place or bool(load_state), args.insecure,
+                                   args.tls_creds, load_state, finish)
+            if args.no_resume and not args.qmp:
+                raise pf_jobs.JobError("--no-resume goes with --qmp", 2)
+            if args.qmp:
+                import pf_qemu
+                pf_qemu.receive(ctx, args.qmp, job, resume_guest=not args.no_resume)
+            else:
+                job(args.into)
         elif args.cmd == "verify":
             return tool(ctx, "pageferry-verify", ["--page-size", str(args.page_size), args.a, args.b])
         elif args.cmd == "mkguest":

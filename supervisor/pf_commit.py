@@ -53,10 +53,18 @@ class Handover:
             raise OSError(0, "the receiver sent something else than its answer")
 
 
-def commit(handover, partial, into, marker):
+def commit(handover, partial, into, marker, prepare=None):
     """Commit the received copy and tell the sender. Raises JobError, with
-    nothing committed, when either cannot be done."""
+    nothing committed, when either cannot be done. prepare(): a last step
+    that may refuse the commit by raising JobError (receive --qmp: QEMU
+    loads the device state)."""
     pf_stages.test_hook("receive:before-commit")
+    if prepare:
+        try:
+            prepare()
+        except JobError:
+            _answer_failure(handover)
+            raise
     try:
         if marker:
             os.unlink(marker)

@@ -197,11 +197,7 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None):
         writer_args = ["--mode=snapshot"]
         writer_fds = {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd}
         if device_state is not None:
-            state_fd = pf_stages.memfd("pageferry-device-state", 0)
-            run.fds.append(state_fd)
-            os.write(state_fd, device_state)
-            writer_args.append("--device-state")
-            writer_fds[pf_abi.fd("writer", "state", 0, workers)] = state_fd
+            pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
         pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds)
 
         def done():

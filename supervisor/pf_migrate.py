@@ -55,7 +55,10 @@ def round_records(seg, workers):
 
 
 def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None,
-            io_timeout=30, insecure=False, tls_creds=None):
+            io_timeout=30, insecure=False, tls_creds=None, device_state=None, finish=None):
+    """device_state: a VMM's device state (bytes), sent on the main channel
+    (migrate --qmp); finish(summary): called once the destination committed,
+    before the summary is printed."""
     hostport = parse_target(to)
     pf_tls.require_authentication("--to", hostport, psk_file or tls_creds, insecure, "the receiver")
     level = parse_compress(compress)
@@ -88,6 +91,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             writer_fds[pf_abi.fd("writer", "creds")] = creds
         if level:
             writer_args.append("--zstd")
+        if device_state is not None:
+            pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
         scanner_args, scanner_fds = [], {}
         if live:
             writer_args.append("--rounds")
@@ -187,6 +192,8 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             line += (f"; live: {lv['rounds']} rounds, downtime {lv['downtime_ms']:.0f} ms "
                      f"(limit {lv['downtime_limit_ms']} ms), {lv['bytes_per_guest_byte']:.2f} bytes sent per "
                      f"guest byte; the guest stays paused here, its RAM now lives on the destination")
+        if finish:
+            finish(summary)
         pf_report.emit_summary(summary, ctx.json, line)
     finally:
         if status:
@@ -271,7 +278,12 @@ class InflaterNotices:
 
 
 def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False, insecure=False,
-            tls_creds=None):
+            tls_creds=None, load_state=None, finish=None):
+    """load_state(bytes): receive --qmp: the sender must send a device
+    state, which this is given once the RAM is whole and checked, as the
+    last step before the commit (it refuses the commit by raising
+    JobError); finish(summary): called once committed, before the summary
+    is printed."""
     pf_tls.require_authentication("--listen", listen, psk_file or tls_creds, insecure, "this address")
     partial = into + pf_jobs.PARTIAL_SUFFIX
     run = Run(ctx, "receive", 1)
@@ -301,6 +313,12 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             fds[pf_abi.fd("receive", "creds")] = creds
         if in_place:
             args.append("--in-place")
+        state_fd = None
+        if load_state:
+            state_fd = pf_stages.memfd("pageferry-device-state", 0)
+            run.fds.append(state_fd)
+            args.append("--device-state")
+            fds[pf_abi.fd("receive", "state", 0, workers)] = state_fd
         for i in range(workers):
             fds[pf_abi.fd("receive", "ring", i)] = pairs[i][0].fileno()
             fds[pf_abi.fd("receive", "arena", i, workers)] = arenas[i]
@@ -333,7 +351,11 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             notices.stopped = True
             if not commit_ours.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return  # the receiver died: the pipeline reports why
-            pf_commit.commit(pf_commit.Handover(commit_ours), partial, into, marker)
+            prepare = None
+            if load_state:
+                def prepare():
+                    load_state(os.pread(state_fd, os.fstat(state_fd).st_size, 0))
+            pf_commit.commit(pf_commit.Handover(commit_ours), partial, into, marker, prepare)
             committed.append(True)
 
         p.watch_fd(commit_ours.fileno(), on_handover)
@@ -363,6 +385,8 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
         line = (f"receive into {into}: {size / pf_report.MiB:.0f} MiB guest, {st['bytes'] / pf_report.MiB:.0f} MiB "
                 f"received in {st['packets']} packets{pf_report.replaced_text(p.replacements)}, "
                 f"{TLS_TEXT.get(tls, 'not encrypted')}; totals and checksums match")
+        if finish:
+            finish(summary)
         pf_report.emit_summary(summary, ctx.json, line)
     except JobError as e:
         if marker:

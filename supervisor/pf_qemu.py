@@ -165,15 +165,21 @@ def resume(qmp):
     qmp.wait_event("RESUME", timeout=10)
 
 
-def snapshot(ctx, qmp_path, out, workers):
+def _move(qmp_path, verb, job, resume_after):
+    """Stop the guest behind qmp_path, take its device state, and run
+    job(ram_file, state, finish) — the snapshot or the migration, which
+    calls finish(summary) once its copy is committed.  resume_after: resume
+    a guest that was running once the copy is committed (a snapshot) or
+    leave it stopped (a migration: it runs on the destination now).  On any
+    failure before that, a guest that was running is resumed."""
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = guest_ram(qmp)
         status = run_state(qmp)
         if status not in ("running", "paused", "postmigrate"):
-            raise JobError(f"QEMU at {qmp.where} is {status}: pageferry snapshots a guest that runs or is paused")
+            raise JobError(f"QEMU at {qmp.where} is {status}: pageferry {verb}s a guest that runs or is paused")
         was_running = status == "running"
         stopped = None
-        resumed = False
+        done = False
         try:
             was_ignoring = _ignore_shared(qmp, True)
             if was_running:
@@ -186,16 +192,16 @@ def snapshot(ctx, qmp_path, out, workers):
                 _ignore_shared(qmp, was_ignoring)
 
             def finish(summary):
-                nonlocal resumed
-                if was_running:
+                nonlocal done
+                if was_running and resume_after:
                     resume(qmp)
-                    resumed = True
-                summary.update(qmp=qmp_path, downtime_ms=round((time.monotonic() - stopped) * 1000)
-                               if stopped else None)
+                done = True
+                summary.update(qmp=qmp_path, device_state_bytes=len(state),
+                               downtime_ms=round((time.monotonic() - stopped) * 1000) if stopped else None)
 
-            pf_jobs.snapshot(ctx, ram, out, workers, device_state=state, finish=finish)
+            job(ram, state, finish)
         except BaseException:
-            if was_running and not resumed:
+            if was_running and not done:
                 try:
                     resume(qmp)
                 except (JobError, OSError):
@@ -203,13 +209,52 @@ def snapshot(ctx, qmp_path, out, workers):
             raise
 
 
+def snapshot(ctx, qmp_path, out, workers):
+    _move(qmp_path, "snapshot", lambda ram, state, finish: pf_jobs.snapshot(
+        ctx, ram, out, workers, device_state=state, finish=finish), resume_after=True)
+
+
+def migrate(ctx, qmp_path, migrate_job):
+    """migrate_job(ram_file, device_state, finish): pf_migrate.migrate with
+    the user's options.  The guest stays stopped here once the destination
+    has committed: downtime_ms runs from the stop to that commit, which the
+    destination's cont follows at once."""
+    _move(qmp_path, "migrate", migrate_job, resume_after=False)
+
+
+def waiting_ram(qmp):
+    """The RAM file of a QEMU waiting for an incoming migration."""
+    status = run_state(qmp)
+    if status != "inmigrate":
+        raise JobError(f"QEMU at {qmp.where} is {status}, not waiting for a migration: start it with "
+                       "-incoming defer (and the same command line as the guest's)")
+    return guest_ram(qmp)
+
+
+def receive(ctx, qmp_path, receive_job, resume_guest=True):
+    """receive_job(ram_file, load_state, finish): pf_migrate.receive into
+    QEMU's RAM file in place; load_state feeds QEMU the sender's device
+    state as the last step before the commit."""
+    with pf_qmp.QMP(qmp_path) as qmp:
+        ram = waiting_ram(qmp)
+        loaded = []
+
+        def load(state):
+            _ignore_shared(qmp, True)
+            load_state(qmp, state)
+            loaded.append(len(state))
+
+        def finish(summary):
+            if resume_guest:
+                resume(qmp)
+            summary.update(qmp=qmp_path, device_state_bytes=loaded[0], resumed=resume_guest)
+
+        receive_job(ram, load, finish)
+
+
 def restore(ctx, snap, qmp_path, workers, resume_guest=True):
     with pf_qmp.QMP(qmp_path) as qmp:
-        status = run_state(qmp)
-        if status != "inmigrate":
-            raise JobError(f"QEMU at {qmp.where} is {status}, not waiting for a migration: start it with "
-                           "-incoming defer (and the same command line as the guest's)")
-        ram = guest_ram(qmp)
+        ram = waiting_ram(qmp)
         state = pf_jobs.device_state(ctx, snap)
         began = time.monotonic()
 

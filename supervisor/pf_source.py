@@ -1,6 +1,18 @@
 """The source pipeline: scanner -> workers -> writer, for snapshot and migrate."""
+import os
+
 import pf_abi
 from pf_stages import memfd, wake_pair
+
+
+def give_device_state(run, device_state, workers, writer_args, writer_fds):
+    """The writer stores (snapshot) or sends (migrate) a VMM's device state:
+    a memfd holding it, on the fd stage/stage_fds.h gives it."""
+    state_fd = memfd("pageferry-device-state", 0)
+    run.fds.append(state_fd)
+    os.write(state_fd, device_state)
+    writer_args.append("--device-state")
+    writer_fds[pf_abi.fd("writer", "state", 0, workers)] = state_fd
 
 
 def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds, worker_args=None,

@@ -15,6 +15,7 @@
 #include "protocol/proto_handshake.h"
 #include "protocol/proto_packet.h"
 #include "protocol/proto_snapfile.h"
+#include "protocol/proto_state.h"
 
 static const struct proto_geometry geo = { .page_size = 4096, .max_run_pages = 64,
 					   .guest_pages = 1000 };
@@ -497,6 +498,28 @@ static void test_snapshot_device_state_fields(void **state)
 	assert_int_equal(get_le32(enc + 116), 0x12345678);
 }
 
+static void test_device_state_header(void **state)
+{
+	(void)state;
+	uint8_t b[PROTO_STATE_HEADER_SIZE];
+	struct proto_state_header h;
+	proto_state_header_encode(&(struct proto_state_header){ .length = 292965, .crc = 0xdeadbeef }, b);
+	assert_int_equal(proto_state_header_decode(b, &h), PROTO_OK);
+	assert_int_equal(h.length, 292965);
+	assert_int_equal(h.crc, 0xdeadbeef);
+	b[0] ^= 1;
+	assert_int_equal(proto_state_header_decode(b, &h), PROTO_E_MAGIC);
+	b[0] ^= 1;
+	put_le32(b + 4, 0);
+	assert_int_equal(proto_state_header_decode(b, &h), PROTO_E_DEVICE_STATE_LEN);
+	put_le32(b + 4, PROTO_SNAP_STATE_MAX + 1);
+	assert_int_equal(proto_state_header_decode(b, &h), PROTO_E_DEVICE_STATE_LEN);
+	put_le32(b + 4, PROTO_SNAP_STATE_MAX);
+	assert_int_equal(proto_state_header_decode(b, &h), PROTO_OK);
+	put_le32(b + 12, 1);
+	assert_int_equal(proto_state_header_decode(b, &h), PROTO_E_RESERVED);
+}
+
 static void test_snapshot_bitmap_malformed(void **state)
 {
 	(void)state;
@@ -674,6 +697,7 @@ int main(void)
 		cmocka_unit_test(test_snapshot_roundtrip),
 		cmocka_unit_test(test_snapshot_malformed_fields),
 		cmocka_unit_test(test_snapshot_device_state_fields),
+		cmocka_unit_test(test_device_state_header),
 		cmocka_unit_test(test_snapshot_bitmap_malformed),
 		cmocka_unit_test(test_snapshot_extents),
 		cmocka_unit_test(test_descriptor_roundtrip_and_checks),

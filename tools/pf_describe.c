@@ -203,6 +203,7 @@ int main(void)
 	FD("receive", "commit", RECEIVE_FD_COMMIT);
 	FD("receive", "ring", RECEIVE_FD_RING(i));
 	FD("receive", "arena", RECEIVE_FD_ARENA(i, n));
+	FD("receive", "state", RECEIVE_FD_STATE(n));
 	FD("inflater", "dest", STAGE_FD_GUEST);
 	FD("inflater", "in", INFLATER_FD_IN);
 	FD("inflater", "arena", INFLATER_FD_ARENA);

@@ -75,14 +75,19 @@ void wr_source_drop(void *src, uint32_t worker, const struct proto_desc *d);
  * fails the stage if the guest changed, returns otherwise. */
 void wr_source_after_failure(struct wr_source *src);
 
-/* state_fd: the VMM's device state to store in the snapshot, or -1. */
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int state_fd);
+/* A VMM's device state the sink stores (snapshot) or sends (migrate); len 0: none. */
+struct wr_device_state {
+	uint8_t *bytes;
+	uint32_t len;
+};
+
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, const struct wr_device_state *state);
 /* The migrate mode's named arguments (stage/stage.h), before anything is
  * opened; returns whether a pre-shared key comes on WRITER_FD_PSK. */
 bool wr_sink_net_args(void);
 /* Connects and handshakes every channel, before lock-down; *max_fd grows
  * to cover the sockets.  Also knows (--rounds) whether rounds come. */
-void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd);
+void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state);
 bool wr_sink_net_rounds(void);
 
 #endif

@@ -96,11 +96,11 @@ static void file_check_cancel(struct wr_sink *s)
 	/* The front end stops a snapshot by stopping us. */
 }
 
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int state_fd)
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, const struct wr_device_state *state)
 {
 	const char *what = "";
 	int rc = wr_snapfile_begin(&file, WRITER_FD_META, WRITER_FD_DATA, src->geo.page_size,
-				   src->geo.guest_pages * src->geo.page_size, state_fd, &what);
+				   src->geo.guest_pages * src->geo.page_size, state->bytes, state->len, &what);
 	if (rc < 0)
 		stage_die_errno(rc, "starting the snapshot: %s", what);
 	/* The supervisor reads this to report (and tests assert) real direct I/O. */

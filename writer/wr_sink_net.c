@@ -16,6 +16,8 @@
 #include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
 #include "writer/wr_net.h"
+#include "protocol/proto_crc32c.h"
+#include "protocol/proto_state.h"
 #include "writer/wr_recheck.h"
 #include "writer/wr_sink.h"
 
@@ -243,7 +245,22 @@ bool wr_sink_net_args(void)
 	return args.tls != NET_TLS_NONE;
 }
 
-void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
+/* migrate --qmp: the VMM's device state on the main channel, after every
+ * channel's handshake (protocol/proto_state.h), inside TLS when TLS is on. */
+static void send_device_state(const struct wr_device_state *state)
+{
+	uint8_t header[PROTO_STATE_HEADER_SIZE];
+	proto_state_header_encode(&(struct proto_state_header){ .length = state->len,
+							      .crc = proto_crc32c(0, state->bytes, state->len) },
+				  header);
+	int rc = net_conn_send_all(&ns.net.main, header, sizeof(header));
+	if (rc == 0)
+		rc = net_conn_send_all(&ns.net.main, state->bytes, state->len);
+	if (rc < 0)
+		stage_die_errno(rc, "sending the device state to %s", args.to);
+}
+
+void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state)
 {
 	struct net_tls_creds *creds;
 	char why[256] = "";
@@ -251,8 +268,8 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
 	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)args.channels,
-				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) |
-						  (ns.rounds ? PROTO_F_ROUNDS : 0) };
+				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) | (ns.rounds ? PROTO_F_ROUNDS : 0) |
+						  (state->len ? PROTO_F_DEVICE_STATE : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
 	/* sendfile has no MSG_NOSIGNAL: a receiver that went away must be
@@ -268,6 +285,8 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd)
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
 		stage_die(STAGE_EXIT_FAILED, "%s", what);
+	if (state->len)
+		send_device_state(state);
 	ns.net.buffer_done = wr_source_give_back;
 	ns.net.ctx = src;
 	stage_stat_set(src->stats, SHM_STAT_FLAGS,

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dio/dio_sync.h"
@@ -38,29 +37,8 @@ static void write_done(void *ctx, uint64_t first, uint64_t len)
 		}                        \
 	} while (0)
 
-/* The VMM's device state, whole, into the file right after the page data;
- * its length and CRC go into the header (which says COMPLETE only later). */
-static int copy_device_state(struct wr_snapfile *f, int state_fd, const char **what)
-{
-	struct stat st;
-	FAIL("fstat of the device state", fstat(state_fd, &st) < 0 ? -errno : 0);
-	FAIL("the device state is empty or over 64 MiB",
-	     st.st_size <= 0 || (uint64_t)st.st_size > PROTO_SNAP_STATE_MAX ? -EFBIG : 0);
-	uint8_t *buf = malloc((size_t)st.st_size);
-	FAIL("allocating the device state", buf ? 0 : -ENOMEM);
-	int rc = dio_pread_full(state_fd, buf, (uint64_t)st.st_size, 0);
-	if (rc == 0)
-		rc = dio_pwrite_full(f->meta_fd, buf, (uint64_t)st.st_size, proto_snap_state_offset(&f->hdr));
-	f->hdr.flags |= PROTO_SNAP_F_DEVICE_STATE;
-	f->hdr.device_state_len = (uint32_t)st.st_size;
-	f->hdr.device_state_crc = proto_crc32c(0, buf, (size_t)st.st_size);
-	free(buf);
-	FAIL("copying the device state into the snapshot", rc);
-	return 0;
-}
-
 int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t page_size,
-		      uint64_t guest_size, int state_fd, const char **what)
+		      uint64_t guest_size, const uint8_t *state, uint32_t state_len, const char **what)
 {
 	memset(f, 0, sizeof(*f));
 	f->meta_fd = meta_fd;
@@ -81,10 +59,14 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 	FAIL("writing the header", write_header(f));
 	FAIL("writing the bitmap", dio_pwrite_full(meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
 	FAIL("sizing the file", ftruncate(meta_fd, (off_t)(f->hdr.data_offset + guest_size)) < 0 ? -errno : 0);
-	if (state_fd >= 0) {
-		int rc = copy_device_state(f, state_fd, what);
-		if (rc < 0)
-			return rc;
+	if (state_len) {
+		/* Right after the page data; its length and CRC go into the
+		 * header, which says COMPLETE only later. */
+		f->hdr.flags |= PROTO_SNAP_F_DEVICE_STATE;
+		f->hdr.device_state_len = state_len;
+		f->hdr.device_state_crc = proto_crc32c(0, state, state_len);
+		FAIL("writing the device state into the snapshot",
+		     dio_pwrite_full(meta_fd, state, state_len, proto_snap_state_offset(&f->hdr)));
 	}
 	return 0;
 }

@@ -38,11 +38,11 @@ struct wr_snapfile {
 };
 
 /* Size the file, write a WRITING header and an empty bitmap, set up the
- * queue; with a device state (state_fd >= 0: the VMM's, up to
+ * queue; with a device state (state_len > 0: the VMM's, up to
  * PROTO_SNAP_STATE_MAX bytes), write it after the page data with its
  * CRC-32C in the header.  -errno with *what naming the step on failure. */
 int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t page_size,
-		      uint64_t guest_size, int state_fd, const char **what);
+		      uint64_t guest_size, const uint8_t *state, uint32_t state_len, const char **what);
 /* Pages [first, first+n) from `src` (the guest mapping at page `first`) go to
  * their fixed offset: merged with the previous run when adjacent, submitted
  * otherwise.  A page's bitmap bit is set only once its write completed.

@@ -5,7 +5,7 @@
  *
  * argv: pageferry-writer --mode=snapshot [--device-state]
  *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile --tls=none|psk|x509
- *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS
+ *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS [--device-state]
  *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
  *       --rounds: a live migration's pre-copy rounds)
  * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
@@ -15,6 +15,8 @@
  *                after the page data (protocol/proto_snapfile.h)
  *      migrate:  5 TLS credentials: the key file or the X.509 directory (with --tls)
  *                6 socket to the front end, for the commit decision
+ *                7 + 3W with --device-state: the VMM's device state, sent on
+ *                the main channel after its handshake (protocol/proto_state.h)
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
  *      8 + 2i  wake socket of ring writer -> worker i   (buffers back)
  *      7 + 2W + i  worker i's arena, read-only
@@ -27,11 +29,14 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dio/dio_sync.h"
 #include "protocol/proto_desc.h"
+#include "protocol/proto_snapfile.h"
 #include "stage/stage.h"
 #include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
@@ -255,6 +260,26 @@ disarm:
 	}
 }
 
+/* The VMM's device state, whole, from the memfd the front end gave us;
+ * the fd is closed once read. */
+static void read_device_state(int fd, struct wr_device_state *out)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		stage_die_errno(-errno, "fstat of the device state");
+	if (st.st_size <= 0 || (uint64_t)st.st_size > PROTO_SNAP_STATE_MAX)
+		stage_die(STAGE_EXIT_FAILED, "the device state is %lld bytes: %s", (long long)st.st_size,
+			  proto_strerror(PROTO_E_DEVICE_STATE_LEN));
+	out->bytes = malloc((size_t)st.st_size);
+	if (!out->bytes)
+		stage_die_errno(-ENOMEM, "allocating the device state");
+	int rc = dio_pread_full(fd, out->bytes, (uint64_t)st.st_size, 0);
+	if (rc < 0)
+		stage_die_errno(rc, "reading the device state");
+	out->len = (uint32_t)st.st_size;
+	close(fd);
+}
+
 /* A guest that shrank after its last page was read faults nowhere: check
  * its size before reporting the copy complete. */
 static void check_guest_size(const struct wr_source *src)
@@ -275,12 +300,12 @@ int main(int argc, char **argv)
 	stage_args(argc, argv,
 		   "pageferry-writer --mode=snapshot [--device-state] | --mode=migrate --to=HOST:PORT --channels=N "
 		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
-		   "--io-timeout-ms=MS");
+		   "--io-timeout-ms=MS [--device-state]");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
 	bool tls = migrate && wr_sink_net_args();
 	w.rounds = migrate && wr_sink_net_rounds();
-	bool device_state = !migrate && stage_arg_flag("device-state");
+	bool device_state = stage_arg_flag("device-state");
 	stage_args_done();
 	src->round = 1;
 	stage_attach_segment(&src->seg);
@@ -302,12 +327,15 @@ int main(int argc, char **argv)
 						wk_arena_source_size(src->frame_size), 0);
 	}
 	int max_fd = WRITER_FD_ARENA(src->n_workers - 1, src->n_workers);
-	if (migrate)
-		wr_sink_net_init(&w.sink, src, &max_fd);
-	else
-		wr_sink_file_init(&w.sink, src, device_state ? WRITER_FD_STATE(src->n_workers) : -1);
+	struct wr_device_state state = { 0 };
 	if (device_state)
-		close(WRITER_FD_STATE(src->n_workers)); /* copied into the snapshot */
+		read_device_state(WRITER_FD_STATE(src->n_workers), &state);
+	if (migrate)
+		wr_sink_net_init(&w.sink, src, &max_fd, &state);
+	else
+		wr_sink_file_init(&w.sink, src, &state);
+	free(state.bytes); /* stored or sent */
+
 	stage_lockdown(SB_ROLE_WRITER, max_fd, !migrate);
 	stage_stat_set(src->stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 

@@ -29,6 +29,7 @@
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
 #include "protocol/proto_handshake.h"
+#include "protocol/proto_state.h"
 #include "tests/fuzz/fuzz.h"
 
 /* The receiver answers an offer it refuses with a placeholder handshake
@@ -193,12 +194,31 @@ static void check_match(const struct proto_handshake *a, const struct proto_hand
 		CHECK(b->channel_id < a->n_channels);
 }
 
+/* The device state header that follows the main handshake with
+ * PROTO_F_DEVICE_STATE (protocol/proto_state.h), against doc/formats.md. */
+static void check_state_header(const uint8_t *b)
+{
+	struct proto_state_header h;
+	enum proto_err err = proto_state_header_decode(b, &h);
+	uint32_t len = get_le32(b + 4);
+	int valid = get_le32(b) == PROTO_STATE_MAGIC && len >= 1 && len <= 64u << 20 && get_le32(b + 12) == 0;
+	CHECK((err == PROTO_OK) == valid);
+	if (valid) {
+		CHECK(h.length == len && h.crc == get_le32(b + 8));
+		uint8_t again[PROTO_STATE_HEADER_SIZE];
+		proto_state_header_encode(&h, again);
+		CHECK(memcmp(again, b, sizeof(again)) == 0);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
 		return 0;
 	uint8_t flags = data[0];
 	data++, size--;
+	if (size >= PROTO_STATE_HEADER_SIZE)
+		check_state_header(data);
 	struct proto_handshake a, b;
 	size_t la = size < PROTO_HANDSHAKE_SIZE ? size : PROTO_HANDSHAKE_SIZE;
 	enum proto_err ea = decode_input(data, la, flags & 1, &a);

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """pageferry driving a real QEMU over QMP (issue 15): `snapshot --qmp` and
-`restore --qmp` of a booted guest (tests/integration/qemu_guest.py: Debian's
+`restore --qmp` of a booted guest, and `migrate --qmp` to `receive --qmp`
+across a veth pair inside TLS (tests/integration/qemu_guest.py: Debian's
 cloud kernel, a busybox initramfs, QEMU 10 under TCG, 256 MiB of RAM in a
 shared memory-backend-file).
 
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -271,6 +273,102 @@ class SnapshotRefusals(Base):
 
     def test_two_ram_backends(self):
         self.refuse("numa2", "ram0", "ram1")
+
+
+class Migration(pftest.VethWorkspace, Base):
+    """migrate --qmp to receive --qmp across a veth pair between two network
+    namespaces (10.x addresses inside them only), inside TLS: the two QEMUs
+    run outside them (QMP is a unix socket, reachable from both)."""
+
+    veth_name, veth_subnet = "q", "10.203.0"
+
+    def setUp(self):
+        super().setUp()
+        self.key = self.path("psk")
+        with open(self.key, "wb") as f:
+            f.write(os.urandom(32))
+        self.initrd_path = self.initrd()
+
+    def guests(self):
+        src = start_guest(self.shm, "src", self.path("src.ram"), self.initrd_path, procs=self.procs)
+        dst = start_guest(self.shm, "dst", self.path("dst.ram"), self.initrd_path, procs=self.procs,
+                          incoming=True)
+        src.wait_ready()
+        src.wait_for_counter(3)  # far from 0: a rebooted guest cannot pass for a moved one
+        self.assertEqual(status(dst), "inmigrate")
+        return src, dst
+
+    def start_receive(self, dst, *extra):
+        port = pftest.free_port()
+        rx = self.spawn([pftest.PF, "receive", "--listen", f"{self.veth.addr[1]}:{port}", "--qmp", dst.qmp_path,
+                         "--psk-file", self.key, "--accept-timeout", 60, "--json", *extra], ns=self.veth.ns[1])
+        return rx, f"tcp:{self.veth.addr[1]}:{port}"
+
+    def migrate(self, src, to, *extra, env=None):
+        return self.spawn([pftest.PF, "migrate", "--qmp", src.qmp_path, "--to", to, "--psk-file", self.key,
+                           "--json", *extra], ns=self.veth.ns[0], env=env)
+
+    def test_migrate_over_veth_with_tls(self):
+        src, dst = self.guests()
+        rx, to = self.start_receive(dst)
+        tx = self.migrate(src, to)
+        tcode, tout, terr = self.finish(tx)
+        rcode, rout, rerr = self.finish(rx)
+        self.assertEqual((tcode, rcode), (0, 0), f"migrate: {terr} receive: {rerr}")
+        sent, received = json.loads(tout), json.loads(rout)
+        self.assertEqual(sent["tls"], "psk")
+        self.assertGreater(sent["device_state_bytes"], 0)
+        self.assertEqual(received["device_state_bytes"], sent["device_state_bytes"])
+        self.assertIsInstance(sent["downtime_ms"], (int, float))
+        self.assertIs(received["resumed"], True)
+        # The source stays stopped, its guest lives on at the destination:
+        # the two consoles are one unbroken count, and the region is intact.
+        self.assertEqual(status(src), "postmigrate")
+        checks = dst.wait_for_sums(2)
+        self.assertEqual(checks, [("OK", src.sum0())] * len(checks))
+        seq = qemu_guest.counter_sequence(src, dst)
+        self.assertTrue(qemu_guest.is_consecutive(seq), seq)
+        self.assertGreater(dst.counters()[0], 3)
+        dst.wait_for_counter(dst.last_counter() + 3)
+        self.assertEqual(status(dst), "running")
+
+    def test_destination_quits_midway_source_runs_again(self):
+        src, dst = self.guests()
+        rx, to = self.start_receive(dst)
+        # 20 ms a run: long enough to kill the destination QEMU meanwhile.
+        tx = self.migrate(src, to, env={"PAGEFERRY_TEST_HOOK": "worker:crawl"})
+        time.sleep(1.5)
+        self.assertIsNone(tx.poll(), "the migration ended before the destination was killed")
+        dst.kill()
+        tcode, _, terr = self.finish(tx)
+        rcode, _, rerr = self.finish(rx)
+        self.assertEqual(rcode, 1, rerr)
+        self.assertEqual(tcode, 1, terr)
+        self.assertNotIn("committed", terr)
+        # Never stopped for good: pageferry resumed it.
+        self.assertEqual(status(src), "running")
+        src.wait_for_counter(src.last_counter() + 3)
+        checks = src.wait_for_sums(len(src.sums()) + 1)
+        self.assertEqual(checks[-1], ("OK", src.sum0()))
+
+    def test_plain_sender_refused_by_a_qmp_receiver(self):
+        # receive --qmp moves a whole VM: a sender of RAM only is refused by
+        # name at its handshake, on both ends, and QEMU is left waiting.
+        dst = start_guest(self.shm, "dst", self.path("dst.ram"), self.initrd_path, procs=self.procs,
+                          incoming=True)
+        self.assertEqual(status(dst), "inmigrate")
+        ram = self.path("plain.ram")
+        self.assertEqual(pf("mkguest", "random", f"{qemu_guest.RAM_MIB}M", ram).returncode, 0)
+        rx, to = self.start_receive(dst)
+        tx = self.spawn([pftest.PF, "migrate", "--guest", ram, "--to", to, "--psk-file", self.key],
+                        ns=self.veth.ns[0])
+        tcode, _, terr = self.finish(tx)
+        rcode, _, rerr = self.finish(rx)
+        why = "the receiver needs a VM's device state (receive --qmp), but the sender sends RAM only"
+        self.assertEqual((tcode, rcode), (1, 1), f"migrate: {terr} receive: {rerr}")
+        self.assertIn(why, terr)
+        self.assertIn(why, rerr)
+        self.assertEqual(status(dst), "inmigrate")
 
 
 def prerequisites():

@@ -192,7 +192,7 @@ class BadInput(Workspace):
             f.write(bytes([b[0] ^ 1]))
         r = pf("check", snap)
         self.assertEqual(r.returncode, 1)
-        self.assertEqual(r.stderr.strip(), "pageferry check: pageferry-restore: snapshot refused: snapshot "
+        self.assertEqual(r.stderr.strip(), "pageferry check: pageferry-restore: snapshot refused: "
                                            "device state does not match its checksum")
         self.assertIn("device state does not match its checksum", self.restore_error(snap))
         os.truncate(snap, at + 4999)
