@@ -46,6 +46,17 @@ def pf(*args, env=None, check=None, timeout=COMMAND_TIMEOUT):
     return r
 
 
+def checksum_at_pause(path, timeout=30):
+    """The checksum guestsim publishes once paused.  It acknowledges the
+    pause first and checksums its RAM afterwards, on idle CPU only: a fast
+    migration can end before the file exists."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(path) as f:
+        return f.read().strip()
+
+
 def free_port():
     """A TCP port free on this machine now: the kernel picks it."""
     with socket.socket() as s:

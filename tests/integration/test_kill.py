@@ -23,7 +23,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pftest import PF, Workspace, dirty_log_pause, free_port, pf, pids, proc_name, proc_stat  # noqa: E402
+from pftest import (PF, Workspace, checksum_at_pause, dirty_log_pause, free_port, pf, pids, proc_name,  # noqa: E402
+                    proc_stat)
 
 SIZE = "256M"
 LEASE_MS = 1000
@@ -302,8 +303,7 @@ class Matrix(Workspace):
     def test_live_receiver_killed_after_the_commit(self):
         sim, log, crc, into, rc, err = self.live(rx_hook="receive:after-commit")
         self.assertEqual(rc, 0, err)
-        with open(crc) as f:
-            at_pause = f.read().strip()
+        at_pause = checksum_at_pause(crc)
         got = pf("checksum", into, check=0).stdout.strip()
         self.assertEqual(got, at_pause)
         # Handed off: the source stays paused, even after the lease would lapse.

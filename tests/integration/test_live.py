@@ -12,7 +12,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pftest import PF, VethWorkspace, Workspace, dirty_log_pause, free_port, in_netns, pf  # noqa: E402
+from pftest import (PF, VethWorkspace, Workspace, checksum_at_pause, dirty_log_pause, free_port, in_netns,  # noqa: E402
+                    pf)
 
 
 class Live(Workspace):
@@ -46,13 +47,7 @@ class Live(Workspace):
     def assert_destination_is_guest_at_pause(self, rx):
         out, err = rx.communicate(timeout=60)
         self.assertEqual(rx.returncode, 0, err)
-        # guestsim acknowledges the pause first, then checksums its RAM.
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.crc) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with open(self.crc) as f:
-            at_pause = f.read().strip()
-        self.assertEqual(self.checksum(self.into), at_pause)
+        self.assertEqual(self.checksum(self.into), checksum_at_pause(self.crc))
 
     def guest_running(self, g):
         """The guest is not paused: the pause request is clear and it writes."""
