@@ -51,11 +51,14 @@ test)
 	# QEMU 10 for tests/integration/test_qemu.py: from bookworm-backports.
 	bench/install-qemu.sh
 	build build -Dwerror=true -Dtest_hooks=true
+	# Both builds run whatever the first gave, and the closing line is printed
+	# either way; the exit status says whether anything failed.
+	status=0
 	echo "== tests (normal build)"
-	meson test -C build --print-errorlogs --num-processes 2
+	meson test -C build --print-errorlogs --num-processes 2 || status=1
 	echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer build)"
 	build build-asan -Dwerror=true -Dtest_hooks=true -Db_sanitize=address,undefined -Db_lundef=false
-	PF_TEST_QUICK=1 meson test -C build-asan --print-errorlogs --num-processes 2
+	PF_TEST_QUICK=1 meson test -C build-asan --print-errorlogs --num-processes 2 || status=1
 	# One plain closing line over both builds (each line of testlog.json is a test).
 	python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
 import json, sys
@@ -68,6 +71,7 @@ for path in sys.argv[1:]:
         bad += r not in ("OK", "SKIP")
 print(f"{ok} passed, {bad} failed, {skip} skipped")
 PY
+	exit $status
 	;;
 *)
 	echo "usage: ./run.sh demo|test" >&2
