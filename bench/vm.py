@@ -30,6 +30,8 @@ Prints a line per run and a table; writes DIR/vm-bench.json.
 import argparse
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +66,12 @@ def completed(q, what):
     r = q.wait_migration(300)
     if r.get("status") != "completed":
         raise SystemExit(f"QEMU {what}: {r.get('status')}: {r.get('error-desc', '')}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pf(args, binary):
@@ -172,6 +180,7 @@ class Bench:
             time.sleep(0.002)
         qd.execute("cont")
         t1 = time.monotonic()
+        qemu_caps_off(qd)  # back to the defaults pageferry's next move meets on a QEMU
         dst.close_qmp()
         self.guest.close_qmp()
         return self.moved(dst, {"downtime_s": t1 - t0})
@@ -194,7 +203,6 @@ def main():
     results = {("save", "pageferry"): [], ("save", "qemu"): [], ("restore", "pageferry"): [],
                ("restore", "qemu"): [], ("migrate", "pageferry"): [], ("migrate", "qemu"): []}
     key = {"save": "downtime_s", "restore": "seconds", "migrate": "downtime_s"}
-    port = 7931
     try:
         for rep in range(args.reps):
             order = ("pageferry", "qemu") if rep % 2 == 0 else ("qemu", "pageferry")
@@ -209,14 +217,15 @@ def main():
                 results[("restore", who)].append(r)
                 print(f"restore rep {rep} {who:9}: {r['seconds']:.3f} s", flush=True)
             for who in order:
-                port += 1
-                r = (b.migrate_pf if who == "pageferry" else b.migrate_qemu)(port)
+                r = (b.migrate_pf if who == "pageferry" else b.migrate_qemu)(free_port())
                 results[("migrate", who)].append(r)
                 print(f"migrate rep {rep} {who:9}: {r['downtime_s']:.3f} s stop->cont", flush=True)
             for f in files.values():
                 os.unlink(f)
     finally:
         b.guest.kill()
+        shutil.rmtree(b.work, ignore_errors=True)
+        shutil.rmtree(b.disk, ignore_errors=True)
     print(f"\n{args.reps} interleaved runs each, 256 MiB guest, TCG; median [min-max] seconds\n")
     print("| job | measured | pageferry | QEMU | QEMU / pageferry |")
     print("|---|---|---|---|---|")

@@ -7,9 +7,10 @@ Decisions:
 - The guest is stopped before the device state is taken and the RAM is
   read, and resumed on any failure if it was running: a snapshot never
   leaves a running guest stopped.
-- x-ignore-shared is set back to what it was once the state is taken: a
-  later migration of this QEMU by other means would otherwise leave its RAM
-  behind.
+- The capabilities the device state's trip needs (x-ignore-shared on,
+  multifd and mapped-ram off) are set back to what they were once the state
+  is taken: a later migration of this QEMU by other means would otherwise
+  leave its RAM behind, or lose the user's settings.
 - The destination gets its device state only once its RAM is whole, is
   never resumed unless QEMU reports the load completed, and a QEMU whose
   load failed is left as it is (it refuses a second incoming migration:
@@ -65,14 +66,25 @@ def run_state(qmp):
     return r["status"][:40]
 
 
-def _ignore_shared(qmp, on):
-    """Set x-ignore-shared; returns what it was."""
+# What the device state's trip through one pipe needs: the shared file's
+# RAM left out, and no multi-channel or file-layout capability a user may
+# have set for QEMU's own migrations (QEMU refuses an fd: URI with them).
+STATE_CAPS = {"x-ignore-shared": True, "multifd": False, "mapped-ram": False}
+
+
+def _set_caps(qmp, wanted):
+    """Set these migration capabilities; returns the ones changed, as they
+    were, for setting them back."""
     caps = qmp.execute("query-migrate-capabilities")
-    was = any(isinstance(c, dict) and c.get("capability") == "x-ignore-shared" and c.get("state") is True
-              for c in (caps if isinstance(caps, list) else []))
-    if was != on:
-        qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": on}])
-    return was
+    now = {c["capability"]: c["state"] for c in (caps if isinstance(caps, list) else [])
+           if isinstance(c, dict) and isinstance(c.get("capability"), str) and isinstance(c.get("state"), bool)}
+    change = {k: v for k, v in wanted.items() if k in now and now[k] != v}
+    if "x-ignore-shared" not in now:
+        raise JobError(f"QEMU at {qmp.where} has no x-ignore-shared capability (QEMU 10 has)")
+    if change:
+        qmp.execute("migrate-set-capabilities",
+                    capabilities=[{"capability": k, "state": v} for k, v in change.items()])
+    return {k: now[k] for k in change}
 
 
 def _pump(fn, what, errors):
@@ -181,7 +193,7 @@ def _move(qmp_path, verb, job, resume_after):
         stopped = None
         done = False
         try:
-            was_ignoring = _ignore_shared(qmp, True)
+            was = _set_caps(qmp, STATE_CAPS)
             if was_running:
                 qmp.execute("stop")
                 stopped = time.monotonic()
@@ -189,7 +201,7 @@ def _move(qmp_path, verb, job, resume_after):
             try:
                 state = save_state(qmp)
             finally:
-                _ignore_shared(qmp, was_ignoring)
+                _set_caps(qmp, was)
 
             def finish(summary):
                 nonlocal done
@@ -240,7 +252,7 @@ def receive(ctx, qmp_path, receive_job, resume_guest=True):
         loaded = []
 
         def load(state):
-            _ignore_shared(qmp, True)
+            _set_caps(qmp, STATE_CAPS)
             load_state(qmp, state)
             loaded.append(len(state))
 
@@ -259,7 +271,7 @@ def restore(ctx, snap, qmp_path, workers, resume_guest=True):
         began = time.monotonic()
 
         def finish(summary):
-            _ignore_shared(qmp, True)
+            _set_caps(qmp, STATE_CAPS)
             load_state(qmp, state)
             if resume_guest:
                 resume(qmp)

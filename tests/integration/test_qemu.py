@@ -170,6 +170,25 @@ class SnapshotRestore(Base):
         checks = self.source.wait_for_sums(n + 1)
         self.assertEqual(checks, [("OK", self.source.sum0())] * len(checks))
 
+    def test_snapshot_keeps_the_users_capabilities(self):
+        """A QEMU the user set up for its own multifd migrations: pageferry
+        turns multifd off for its pipe (QEMU refuses one with it) and sets
+        every capability back afterwards."""
+        self.snapshot_summary()
+        q = self.source.qmp()
+        q.execute("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
+        self.source.close_qmp()
+        out = os.path.join(self.disk, "again.pfs")
+        r = pf("snapshot", "--qmp", self.source.qmp_path, "--out", out, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        caps = {c["capability"]: c["state"] for c in self.source.qmp().execute("query-migrate-capabilities")}
+        self.source.close_qmp()
+        self.assertEqual((caps["multifd"], caps["x-ignore-shared"]), (True, False))
+        q = self.source.qmp()
+        q.execute("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": False}])
+        self.source.close_qmp()
+        self.assertEqual(status(self.source), "running")
+
     def test_failed_snapshot_resumes_the_guest(self):
         """A snapshot that fails after pageferry stopped the guest (here:
         its file cannot be created) resumes it and leaves no snapshot."""
