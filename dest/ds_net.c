@@ -193,13 +193,11 @@ static void check_suspects(struct ds_net *r)
 	     (unsigned long long)last, proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
 }
 
-static void place_failed(struct ds_net *r, int rc, uint64_t off, uint64_t len)
+static noreturn void place_failed(struct ds_net *r, int rc, uint64_t off, uint64_t len)
 {
-	if (rc == -ENOSPC || rc == -EDQUOT)
-		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", ds_place_why(&r->place, rc));
-	fail(r, PROTO_RESULT_LOCAL_FAILURE, "writing pages %llu..%llu of the destination: %s",
-	     (unsigned long long)(off / r->geo.page_size), (unsigned long long)((off + len) / r->geo.page_size - 1),
-	     ds_place_why(&r->place, rc));
+	char line[512];
+	ds_place_failure(&r->place, rc, off / r->geo.page_size, len / r->geo.page_size, line, sizeof(line));
+	fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", line);
 }
 
 static void place_or_fail(struct ds_net *r, const uint8_t *src, uint64_t off, uint64_t len)
@@ -244,12 +242,10 @@ static void zero_pages(struct ds_net *r, uint32_t round, uint64_t first, uint32_
 	uint64_t off = first * r->geo.page_size, len = (uint64_t)n * r->geo.page_size;
 	stat_add(r, SHM_STAT_ZERO_PAGES, n);
 	int64_t rc = 0;
-	if (round > 1) {
-		if (fallocate(r->place.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
-			rc = ds_place_write_zeros(&r->place, off, len);
-	} else if (r->inplace) {
+	if (round > 1)
+		rc = ds_place_punch(&r->place, off, len);
+	else if (r->inplace)
 		rc = ds_inplace_zero(r->inplace, &r->place, off, len);
-	}
 	if (rc < 0)
 		place_failed(r, (int)rc, off, len);
 }

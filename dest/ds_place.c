@@ -1,6 +1,8 @@
 #include "dest/ds_place.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/vfs.h>
 
@@ -84,7 +86,18 @@ int64_t ds_place_clear(const struct ds_place *pl, uint64_t off, uint64_t len, ui
 	return written;
 }
 
-const char *ds_place_why(const struct ds_place *pl, int rc)
+int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len)
 {
-	return rc == -ENOSPC || rc == -EDQUOT ? pl->full : strerror(-rc);
+	if (fallocate(pl->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+		return 0;
+	return ds_place_write_zeros(pl, off, len);
+}
+
+void ds_place_failure(const struct ds_place *pl, int rc, uint64_t first, uint64_t n, char *out, size_t len)
+{
+	if (rc == -ENOSPC || rc == -EDQUOT)
+		snprintf(out, len, "%s", pl->full);
+	else
+		snprintf(out, len, "writing pages %llu..%llu of the destination: %s", (unsigned long long)first,
+			 (unsigned long long)(first + n - 1), strerror(-rc));
 }

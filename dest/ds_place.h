@@ -46,8 +46,14 @@ int64_t ds_place_clear(const struct ds_place *pl, uint64_t off, uint64_t len, ui
 /* Write zeros over [off, off + len) without reading it: 0 or -errno. */
 int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len);
 
-/* The message for a failed write or read: "no space left on FILE ..." for
- * ENOSPC and EDQUOT, else strerror. */
-const char *ds_place_why(const struct ds_place *pl, int rc);
+/* Make [off, off + len) read as zeros without reading it: a hole punched
+ * (the file keeps its size), or zeros written where the filesystem cannot
+ * punch.  0 or -errno. */
+int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len);
+
+/* The one line for a failed write of pages first..first + n - 1 (of `page`
+ * bytes): "no space left on FILE ..." for ENOSPC and EDQUOT, else which
+ * pages and strerror. */
+void ds_place_failure(const struct ds_place *pl, int rc, uint64_t first, uint64_t n, char *out, size_t len);
 
 #endif

@@ -88,10 +88,9 @@ struct placing {
 
 static noreturn void place_failed(const struct placing *p, int rc, uint64_t first, uint64_t n)
 {
-	if (rc == -ENOSPC || rc == -EDQUOT)
-		stage_die(STAGE_EXIT_FAILED, "%s", ds_place_why(&p->pl, rc));
-	stage_die(STAGE_EXIT_FAILED, "writing pages %llu..%llu of the destination: %s", (unsigned long long)first,
-		  (unsigned long long)(first + n - 1), ds_place_why(&p->pl, rc));
+	char line[512];
+	ds_place_failure(&p->pl, rc, first, n, line, sizeof(line));
+	stage_die(STAGE_EXIT_FAILED, "%s", line);
 }
 
 /* A run's pages, decompressed into src: each stretch of pages that are not
