@@ -142,7 +142,9 @@ def save_state(qmp):
 
 def load_state(qmp, state):
     """Feed the device state to a QEMU waiting with -incoming defer, and
-    wait until it has loaded it (query-migrate completed, status paused)."""
+    wait until it has loaded it (query-migrate completed, status paused).
+    Its capabilities are set for the pipe and back once it has loaded."""
+    was = _set_caps(qmp, STATE_CAPS)
     r, w = os.pipe2(os.O_CLOEXEC)
     errors = []
 
@@ -170,6 +172,7 @@ def load_state(qmp, state):
     status = run_state(qmp)
     if status != "paused":
         raise JobError(f"QEMU at {qmp.where}: after loading the device state its status is {status}, not paused")
+    _set_caps(qmp, was)
 
 
 def resume(qmp):
@@ -252,7 +255,6 @@ def receive(ctx, qmp_path, receive_job, resume_guest=True):
         loaded = []
 
         def load(state):
-            _set_caps(qmp, STATE_CAPS)
             load_state(qmp, state)
             loaded.append(len(state))
 
@@ -271,7 +273,6 @@ def restore(ctx, snap, qmp_path, workers, resume_guest=True):
         began = time.monotonic()
 
         def finish(summary):
-            _set_caps(qmp, STATE_CAPS)
             load_state(qmp, state)
             if resume_guest:
                 resume(qmp)

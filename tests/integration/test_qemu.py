@@ -340,6 +340,11 @@ class Migration(pftest.VethWorkspace, Base):
         self.assertEqual(received["device_state_bytes"], sent["device_state_bytes"])
         self.assertIsInstance(sent["downtime_ms"], (int, float))
         self.assertIs(received["resumed"], True)
+        # Both QEMUs keep the user's capabilities: x-ignore-shared was on only for the pipe.
+        for g in (src, dst):
+            caps = {c["capability"]: c["state"] for c in g.qmp().execute("query-migrate-capabilities")}
+            g.close_qmp()
+            self.assertIs(caps["x-ignore-shared"], False, g.qmp_path)
         # The source stays stopped, its guest lives on at the destination:
         # the two consoles are one unbroken count, and the region is intact.
         self.assertEqual(status(src), "postmigrate")
