@@ -5,6 +5,7 @@ against the commit before them).
 
 usage: bench/ab.py --a BUILD_DIR --b BUILD_DIR [--size 1G] [--patterns random,mixed]
                    [--reps 3] [--disk /var/tmp] [--jobs snapshot,restore,migrate]
+                   [--tls psk] [--compress zstd]
 
 Both builds must read each other's inputs only through their own commands:
 each restores its own snapshot. Migrations are paused, over loopback, into a
@@ -28,14 +29,14 @@ def run(cmd):
     return json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.stdout
 
 
-def migrate(pf, guest, dest, port):
+def migrate(pf, guest, dest, port, rx_args, tx_args):
     subprocess.run(["dd", "if=/dev/zero", f"of={dest}", "bs=1M", f"count={os.path.getsize(guest) >> 20}",
                     "status=none"], check=True)
     rx = subprocess.Popen([pf, "receive", "--listen", f"127.0.0.1:{port}", "--into", dest, "--in-place",
-                           "--accept-timeout", "30", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           "--accept-timeout", "30", "--json"] + rx_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
     time.sleep(0.3)
-    s = run([pf, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--json"])
+    s = run([pf, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--json"] + tx_args)
     out, err = rx.communicate(timeout=120)
     if rx.returncode != 0:
         raise SystemExit(f"receive: {err.strip()}")
@@ -56,11 +57,20 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--disk", default="/var/tmp")
     ap.add_argument("--jobs", default="snapshot,restore,migrate")
+    ap.add_argument("--tls", default="none", help="migrations: none, or psk (both ends, one key)")
+    ap.add_argument("--compress", default="none", help="migrations: none or zstd")
     a = ap.parse_args()
     builds = {"A": os.path.join(a.a, "pageferry"), "B": os.path.join(a.b, "pageferry")}
     shm = tempfile.mkdtemp(prefix="pf-ab-", dir="/dev/shm")
     disk = tempfile.mkdtemp(prefix="pf-ab-", dir=a.disk)
     jobs = a.jobs.split(",")
+    rx_args, tx_args = [], ["--compress", a.compress]
+    if a.tls == "psk":
+        key = os.path.join(shm, "key.psk")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(os.urandom(32))
+        rx_args += ["--psk-file", key]
+        tx_args += ["--psk-file", key]
     rows = []
     try:
         for pattern in a.patterns.split(","):
@@ -78,7 +88,8 @@ def main():
                         t[("restore", k)].append(run([pf, "restore", snap, "--into", into, "--json"])["seconds"])
                         os.unlink(into)
                     if "migrate" in jobs:
-                        t[("migrate", k)].append(migrate(pf, guest, into, 20000 + os.getpid() % 20000 + rep))
+                        t[("migrate", k)].append(migrate(pf, guest, into, 20000 + os.getpid() % 20000 + rep,
+                                                         rx_args, tx_args))
                         os.unlink(into)
             for j in jobs:
                 ma, mb = median(t[(j, "A")]), median(t[(j, "B")])

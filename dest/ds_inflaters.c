@@ -34,7 +34,6 @@ void ds_inflaters_publish(struct ds_inflaters *t, const struct proto_geometry *g
 	h->dest_page_size = geo->page_size;
 	h->dest_guest_pages = geo->guest_pages;
 	h->dest_max_run_pages = geo->max_run_pages;
-	atomic_store_explicit(&h->dest_round, 1, memory_order_relaxed);
 	/* R3 pairs with A3 in the inflater (await_session): the fields above
 	 * are written before dest_ready says so. */
 	atomic_store_explicit(&h->dest_ready, 1, memory_order_release);
@@ -142,10 +141,10 @@ uint8_t *ds_inflaters_take(struct ds_inflaters *t, uint32_t *i, uint32_t *b)
 	}
 }
 
-void ds_inflaters_post(struct ds_inflaters *t, uint32_t i, uint32_t b, uint64_t first_page, uint32_t n_pages,
-		       uint32_t frame_len)
+void ds_inflaters_post(struct ds_inflaters *t, uint32_t i, uint32_t b, uint8_t encoding, uint64_t first_page,
+		       uint32_t n_pages, uint32_t frame_len)
 {
-	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD, .buffer = (uint16_t)b,
+	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = encoding, .buffer = (uint16_t)b,
 				.n_pages = n_pages, .payload_len = frame_len, .first_page = first_page };
 	struct shm_slot s = proto_desc_pack(&d);
 	struct ds_inflater *f = &t->inf[i];
@@ -170,14 +169,10 @@ static void wait_all_placed(struct ds_inflaters *t)
 	}
 }
 
-void ds_inflaters_end_round(struct ds_inflaters *t, uint32_t r)
+void ds_inflaters_end_round(struct ds_inflaters *t)
 {
 	pthread_mutex_lock(&t->lock);
 	wait_all_placed(t);
-	/* R4 pairs with A4 in the inflater: it reads the round after taking
-	 * descriptors, and every descriptor of round r + 1 is posted after
-	 * this store (the other channel threads wait at the round barrier). */
-	atomic_store_explicit(&t->hdr->dest_round, r + 1, memory_order_release);
 	pthread_mutex_unlock(&t->lock);
 }
 

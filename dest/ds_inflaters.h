@@ -60,13 +60,16 @@ void ds_inflaters_publish(struct ds_inflaters *t, const struct proto_geometry *g
  * taken: *i, *b name it.  Sleeps while every buffer of every live inflater
  * is in use.  A channel thread only (registered with ds_live_thread_start). */
 uint8_t *ds_inflaters_take(struct ds_inflaters *t, uint32_t *i, uint32_t *b);
-/* Post the RUN that places the frame now in buffer b of inflater i. */
-void ds_inflaters_post(struct ds_inflaters *t, uint32_t i, uint32_t b, uint64_t first_page, uint32_t n_pages,
-		       uint32_t frame_len);
-/* The end of round r: wait until every inflater has placed everything it
- * was given, then publish round r + 1 (R4).  Only while no other thread
- * posts (the receive stage's round barrier). */
-void ds_inflaters_end_round(struct ds_inflaters *t, uint32_t r);
+/* Post the RUN that places the frame now in buffer b of inflater i:
+ * ZSTD, the frame at the buffer's start, or ZSTD_SPARSE, the page bitmap
+ * there and the frame after it (proto_sparse_bitmap_bytes(n_pages)). */
+void ds_inflaters_post(struct ds_inflaters *t, uint32_t i, uint32_t b, uint8_t encoding, uint64_t first_page,
+		       uint32_t n_pages, uint32_t frame_len);
+/* The end of a round: wait until every inflater has placed everything it
+ * was given, so that nothing of an older round lands after the next one's
+ * pages.  Only while no other thread posts (the receive stage's round
+ * barrier). */
+void ds_inflaters_end_round(struct ds_inflaters *t);
 /* The end: post END to every inflater and wait until each has placed all
  * and taken it (it exits then).  No other thread posts any more. */
 void ds_inflaters_finish(struct ds_inflaters *t);

@@ -167,7 +167,7 @@ static void payload_checked(struct ds_net *r, uint32_t c, const struct proto_pac
 		ds_suspect_clear(&r->suspect, p->first_page, p->n_pages, p->round);
 		return;
 	}
-	if (!r->suspect.bits || p->encoding == PROTO_ENC_ZSTD)
+	if (!r->suspect.bits || proto_encoding_is_zstd(p->encoding))
 		fail(r, PROTO_E_PAYLOAD_CHECKSUM, "data channel %u, packet %llu (pages %llu..%llu): %s (corrupted in transit)",
 		     c, (unsigned long long)p->seq, (unsigned long long)p->first_page,
 		     (unsigned long long)(p->first_page + p->n_pages - 1), proto_strerror(PROTO_E_PAYLOAD_CHECKSUM));
@@ -207,17 +207,6 @@ static void place_or_fail(struct ds_net *r, const uint8_t *src, uint64_t off, ui
 		place_failed(r, rc, off, len);
 }
 
-/* A zstd frame goes into a free buffer of an inflater, which places its
- * pages.  It is checked before the inflater sees it. */
-static void place_zstd(struct ds_net *r, uint32_t c, const struct proto_packet *p)
-{
-	uint32_t i, b;
-	uint8_t *frame = ds_inflaters_take(&r->inflaters, &i, &b);
-	recv_or_fail(r, c, frame, p->payload_len, "a compressed payload");
-	payload_checked(r, c, p, proto_crc32c(0, frame, p->payload_len));
-	ds_inflaters_post(&r->inflaters, i, b, p->first_page, p->n_pages, p->payload_len);
-}
-
 static void check_end(struct ds_net *r, uint32_t c)
 {
 	struct ds_channel *ch = &r->ch[c];
@@ -250,6 +239,19 @@ static void zero_pages(struct ds_net *r, uint32_t round, uint64_t first, uint32_
 		place_failed(r, (int)rc, off, len);
 }
 
+/* A bitmap's zero pages, each stretch as ZERO pages. */
+static void zero_absent(struct ds_net *r, const struct proto_packet *p, const uint8_t *bitmap)
+{
+	uint32_t k = 0, start, len, done = 0;
+	while (proto_sparse_next_extent(bitmap, p->n_pages, &k, &start, &len)) {
+		if (start > done)
+			zero_pages(r, p->round, p->first_page + done, start - done);
+		done = start + len;
+	}
+	if (done < p->n_pages)
+		zero_pages(r, p->round, p->first_page + done, p->n_pages - done);
+}
+
 /* A window of data and zero pages: the bitmap, then each run of present
  * pages. */
 static void place_sparse(struct ds_net *r, uint32_t c, const struct proto_packet *p)
@@ -267,19 +269,37 @@ static void place_sparse(struct ds_net *r, uint32_t c, const struct proto_packet
 	uint8_t *data = r->ch[c].payload;
 	recv_or_fail(r, c, data, p->payload_len - bitmap_len, "sparse pages");
 	payload_checked(r, c, p, proto_crc32c(proto_crc32c(0, bitmap, bitmap_len), data, p->payload_len - bitmap_len));
-	for (uint32_t k = 0; k < p->n_pages;) {
-		int present = proto_sparse_bit(bitmap, k);
-		uint32_t end = k + 1;
-		while (end < p->n_pages && proto_sparse_bit(bitmap, end) == present)
-			end++;
-		if (present) {
-			place_or_fail(r, data, (p->first_page + k) * page, (uint64_t)(end - k) * page);
-			data += (size_t)(end - k) * page;
-		} else {
-			zero_pages(r, p->round, p->first_page + k, end - k);
-		}
-		k = end;
+	uint32_t k = 0, start, len;
+	while (proto_sparse_next_extent(bitmap, p->n_pages, &k, &start, &len)) {
+		place_or_fail(r, data, (p->first_page + start) * page, (uint64_t)len * page);
+		data += (size_t)len * page;
 	}
+	zero_absent(r, p, bitmap);
+}
+
+/* A zstd payload goes whole into a free buffer of an inflater, which
+ * places its pages: ZSTD a frame of every page, ZSTD_SPARSE a bitmap and
+ * a frame of the data pages, whose zero pages are ours to place.  It is
+ * checked before the inflater sees it. */
+static void place_zstd(struct ds_net *r, uint32_t c, const struct proto_packet *p)
+{
+	uint32_t i, b, prefix = 0, present;
+	uint8_t *payload = ds_inflaters_take(&r->inflaters, &i, &b);
+	if (p->encoding == PROTO_ENC_ZSTD_SPARSE) {
+		prefix = proto_sparse_bitmap_bytes(p->n_pages);
+		recv_or_fail(r, c, payload, prefix, "a sparse page bitmap");
+		enum proto_err err = proto_sparse_bitmap_some(payload, p->n_pages, &present);
+		if (err == PROTO_OK && p->payload_len - prefix >= (uint64_t)present * r->geo.page_size)
+			err = PROTO_E_PAYLOAD_LEN; /* a frame never as large as its pages */
+		if (err != PROTO_OK)
+			fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)r->ch[c].seq,
+			     proto_strerror(err));
+	}
+	recv_or_fail(r, c, payload + prefix, p->payload_len - prefix, "a compressed payload");
+	payload_checked(r, c, p, proto_crc32c(0, payload, p->payload_len));
+	if (prefix)
+		zero_absent(r, p, payload);
+	ds_inflaters_post(&r->inflaters, i, b, p->encoding, p->first_page, p->n_pages, p->payload_len - prefix);
 }
 
 /* One packet from channel c. */
@@ -298,7 +318,8 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 	if (err == PROTO_OK && (p.type == PROTO_PKT_RESULT ||
 				(p.type == PROTO_PKT_SYNC && !(r->hs.features & PROTO_F_ROUNDS))))
 		err = PROTO_E_PACKET_TYPE;
-	if (err == PROTO_OK && p.encoding == PROTO_ENC_ZSTD && !(r->hs.features & PROTO_F_ZSTD))
+	if (err == PROTO_OK && p.type == PROTO_PKT_DATA && proto_encoding_is_zstd(p.encoding) &&
+	    !(r->hs.features & PROTO_F_ZSTD))
 		err = PROTO_E_ENCODING;
 	if (err != PROTO_OK)
 		fail(r, err, "data channel %u, packet %llu: %s", c, (unsigned long long)ch->seq, proto_strerror(err));
@@ -319,7 +340,7 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 		recv_or_fail(r, c, ch->payload, p.payload_len, "raw pages");
 		payload_checked(r, c, &p, proto_crc32c(0, ch->payload, p.payload_len));
 		place_or_fail(r, ch->payload, p.first_page * r->geo.page_size, p.payload_len);
-	} else if (p.encoding == PROTO_ENC_ZSTD) {
+	} else if (proto_encoding_is_zstd(p.encoding)) {
 		place_zstd(r, c, &p);
 	} else if (p.encoding == PROTO_ENC_SPARSE) {
 		place_sparse(r, c, &p);
@@ -342,7 +363,7 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 static void end_of_round(struct ds_net *r, uint32_t c)
 {
 	if (pthread_barrier_wait(&r->round_end) == PTHREAD_BARRIER_SERIAL_THREAD) {
-		ds_inflaters_end_round(&r->inflaters, r->ch[c].round);
+		ds_inflaters_end_round(&r->inflaters);
 		stage_stat_set(r->stats, SHM_STAT_ROUND, r->ch[c].round + 1);
 	}
 	pthread_barrier_wait(&r->round_end);

@@ -9,7 +9,6 @@
 #include "dio/dio_sync.h"
 #include "stage/stage.h"
 #include "stage/stage_sigbus.h"
-#include "workers/wk_zero.h"
 
 #ifndef HUGETLBFS_MAGIC
 #define HUGETLBFS_MAGIC 0x958458f6
@@ -39,14 +38,6 @@ int ds_place_write(const struct ds_place *pl, const void *src, size_t len, uint6
 	return dio_pwrite_full(pl->fd, src, len, off);
 }
 
-/* pread even on hugetlbfs, which has read(2): a hole read through the
- * mapping would be allocated. */
-int ds_place_read(const struct ds_place *pl, void *dst, size_t len, uint64_t off)
-{
-	int rc = dio_pread_full(pl->fd, dst, len, off);
-	return rc == -ENODATA ? -EIO : rc;
-}
-
 int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len)
 {
 	if (pl->map) {
@@ -62,28 +53,6 @@ int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len)
 		len -= n;
 	}
 	return 0;
-}
-
-int64_t ds_place_clear(const struct ds_place *pl, uint64_t off, uint64_t len, uint32_t page, uint8_t *scratch,
-		       size_t scratch_len)
-{
-	int64_t written = 0;
-	while (len) {
-		size_t n = len < scratch_len ? (size_t)len : scratch_len;
-		int rc = ds_place_read(pl, scratch, n, off);
-		if (rc < 0)
-			return rc;
-		for (size_t p = 0; p < n; p += page) {
-			if (wk_page_is_zero(scratch + p, page))
-				continue;
-			if ((rc = ds_place_write_zeros(pl, off + p, page)) < 0)
-				return rc;
-			written++;
-		}
-		off += n;
-		len -= n;
-	}
-	return written;
 }
 
 int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len)

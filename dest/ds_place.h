@@ -34,16 +34,6 @@ void ds_place_open(struct ds_place *pl, int fd, uint64_t size);
 /* Write len bytes at off: 0, or -errno. */
 int ds_place_write(const struct ds_place *pl, const void *src, size_t len, uint64_t off);
 
-/* Read len bytes at off: 0, or -errno (a short file is -EIO). */
-int ds_place_read(const struct ds_place *pl, void *dst, size_t len, uint64_t off);
-
-/* Make every page (of `page` bytes) of [off, off + len) that is not zero
- * read as zeros, writing only those: the file's size and allocation stay.
- * scratch (scratch_len bytes, a multiple of page) is for reading.  Returns
- * how many pages it wrote, or -errno. */
-int64_t ds_place_clear(const struct ds_place *pl, uint64_t off, uint64_t len, uint32_t page, uint8_t *scratch,
-		       size_t scratch_len);
-
 /* Write zeros over [off, off + len) without reading it: 0 or -errno. */
 int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len);
 

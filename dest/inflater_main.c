@@ -3,7 +3,7 @@
  * destination file (dest/ds_place.h), after checking each descriptor against the session's geometry
  * and each frame's output against its page count.
  *
- * argv: pageferry-inflater --index=I [--in-place]
+ * argv: pageferry-inflater --index=I
  * fds (stage/stage_fds.h): 3 control segment, 4 destination RAM file
  *      (read-write), 5 wake socket of the ring from the receive stage (we
  *      consume), 6 its arena (read-only).
@@ -11,17 +11,13 @@
  * The session.  The receive stage learns the guest's geometry from the
  * sender's handshake, after this process was started; it publishes it in
  * the segment's destination line (shm/shm_layout.h) and wakes us.  We
- * check it, open the destination for writing, and lock down.  The same line says which
- * round is being placed: read after each batch of descriptors, it is that
- * batch's round, because the receive stage starts a round only once every
- * inflater's ring is empty.
+ * check it, open the destination for writing, and lock down.
  *
- * A frame covers a whole run, zero pages included: it is decompressed into
- * a private scratch buffer and only the pages that are not zero are written
- * to the destination, so zero pages stay holes there.  In rounds after the
- * first, and in every round when the destination is an existing file
- * (in-place), a zero page may replace older contents: it is read and
- * written as zeros where it is not zero already.
+ * A ZSTD frame holds every page of a run, a ZSTD_SPARSE frame only the
+ * pages its bitmap (before it in the buffer) names; the receive stage has
+ * placed the zero pages of those already (the sender's workers never put a
+ * zero page in a frame).  A frame is decompressed into a private scratch
+ * buffer and each stretch of its pages written in one pwrite.
  *
  * Replacement.  A slot is released only once its pages are placed, and the
  * receive stage reuses a frame's buffer only once its slot is released.
@@ -44,7 +40,6 @@
 #include "protocol/proto_packet.h"
 #include "stage/stage.h"
 #include "workers/wk_arena.h"
-#include "workers/wk_zero.h"
 #include "workers/wk_zstd.h"
 
 #define BURST 16u
@@ -76,54 +71,61 @@ static struct proto_geometry await_session(struct shm_seg_header *h, struct shm_
 	return g;
 }
 
-#define CHECK_BYTES (64u << 10) /* destination pages read at a time to see whether they are zero */
-
-struct placing {
-	struct ds_place pl;
-	uint32_t page;
-	uint8_t *check;		/* CHECK_BYTES, rounded up to a page */
-	size_t check_len;
-	struct shm_stats *stats;
-};
-
-static noreturn void place_failed(const struct placing *p, int rc, uint64_t first, uint64_t n)
+static noreturn void place_failed(const struct ds_place *pl, int rc, uint64_t first, uint64_t n)
 {
 	char line[512];
-	ds_place_failure(&p->pl, rc, first, n, line, sizeof(line));
+	ds_place_failure(pl, rc, first, n, line, sizeof(line));
 	stage_die(STAGE_EXIT_FAILED, "%s", line);
 }
 
-/* A run's pages, decompressed into src: each stretch of pages that are not
- * zero in one write; a stretch of zero pages is left alone, or where the
- * destination may hold data, cleared where it is not zero. */
-static void place(const struct placing *p, uint64_t first, const uint8_t *src, uint32_t n_pages, bool may_hold_data)
+static void place(const struct ds_place *pl, uint32_t page, const uint8_t *src, uint64_t first, uint32_t n)
 {
-	uint64_t zero = 0;
-	for (uint32_t k = 0; k < n_pages;) {
-		bool is_zero = wk_page_is_zero(src + (size_t)k * p->page, p->page);
-		uint32_t end = k + 1;
-		while (end < n_pages && wk_page_is_zero(src + (size_t)end * p->page, p->page) == is_zero)
-			end++;
-		uint64_t off = (first + k) * p->page, len = (uint64_t)(end - k) * p->page;
-		int64_t rc = 0;
-		if (!is_zero)
-			rc = ds_place_write(&p->pl, src + (size_t)k * p->page, len, off);
-		else if (zero += end - k, may_hold_data)
-			rc = ds_place_clear(&p->pl, off, len, p->page, p->check, p->check_len);
-		if (rc < 0)
-			place_failed(p, (int)rc, first + k, end - k);
-		k = end;
+	int rc = ds_place_write(pl, src, (uint64_t)n * page, first * page);
+	if (rc < 0)
+		place_failed(pl, rc, first, n);
+}
+
+/* Decode one RUN's buffer: its frame, and for ZSTD_SPARSE the bitmap before
+ * it (written by the receive stage, checked again here: it names what we
+ * write), then place the decompressed pages.  Returns the frame's raw size. */
+static size_t inflate_run(const struct ds_place *pl, const struct proto_geometry *geo, struct wk_zstd *z,
+			  uint8_t *scratch, const struct proto_desc *d, const uint8_t *buffer)
+{
+	static uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
+	uint32_t present = d->n_pages, prefix = 0;
+	enum proto_err err = PROTO_OK;
+	if (d->encoding == PROTO_ENC_ZSTD_SPARSE) {
+		prefix = proto_sparse_bitmap_bytes(d->n_pages);
+		memcpy(bitmap, buffer, prefix);
+		err = proto_sparse_bitmap_some(bitmap, d->n_pages, &present);
+		if (err == PROTO_OK && prefix + (uint64_t)d->payload_len > WK_ARENA_DEST_BUFFER_SIZE)
+			err = PROTO_E_PAYLOAD_LEN;
 	}
-	stage_stat_add(p->stats, SHM_STAT_ZERO_PAGES, zero);
+	size_t out_len = (size_t)present * geo->page_size;
+	if (err == PROTO_OK)
+		err = wk_zstd_decompress(z, scratch, out_len, buffer + prefix, d->payload_len);
+	if (err != PROTO_OK)
+		stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s", (unsigned long long)d->first_page,
+			  (unsigned long long)(d->first_page + d->n_pages - 1), proto_strerror(err));
+	if (!prefix) {
+		place(pl, geo->page_size, scratch, d->first_page, d->n_pages);
+		return out_len;
+	}
+	uint32_t k = 0, start, len;
+	const uint8_t *src = scratch;
+	while (proto_sparse_next_extent(bitmap, d->n_pages, &k, &start, &len)) {
+		place(pl, geo->page_size, src, d->first_page + start, len);
+		src += (size_t)len * geo->page_size;
+	}
+	return out_len;
 }
 
 int main(int argc, char **argv)
 {
 	stage_set_name("inflater", -1);
 	stage_tie_to_supervisor();
-	stage_args(argc, argv, "pageferry-inflater --index=I [--in-place]");
+	stage_args(argc, argv, "pageferry-inflater --index=I");
 	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
-	bool in_place = stage_arg_flag("in-place");
 	stage_args_done();
 	stage_close_inherited_fds(INFLATER_FD_ARENA, NULL, 0);
 	struct shm_segment seg;
@@ -141,22 +143,15 @@ int main(int argc, char **argv)
 		return STAGE_EXIT_OK; /* the one before us took its END and was killed on its way out */
 	const uint8_t *arena = stage_map_arena(INFLATER_FD_ARENA, wk_arena_size(WK_ARENA_DEST_BUFFER_SIZE), 0);
 	struct proto_geometry geo = await_session(seg.hdr, &in);
-	static struct placing placing;
-	placing.page = geo.page_size;
-	placing.stats = stats;
-	placing.check_len = CHECK_BYTES < geo.page_size ? geo.page_size : CHECK_BYTES;
-	ds_place_open(&placing.pl, STAGE_FD_GUEST, geo.guest_pages * geo.page_size);
+	struct ds_place place;
+	ds_place_open(&place, STAGE_FD_GUEST, geo.guest_pages * geo.page_size);
 	struct wk_zstd *z = wk_zstd_new(0, (size_t)geo.max_run_pages * geo.page_size);
-	/* Page-aligned: the zero check reads whole 32-byte vectors. */
 	uint8_t *scratch = aligned_alloc(4096, (size_t)geo.max_run_pages * geo.page_size);
-	placing.check = aligned_alloc(4096, placing.check_len);
-	if (!z || !scratch || !placing.check)
+	if (!z || !scratch)
 		stage_die(STAGE_EXIT_FAILED, "setting up zstd");
-	/* Touch them now: their pages must not be first faulted in after
-	 * lock-down through an mmap the sandbox refuses (malloc may have used
-	 * mmap). */
+	/* Touch it now: its pages must not be first faulted in after lock-down
+	 * through an mmap the sandbox refuses (malloc may have used mmap). */
 	memset(scratch, 0, (size_t)geo.max_run_pages * geo.page_size);
-	memset(placing.check, 0, placing.check_len);
 	stage_lockdown(SB_ROLE_INFLATER, INFLATER_FD_ARENA, 1); /* it writes the destination */
 	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	/* The receive stage may sleep for a release the one before us made
@@ -175,9 +170,6 @@ int main(int argc, char **argv)
 				stage_die_ring(rc, RING_NAME);
 			continue;
 		}
-		/* A4 pairs with R4 in ds_inflaters_end_round: the round of what we
-		 * just took (the next one starts when our ring is empty). */
-		uint32_t round = atomic_load_explicit(&seg.hdr->dest_round, memory_order_acquire);
 		for (int i = 0; i < n; i++) {
 			struct proto_desc d;
 			enum proto_err err = proto_desc_unpack(batch[i], &geo, WK_ARENA_BUFFERS, &d);
@@ -188,19 +180,13 @@ int main(int argc, char **argv)
 				shm_ring_release(&in, 1);
 				return STAGE_EXIT_OK;
 			}
-			if (err == PROTO_OK && (d.type != PROTO_DESC_RUN || d.encoding != PROTO_ENC_ZSTD))
+			if (err == PROTO_OK && (d.type != PROTO_DESC_RUN || !proto_encoding_is_zstd(d.encoding)))
 				err = PROTO_E_DESC_TYPE;
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from pageferry-receive: %s", proto_strerror(err));
 			stage_test_hook("inflater");
-			size_t out_len = (size_t)d.n_pages * geo.page_size;
-			err = wk_zstd_decompress(z, scratch, out_len, arena + (uint64_t)d.buffer * WK_ARENA_DEST_BUFFER_SIZE,
-						 d.payload_len);
-			if (err != PROTO_OK)
-				stage_die(STAGE_EXIT_FAILED, "packet for pages %llu..%llu: %s",
-					  (unsigned long long)d.first_page,
-					  (unsigned long long)(d.first_page + d.n_pages - 1), proto_strerror(err));
-			place(&placing, d.first_page, scratch, d.n_pages, round > 1 || in_place);
+			size_t out_len = inflate_run(&place, &geo, z, scratch, &d,
+						     arena + (uint64_t)d.buffer * WK_ARENA_DEST_BUFFER_SIZE);
 			stage_stat_add(stats, SHM_STAT_PAGES, d.n_pages);
 			stage_stat_add(stats, SHM_STAT_IN_BYTES, d.payload_len);
 			stage_stat_add(stats, SHM_STAT_OUT_BYTES, out_len);

@@ -19,14 +19,14 @@ enum proto_err proto_desc_unpack(struct shm_slot slot, const struct proto_geomet
 			return PROTO_E_PAGE_COUNT;
 		if (d.first_page >= geo->guest_pages || d.n_pages > geo->guest_pages - d.first_page)
 			return PROTO_E_PAGE_OFFSET;
-		if (d.encoding > PROTO_ENC_SPARSE)
+		if (d.encoding > PROTO_ENC_LAST)
 			return PROTO_E_ENCODING;
 		/* Buffers on this ring: every run that is not all zero names one. */
 		if (n_buffers && d.encoding != PROTO_ENC_ZERO && d.buffer >= n_buffers)
 			return PROTO_E_DESC_BUFFER;
 		/* RAW, SPARSE: payload_len is a CRC, any value (proto_desc.h). */
 		if ((d.encoding == PROTO_ENC_ZERO && d.payload_len != 0) ||
-		    (d.encoding == PROTO_ENC_ZSTD &&
+		    (proto_encoding_is_zstd(d.encoding) &&
 		     (d.payload_len == 0 || d.payload_len >= (uint64_t)d.n_pages * geo->page_size)))
 			return PROTO_E_PAYLOAD_LEN;
 		break;

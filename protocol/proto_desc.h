@@ -17,8 +17,12 @@
  *   ZSTD: the frame's length in bytes, 1 .. n_pages * page_size - 4; the
  *         frame's CRC-32C follows it, little-endian, in the same arena
  *         buffer (proto_desc_frame_crc), so a frame leaves 4 bytes of room.
- * A worker's RAW, SPARSE and ZSTD runs name the arena buffer holding the
- * run's record (and ZSTD's frame); ZERO runs hold no buffer.
+ *   ZSTD_SPARSE: the same, with the frame of the data pages only; the CRC
+ *         after it is the packet's, over the bitmap (in the record) then the
+ *         frame.  On the destination's rings the bitmap is at the buffer's
+ *         start and the frame after it (dest/ds_inflaters.h).
+ * A worker's RAW, SPARSE, ZSTD and ZSTD_SPARSE runs name the arena buffer
+ * holding the run's record (and the frame); ZERO runs hold no buffer.
  *
  * RESYNCED (writer -> a replacement worker): first_page is how many RUN,
  * FENCE and END descriptors the writer took from that worker's ring so far;

@@ -25,10 +25,11 @@
 #include "protocol/proto_error.h"
 #include "protocol/proto_geometry.h"
 
-/* 4: channels run inside TLS (or plainly, with --insecure); the in-band
+/* 5: ZSTD_SPARSE packets (a bitmap, then a frame of the data pages only).
+ * 4: channels run inside TLS (or plainly, with --insecure); the in-band
  * PSK challenge of version 3 is gone.  3: DATA packets carry their
  * payload's CRC-32C; END and RESULT bodies their own.  2: SPARSE packets. */
-#define PROTO_VERSION 4u
+#define PROTO_VERSION 5u
 #define PROTO_HANDSHAKE_MAGIC 0x53484650u
 #define PROTO_HANDSHAKE_SIZE 64u
 

@@ -44,6 +44,13 @@ static enum proto_err check_data(const struct proto_packet *p, const struct prot
 			return PROTO_E_PAYLOAD_LEN;
 		return (p->payload_len - bitmap) / geo->page_size < p->n_pages ? PROTO_OK : PROTO_E_PAYLOAD_LEN;
 	}
+	case PROTO_ENC_ZSTD_SPARSE: {
+		/* At most n_pages - 1 pages present, and the frame smaller. */
+		uint32_t bitmap = proto_sparse_bitmap_bytes(p->n_pages);
+		if (p->payload_len <= bitmap || p->payload_len - bitmap >= raw - geo->page_size)
+			return PROTO_E_PAYLOAD_LEN;
+		return PROTO_OK;
+	}
 	default:
 		return PROTO_E_ENCODING;
 	}
@@ -106,17 +113,32 @@ enum proto_err proto_packet_decode(const uint8_t *buf, size_t len, const struct 
 	return err;
 }
 
-enum proto_err proto_sparse_bitmap_check(const uint8_t *bitmap, uint32_t n_pages, uint32_t present)
+/* The bits set, or -1 for a bit past n_pages. */
+static int64_t bitmap_count(const uint8_t *bitmap, uint32_t n_pages)
 {
 	uint32_t words = proto_sparse_bitmap_bytes(n_pages) / 8, set = 0;
 	for (uint32_t k = 0; k < words; k++) {
 		uint64_t w = get_le64(bitmap + 8 * k);
 		uint32_t valid = n_pages - 64 * k < 64 ? n_pages - 64 * k : 64;
 		if (valid < 64 && (w >> valid))
-			return PROTO_E_SPARSE_BITMAP;
+			return -1;
 		set += (uint32_t)__builtin_popcountll(w);
 	}
-	return set == present ? PROTO_OK : PROTO_E_SPARSE_BITMAP;
+	return set;
+}
+
+enum proto_err proto_sparse_bitmap_check(const uint8_t *bitmap, uint32_t n_pages, uint32_t present)
+{
+	return bitmap_count(bitmap, n_pages) == present ? PROTO_OK : PROTO_E_SPARSE_BITMAP;
+}
+
+enum proto_err proto_sparse_bitmap_some(const uint8_t *bitmap, uint32_t n_pages, uint32_t *present)
+{
+	int64_t set = bitmap_count(bitmap, n_pages);
+	if (set <= 0 || set >= n_pages)
+		return PROTO_E_SPARSE_BITMAP;
+	*present = (uint32_t)set;
+	return PROTO_OK;
 }
 
 void proto_end_body_encode(const struct proto_end_body *e, uint8_t out[PROTO_END_BODY_SIZE])

@@ -110,12 +110,8 @@ static int add_guest_read(scmp_filter_ctx ctx, int32_t self_pid)
 static int add_dest_file(scmp_filter_ctx ctx, int32_t self_pid)
 {
 	(void)self_pid;
-	int rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(pread64), 1,
-				  SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)STAGE_FD_GUEST));
-	if (rc == 0)
-		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(pwrite64), 1,
-				      SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)STAGE_FD_GUEST));
-	return rc;
+	return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(pwrite64), 1,
+				SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)STAGE_FD_GUEST));
 }
 
 /* Sanitizer runtimes map shadow memory and alternate signal stacks on their
@@ -149,7 +145,7 @@ static const struct sb_group groups[] = {
 	{ "@fstat", "fstat on an fd, never by path", add_fstat_by_fd },
 	{ "@file-io", "positioned reads/writes, seek, sync, allocate on held files", add_file_io },
 	{ "@guest-read", "pread on the guest RAM file (fd 4) only", add_guest_read },
-	{ "@dest-file", "pread/pwrite on the destination RAM file (fd 4) only", add_dest_file },
+	{ "@dest-file", "pwrite on the destination RAM file (fd 4) only", add_dest_file },
 	{ "@aio", "submit and reap asynchronous reads/writes on a context made before lock-down", add_aio },
 	{ "@net-io", "send/receive on sockets already connected", add_net_io },
 	{ "@sanitizer-runtime", "only in sanitizer builds: mmap/mprotect without PROT_EXEC and friends",

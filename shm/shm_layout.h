@@ -15,7 +15,7 @@
 
 #define SHM_CACHE_LINE 64u
 #define SHM_SEG_MAGIC UINT64_C(0x47455359524546ff) /* "\xffFERYSEG" little-endian */
-#define SHM_ABI_VERSION 4u
+#define SHM_ABI_VERSION 5u
 #define SHM_SLOT_SIZE 16u
 #define SHM_RING_MIN_SLOTS 8u
 #define SHM_RING_MAX_SLOTS (1u << 20)
@@ -141,18 +141,14 @@ struct shm_seg_header {
 	 * the sender's handshake and publishes it here, then sets dest_ready
 	 * with a release store (R3); an inflater, or its replacement, load-
 	 * acquires dest_ready (A3) before it reads the three fields, and checks
-	 * them.  dest_round is the round whose pages are being placed, stored
-	 * (R4) once every inflater has placed all of the round before, and
-	 * before anything of the new round is posted to any of them; an
-	 * inflater load-acquires it (A4) after it took descriptors from its
-	 * ring, so it is the round of those (doc/architecture.md, "The
-	 * destination's session"). */
+	 * them (doc/architecture.md, "The destination's session").  An
+	 * inflater needs no round (ABI 4 had one here): the receive stage
+	 * places the zero pages, whose handling depends on it. */
 	_Alignas(SHM_CACHE_LINE) _Atomic uint32_t dest_ready;
 	uint32_t dest_page_size;
 	uint64_t dest_guest_pages;
 	uint32_t dest_max_run_pages;
-	_Atomic uint32_t dest_round;
-	uint8_t reserved3[SHM_CACHE_LINE - 24];
+	uint8_t reserved3[SHM_CACHE_LINE - 20];
 };
 
 _Static_assert(offsetof(struct shm_seg_header, magic) == 0, "magic first");
@@ -167,7 +163,6 @@ _Static_assert(offsetof(struct shm_seg_header, fp_chunks) == 96, "fp_chunks at 9
 _Static_assert(offsetof(struct shm_seg_header, cancel) == 2 * SHM_CACHE_LINE, "cancel on line 2");
 _Static_assert(offsetof(struct shm_seg_header, dest_ready) == 3 * SHM_CACHE_LINE, "dest session on line 3");
 _Static_assert(offsetof(struct shm_seg_header, dest_guest_pages) == 3 * SHM_CACHE_LINE + 8, "dest guest pages");
-_Static_assert(offsetof(struct shm_seg_header, dest_round) == 3 * SHM_CACHE_LINE + 20, "dest round");
 _Static_assert(sizeof(struct shm_seg_header) == 4 * SHM_CACHE_LINE, "header is 4 lines");
 
 /* Which ring carries what.  Three rings per worker, so no ring ever has more

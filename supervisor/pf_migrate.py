@@ -91,6 +91,13 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             writer_fds[pf_abi.fd("writer", "creds")] = creds
         if level:
             writer_args.append("--zstd")
+        worker_args = [f"--zstd-level={level}"] if level else []
+        if tls != "none":
+            # TLS encrypts in user space anyway: the workers read the pages
+            # into their arena buffers and the writer never maps the guest
+            # (doc/architecture.md, "Sending pages").
+            writer_args.append("--pages-in-arena")
+            worker_args.append("--pages-in-arena")
         if device_state is not None:
             pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
         scanner_args, scanner_fds = [], {}
@@ -104,7 +111,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                 scanner_args.append("--auto-converge")
         pf_source.spawn_source(
             run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds,
-            worker_args=[f"--zstd-level={level}"] if level else None,
+            worker_args=worker_args,
             scanner_args=scanner_args, scanner_fds=scanner_fds)
         commit_theirs.close()
         p.watch_fd(commit_fd, lambda: decide_commit(run, commit_fd, log))
@@ -327,7 +334,7 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
         # (doc/architecture.md, "Replacing an inflater").
         for i in range(workers):
             p.spawn(f"pageferry-inflater[{i}]", "pageferry-inflater",
-                    [f"--index={i}"] + (["--in-place"] if in_place else []),
+                    [f"--index={i}"],
                     {pf_abi.fd("inflater", "segment"): seg.fd, pf_abi.fd("inflater", "dest"): dest_fd,
                      pf_abi.fd("inflater", "in"): pairs[i][1].fileno(),
                      pf_abi.fd("inflater", "arena"): arenas[i]}, restartable=True)

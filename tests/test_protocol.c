@@ -286,8 +286,8 @@ static void test_packet_malformed_fields(void **state)
 	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_SYNC, .round = 1, .payload_crc = 1 }),
 			 PROTO_E_RESERVED);
 	assert_int_equal(packet_bytes_with(4, 9, 1, 1), PROTO_E_PACKET_TYPE);
-	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA, .encoding = 4,
-							      .n_pages = 1 }),
+	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA,
+							      .encoding = PROTO_ENC_LAST + 1, .n_pages = 1 }),
 			 PROTO_E_ENCODING);
 	/* page counts and offsets against the geometry */
 	assert_int_equal(decode_packet(&(struct proto_packet){ .type = PROTO_PKT_DATA }), PROTO_E_PAGE_COUNT);
@@ -360,6 +360,41 @@ static enum proto_err snap_with(size_t off, uint64_t v, size_t width)
 	put_le32(s.header + 124, proto_crc32c(0, s.header, 124));
 	struct proto_snap_header out;
 	return proto_snap_header_decode(s.header, sizeof(s.header), s.file_size, &out);
+}
+
+/* ZSTD_SPARSE: a bitmap, then a frame of fewer than n_pages pages. */
+static void test_zstd_sparse_packets(void **state)
+{
+	(void)state;
+	struct proto_packet p = data_packet(PROTO_ENC_ZSTD_SPARSE, 10, 64, 8 + 100);
+	assert_int_equal(decode_packet(&p), PROTO_OK);
+	p.payload_len = 8 + 63 * 4096 - 1; /* the largest frame: under 63 pages */
+	assert_int_equal(decode_packet(&p), PROTO_OK);
+	p.payload_len = 8 + 63 * 4096;
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p.payload_len = 8; /* no frame */
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p = data_packet(PROTO_ENC_ZSTD_SPARSE, 10, 1, 8 + 10); /* one page cannot be sparse */
+	assert_int_equal(decode_packet(&p), PROTO_E_PAYLOAD_LEN);
+	p = data_packet(PROTO_ENC_LAST + 1, 10, 64, 8 + 100);
+	assert_int_equal(decode_packet(&p), PROTO_E_ENCODING);
+
+	/* Its bitmap: some pages but not all, none past the run; the count. */
+	uint8_t bm[16] = { 0 };
+	uint32_t present = 0;
+	assert_int_equal(proto_sparse_bitmap_some(bm, 70, &present), PROTO_E_SPARSE_BITMAP);
+	bm[0] = 0x05;
+	bm[8] = 0x20; /* pages 0, 2 and 69 */
+	assert_int_equal(proto_sparse_bitmap_some(bm, 70, &present), PROTO_OK);
+	assert_int_equal(present, 3);
+	bm[8] = 0x40; /* page 70: past the run */
+	assert_int_equal(proto_sparse_bitmap_some(bm, 70, &present), PROTO_E_SPARSE_BITMAP);
+	memset(bm, 0xff, 8);
+	bm[8] = 0x3f; /* every page */
+	assert_int_equal(proto_sparse_bitmap_some(bm, 70, &present), PROTO_E_SPARSE_BITMAP);
+	bm[8] = 0x1f; /* all but the last */
+	assert_int_equal(proto_sparse_bitmap_some(bm, 70, &present), PROTO_OK);
+	assert_int_equal(present, 69);
 }
 
 static void test_sparse_packets(void **state)
@@ -652,6 +687,17 @@ static void test_descriptor_roundtrip_and_checks(void **state)
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&sparse), &geo, 16, &out), PROTO_OK);
 	assert_int_equal(out.payload_len, 0xabcdef01u);
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&sparse), &geo, 15, &out), PROTO_E_DESC_BUFFER);
+	/* ZSTD_SPARSE: a frame length, as ZSTD's. */
+	struct proto_desc zs = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZSTD_SPARSE, .buffer = 3,
+				 .n_pages = 8, .payload_len = 8 * 4096 - 1 };
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&zs), &geo, 16, &out), PROTO_OK);
+	zs.payload_len = 8 * 4096;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&zs), &geo, 16, &out), PROTO_E_PAYLOAD_LEN);
+	zs.payload_len = 0;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&zs), &geo, 16, &out), PROTO_E_PAYLOAD_LEN);
+	zs.encoding = PROTO_ENC_LAST + 1;
+	zs.payload_len = 100;
+	assert_int_equal(proto_desc_unpack(proto_desc_pack(&zs), &geo, 16, &out), PROTO_E_ENCODING);
 	/* RESYNCED: one bit per buffer the writer holds, none past the arena. */
 	struct proto_desc resynced = { .type = PROTO_DESC_RESYNCED, .first_page = 1u << 20, .payload_len = 0x8001 };
 	assert_int_equal(proto_desc_unpack(proto_desc_pack(&resynced), &geo, 16, &out), PROTO_OK);
@@ -694,6 +740,7 @@ int main(void)
 		cmocka_unit_test(test_packet_roundtrip),
 		cmocka_unit_test(test_packet_malformed_fields),
 		cmocka_unit_test(test_sparse_packets),
+		cmocka_unit_test(test_zstd_sparse_packets),
 		cmocka_unit_test(test_snapshot_roundtrip),
 		cmocka_unit_test(test_snapshot_malformed_fields),
 		cmocka_unit_test(test_snapshot_device_state_fields),

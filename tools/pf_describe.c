@@ -14,6 +14,9 @@
 #include <string.h>
 
 #include "protocol/proto_dirtylog.h"
+#include "protocol/proto_error.h"
+#include "protocol/proto_handshake.h"
+#include "protocol/proto_packet.h"
 #include "protocol/proto_geometry.h"
 #include "protocol/proto_snapfile.h"
 #include "dest/ds_commit.h"
@@ -106,7 +109,6 @@ int main(void)
 	HDR(dest_page_size);
 	HDR(dest_guest_pages);
 	HDR(dest_max_run_pages);
-	HDR(dest_round);
 	printf("}\n");
 	constant("MAX_WORKERS", SHM_MAX_WORKERS, NULL);
 	constant("STATS_BLOCK_SIZE", sizeof(struct shm_stats), "bytes; STAT_COUNT u64 at the start");
@@ -156,6 +158,27 @@ int main(void)
 	printf("DECISION_COMMITTED = b\"%c\"\nDECISION_FAILED = b\"%c\"\n", DS_DECISION_COMMITTED, DS_DECISION_FAILED);
 	printf("ANSWERED_MAGIC = b\"%s\"\n", DS_ANSWERED_MAGIC);
 	constant("NOTICE_SIZE", DS_NOTICE_SIZE, "kind, 0, u16 LE inflater index");
+
+	printf("\n# protocol/proto_handshake.h, proto_packet.h: the wire (little-endian: '<'),\n"
+	       "# for the tests' hand-rolled sender (tests/integration/pfwire.py)\n");
+	constant("WIRE_VERSION", PROTO_VERSION, NULL);
+	hex_constant("HANDSHAKE_MAGIC", PROTO_HANDSHAKE_MAGIC);
+	hex_constant("PACKET_MAGIC", PROTO_PACKET_MAGIC);
+	constant("PKT_DATA", PROTO_PKT_DATA, NULL);
+	constant("PKT_SYNC", PROTO_PKT_SYNC, NULL);
+	constant("PKT_END", PROTO_PKT_END, NULL);
+	constant("PKT_RESULT", PROTO_PKT_RESULT, NULL);
+	constant("ENC_ZERO", PROTO_ENC_ZERO, NULL);
+	constant("ENC_RAW", PROTO_ENC_RAW, NULL);
+	constant("ENC_ZSTD", PROTO_ENC_ZSTD, NULL);
+	constant("ENC_SPARSE", PROTO_ENC_SPARSE, NULL);
+	constant("ENC_ZSTD_SPARSE", PROTO_ENC_ZSTD_SPARSE, NULL);
+	constant("F_ZSTD", PROTO_F_ZSTD, NULL);
+	constant("E_MAGIC", PROTO_E_MAGIC, NULL);
+	constant("E_VERSION", PROTO_E_VERSION, NULL);
+	constant("E_SESSION", PROTO_E_SESSION, NULL);
+	constant("E_TLS_REQUIRED", PROTO_E_TLS_REQUIRED, NULL);
+	constant("E_BUSY", PROTO_E_BUSY, NULL);
 
 	printf("\n# protocol/proto_dirtylog.h (little-endian by definition: read with '<')\n");
 	hex_constant("DIRTYLOG_MAGIC", PROTO_DIRTYLOG_MAGIC);

@@ -46,7 +46,7 @@ bool wk_record_read(const uint8_t *shared, uint8_t encoding, uint64_t first, uin
 	uint32_t n_fp = get_le16(copy), n_extents = get_le16(copy + 2);
 	if (get_le32(copy + 4) != 0 || n_fp > WK_RECORD_MAX_PAGES + 1 || n_extents > WK_RECORD_MAX_PAGES / 2 + 1)
 		return false;
-	uint32_t bitmap_bytes = encoding == PROTO_ENC_SPARSE ? proto_sparse_bitmap_bytes(n_pages) : 0;
+	uint32_t bitmap_bytes = proto_encoding_has_bitmap(encoding) ? proto_sparse_bitmap_bytes(n_pages) : 0;
 	size_t len = WK_RECORD_HEADER + 16u * n_fp + 4u * n_extents + bitmap_bytes;
 	memcpy(copy + WK_RECORD_HEADER, shared + WK_RECORD_HEADER, len - WK_RECORD_HEADER);
 	out->n_fp = n_fp;
@@ -66,10 +66,16 @@ bool wk_record_read(const uint8_t *shared, uint8_t encoding, uint64_t first, uin
 		return n_extents == 1;
 	case PROTO_ENC_ZSTD:
 		return n_extents == 0;
+	case PROTO_ENC_ZSTD_SPARSE: {
+		/* The receiver checks the frame's length against the bitmap. */
+		out->bitmap = out->crcs;
+		uint32_t present;
+		return n_extents == 0 && proto_sparse_bitmap_some(out->bitmap, n_pages, &present) == PROTO_OK;
+	}
 	case PROTO_ENC_SPARSE: {
 		out->bitmap = out->crcs + 4u * n_extents;
 		uint32_t present = 0, extents = 0, k = 0, start, run;
-		while (wk_record_next_extent(out->bitmap, n_pages, &k, &start, &run)) {
+		while (proto_sparse_next_extent(out->bitmap, n_pages, &k, &start, &run)) {
 			extents++;
 			present += run;
 		}

@@ -10,7 +10,7 @@
  *    4  4  reserved    0
  *    8  16*n_fp        {u64 chunk, u64 fingerprint XOR} (shm_layout.h)
  *    .  4*n_extents    CRC-32C of each extent's pages
- *    .  bitmap         SPARSE only: the packet's bitmap
+ *    .  bitmap         SPARSE and ZSTD_SPARSE only: the packet's bitmap
  *                      (proto_sparse_bitmap_bytes(n_pages) bytes)
  *
  * The writer applies the fingerprints when it takes the descriptor, not the
@@ -44,7 +44,7 @@ struct wk_record {
 	uint32_t n_fp, n_extents;
 	const uint8_t *fp;	/* n_fp entries of 16 bytes */
 	const uint8_t *crcs;	/* n_extents u32 */
-	const uint8_t *bitmap;	/* SPARSE only */
+	const uint8_t *bitmap;	/* SPARSE and ZSTD_SPARSE only */
 };
 
 /* Writing one (the worker).  Start, add, then finish with the bitmap or
@@ -63,7 +63,8 @@ void wk_record_finish(struct wk_record_writer *w, const uint8_t *bitmap, uint32_
 /* Copy the record of a run [first, first + n_pages) with the given encoding
  * out of the shared arena into `copy`, decode and check it: fingerprint
  * chunks inside the run's chunks, extent count matching the bitmap (SPARSE:
- * a valid bitmap with some but not all pages; RAW: one extent; ZSTD: none).
+ * a valid bitmap with some but not all pages; RAW: one extent; ZSTD: none;
+ * ZSTD_SPARSE: none, and a valid bitmap with some but not all pages).
  * fp_chunk_pages from the segment. */
 bool wk_record_read(const uint8_t *shared, uint8_t encoding, uint64_t first, uint32_t n_pages,
 		    uint32_t fp_chunk_pages, uint8_t copy[WK_RECORD_BYTES], struct wk_record *out);
@@ -76,21 +77,6 @@ static inline struct wk_fp wk_record_fp(const struct wk_record *r, uint32_t k)
 		f.value = f.value << 8 | p[8 + b];
 	}
 	return f;
-}
-/* The next maximal run of data pages of a SPARSE bitmap at or after *k:
- * [*start, *start + *len), and *k moves past it.  false when none is left. */
-static inline bool wk_record_next_extent(const uint8_t *bitmap, uint32_t n_pages, uint32_t *k, uint32_t *start,
-					 uint32_t *len)
-{
-	while (*k < n_pages && !proto_sparse_bit(bitmap, *k))
-		(*k)++;
-	if (*k == n_pages)
-		return false;
-	*start = *k;
-	while (*k < n_pages && proto_sparse_bit(bitmap, *k))
-		(*k)++;
-	*len = *k - *start;
-	return true;
 }
 static inline uint32_t wk_record_crc(const struct wk_record *r, uint32_t k)
 {

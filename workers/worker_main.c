@@ -1,10 +1,11 @@
 /* pageferry-worker: zero-checks the pages of each run the scanner gives it
  * and turns the run into exactly one descriptor for the writer, in the form
  * it goes out in: ZERO (no page holds data), RAW (every page does), SPARSE
- * (some do: a page bitmap) or, with zstd, ZSTD (the whole run compressed).
+ * (some do: a page bitmap) or, with zstd, ZSTD (the whole run compressed)
+ * or ZSTD_SPARSE (a bitmap and the data pages compressed).
  * Each page found non-zero gets its CRC-32C in the same pass (the page is in
  * cache); the run's record (workers/wk_record.h) in one of its arena buffers
- * carries the data extents' CRCs, the SPARSE bitmap and the run's
+ * carries the data extents' CRCs, the bitmap and the run's
  * contributions to the guest fingerprint table (shm_layout.h), which the
  * writer applies and re-checks at the end.
  *
@@ -13,7 +14,15 @@
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
  *      8 its arena (read-write)
- * argv: pageferry-worker --index=I [--zstd-level=LEVEL]
+ * argv: pageferry-worker --index=I [--zstd-level=LEVEL] [--pages-in-arena]
+ *
+ * --pages-in-arena (migrate with TLS): a run is read straight into its arena
+ * buffer and a RAW or SPARSE run's data pages stay there, packed, for the
+ * writer to encrypt from; the writer then never maps the guest.  A page's
+ * first touch through a new mapping costs 3-4 times the copy on the VMs we
+ * run on (bench/place_cost.c), and every mapping builds page tables for the
+ * whole guest.  Without it the writer sends RAW and SPARSE pages from the
+ * guest file itself (sendfile, zero-copy), which nothing here can beat.
  *
  * One descriptor out per descriptor in (RUN, FENCE, END), and an input slot
  * is released only after its output is published: a replacement for a
@@ -48,7 +57,8 @@
 struct worker {
 	struct shm_segment seg;
 	struct proto_geometry geo;
-	uint8_t *run;		/* one run's pages, read from the guest file */
+	uint8_t *run;		/* one run's pages, or (--pages-in-arena) zstd's output */
+	bool pages_in_arena;
 	char shrank[384];	/* the message for a guest file cut short */
 	struct shm_ring in, out, back;
 	struct shm_stats *stats;
@@ -137,15 +147,15 @@ static uint8_t *record_of(struct worker *w, uint32_t b)
  * mapping costs more than the copy (dest/ds_place.h), and a mapping would
  * build page tables for the whole guest in every worker.  The buffer stays
  * in cache for the zero check, the CRCs and zstd. */
-static const uint8_t *read_run(struct worker *w, uint64_t first, uint32_t n)
+static uint8_t *read_run(struct worker *w, uint8_t *into, uint64_t first, uint32_t n)
 {
-	int rc = dio_pread_full(STAGE_FD_GUEST, w->run, (uint64_t)n * w->geo.page_size, first * w->geo.page_size);
+	int rc = dio_pread_full(STAGE_FD_GUEST, into, (uint64_t)n * w->geo.page_size, first * w->geo.page_size);
 	if (rc == -ENODATA)
 		stage_die(STAGE_EXIT_FAILED, "%s", w->shrank);
 	if (rc < 0)
 		stage_die_errno(rc, "reading guest pages %llu..%llu", (unsigned long long)first,
 				(unsigned long long)(first + n - 1));
-	return w->run;
+	return into;
 }
 
 /* Zero-check every page of a run read into pages (early exit on the first
@@ -182,19 +192,24 @@ static uint32_t check_pages(struct worker *w, const uint8_t *pages, uint64_t fir
 	return zero_pages;
 }
 
-/* The whole run as one zstd frame into buffer b, zero pages included (zstd
- * turns them into a few bytes), followed by the frame's CRC-32C.  Returns
- * the frame's length, or 0 when the run does not shrink by more than the
- * CRC's 4 bytes. */
-static uint32_t compress_run(struct worker *w, uint32_t b, const uint8_t *pages, uint32_t n)
+/* A run's n_data data pages (packed: zero pages are left out) as one zstd
+ * frame into buffer b, followed by the packet's CRC-32C: over the bitmap
+ * (none when no page is zero), then the frame.  Returns the frame's length,
+ * or 0 when the pages do not shrink by more than the CRC's 4 bytes.  With
+ * the pages in buffer b itself, zstd writes into w->run and the (smaller)
+ * frame is copied over them. */
+static uint32_t compress_run(struct worker *w, uint32_t b, const uint8_t *pages, uint32_t n_data,
+			     const uint8_t *bitmap, uint32_t bitmap_bytes)
 {
-	size_t raw = (size_t)n * w->geo.page_size;
-	uint8_t *frame = frame_of(w, b);
-	size_t len = wk_zstd_compress(w->zstd, frame, pages, raw, raw - PROTO_DESC_FRAME_CRC_BYTES);
+	size_t raw = (size_t)n_data * w->geo.page_size;
+	uint8_t *frame = frame_of(w, b), *out = pages == frame ? w->run : frame;
+	size_t len = wk_zstd_compress(w->zstd, out, pages, raw, raw - PROTO_DESC_FRAME_CRC_BYTES);
 	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
 	if (!len)
 		return 0;
-	put_le32(frame + len, proto_crc32c(0, frame, len));
+	if (out != frame)
+		memcpy(frame, out, len);
+	put_le32(frame + len, proto_crc32c(proto_crc32c(0, bitmap, bitmap_bytes), frame, len));
 	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
 	return (uint32_t)len;
 }
@@ -221,12 +236,35 @@ static bool worth_compressing(struct worker *w, uint8_t *scratch, const uint8_t 
 	return false;
 }
 
+/* A run's data pages moved down over the zero pages before them, in order,
+ * as a SPARSE packet carries them (--pages-in-arena) and as zstd compresses
+ * them. */
+static void pack_data_pages(struct worker *w, uint8_t *pages, uint32_t n)
+{
+	const size_t page = w->geo.page_size;
+	uint32_t to = 0;
+	for (uint32_t k = 0; k < n; k++) {
+		if (w->is_zero[k])
+			continue;
+		uint32_t len = 1;
+		while (k + len < n && !w->is_zero[k + len])
+			len++;
+		if (to != k)
+			memmove(pages + (size_t)to * page, pages + (size_t)k * page, (size_t)len * page);
+		to += len;
+		k += len - 1;
+	}
+}
+
 /* One run in, one descriptor out. */
 static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
 	struct wk_record_writer *rec = &w->rec;
 	wk_record_start(rec, NULL);
-	const uint8_t *pages = read_run(w, first, n);
+	/* The pages go where they will be sent from: a zero run gives its
+	 * buffer straight back. */
+	uint32_t b = w->pages_in_arena ? take_buffer(w) : WK_ARENA_BUFFERS;
+	uint8_t *pages = read_run(w, w->pages_in_arena ? frame_of(w, b) : w->run, first, n);
 	uint32_t zero_pages = check_pages(w, pages, first, n, rec, NULL);
 	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
 	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
@@ -234,28 +272,41 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZERO, .first_page = first,
 				.n_pages = n };
 	if (zero_pages == n) {
+		if (b < WK_ARENA_BUFFERS)
+			give_back(w, b);
 		push(w, &d);
 		return;
 	}
-	uint32_t b = take_buffer(w);
+	if (b == WK_ARENA_BUFFERS)
+		b = take_buffer(w);
 	rec->rec = record_of(w, b);
 	d.buffer = (uint16_t)b;
-	uint32_t len = w->zstd && worth_compressing(w, frame_of(w, b), pages, n) ? compress_run(w, b, pages, n) : 0;
-	if (len) {
-		d.encoding = PROTO_ENC_ZSTD;
-		d.payload_len = len;
-		wk_record_finish(rec, NULL, 0);
-		push(w, &d);
-		return;
-	}
-	/* Data extents' CRCs, and for SPARSE the packet's CRC over bitmap then
-	 * data pages: crc(A || page) from crc(A) and crc(page). */
+	/* A run with zero pages carries a bitmap of its data pages. */
 	uint8_t bitmap[PROTO_SPARSE_BITMAP_MAX];
 	uint32_t bitmap_bytes = zero_pages ? proto_sparse_bitmap_bytes(n) : 0;
 	memset(bitmap, 0, bitmap_bytes);
 	for (uint32_t k = 0; k < n && zero_pages; k++)
 		if (!w->is_zero[k])
 			bitmap[k / 8] |= (uint8_t)(1u << (k % 8));
+	bool packed = false;
+	uint8_t *scratch = pages == w->run ? frame_of(w, b) : w->run;
+	if (w->zstd && worth_compressing(w, scratch, pages, n)) {
+		/* zstd gets the data pages only: zero pages would cost it time
+		 * here and the inflater a decompression and a write there. */
+		if (zero_pages)
+			pack_data_pages(w, pages, n);
+		packed = zero_pages != 0;
+		uint32_t len = compress_run(w, b, pages, n - zero_pages, bitmap, bitmap_bytes);
+		if (len) {
+			d.encoding = zero_pages ? PROTO_ENC_ZSTD_SPARSE : PROTO_ENC_ZSTD;
+			d.payload_len = len;
+			wk_record_finish(rec, zero_pages ? bitmap : NULL, bitmap_bytes);
+			push(w, &d);
+			return;
+		}
+	}
+	/* Data extents' CRCs, and for SPARSE the packet's CRC over bitmap then
+	 * data pages: crc(A || page) from crc(A) and crc(page). */
 	uint32_t packet_crc = proto_crc32c(0, bitmap, bitmap_bytes), extent_crc = 0;
 	for (uint32_t k = 0; k < n; k++) {
 		if (w->is_zero[k])
@@ -267,6 +318,8 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 		if (k + 1 == n || w->is_zero[k + 1])
 			wk_record_add_extent(rec, extent_crc);
 	}
+	if (zero_pages && w->pages_in_arena && !packed)
+		pack_data_pages(w, pages, n);
 	d.encoding = zero_pages ? PROTO_ENC_SPARSE : PROTO_ENC_RAW;
 	d.payload_len = packet_crc; /* RAW: the pages' CRC; SPARSE: bitmap and pages' */
 	wk_record_finish(rec, zero_pages ? bitmap : NULL, bitmap_bytes);
@@ -298,8 +351,8 @@ static void recheck_when_asked(struct worker *w)
 			if (err != PROTO_OK)
 				stage_die(STAGE_EXIT_FAILED, "descriptor from writer: %s", proto_strerror(err));
 			if (d.type == PROTO_DESC_RECHECK) {
-				check_pages(w, read_run(w, d.first_page, d.n_pages), d.first_page, d.n_pages, NULL,
-					    table);
+				check_pages(w, read_run(w, w->run, d.first_page, d.n_pages), d.first_page,
+					    d.n_pages, NULL, table);
 			} else if (d.type == PROTO_DESC_RECHECK_END) {
 				struct proto_desc done = { .type = PROTO_DESC_RECHECKED };
 				push(w, &done);
@@ -362,9 +415,10 @@ int main(int argc, char **argv)
 	struct worker w = { 0 };
 	stage_set_name("worker", -1);
 	stage_tie_to_supervisor();
-	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL]");
+	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL] [--pages-in-arena]");
 	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
 	int level = (int)stage_arg_u64_or("zstd-level", 1, 19, 0);
+	w.pages_in_arena = stage_arg_flag("pages-in-arena");
 	stage_args_done();
 	bool replacement = getenv("PAGEFERRY_RESTARTED") != NULL;
 	stage_close_inherited_fds(WORKER_FD_ARENA, NULL, 0);

@@ -483,10 +483,10 @@ int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, i
 }
 
 int wr_net_send_iov(struct wr_net *n, struct proto_packet *p, const void *prefix, uint32_t prefix_len,
-		    const struct iovec *iov, uint32_t n_iov)
+		    const struct iovec *iov, uint32_t n_iov, int32_t worker, uint32_t buffer)
 {
 	struct payload pl = { .prefix = prefix, .prefix_len = prefix_len, .iov = iov, .n_iov = n_iov };
-	return queue_packet(n, next_channel(n), p, &pl, -1, 0);
+	return queue_packet(n, next_channel(n), p, &pl, worker, buffer);
 }
 
 int wr_net_sync(struct wr_net *n, uint32_t round)

@@ -112,9 +112,10 @@ bool wr_net_link_dead(const struct wr_net *n, int neg_errno);
 int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, int32_t worker, uint32_t buffer);
 /* The same with the payload in pieces: `prefix_len` (<= PROTO_SPARSE_BITMAP_MAX)
  * bytes copied into the packet's slot, then `n_iov` (<= WR_NET_IOV - 2)
- * pieces of guest memory.  p->payload_len covers them all. */
+ * pieces of guest memory or of arena buffer (worker, buffer) when
+ * worker >= 0.  p->payload_len covers them all. */
 int wr_net_send_iov(struct wr_net *n, struct proto_packet *p, const void *prefix, uint32_t prefix_len,
-		    const struct iovec *iov, uint32_t n_iov);
+		    const struct iovec *iov, uint32_t n_iov, int32_t worker, uint32_t buffer);
 /* SYNC(round) on every channel, after everything queued before it. */
 int wr_net_sync(struct wr_net *n, uint32_t round);
 /* Tell the receiver, on the main channel, that we give up (best effort). */

@@ -41,7 +41,7 @@ static void file_put(struct wr_sink *s, const struct wr_run *r)
 		break;
 	case PROTO_ENC_SPARSE: {
 		uint32_t e = 0, present = 0, k = 0, start, len;
-		while (wk_record_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len)) {
+		while (proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len)) {
 			add_extent(src, r->worker, d->first_page + start, len, wk_record_crc(&r->rec, e++));
 			present += len;
 		}

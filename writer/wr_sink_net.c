@@ -1,7 +1,8 @@
 /* The network sink: each run becomes one DATA packet on the next channel
  * (writer/wr_net.h): RAW and SPARSE pages straight from the guest mapping
- * (or by sendfile from the guest file), the SPARSE bitmap and ZSTD frames
- * from the worker's arena.  Prepare is the receiver's "prepared"; commit
+ * (or by sendfile from the guest file) or, with --pages-in-arena (TLS), from
+ * the worker's arena buffer where it read them; the SPARSE bitmap and ZSTD
+ * frames from the worker's arena.  Prepare is the receiver's "prepared"; commit
  * asks the front end, then tells the receiver (doc/architecture.md, "The
  * handoff"). */
 #include <errno.h>
@@ -24,6 +25,7 @@
 struct net_sink {
 	struct wr_net net;
 	bool rounds, zstd;
+	bool pages_in_arena;	/* RAW and SPARSE pages are in the run's arena buffer */
 	/* The data extents of the run being sent, in the guest mapping. */
 	struct iovec extents[WK_RECORD_MAX_PAGES / 2 + 1];
 };
@@ -73,7 +75,8 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 	const size_t page = src->geo.page_size;
 	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = src->round,
 				  .n_pages = d->n_pages, .first_page = d->first_page };
-	const uint8_t *pages = src->guest + d->first_page * page;
+	const uint8_t *arena = src->arena[r->worker] + d->buffer * src->frame_size;
+	const uint8_t *pages = ns.pages_in_arena ? NULL : src->guest + d->first_page * page;
 	switch (d->encoding) {
 	case PROTO_ENC_ZERO:
 		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages);
@@ -82,15 +85,22 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 	case PROTO_ENC_RAW:
 		p.payload_len = (uint32_t)(d->n_pages * page);
 		p.payload_crc = d->payload_len; /* the worker's CRC of the pages */
+		if (ns.pages_in_arena) {
+			sent(src, wr_net_send(&ns.net, &p, arena, (int32_t)r->worker, d->buffer), &p);
+			return; /* the buffer goes back once the pages are sent */
+		}
 		ns.extents[0] = (struct iovec){ (void *)pages, p.payload_len };
-		sent(src, wr_net_send_iov(&ns.net, &p, NULL, 0, ns.extents, 1), &p);
+		sent(src, wr_net_send_iov(&ns.net, &p, NULL, 0, ns.extents, 1, -1, 0), &p);
 		break;
 	case PROTO_ENC_SPARSE: {
 		uint32_t n_ext = 0, present = 0, k = 0, first, len;
-		while (wk_record_next_extent(r->rec.bitmap, d->n_pages, &k, &first, &len)) {
-			ns.extents[n_ext++] = (struct iovec){ (void *)(pages + first * page), len * page };
+		while (proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &first, &len)) {
+			if (!ns.pages_in_arena)
+				ns.extents[n_ext++] = (struct iovec){ (void *)(pages + first * page), len * page };
 			present += len;
 		}
+		if (ns.pages_in_arena) /* packed there in order (workers/worker_main.c) */
+			ns.extents[n_ext++] = (struct iovec){ (void *)arena, present * page };
 		if (n_ext > WR_NET_IOV - 2) /* runs are at most 4 MiB: 512 extents of 4 KiB pages */
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %u extents in one run", r->worker, n_ext);
 		uint32_t prefix = proto_sparse_bitmap_bytes(d->n_pages);
@@ -98,22 +108,36 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 		p.payload_len = (uint32_t)(prefix + present * page);
 		p.payload_crc = d->payload_len; /* the worker's CRC of bitmap then pages */
 		/* The bitmap is copied into the packet's own slot: the record
-		 * can go back at once. */
-		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext), &p);
+		 * can go back at once, unless the pages are in its buffer. */
+		if (ns.pages_in_arena) {
+			sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext,
+						  (int32_t)r->worker, d->buffer), &p);
+			return;
+		}
+		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext, -1, 0), &p);
 		break;
 	}
-	case PROTO_ENC_ZSTD: {
+	case PROTO_ENC_ZSTD:
+	case PROTO_ENC_ZSTD_SPARSE: {
 		if (!ns.zstd)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", r->worker);
-		const uint8_t *frame = src->arena[r->worker] + d->buffer * src->frame_size;
-		uint32_t crc;
-		if (!proto_desc_frame_crc(frame, src->frame_size, d->payload_len, &crc))
+		uint32_t crc, present = d->n_pages, prefix = 0;
+		if (d->encoding == PROTO_ENC_ZSTD_SPARSE) {
+			proto_sparse_bitmap_some(r->rec.bitmap, d->n_pages, &present); /* checked in take_run */
+			prefix = proto_sparse_bitmap_bytes(d->n_pages);
+		}
+		if (!proto_desc_frame_crc(arena, src->frame_size, d->payload_len, &crc) ||
+		    d->payload_len >= (uint64_t)present * page)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %s", r->worker,
 				  proto_strerror(PROTO_E_PAYLOAD_LEN));
-		p.payload_len = d->payload_len;
-		p.payload_crc = crc;
-		/* The frame goes back once the kernel is done with it. */
-		sent(src, wr_net_send(&ns.net, &p, frame, (int32_t)r->worker, d->buffer), &p);
+		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
+		p.payload_len = prefix + d->payload_len;
+		p.payload_crc = crc; /* the worker's, over the bitmap then the frame */
+		/* The bitmap is copied into the packet's slot; the frame goes
+		 * back once the kernel is done with it. */
+		ns.extents[0] = (struct iovec){ (void *)arena, d->payload_len };
+		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, 1, (int32_t)r->worker,
+					  d->buffer), &p);
 		return;
 	}
 	}
@@ -220,6 +244,11 @@ bool wr_sink_net_rounds(void)
 	return ns.rounds;
 }
 
+bool wr_sink_net_maps_guest(void)
+{
+	return !ns.pages_in_arena;
+}
+
 /* The migrate mode's arguments, parsed before anything else is touched. */
 static struct {
 	const char *to;
@@ -241,6 +270,7 @@ bool wr_sink_net_args(void)
 	ns.zstd = stage_arg_flag("zstd");
 	args.connect_timeout_ms = (int)stage_arg_u64("connect-timeout-ms", 0, 3600000);
 	ns.rounds = stage_arg_flag("rounds");
+	ns.pages_in_arena = stage_arg_flag("pages-in-arena");
 	args.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
 	return args.tls != NET_TLS_NONE;
 }

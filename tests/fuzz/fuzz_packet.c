@@ -6,7 +6,7 @@
  *
  * Input: flags, a 64-byte handshake, then a channel's byte stream with the
  * page bytes left out: each 48-byte header is followed by what the receiver
- * decodes of its payload and nothing else: a SPARSE packet's bitmap, END's
+ * decodes of its payload and nothing else: a SPARSE or ZSTD_SPARSE packet's bitmap, END's
  * 32-byte body, RESULT's 8-byte body (ZERO, RAW and ZSTD: nothing; page
  * data is only CRC'd, and zstd frames are libzstd's to fuzz).  The
  * handshake gives the geometry packets are checked against, as on a real
@@ -29,6 +29,8 @@
  *   proto_sparse_bitmap_check accepts it exactly when it has no bit past
  *   the run and as many bits as the payload length implies (an
  *   independent count, so a check that accepts too much is caught);
+ * - proto_sparse_bitmap_some accepts a ZSTD_SPARSE bitmap exactly when it
+ *   has no bit past the run and some but not all pages, and says how many;
  * - the receiver's walk over an accepted bitmap needs no more iovecs than
  *   its array holds, stays inside the run, and receives exactly the
  *   payload's page bytes. */
@@ -71,6 +73,13 @@ static void check_packet(const struct proto_packet *p, const struct proto_geomet
 	case PROTO_ENC_ZSTD:
 		CHECK(p->payload_len >= 1 && p->payload_len < raw);
 		break;
+	case PROTO_ENC_ZSTD_SPARSE: {
+		/* A bitmap, then a frame smaller than n_pages - 1 pages. */
+		uint32_t bitmap = proto_sparse_bitmap_bytes(p->n_pages);
+		CHECK(bitmap <= PROTO_SPARSE_BITMAP_MAX && p->n_pages >= 2);
+		CHECK(p->payload_len > bitmap && p->payload_len - bitmap < raw - g->page_size);
+		break;
+	}
 	case PROTO_ENC_SPARSE: {
 		/* A bitmap, then at least one page and fewer than all. */
 		uint32_t bitmap = proto_sparse_bitmap_bytes(p->n_pages);
@@ -81,7 +90,7 @@ static void check_packet(const struct proto_packet *p, const struct proto_geomet
 		break;
 	}
 	default:
-		CHECK(p->encoding <= PROTO_ENC_SPARSE); /* never: a decoded DATA packet has a known encoding */
+		CHECK(p->encoding <= PROTO_ENC_LAST); /* never: a decoded DATA packet has a known encoding */
 	}
 }
 
@@ -129,6 +138,21 @@ static void check_sparse(const uint8_t *bitmap, const struct proto_packet *p, co
 	CHECK(err == PROTO_OK || err == PROTO_E_SPARSE_BITMAP);
 	if (err == PROTO_OK)
 		walk_sparse(bitmap, p, g, present);
+}
+
+/* A ZSTD_SPARSE bitmap: accepted exactly when no bit is past the run and
+ * some pages but not all are set, counted independently. */
+static void check_zstd_sparse(const uint8_t *bitmap, const struct proto_packet *p)
+{
+	uint32_t bytes = proto_sparse_bitmap_bytes(p->n_pages), inside = 0, outside = 0, present = 0;
+	for (uint32_t k = 0; k < bytes * 8; k++)
+		if ((bitmap[k / 8] >> (k % 8)) & 1)
+			*(k < p->n_pages ? &inside : &outside) += 1;
+	enum proto_err err = proto_sparse_bitmap_some(bitmap, p->n_pages, &present);
+	CHECK((err == PROTO_OK) == (outside == 0 && inside >= 1 && inside < p->n_pages));
+	CHECK(err == PROTO_OK || err == PROTO_E_SPARSE_BITMAP);
+	if (err == PROTO_OK)
+		CHECK(present == inside);
 }
 
 /* Bitmaps at the edges of the rule, next to a SPARSE packet the decoder
@@ -246,6 +270,8 @@ static int model_header(const uint8_t *b, const struct proto_geometry *g)
 		return len >= 1 && len < raw;
 	case PROTO_ENC_SPARSE:
 		return len > bitmap && (len - bitmap) % g->page_size == 0 && (len - bitmap) / g->page_size < n;
+	case PROTO_ENC_ZSTD_SPARSE:
+		return len > bitmap && len - bitmap < raw - g->page_size;
 	default:
 		return 0;
 	}
@@ -272,11 +298,11 @@ static void probe_edges(const struct proto_packet *p, const struct proto_geometr
 {
 	uint64_t raw = (uint64_t)p->n_pages * g->page_size, bitmap = proto_sparse_bitmap_bytes(p->n_pages);
 	const uint64_t lens[] = { 0, 1, raw - 1, raw, raw + 1, bitmap, bitmap + 1, bitmap + g->page_size,
-				  bitmap + raw - g->page_size, bitmap + raw, 32, 8 };
+				  bitmap + raw - g->page_size - 1, bitmap + raw - g->page_size, bitmap + raw, 32, 8 };
 	const uint64_t firsts[] = { 0, g->guest_pages - p->n_pages, g->guest_pages - p->n_pages + 1,
 				    g->guest_pages, UINT64_MAX };
 	const uint32_t counts[] = { 0, 1, g->max_run_pages, g->max_run_pages + 1, UINT32_MAX };
-	enum { N_LENS = 12, N_FIRSTS = 5, N_COUNTS = 5, N_ENCODINGS = 5 };
+	enum { N_LENS = 13, N_FIRSTS = 5, N_COUNTS = 5, N_ENCODINGS = PROTO_ENC_LAST + 2 };
 	for (unsigned k = 0; k < N_LENS + N_FIRSTS + N_COUNTS + N_ENCODINGS + 1; k++) {
 		struct proto_packet q = *p, out;
 		unsigned j = k;
@@ -333,7 +359,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		 * holds it (a short one is still decoded: truncation is a case). */
 		size_t want = p.type == PROTO_PKT_END	       ? PROTO_END_BODY_SIZE
 			      : p.type == PROTO_PKT_RESULT     ? PROTO_RESULT_BODY_SIZE
-			      : p.encoding == PROTO_ENC_SPARSE ? proto_sparse_bitmap_bytes(p.n_pages)
+			      : proto_encoding_has_bitmap(p.encoding) ? proto_sparse_bitmap_bytes(p.n_pages)
 							       : 0;
 		size_t got = size - off < want ? size - off : want;
 		memcpy(body, data + off, got);
@@ -346,6 +372,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (got == want)
 				check_sparse(body, &p, &geo);
 			probe_bitmaps(&p, &geo);
+		} else if (p.encoding == PROTO_ENC_ZSTD_SPARSE && got == want) {
+			check_zstd_sparse(body, &p);
 		}
 	}
 	return 0;

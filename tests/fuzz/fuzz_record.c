@@ -49,12 +49,12 @@ static void check_desc(struct shm_slot slot, const struct proto_desc *d)
 		CHECK((d->payload_len >> WK_ARENA_BUFFERS) == 0);
 	if (d->type != PROTO_DESC_RUN)
 		return;
-	CHECK(d->encoding <= PROTO_ENC_SPARSE);
+	CHECK(d->encoding <= PROTO_ENC_LAST);
 	if (d->encoding != PROTO_ENC_ZERO)
 		CHECK(d->buffer < WK_ARENA_BUFFERS);
 	if (d->encoding == PROTO_ENC_ZERO)
 		CHECK(d->payload_len == 0);
-	if (d->encoding == PROTO_ENC_ZSTD) {
+	if (proto_encoding_is_zstd(d->encoding)) {
 		uint64_t raw = (uint64_t)d->n_pages * geo.page_size;
 		CHECK(d->payload_len >= 1 && d->payload_len < raw);
 		/* The frame's CRC follows it in a buffer of the run's raw size. */
@@ -75,11 +75,12 @@ static bool model_desc(struct shm_slot s, uint32_t n_buffers)
 	bool pages = n >= 1 && n <= geo.max_run_pages && (unsigned __int128)first + n <= geo.guest_pages;
 	switch (type) {
 	case PROTO_DESC_RUN:
-		if (!pages || enc > PROTO_ENC_SPARSE || (n_buffers && enc != PROTO_ENC_ZERO && buffer >= n_buffers))
+		if (!pages || enc > PROTO_ENC_ZSTD_SPARSE || (n_buffers && enc != PROTO_ENC_ZERO && buffer >= n_buffers))
 			return false;
 		if (enc == PROTO_ENC_ZERO)
 			return len == 0;
-		return enc != PROTO_ENC_ZSTD || (len >= 1 && len < (uint64_t)n * geo.page_size);
+		return (enc != PROTO_ENC_ZSTD && enc != PROTO_ENC_ZSTD_SPARSE) ||
+		       (len >= 1 && len < (uint64_t)n * geo.page_size);
 	case PROTO_DESC_BUFFER:
 		return buffer < n_buffers;
 	case PROTO_DESC_RECHECK:
@@ -122,7 +123,7 @@ static void probe_desc(const struct proto_desc *d)
 		case 7: v.first_page = geo.guest_pages - v.n_pages + 1; break;
 		case 8: v.buffer = WK_ARENA_BUFFERS - 1; break;
 		case 9: v.buffer = WK_ARENA_BUFFERS; break;
-		case 10: v.encoding = PROTO_ENC_SPARSE + 1; break;
+		case 10: v.encoding = PROTO_ENC_LAST + 1; break;
 		case 11: v.payload_len = ~0u >> (32 - WK_ARENA_BUFFERS); break;
 		case 12: v.payload_len = 1u << WK_ARENA_BUFFERS; break;
 		default: v.type = (uint8_t)(k - 13 + PROTO_DESC_RESYNCED); break; /* 9, 10, 11 */
@@ -149,15 +150,17 @@ static void check_record(const struct proto_desc *d, const struct wk_record *r)
 		CHECK(r->n_extents == 0 && !r->bitmap);
 		return;
 	}
-	CHECK(d->encoding == PROTO_ENC_SPARSE && r->bitmap);
+	CHECK(proto_encoding_has_bitmap(d->encoding) && r->bitmap);
 	uint32_t k = 0, start, len, extents = 0, present = 0;
-	while (wk_record_next_extent(r->bitmap, n, &k, &start, &len)) {
+	while (proto_sparse_next_extent(r->bitmap, n, &k, &start, &len)) {
 		CHECK(len >= 1 && start + len <= n);
 		extents++;
 		present += len;
 	}
-	CHECK(extents == r->n_extents && present > 0 && present < n);
+	CHECK(present > 0 && present < n);
 	CHECK(proto_sparse_bitmap_check(r->bitmap, n, present) == PROTO_OK);
+	/* SPARSE: an extent CRC per run of pages; ZSTD_SPARSE: none. */
+	CHECK(r->n_extents == (d->encoding == PROTO_ENC_SPARSE ? extents : 0));
 }
 
 /* What wk_record.h says a record may be, written out independently of
@@ -185,6 +188,8 @@ static bool model_record(const struct proto_desc *d, const uint8_t *rec)
 		present += bit;
 		runs += bit && (k == 0 || !((bitmap[(k - 1) / 8] >> ((k - 1) % 8)) & 1));
 	}
+	if (d->encoding == PROTO_ENC_ZSTD_SPARSE)
+		return present > 0 && present < n && n_ext == 0;
 	return present > 0 && present < n && runs == n_ext;
 }
 

@@ -23,9 +23,8 @@ import tempfile
 import time
 import unittest
 
-from pfwire import crc32c  # noqa: F401  (re-exported: one implementation)
+from pfwire import BUILD, crc32c  # noqa: F401  (re-exported: one implementation)
 
-BUILD = os.environ.get("PAGEFERRY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 PF = os.path.abspath(os.path.join(BUILD, "pageferry"))
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 # Snapshots are written with O_DIRECT: a real disk, not tmpfs.

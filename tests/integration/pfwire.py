@@ -5,14 +5,22 @@ loopback); tests that need TLS wrap its bytes in Python's ssl."""
 import os
 import socket
 import struct
+import sys
 import time
 
-HS_MAGIC, PK_MAGIC, VERSION = 0x53484650, 0x4B504650, 4
-DATA, SYNC, END, RESULT = 1, 2, 3, 4
-ZERO, RAW, ZSTD, SPARSE = 0, 1, 2, 3
-F_ZSTD = 1
+# The build under test (pftest imports it from here).
+BUILD = os.environ.get("PAGEFERRY_BUILD_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../build"))
+sys.path.insert(0, os.path.join(BUILD, "tools"))
+import pf_abi  # noqa: E402  (generated from the C headers)
+
+HS_MAGIC, PK_MAGIC, VERSION = pf_abi.HANDSHAKE_MAGIC, pf_abi.PACKET_MAGIC, pf_abi.WIRE_VERSION
+DATA, SYNC, END, RESULT = pf_abi.PKT_DATA, pf_abi.PKT_SYNC, pf_abi.PKT_END, pf_abi.PKT_RESULT
+ZERO, RAW, ZSTD, SPARSE = pf_abi.ENC_ZERO, pf_abi.ENC_RAW, pf_abi.ENC_ZSTD, pf_abi.ENC_SPARSE
+ZSTD_SPARSE = pf_abi.ENC_ZSTD_SPARSE
+F_ZSTD = pf_abi.F_ZSTD
 # Refusals a handshake answer may carry (protocol/proto_error.h).
-E_MAGIC, E_VERSION, E_SESSION, E_TLS_REQUIRED, E_BUSY = 2, 3, 9, 35, 55
+E_MAGIC, E_VERSION, E_SESSION, E_TLS_REQUIRED, E_BUSY = (pf_abi.E_MAGIC, pf_abi.E_VERSION, pf_abi.E_SESSION,
+                                                          pf_abi.E_TLS_REQUIRED, pf_abi.E_BUSY)
 PAGE = 4096
 
 

@@ -178,6 +178,14 @@ class WireChecksum(Workspace):
         self.assert_failed_naming_the_flipped_packet(
             *self.through_relay(self.guest("text"), target, "--channels", 2, "--compress", "zstd"))
 
+    def test_flipped_zstd_sparse_frame_byte_names_the_packet(self):
+        # A mixed guest's compressed windows leave their zero pages out of
+        # the frame: bitmap, then the frame, one checksum over both.
+        def target(cid, f):
+            return f["encoding"] == pfwire.ZSTD_SPARSE and f["seq"] >= 5
+        self.assert_failed_naming_the_flipped_packet(
+            *self.through_relay(self.guest("mixed"), target, "--channels", 2, "--compress", "zstd"))
+
     def test_version_3_receiver_refused_by_name(self):
         # A receiver of wire version 3 (no TLS: an in-band key proof)
         # answers in its version, refusing ours: the sender names the
@@ -201,7 +209,7 @@ class WireChecksum(Workspace):
         srv.close()
         self.assertEqual(tx.returncode, 1, tx.stderr)
         self.assertIn(f"main channel to 127.0.0.1:{port}: unsupported protocol or format version: the receiver "
-                      "speaks another wire protocol version, this sender version 4", tx.stderr)
+                      f"speaks another wire protocol version, this sender version {pfwire.VERSION}", tx.stderr)
 
     def test_live_flip_in_pages_the_guest_never_rewrites(self):
         # guestsim rewrites only its first 4 MiB.  A mismatch in a live round
