@@ -11,15 +11,24 @@ Both builds must read each other's inputs only through their own commands:
 each restores its own snapshot. Migrations are paused, over loopback, into a
 pre-zeroed destination (--in-place), 2 channels. Times are each command's own
 count ("seconds" of --json), runs alternate A,B,B,A,...; medians and ranges
-are printed with the ratio B/A. Build a baseline with
+are printed with the ratio B/A, and each command's CPU-seconds (the whole
+command, front end and stages: its rusage; a migration's both ends). Before
+each restore dd reads the same snapshot with O_DIRECT, 4 MiB at a time: the
+reference for reading it. Build a baseline with
 `git worktree add /tmp/pf-base COMMIT && meson setup /tmp/pf-base/build /tmp/pf-base && ninja -C /tmp/pf-base/build`."""
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
 import time
+
+
+def children_cpu():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
 
 
 def run(cmd):
@@ -76,36 +85,57 @@ def main():
         for pattern in a.patterns.split(","):
             guest = os.path.join(shm, pattern + ".ram")
             run([builds["B"], "mkguest", pattern, a.size, guest])
-            t = {(j, k): [] for j in jobs for k in builds}
+            t = {(j, k): [] for j in jobs + ["snapshot"] for k in builds}
+            cpu = {(j, k): [] for j in jobs + ["snapshot"] for k in builds}
+            dd = []
+
+            def timed(j, k, fn):
+                before = children_cpu()
+                t[(j, k)].append(fn())
+                cpu[(j, k)].append(children_cpu() - before)
+
             for rep in range(a.reps):
                 for k in ("A", "B") if rep % 2 == 0 else ("B", "A"):
                     pf, snap, into = builds[k], os.path.join(disk, f"{k}.pfs"), os.path.join(shm, "into.ram")
                     if "snapshot" in jobs or "restore" in jobs:
-                        t_s = run([pf, "snapshot", "--guest", guest, "--out", snap, "--json"])["seconds"]
-                        if "snapshot" in jobs:
-                            t[("snapshot", k)].append(t_s)
+                        timed("snapshot", k, lambda: run([pf, "snapshot", "--guest", guest, "--out", snap,
+                                                          "--json"])["seconds"])
                     if "restore" in jobs:
-                        t[("restore", k)].append(run([pf, "restore", snap, "--into", into, "--json"])["seconds"])
+                        # The reference: the same file read by dd with O_DIRECT.
+                        start = time.monotonic()
+                        subprocess.run(["dd", f"if={snap}", "of=/dev/null", "bs=4M", "iflag=direct",
+                                        "status=none"], check=True)
+                        dd.append(time.monotonic() - start)
+                        timed("restore", k, lambda: run([pf, "restore", snap, "--into", into, "--json"])["seconds"])
                         os.unlink(into)
                     if "migrate" in jobs:
-                        t[("migrate", k)].append(migrate(pf, guest, into, 20000 + os.getpid() % 20000 + rep,
-                                                         rx_args, tx_args))
+                        timed("migrate", k, lambda: migrate(pf, guest, into, 20000 + os.getpid() % 20000 + rep,
+                                                            rx_args, tx_args))
                         os.unlink(into)
             for j in jobs:
                 ma, mb = median(t[(j, "A")]), median(t[(j, "B")])
                 row = {"pattern": pattern, "job": j, "size": a.size, "a_s": t[(j, "A")], "b_s": t[(j, "B")],
-                       "a_median": ma, "b_median": mb, "b_over_a": round(mb / ma, 3)}
+                       "a_median": ma, "b_median": mb, "b_over_a": round(mb / ma, 3),
+                       "a_cpu": cpu[(j, "A")], "b_cpu": cpu[(j, "B")],
+                       "a_cpu_median": median(cpu[(j, "A")]), "b_cpu_median": median(cpu[(j, "B")])}
+                if j == "restore":
+                    row["dd_direct_s"] = dd
+                    row["dd_median"] = median(dd)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             os.unlink(guest)
     finally:
         shutil.rmtree(shm, ignore_errors=True)
         shutil.rmtree(disk, ignore_errors=True)
-    print(f"\n{'pattern':8} {'job':9} {'A median [range] s':>22} {'B median [range] s':>22} {'B/A':>6}")
+    print(f"\n{'pattern':8} {'job':9} {'A median [range] s':>22} {'B median [range] s':>22} {'B/A':>6}"
+          f" {'A cpu-s':>8} {'B cpu-s':>8}  reference")
     for r in rows:
         fa = f"{r['a_median']:.3f} [{min(r['a_s']):.3f}-{max(r['a_s']):.3f}]"
         fb = f"{r['b_median']:.3f} [{min(r['b_s']):.3f}-{max(r['b_s']):.3f}]"
-        print(f"{r['pattern']:8} {r['job']:9} {fa:>22} {fb:>22} {r['b_over_a']:6.2f}")
+        ref = (f"dd iflag=direct {r['dd_median']:.3f} [{min(r['dd_direct_s']):.3f}-{max(r['dd_direct_s']):.3f}] s"
+               if "dd_median" in r else "")
+        print(f"{r['pattern']:8} {r['job']:9} {fa:>22} {fb:>22} {r['b_over_a']:6.2f}"
+              f" {r['a_cpu_median']:8.2f} {r['b_cpu_median']:8.2f}  {ref}")
 
 
 if __name__ == "__main__":

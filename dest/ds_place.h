@@ -1,5 +1,5 @@
-/* Placing pages in the destination RAM file (the receive stage and its
- * inflaters).
+/* Placing pages in the destination RAM file (the receive stage, its
+ * inflaters and the restore stage).
  *
  * By pwrite(2), not through a mapping.  On the VMs pageferry runs on, a
  * page's first touch through a new mapping costs several times the copy

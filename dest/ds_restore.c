@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,18 +12,16 @@
 #include "protocol/proto_crc32c.h"
 #include "protocol/proto_error.h"
 #include "stage/stage.h"
-#include "stage/stage_sigbus.h"
 
-/* A chunk is the unit threads claim: big enough that claiming is rare, small
- * enough that work spreads evenly.  Reads never cross a chunk. */
+/* The absent pages' pass claims the page space in chunks: big enough that
+ * claiming is rare, small enough that work spreads evenly. */
 #define CHUNK_BYTES (4u << 20)
 
-int ds_restore_open(struct ds_restore *r, int meta_fd, int data_fd, int dest_fd, const char **why)
+int ds_restore_open(struct ds_restore *r, int meta_fd, int data_fd, const char **why)
 {
 	memset(r, 0, sizeof(*r));
 	r->meta_fd = meta_fd;
 	r->data_fd = data_fd;
-	r->dest_fd = dest_fd;
 	int fl = fcntl(data_fd, F_GETFL);
 	r->direct = fl >= 0 && (fl & O_DIRECT);
 	struct stat st;
@@ -80,192 +77,209 @@ int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, cons
 	return rc;
 }
 
-int ds_restore_map_dest(struct ds_restore *r, const char **why)
+int ds_restore_open_dest(struct ds_restore *r, struct ds_place *pl, int dest_fd, const char **why)
 {
-	if (!r->in_place && ftruncate(r->dest_fd, (off_t)r->hdr.guest_size) < 0) {
+	if (!r->in_place && ftruncate(dest_fd, (off_t)r->hdr.guest_size) < 0) {
 		*why = "sizing the destination";
 		return -errno;
 	}
-	r->dest = mmap(NULL, r->hdr.guest_size, PROT_READ | PROT_WRITE, MAP_SHARED, r->dest_fd, 0);
-	if (r->dest == MAP_FAILED) {
-		r->dest = NULL;
-		*why = "mapping the destination";
-		return -errno;
-	}
-	stage_sigbus_watch(STAGE_MAP_DEST, r->dest, r->hdr.guest_size, r->dest_fd);
+	ds_place_open(pl, dest_fd, r->hdr.guest_size);
+	r->dest = pl;
 	return 0;
 }
 
-static void fail(struct ds_restore *r, int neg_errno)
+static void fail(struct ds_restore *r, int neg_errno, uint64_t off, uint64_t len)
 {
 	int none = 0;
-	atomic_compare_exchange_strong(&r->failed_errno, &none, -neg_errno);
-}
-
-static void zero_absent(struct ds_restore *r, uint64_t off, uint64_t len)
-{
-	if (fallocate(r->dest_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
-		memset(r->dest + off, 0, len);
-}
-
-static void read_done(void *ctx, uint64_t first_page, uint64_t len)
-{
-	(void)first_page;
-	struct ds_reader *rd = ctx;
-	rd->bytes_done += len;
-}
-
-int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
-{
-	rd->restore = r;
-	rd->bytes_done = 0;
-	if (!r->dest) /* check only: read into our own buffer, no queue */
-		return -posix_memalign((void **)&rd->buf, 4096, DS_CHECK_BUF);
-	return dio_queue_init(&rd->queue, DS_RESTORE_DEPTH, read_done, rd);
-}
-
-static void publish_progress(struct ds_reader *rd, uint64_t pages)
-{
-	struct shm_stats *stats = rd->restore->stats;
-	atomic_fetch_add_explicit(&stats->v[SHM_STAT_BYTES], rd->bytes_done, memory_order_relaxed);
-	atomic_fetch_add_explicit(&stats->v[SHM_STAT_PAGES], pages, memory_order_relaxed);
-	rd->bytes_done = 0;
-}
-
-static void read_pages(struct ds_reader *rd)
-{
-	struct ds_restore *r = rd->restore;
-	const uint64_t page = r->hdr.page_size;
-	const uint64_t chunk_pages = CHUNK_BYTES / page ? CHUNK_BYTES / page : 1;
-	const uint64_t n_chunks = (r->hdr.n_pages + chunk_pages - 1) / chunk_pages;
-	for (;;) {
-		if (atomic_load(&r->failed_errno))
-			break;
-		uint64_t c = atomic_fetch_add(&r->next_chunk, 1);
-		if (c >= n_chunks)
-			break;
-		uint64_t p = c * chunk_pages;
-		uint64_t end = p + chunk_pages < r->hdr.n_pages ? p + chunk_pages : r->hdr.n_pages;
-		while (p < end) {
-			uint64_t absent = p;
-			while (p < end && !proto_bitmap_test(r->bitmap, p))
-				p++;
-			/* An existing destination may hold anything where the guest
-			 * had zeros: make them holes (reads as zeros). */
-			if (r->in_place && p > absent)
-				zero_absent(r, absent * page, (p - absent) * page);
-			uint64_t run = p;
-			while (p < end && proto_bitmap_test(r->bitmap, p))
-				p++;
-			if (p == run)
-				continue;
-			int rc = dio_queue_submit(&rd->queue, DIO_READ, r->data_fd, r->dest + run * page,
-						  (p - run) * page, r->hdr.data_offset + run * page, run);
-			if (rc < 0) {
-				fail(r, rc);
-				break;
-			}
-		}
-		/* Pages count as restored when their chunk is claimed; bytes when
-		 * their reads complete. */
-		publish_progress(rd, end - c * chunk_pages);
+	if (atomic_compare_exchange_strong(&r->failed_errno, &none, -neg_errno)) {
+		atomic_store(&r->failed_off, off);
+		atomic_store(&r->failed_len, len);
 	}
-	int rc = dio_queue_drain(&rd->queue);
-	if (rc < 0)
-		fail(r, rc);
-	publish_progress(rd, 0);
-}
-
-/* CRC of an extent's pages: in the destination, or (check only) read from
- * the snapshot's data region with O_DIRECT. */
-static int extent_crc(struct ds_reader *rd, const struct proto_snap_extent *e, uint32_t *crc)
-{
-	struct ds_restore *r = rd->restore;
-	const uint64_t page = r->hdr.page_size;
-	if (r->dest) {
-		*crc = proto_crc32c(0, r->dest + e->first_page * page, e->n_pages * page);
-		return 0;
-	}
-	uint32_t c = 0;
-	uint64_t off = r->hdr.data_offset + e->first_page * page, left = e->n_pages * page;
-	while (left) {
-		uint64_t n = left < DS_CHECK_BUF ? left : DS_CHECK_BUF;
-		int rc = dio_pread_full(r->data_fd, rd->buf, n, off);
-		if (rc < 0)
-			return rc;
-		c = proto_crc32c(c, rd->buf, n);
-		rd->bytes_done += n;
-		off += n;
-		left -= n;
-	}
-	publish_progress(rd, e->n_pages);
-	*crc = c;
-	return 0;
 }
 
 static void note_bad(struct ds_restore *r, uint64_t index)
 {
 	uint64_t cur = atomic_load(&r->bad_extent);
-	while ((cur == 0 || index + 1 < cur) &&
-	       !atomic_compare_exchange_weak(&r->bad_extent, &cur, index + 1))
+	while ((cur == 0 || index + 1 < cur) && !atomic_compare_exchange_weak(&r->bad_extent, &cur, index + 1))
 		;
 }
 
-/* Every extent's CRC.  The table was validated before any page was read;
- * a record is decoded again (range checked) since we read it again. */
-static void verify_extents(struct ds_reader *rd)
+static void publish_progress(struct ds_reader *rd)
+{
+	struct shm_stats *stats = rd->restore->stats;
+	atomic_fetch_add_explicit(&stats->v[SHM_STAT_BYTES], rd->bytes_done, memory_order_relaxed);
+	atomic_fetch_add_explicit(&stats->v[SHM_STAT_PAGES], rd->pages_done, memory_order_relaxed);
+	rd->bytes_done = rd->pages_done = 0;
+}
+
+static void extent_done(struct ds_reader *rd, uint32_t x)
+{
+	struct ds_open_extent *e = &rd->open[x];
+	if (e->acc != e->want)
+		note_bad(rd->restore, e->index);
+	rd->pages_done += e->n_pages;
+	rd->free_open[rd->n_free_open++] = x;
+}
+
+/* A piece is in: its CRC goes into its extent's, its pages to the
+ * destination (written before the extent is known good: a bad one fails
+ * the restore, and the front end removes what it wrote). */
+static void piece_done(void *ctx, uint64_t tag, uint64_t len)
+{
+	struct ds_reader *rd = ctx;
+	struct ds_restore *r = rd->restore;
+	struct ds_piece *p = &rd->piece[tag];
+	uint32_t crc = proto_crc32c(0, p->buf, len);
+	struct ds_open_extent *e = &rd->open[p->extent];
+	e->acc ^= p->after ? proto_crc32c_combine(crc, 0, p->after) : crc;
+	if (r->dest && !r->dest->map) {
+		int rc = ds_place_write(r->dest, p->buf, len, p->dest_off);
+		if (rc < 0)
+			fail(r, rc, p->dest_off, len);
+	}
+	rd->bytes_done += len;
+	rd->free_bufs[rd->n_free++] = (uint32_t)tag;
+	if (--e->pending == 0 && !e->submitting)
+		extent_done(rd, p->extent);
+}
+
+int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
+{
+	memset(rd, 0, sizeof(*rd));
+	rd->restore = r;
+	for (uint32_t i = 0; i < DS_RESTORE_DEPTH; i++)
+		rd->free_bufs[rd->n_free++] = i;
+	for (uint32_t i = 0; i < DS_RESTORE_DEPTH + 1; i++)
+		rd->free_open[rd->n_free_open++] = i;
+	int rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
+	if (rc == 0)
+		memset(rd->bufs, 0, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE); /* its pages now, before lock-down */
+	return rc ? rc : dio_queue_init(&rd->queue, DS_RESTORE_DEPTH, piece_done, rd);
+}
+
+/* One extent's pages, piece by piece; returns -errno if a read failed. */
+static int read_extent(struct ds_reader *rd, uint64_t index, const struct proto_snap_extent *x)
+{
+	struct ds_restore *r = rd->restore;
+	const uint64_t start = x->first_page * r->hdr.page_size, bytes = x->n_pages * r->hdr.page_size;
+	uint32_t o = rd->free_open[--rd->n_free_open]; /* one more than the pieces in flight */
+	rd->open[o] = (struct ds_open_extent){ .index = index, .n_pages = x->n_pages, .want = x->crc,
+					       .submitting = true };
+	int rc = 0;
+	for (uint64_t done = 0; done < bytes && rc == 0;) {
+		uint64_t len = bytes - done < DS_RESTORE_PIECE ? bytes - done : DS_RESTORE_PIECE;
+		while (rd->n_free == 0 && rc == 0)
+			rc = dio_queue_wait(&rd->queue);
+		if (rc < 0)
+			break;
+		uint32_t b = rd->free_bufs[--rd->n_free];
+		uint8_t *into = r->dest && r->dest->map ? r->dest->map + start + done
+						       : rd->bufs + (uint64_t)b * DS_RESTORE_PIECE;
+		rd->piece[b] = (struct ds_piece){ .extent = o, .len = len, .after = bytes - done - len,
+						  .dest_off = start + done, .buf = into };
+		rd->open[o].pending++;
+		rc = dio_queue_submit(&rd->queue, DIO_READ, r->data_fd, into, len, r->hdr.data_offset + start + done, b);
+		if (rc < 0) {
+			rd->open[o].pending--;
+			rd->free_bufs[rd->n_free++] = b;
+		}
+		done += len;
+	}
+	rd->open[o].submitting = false;
+	if (rd->open[o].pending == 0)
+		extent_done(rd, o);
+	return rc;
+}
+
+/* The data pass: batches of extent records, decoded again (range checked:
+ * the table was validated before, but this is a second read). */
+static void read_extents(struct ds_reader *rd)
 {
 	struct ds_restore *r = rd->restore;
 	const uint64_t n_batches = (r->hdr.extent_count + DS_EXTENT_BATCH - 1) / DS_EXTENT_BATCH;
-	for (;;) {
-		if (atomic_load(&r->failed_errno))
-			return;
+	int rc = 0;
+	while (rc == 0 && !atomic_load(&r->failed_errno)) {
 		uint64_t b = atomic_fetch_add(&r->next_batch, 1);
 		if (b >= n_batches)
-			return;
+			break;
 		uint64_t first = b * DS_EXTENT_BATCH;
 		uint32_t n = (uint32_t)(r->hdr.extent_count - first < DS_EXTENT_BATCH ? r->hdr.extent_count - first
 										 : DS_EXTENT_BATCH);
-		int rc = ds_extents_read(r->meta_fd, &r->hdr, first, n, rd->records);
+		rc = ds_extents_read(r->meta_fd, &r->hdr, first, n, rd->records);
 		for (uint32_t k = 0; rc == 0 && k < n; k++) {
-			struct proto_snap_extent e;
-			uint32_t crc;
-			if (proto_snap_extent_decode(rd->records + k * PROTO_SNAP_EXTENT_SIZE, &r->hdr, &e) != PROTO_OK)
+			struct proto_snap_extent x;
+			if (proto_snap_extent_decode(rd->records + k * PROTO_SNAP_EXTENT_SIZE, &r->hdr, &x) != PROTO_OK)
 				rc = -EBADMSG; /* it was valid a moment ago: the file changed */
-			else if ((rc = extent_crc(rd, &e, &crc)) == 0 && crc != e.crc)
-				note_bad(r, first + k);
+			else
+				rc = read_extent(rd, first + k, &x);
 		}
-		if (rc < 0) {
-			fail(r, rc);
-			return;
+		publish_progress(rd);
+	}
+	int drained = dio_queue_drain(&rd->queue);
+	if (rc == 0)
+		rc = drained;
+	if (rc < 0)
+		fail(r, rc, UINT64_MAX, 0);
+	publish_progress(rd);
+}
+
+/* The absent pages' pass (restore only): in place they may hold anything
+ * and become holes (zeros where the filesystem cannot punch); a new
+ * destination is holes already.  Either way they count as restored. */
+static void absent_pages(struct ds_reader *rd)
+{
+	struct ds_restore *r = rd->restore;
+	const uint64_t page = r->hdr.page_size;
+	const uint64_t chunk_pages = CHUNK_BYTES / page ? CHUNK_BYTES / page : 1;
+	const uint64_t n_chunks = (r->hdr.n_pages + chunk_pages - 1) / chunk_pages;
+	while (!atomic_load(&r->failed_errno)) {
+		uint64_t c = atomic_fetch_add(&r->next_chunk, 1);
+		if (c >= n_chunks)
+			break;
+		uint64_t p = c * chunk_pages, end = p + chunk_pages < r->hdr.n_pages ? p + chunk_pages : r->hdr.n_pages;
+		while (p < end) {
+			while (p < end && proto_bitmap_test(r->bitmap, p))
+				p++;
+			uint64_t absent = p;
+			while (p < end && !proto_bitmap_test(r->bitmap, p))
+				p++;
+			int rc = r->in_place && p > absent ? ds_place_punch(r->dest, absent * page, (p - absent) * page)
+							   : 0;
+			if (rc < 0) {
+				fail(r, rc, absent * page, (p - absent) * page);
+				return;
+			}
+			rd->pages_done += p - absent;
 		}
+		publish_progress(rd);
 	}
 }
 
 void *ds_restore_reader(void *arg)
 {
 	struct ds_reader *rd = arg;
-	struct ds_restore *r = rd->restore;
-	if (r->dest)
-		read_pages(rd);
-	/* Every thread gets here, failed or not: a verifier must not read
-	 * pages another thread's reads are still filling. */
-	pthread_barrier_wait(&r->all_read);
-	verify_extents(rd);
+	if (rd->restore->dest)
+		absent_pages(rd);
+	read_extents(rd);
 	return NULL;
 }
 
 int ds_restore_result(struct ds_restore *r, char *line, size_t len)
 {
 	int err = atomic_load(&r->failed_errno);
+	uint64_t off = atomic_load(&r->failed_off), page = r->hdr.page_size;
 	if (err == EBADMSG) {
 		snprintf(line, len, "the snapshot changed while it was read (its extent table no longer checks)");
-		return -EBADMSG;
+		return -1;
 	}
-	stage_die_if_fault(STAGE_MAP_DEST, -err); /* read into a page the filesystem has no room for */
+	if (err && off != UINT64_MAX && r->dest) {
+		uint64_t n = atomic_load(&r->failed_len);
+		ds_place_failure(r->dest, -err, off / page, (n + page - 1) / page, line, len);
+		return -1;
+	}
 	if (err) {
-		snprintf(line, len, "reading page data from the snapshot");
-		return -err;
+		snprintf(line, len, "reading page data from the snapshot: %s", strerror(err));
+		return -1;
 	}
 	uint64_t bad = atomic_load(&r->bad_extent);
 	if (!bad)
@@ -280,5 +294,5 @@ int ds_restore_result(struct ds_restore *r, char *line, size_t len)
 		snprintf(line, len, "snapshot data is corrupt: pages %llu..%llu (extent %llu) do not match their checksum",
 			 (unsigned long long)e.first_page, (unsigned long long)(e.first_page + e.n_pages - 1),
 			 (unsigned long long)(bad - 1));
-	return -EBADMSG;
+	return -1;
 }

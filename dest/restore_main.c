@@ -15,8 +15,9 @@
  * The snapshot is untrusted input: header, bitmap and extent table are
  * decoded field by field and checked (protocol/proto_snapfile.c,
  * dest/ds_extents.c) before any offset is used; after the pages are read,
- * every extent's CRC-32C is checked (dest/ds_restore.c).  Check mode reads
- * each extent's pages into a private buffer instead, and writes nothing.
+ * every extent's pages are read into the thread's own buffers, checked
+ * against its CRC-32C and written with pwrite (dest/ds_restore.c).  Check
+ * mode reads and checks the same way, and writes nothing.
  *
  * There are no other processes: N reader threads of this one do the work,
  * each with its own asynchronous I/O context.  They are started before
@@ -64,7 +65,7 @@ int main(int argc, char **argv)
 
 	static struct ds_restore r;
 	const char *why = "";
-	int rc = ds_restore_open(&r, RESTORE_FD_META, RESTORE_FD_DATA, mode ? -1 : STAGE_FD_GUEST, &why);
+	int rc = ds_restore_open(&r, RESTORE_FD_META, RESTORE_FD_DATA, &why);
 	if (rc == -EBADMSG)
 		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
 	if (rc < 0)
@@ -93,17 +94,16 @@ int main(int argc, char **argv)
 	r.stats = shm_segment_stats(&seg, SHM_STATS_DEST);
 	stage_stat_set(r.stats, SHM_STAT_FLAGS, r.direct ? SHM_FLAG_DIRECT_IO : 0);
 	stage_stat_set(r.stats, SHM_STAT_TOTAL_PAGES, check_only ? r.hdr.pages_present : r.hdr.n_pages);
-	if (!check_only && (rc = ds_restore_map_dest(&r, &why)) < 0)
+	static struct ds_place dest;
+	if (!check_only && (rc = ds_restore_open_dest(&r, &dest, STAGE_FD_GUEST, &why)) < 0)
 		stage_die_errno(rc, "%s", why);
 
 	static struct ds_reader readers[MAX_THREADS];
 	for (int i = 0; i < threads; i++)
 		if ((rc = ds_reader_init(&readers[i], &r)) < 0)
-			stage_die_errno(rc, check_only ? "allocating read buffers"
-						       : "setting up asynchronous I/O (io_setup)");
+			stage_die_errno(rc, "setting up a reader's buffers and asynchronous I/O (io_setup)");
 	pthread_t tid[MAX_THREADS];
-	if ((rc = pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1)) != 0 ||
-	    (rc = pthread_barrier_init(&r.all_read, NULL, (unsigned)threads)) != 0)
+	if ((rc = pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1)) != 0)
 		stage_die_errno(-rc, "pthread_barrier_init");
 	for (int i = 0; i < threads; i++)
 		if ((rc = pthread_create(&tid[i], NULL, reader_main, &readers[i])) != 0)
@@ -114,12 +114,9 @@ int main(int argc, char **argv)
 	for (int i = 0; i < threads; i++)
 		pthread_join(tid[i], NULL);
 
-	char line[256];
-	rc = ds_restore_result(&r, line, sizeof(line));
-	if (rc == -EBADMSG)
+	char line[512];
+	if (ds_restore_result(&r, line, sizeof(line)) < 0)
 		stage_die(STAGE_EXIT_FAILED, "%s", line);
-	if (rc < 0)
-		stage_die_errno(rc, "%s", line);
 	if (!check_only && fdatasync(STAGE_FD_GUEST) < 0 && errno != EINVAL)
 		stage_die_errno(-errno, "fdatasync of the destination");
 	stage_stat_set(r.stats, SHM_STAT_STATE, SHM_PROC_DONE);

@@ -143,6 +143,11 @@ int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uin
 	return rc;
 }
 
+int dio_queue_wait(struct dio_queue *q)
+{
+	return q->in_flight ? reap(q, 1) : 0;
+}
+
 int dio_queue_drain(struct dio_queue *q)
 {
 	int first_err = 0;

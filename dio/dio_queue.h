@@ -42,6 +42,9 @@ int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *
  * (of this submission or of an earlier request reaped meanwhile). */
 int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uint64_t len, uint64_t off,
 		     uint64_t tag);
+/* Wait for at least one completion (none in flight: return at once).
+ * -errno if a request failed. */
+int dio_queue_wait(struct dio_queue *q);
 /* Wait until nothing is in flight.  -errno if any request failed. */
 int dio_queue_drain(struct dio_queue *q);
 void dio_queue_destroy(struct dio_queue *q);

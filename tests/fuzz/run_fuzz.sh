@@ -50,7 +50,7 @@ fi
 declare -A sources=(
 	[packet]="$p/proto_packet.c $p/proto_handshake.c $p/proto_error.c $p/proto_crc32c.c"
 	[handshake]="$p/proto_handshake.c $p/proto_state.c $p/proto_error.c $p/proto_crc32c.c"
-	[snapfile]="$src/dest/ds_restore.c $src/dest/ds_extents.c $src/dio/dio_sync.c $src/dio/dio_queue.c
+	[snapfile]="$src/dest/ds_restore.c $src/dest/ds_extents.c $src/dest/ds_place.c $src/dio/dio_sync.c $src/dio/dio_queue.c
 		$p/proto_snapfile.c $p/proto_dirtylog.c $p/proto_error.c $p/proto_crc32c.c"
 	[record]="$src/workers/wk_record.c $p/proto_desc.c $p/proto_packet.c $p/proto_error.c $p/proto_crc32c.c"
 )
