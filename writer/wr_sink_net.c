@@ -26,7 +26,8 @@ struct net_sink {
 	struct wr_net net;
 	bool rounds, zstd;
 	bool pages_in_arena;	/* RAW and SPARSE pages are in the run's arena buffer */
-	/* The data extents of the run being sent, in the guest mapping. */
+	/* The data extents of the run being sent: in the guest mapping, or one
+	 * packed piece of the arena buffer. */
 	struct iovec extents[WK_RECORD_MAX_PAGES / 2 + 1];
 };
 
