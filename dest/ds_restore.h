@@ -39,8 +39,10 @@ int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, cons
  * own buffers, DS_RESTORE_DEPTH of them in flight per reader: 8 MiB a
  * thread.  Many small pieces rather than a few big ones: a mixed guest's
  * extents are a page or three, and its restore took 1.6-1.7 s per GiB with
- * 8 reads of 1 MiB in flight, 1.2 s with 64 of 128 KiB (random pages:
- * the same within this disk's noise).  A destination that is mapped
+ * 8 reads of 1 MiB in flight, 1.2 s with 64 of 128 KiB.  A random guest's
+ * long extents pay for it: the disk counts requests, and in one series its
+ * restore took 1.23 s against the 0.96 s of reads of up to 4 MiB
+ * (doc/benchmarks.md, "Restore through its own buffers").  A destination that is mapped
  * (hugetlbfs: dest/ds_place.h) is read into straight away. */
 #define DS_RESTORE_PIECE (128u << 10)
 #define DS_RESTORE_DEPTH 64u

@@ -288,14 +288,14 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	for (uint32_t k = 0; k < n && zero_pages; k++)
 		if (!w->is_zero[k])
 			bitmap[k / 8] |= (uint8_t)(1u << (k % 8));
-	bool packed = false;
 	uint8_t *scratch = pages == w->run ? frame_of(w, b) : w->run;
-	if (w->zstd && worth_compressing(w, scratch, pages, n)) {
-		/* zstd gets the data pages only: zero pages would cost it time
-		 * here and the inflater a decompression and a write there. */
-		if (zero_pages)
-			pack_data_pages(w, pages, n);
-		packed = zero_pages != 0;
+	bool compress = w->zstd && worth_compressing(w, scratch, pages, n);
+	/* The data pages packed together: zstd gets them only (zero pages
+	 * would cost it time here and the inflater a decompression and a write
+	 * there), and a SPARSE packet sent from the arena carries them so. */
+	if (zero_pages && (compress || w->pages_in_arena))
+		pack_data_pages(w, pages, n);
+	if (compress) {
 		uint32_t len = compress_run(w, b, pages, n - zero_pages, bitmap, bitmap_bytes);
 		if (len) {
 			d.encoding = zero_pages ? PROTO_ENC_ZSTD_SPARSE : PROTO_ENC_ZSTD;
@@ -318,8 +318,6 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 		if (k + 1 == n || w->is_zero[k + 1])
 			wk_record_add_extent(rec, extent_crc);
 	}
-	if (zero_pages && w->pages_in_arena && !packed)
-		pack_data_pages(w, pages, n);
 	d.encoding = zero_pages ? PROTO_ENC_SPARSE : PROTO_ENC_RAW;
 	d.payload_len = packet_crc; /* RAW: the pages' CRC; SPARSE: bitmap and pages' */
 	wk_record_finish(rec, zero_pages ? bitmap : NULL, bitmap_bytes);

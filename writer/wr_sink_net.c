@@ -78,6 +78,11 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 				  .n_pages = d->n_pages, .first_page = d->first_page };
 	const uint8_t *arena = src->arena[r->worker] + d->buffer * src->frame_size;
 	const uint8_t *pages = ns.pages_in_arena ? NULL : src->guest + d->first_page * page;
+	/* With --pages-in-arena RAW and SPARSE pages are in the run's buffer
+	 * (packed: workers/worker_main.c), which goes back once they are sent;
+	 * otherwise they come from the guest, and the buffer (the record only)
+	 * goes back at once. */
+	const int32_t owner = ns.pages_in_arena ? (int32_t)r->worker : -1;
 	switch (d->encoding) {
 	case PROTO_ENC_ZERO:
 		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages);
@@ -86,12 +91,8 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 	case PROTO_ENC_RAW:
 		p.payload_len = (uint32_t)(d->n_pages * page);
 		p.payload_crc = d->payload_len; /* the worker's CRC of the pages */
-		if (ns.pages_in_arena) {
-			sent(src, wr_net_send(&ns.net, &p, arena, (int32_t)r->worker, d->buffer), &p);
-			return; /* the buffer goes back once the pages are sent */
-		}
-		ns.extents[0] = (struct iovec){ (void *)pages, p.payload_len };
-		sent(src, wr_net_send_iov(&ns.net, &p, NULL, 0, ns.extents, 1, -1, 0), &p);
+		ns.extents[0] = (struct iovec){ (void *)(ns.pages_in_arena ? arena : pages), p.payload_len };
+		sent(src, wr_net_send_iov(&ns.net, &p, NULL, 0, ns.extents, 1, owner, d->buffer), &p);
 		break;
 	case PROTO_ENC_SPARSE: {
 		uint32_t n_ext = 0, present = 0, k = 0, first, len;
@@ -108,14 +109,9 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
 		p.payload_len = (uint32_t)(prefix + present * page);
 		p.payload_crc = d->payload_len; /* the worker's CRC of bitmap then pages */
-		/* The bitmap is copied into the packet's own slot: the record
-		 * can go back at once, unless the pages are in its buffer. */
-		if (ns.pages_in_arena) {
-			sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext,
-						  (int32_t)r->worker, d->buffer), &p);
-			return;
-		}
-		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext, -1, 0), &p);
+		/* The bitmap is copied into the packet's own slot. */
+		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext, owner, d->buffer),
+		     &p);
 		break;
 	}
 	case PROTO_ENC_ZSTD:
@@ -142,7 +138,8 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 		return;
 	}
 	}
-	wr_source_give_back(src, r->worker, d->buffer);
+	if (owner < 0)
+		wr_source_give_back(src, r->worker, d->buffer);
 }
 
 static void net_round_end(struct wr_sink *s)
