@@ -4,6 +4,7 @@
 #include <linux/aio_abi.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -11,7 +12,8 @@ struct dio_request {
 	struct iocb cb;
 	uint64_t tag;
 	uint64_t total;		/* bytes asked for, to report on completion */
-	uint8_t *buf;		/* current position (after a short transfer) */
+	struct iovec iov[DIO_QUEUE_MAX_IOV]; /* what is left (after a short transfer) */
+	uint32_t n_iov, first_iov;
 	uint64_t left;
 	uint64_t off;
 };
@@ -21,6 +23,7 @@ struct dio_request {
 int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *done_ctx)
 {
 	memset(q, 0, sizeof(*q));
+	q->notify_fd = -1;
 	if (depth == 0 || depth > DIO_QUEUE_MAX_DEPTH)
 		return -EINVAL;
 	q->depth = depth;
@@ -55,9 +58,13 @@ static int submit_slot(struct dio_queue *q, uint32_t slot)
 	cb->aio_data = slot;
 	cb->aio_lio_opcode = opcode;
 	cb->aio_fildes = fd;
-	cb->aio_buf = (uint64_t)(uintptr_t)r->buf;
-	cb->aio_nbytes = r->left;
+	cb->aio_buf = (uint64_t)(uintptr_t)(r->iov + r->first_iov);
+	cb->aio_nbytes = r->n_iov - r->first_iov;
 	cb->aio_offset = (int64_t)r->off;
+	if (q->notify_fd >= 0) {
+		cb->aio_flags = IOCB_FLAG_RESFD;
+		cb->aio_resfd = (uint32_t)q->notify_fd;
+	}
 	struct iocb *list[1] = { cb };
 	for (;;) {
 		long n = syscall(SYS_io_submit, (aio_context_t)q->ctx_id, 1L, list);
@@ -73,6 +80,21 @@ static int submit_slot(struct dio_queue *q, uint32_t slot)
 	q->in_flight++;
 	q->submitted++;
 	return 0;
+}
+
+/* A short transfer moved `done` bytes: the iovecs now start after them. */
+static void skip_done(struct dio_request *r, uint64_t done)
+{
+	while (done) {
+		struct iovec *v = &r->iov[r->first_iov];
+		if (done < v->iov_len) {
+			v->iov_base = (uint8_t *)v->iov_base + done;
+			v->iov_len -= done;
+			return;
+		}
+		done -= v->iov_len;
+		r->first_iov++;
+	}
 }
 
 /* Reap at least `min` completions.  A short transfer is resubmitted for the
@@ -101,7 +123,7 @@ static int reap(struct dio_queue *q, long min)
 			continue;
 		}
 		if ((uint64_t)res < r->left) {
-			r->buf += res;
+			skip_done(r, (uint64_t)res);
 			r->off += (uint64_t)res;
 			r->left -= (uint64_t)res;
 			q->short_retries++;
@@ -117,9 +139,11 @@ static int reap(struct dio_queue *q, long min)
 	return first_err;
 }
 
-int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uint64_t len, uint64_t off,
-		     uint64_t tag)
+int dio_queue_submitv(struct dio_queue *q, enum dio_op op, int fd, const struct iovec *iov, uint32_t n_iov,
+		      uint64_t off, uint64_t tag)
 {
+	if (n_iov == 0 || n_iov > DIO_QUEUE_MAX_IOV)
+		return -EINVAL;
 	while (q->n_free == 0) {
 		int rc = reap(q, 1);
 		if (rc < 0)
@@ -128,11 +152,16 @@ int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uin
 	uint32_t slot = q->free_slots[--q->n_free];
 	struct dio_request *r = &q->req[slot];
 	r->tag = tag;
-	r->total = len;
-	r->buf = buf;
-	r->left = len;
+	r->total = 0;
+	for (uint32_t i = 0; i < n_iov; i++) {
+		r->iov[i] = iov[i];
+		r->total += iov[i].iov_len;
+	}
+	r->n_iov = n_iov;
+	r->first_iov = 0;
+	r->left = r->total;
 	r->off = off;
-	r->cb.aio_lio_opcode = op == DIO_WRITE ? IOCB_CMD_PWRITE : IOCB_CMD_PREAD;
+	r->cb.aio_lio_opcode = op == DIO_WRITE ? IOCB_CMD_PWRITEV : IOCB_CMD_PREADV;
 	r->cb.aio_fildes = (uint32_t)fd;
 	int rc;
 	while ((rc = submit_slot(q, slot)) == -EAGAIN)
@@ -141,6 +170,30 @@ int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uin
 	if (rc < 0)
 		q->free_slots[q->n_free++] = slot;
 	return rc;
+}
+
+int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uint64_t len, uint64_t off,
+		     uint64_t tag)
+{
+	struct iovec v = { buf, len };
+	return dio_queue_submitv(q, op, fd, &v, 1, off, tag);
+}
+
+int dio_queue_notify(struct dio_queue *q)
+{
+	q->notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	return q->notify_fd < 0 ? -errno : q->notify_fd;
+}
+
+int dio_queue_reap(struct dio_queue *q)
+{
+	if (q->notify_fd >= 0) {
+		uint64_t count;
+		/* Reset before reaping: a completion after this signals again. */
+		if (read(q->notify_fd, &count, sizeof(count)) < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+	}
+	return q->in_flight ? reap(q, 0) : 0;
 }
 
 int dio_queue_wait(struct dio_queue *q)
@@ -163,7 +216,10 @@ void dio_queue_destroy(struct dio_queue *q)
 {
 	if (q->ctx_id)
 		syscall(SYS_io_destroy, (aio_context_t)q->ctx_id);
+	if (q->notify_fd >= 0)
+		close(q->notify_fd);
 	free(q->req);
 	free(q->free_slots);
 	memset(q, 0, sizeof(*q));
+	q->notify_fd = -1;
 }

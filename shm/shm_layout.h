@@ -15,7 +15,7 @@
 
 #define SHM_CACHE_LINE 64u
 #define SHM_SEG_MAGIC UINT64_C(0x47455359524546ff) /* "\xffFERYSEG" little-endian */
-#define SHM_ABI_VERSION 5u
+#define SHM_ABI_VERSION 6u
 #define SHM_SLOT_SIZE 16u
 #define SHM_RING_MIN_SLOTS 8u
 #define SHM_RING_MAX_SLOTS (1u << 20)

@@ -92,12 +92,6 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         if level:
             writer_args.append("--zstd")
         worker_args = [f"--zstd-level={level}"] if level else []
-        if tls != "none":
-            # TLS encrypts in user space anyway: the workers read the pages
-            # into their arena buffers and the writer never maps the guest
-            # (doc/architecture.md, "Sending pages").
-            writer_args.append("--pages-in-arena")
-            worker_args.append("--pages-in-arena")
         if device_state is not None:
             pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
         scanner_args, scanner_fds = [], {}

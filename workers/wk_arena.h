@@ -1,8 +1,8 @@
 /* Arena buffers: a memfd per worker, created by the supervisor, holding
  * WK_ARENA_BUFFERS buffers of one run's raw size each (buffer i at
- * i * buffer_size).  On the source a worker writes zstd frames (and with
- * --pages-in-arena the pages it read) into its arena and the writer sends
- * from it; on the destination the receiver
+ * i * buffer_size).  On the source a worker reads each run's pages into
+ * one of its buffers (and compresses them there) and the writer writes or
+ * sends from it; on the destination the receiver
  * receives compressed payloads into it and the worker decompresses from it.
  * A buffer's index travels in the ring descriptor; its owner gets it back on
  * the return ring once the other side is done with it. */
@@ -24,11 +24,9 @@ static inline uint64_t wk_arena_size(uint64_t buffer_size)
 	return WK_ARENA_BUFFERS * buffer_size;
 }
 
-/* A source worker's arena: buffer b is a zstd frame's room of frame_size
- * bytes at b * frame_size (used only with compression or, with
- * --pages-in-arena, for the run's pages themselves: a memfd's untouched
- * pages cost nothing) and a run record (workers/wk_record.h) after all the
- * frames.  The front end sizes the memfd with pf_abi.source_arena_bytes. */
+/* A source worker's arena: buffer b is one run's room of frame_size bytes
+ * at b * frame_size (its pages, or its zstd frame) and a run record
+ * (workers/wk_record.h) after all the frames.  The front end sizes the memfd with pf_abi.source_arena_bytes. */
 static inline uint64_t wk_arena_source_size(uint64_t frame_size)
 {
 	return WK_ARENA_BUFFERS * (frame_size + WK_RECORD_BYTES);

@@ -14,15 +14,15 @@
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
  *      8 its arena (read-write)
- * argv: pageferry-worker --index=I [--zstd-level=LEVEL] [--pages-in-arena]
+ * argv: pageferry-worker --index=I [--zstd-level=LEVEL]
  *
- * --pages-in-arena (migrate with TLS): a run is read straight into its arena
- * buffer and a RAW or SPARSE run's data pages stay there, packed, for the
- * writer to encrypt from; the writer then never maps the guest.  A page's
+ * A run is read (pread) straight into one of our arena buffers and its data
+ * pages stay there, packed (a SPARSE run's zero pages left out), for the
+ * writer to write or send from; the writer never maps the guest.  A page's
  * first touch through a new mapping costs 3-4 times the copy on the VMs we
  * run on (bench/place_cost.c), and every mapping builds page tables for the
- * whole guest.  Without it the writer sends RAW and SPARSE pages from the
- * guest file itself (sendfile, zero-copy), which nothing here can beat.
+ * whole guest: about 2 MiB per GiB, per process.  (A migration's long
+ * pieces still go by sendfile from the guest file: writer/wr_sink_net.c.)
  *
  * One descriptor out per descriptor in (RUN, FENCE, END), and an input slot
  * is released only after its output is published: a replacement for a
@@ -57,8 +57,7 @@
 struct worker {
 	struct shm_segment seg;
 	struct proto_geometry geo;
-	uint8_t *run;		/* one run's pages, or (--pages-in-arena) zstd's output */
-	bool pages_in_arena;
+	uint8_t *run;		/* zstd's output before it is copied over the pages; the re-check's pages */
 	char shrank[384];	/* the message for a guest file cut short */
 	struct shm_ring in, out, back;
 	struct shm_stats *stats;
@@ -192,23 +191,21 @@ static uint32_t check_pages(struct worker *w, const uint8_t *pages, uint64_t fir
 	return zero_pages;
 }
 
-/* A run's n_data data pages (packed: zero pages are left out) as one zstd
- * frame into buffer b, followed by the packet's CRC-32C: over the bitmap
- * (none when no page is zero), then the frame.  Returns the frame's length,
- * or 0 when the pages do not shrink by more than the CRC's 4 bytes.  With
- * the pages in buffer b itself, zstd writes into w->run and the (smaller)
- * frame is copied over them. */
-static uint32_t compress_run(struct worker *w, uint32_t b, const uint8_t *pages, uint32_t n_data,
-			     const uint8_t *bitmap, uint32_t bitmap_bytes)
+/* A run's n_data data pages (packed: zero pages are left out, in buffer b)
+ * as one zstd frame, written into w->run and copied over the pages (it is
+ * smaller), followed by the packet's CRC-32C: over the bitmap (none when no
+ * page is zero), then the frame.  Returns the frame's length, or 0 when the
+ * pages do not shrink by more than the CRC's 4 bytes. */
+static uint32_t compress_run(struct worker *w, uint32_t b, uint32_t n_data, const uint8_t *bitmap,
+			     uint32_t bitmap_bytes)
 {
 	size_t raw = (size_t)n_data * w->geo.page_size;
-	uint8_t *frame = frame_of(w, b), *out = pages == frame ? w->run : frame;
-	size_t len = wk_zstd_compress(w->zstd, out, pages, raw, raw - PROTO_DESC_FRAME_CRC_BYTES);
+	uint8_t *frame = frame_of(w, b);
+	size_t len = wk_zstd_compress(w->zstd, w->run, frame, raw, raw - PROTO_DESC_FRAME_CRC_BYTES);
 	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
 	if (!len)
 		return 0;
-	if (out != frame)
-		memcpy(frame, out, len);
+	memcpy(frame, w->run, len);
 	put_le32(frame + len, proto_crc32c(proto_crc32c(0, bitmap, bitmap_bytes), frame, len));
 	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
 	return (uint32_t)len;
@@ -237,8 +234,7 @@ static bool worth_compressing(struct worker *w, uint8_t *scratch, const uint8_t 
 }
 
 /* A run's data pages moved down over the zero pages before them, in order,
- * as a SPARSE packet carries them (--pages-in-arena) and as zstd compresses
- * them. */
+ * as a SPARSE packet carries them and as zstd compresses them. */
 static void pack_data_pages(struct worker *w, uint8_t *pages, uint32_t n)
 {
 	const size_t page = w->geo.page_size;
@@ -261,10 +257,10 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 {
 	struct wk_record_writer *rec = &w->rec;
 	wk_record_start(rec, NULL);
-	/* The pages go where they will be sent from: a zero run gives its
-	 * buffer straight back. */
-	uint32_t b = w->pages_in_arena ? take_buffer(w) : WK_ARENA_BUFFERS;
-	uint8_t *pages = read_run(w, w->pages_in_arena ? frame_of(w, b) : w->run, first, n);
+	/* The pages go where they will be written or sent from: a zero run
+	 * gives its buffer straight back. */
+	uint32_t b = take_buffer(w);
+	uint8_t *pages = read_run(w, frame_of(w, b), first, n);
 	uint32_t zero_pages = check_pages(w, pages, first, n, rec, NULL);
 	stage_stat_add(w->stats, SHM_STAT_PAGES, n);
 	stage_stat_add(w->stats, SHM_STAT_ZERO_PAGES, zero_pages);
@@ -272,13 +268,10 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	struct proto_desc d = { .type = PROTO_DESC_RUN, .encoding = PROTO_ENC_ZERO, .first_page = first,
 				.n_pages = n };
 	if (zero_pages == n) {
-		if (b < WK_ARENA_BUFFERS)
-			give_back(w, b);
+		give_back(w, b);
 		push(w, &d);
 		return;
 	}
-	if (b == WK_ARENA_BUFFERS)
-		b = take_buffer(w);
 	rec->rec = record_of(w, b);
 	d.buffer = (uint16_t)b;
 	/* A run with zero pages carries a bitmap of its data pages. */
@@ -288,15 +281,14 @@ static void check_run(struct worker *w, uint64_t first, uint32_t n)
 	for (uint32_t k = 0; k < n && zero_pages; k++)
 		if (!w->is_zero[k])
 			bitmap[k / 8] |= (uint8_t)(1u << (k % 8));
-	uint8_t *scratch = pages == w->run ? frame_of(w, b) : w->run;
-	bool compress = w->zstd && worth_compressing(w, scratch, pages, n);
+	bool compress = w->zstd && worth_compressing(w, w->run, pages, n);
 	/* The data pages packed together: zstd gets them only (zero pages
 	 * would cost it time here and the inflater a decompression and a write
-	 * there), and a SPARSE packet sent from the arena carries them so. */
-	if (zero_pages && (compress || w->pages_in_arena))
+	 * there), and a SPARSE packet carries them so. */
+	if (zero_pages)
 		pack_data_pages(w, pages, n);
 	if (compress) {
-		uint32_t len = compress_run(w, b, pages, n - zero_pages, bitmap, bitmap_bytes);
+		uint32_t len = compress_run(w, b, n - zero_pages, bitmap, bitmap_bytes);
 		if (len) {
 			d.encoding = zero_pages ? PROTO_ENC_ZSTD_SPARSE : PROTO_ENC_ZSTD;
 			d.payload_len = len;
@@ -413,10 +405,9 @@ int main(int argc, char **argv)
 	struct worker w = { 0 };
 	stage_set_name("worker", -1);
 	stage_tie_to_supervisor();
-	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL] [--pages-in-arena]");
+	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL]");
 	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
 	int level = (int)stage_arg_u64_or("zstd-level", 1, 19, 0);
-	w.pages_in_arena = stage_arg_flag("pages-in-arena");
 	stage_args_done();
 	bool replacement = getenv("PAGEFERRY_RESTARTED") != NULL;
 	stage_close_inherited_fds(WORKER_FD_ARENA, NULL, 0);

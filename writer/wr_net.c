@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <sys/random.h>
 #include <sys/sendfile.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -156,6 +157,15 @@ int wr_net_open(struct wr_net *n, const char *hostport, const struct proto_hands
 		n->sendfile = rc == 0;
 		if (n->sendfile)
 			zc = WR_ZC_OFF; /* no SO_ZEROCOPY: nothing would use it */
+	}
+	if (n->sendfile) {
+		/* PROT_NONE and never touched: no page tables, no memory. */
+		void *names = mmap(NULL, guest->bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (names == MAP_FAILED) {
+			snprintf(what, what_len, "reserving an address range to name the guest file's pieces");
+			return -errno;
+		}
+		n->guest.base = names;
 	}
 	n->n_channels = hs->n_channels;
 	n->ch = calloc(n->n_channels, sizeof(*n->ch));
@@ -377,11 +387,17 @@ static int send_iovs(struct wr_net *n, struct wr_channel *c, struct iovec *iov, 
 	return 0;
 }
 
+const void *wr_net_file_piece(const struct wr_net *n, uint64_t off, uint64_t len)
+{
+	if (!n->sendfile || len < WR_SENDFILE_MIN || off > n->guest.bytes || len > n->guest.bytes - off)
+		return NULL;
+	return n->guest.base + off;
+}
+
 static bool goes_by_sendfile(const struct wr_net *n, const struct iovec *v)
 {
 	const uint8_t *p = v->iov_base;
-	return n->sendfile && v->iov_len >= WR_SENDFILE_MIN && p >= n->guest.base &&
-	       (uint64_t)(p - n->guest.base) <= n->guest.bytes - v->iov_len;
+	return n->sendfile && p >= n->guest.base && (uint64_t)(p - n->guest.base) <= n->guest.bytes - v->iov_len;
 }
 
 /* The kernel holds references to the guest's pages until TCP is done with

@@ -24,7 +24,7 @@
 #define WR_NET_BATCH_BYTES (1u << 20)
 #define WR_NET_IOV 1024u	/* iovecs in one sendmsg (the kernel's UIO_MAXIOV) */
 #define WR_NET_SLOT_BYTES (PROTO_PACKET_HEADER_SIZE + PROTO_SPARSE_BITMAP_MAX)
-/* Guest pieces at least this long go by sendfile.  A shorter one costs less
+/* Guest pieces at least this long go by sendfile (wr_net_file_piece).  A shorter one costs less
  * copied inside the gathered sendmsg than as a call of its own that also
  * ends the TCP segment (mixed guest: 16 KiB made it 0.25 s slower per 4 GiB).
  * The front end's summary quotes it (pf_abi.SENDFILE_MIN_BYTES). */
@@ -36,8 +36,12 @@
  * else MSG_ZEROCOPY where the kernel allows it, else copies. */
 enum wr_zerocopy { WR_ZC_OFF, WR_ZC_AUTO, WR_ZC_ON, WR_ZC_SENDFILE };
 
-/* The guest file as the writer holds it: fd for sendfile, base of its
- * read-only mapping (the iovecs point into it). */
+/* The guest file as the writer holds it: its fd, for sendfile.  The writer
+ * does not map the guest (the workers read the pages into their arenas);
+ * with sendfile, wr_net_open reserves an inaccessible address range as
+ * long as the guest (base) so that a piece of the guest file can travel
+ * among the iovecs: the address base + off names the file's bytes at off,
+ * and only sendfile ever reads them. */
 struct wr_guest {
 	int fd;
 	const uint8_t *base;
@@ -116,6 +120,10 @@ int wr_net_send(struct wr_net *n, struct proto_packet *p, const void *payload, i
  * worker >= 0.  p->payload_len covers them all. */
 int wr_net_send_iov(struct wr_net *n, struct proto_packet *p, const void *prefix, uint32_t prefix_len,
 		    const struct iovec *iov, uint32_t n_iov, int32_t worker, uint32_t buffer);
+/* With sendfile on, an iovec naming `len` bytes of the guest file at `off`
+ * (sent by sendfile); NULL without sendfile or below WR_SENDFILE_MIN: send
+ * the bytes from memory instead. */
+const void *wr_net_file_piece(const struct wr_net *n, uint64_t off, uint64_t len);
 /* SYNC(round) on every channel, after everything queued before it. */
 int wr_net_sync(struct wr_net *n, uint32_t round);
 /* Tell the receiver, on the main channel, that we give up (best effort). */

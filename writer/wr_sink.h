@@ -24,7 +24,6 @@
 struct wr_source {
 	struct shm_segment seg;
 	struct proto_geometry geo;
-	const uint8_t *guest;	/* read-only mapping of the whole guest, or NULL */
 	struct shm_stats *stats;
 	uint32_t n_workers;
 	struct shm_ring in[SHM_MAX_WORKERS], back[SHM_MAX_WORKERS];
@@ -81,7 +80,7 @@ struct wr_device_state {
 	uint32_t len;
 };
 
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, const struct wr_device_state *state);
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state);
 /* The migrate mode's named arguments (stage/stage.h), before anything is
  * opened; returns whether a pre-shared key comes on WRITER_FD_PSK. */
 bool wr_sink_net_args(void);
@@ -89,8 +88,5 @@ bool wr_sink_net_args(void);
  * to cover the sockets.  Also knows (--rounds) whether rounds come. */
 void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state);
 bool wr_sink_net_rounds(void);
-/* Whether RAW and SPARSE pages are sent from the guest's mapping (no:
- * --pages-in-arena, the workers put them in their arena buffers). */
-bool wr_sink_net_maps_guest(void);
 
 #endif

@@ -1,59 +1,73 @@
 /* The snapshot sink: each data extent of a run goes to its fixed offset in
- * the snapshot file (writer/wr_snapfile.h) straight from the guest mapping,
- * with the CRC the worker computed as its extent record. */
+ * the snapshot file (writer/wr_snapfile.h) straight from the worker's arena
+ * buffer, where the worker read the run's data pages (packed), with the CRC
+ * the worker computed as its extent record.  The buffer goes back to its
+ * worker once the last of its writes completed. */
 #include <errno.h>
 
 #include "stage/stage.h"
-#include "stage/stage_sigbus.h"
+#include "workers/wk_arena.h"
 #include "writer/wr_recheck.h"
 #include "writer/wr_sink.h"
 #include "writer/wr_snapfile.h"
 
 static struct wr_snapfile file;
+/* Writes not yet completed from each arena buffer. */
+static uint16_t writes_from[SHM_MAX_WORKERS][WK_ARENA_BUFFERS];
+static int notify_fd;
 
 static noreturn void file_failed(int rc, const char *what)
 {
-	stage_die_if_fault(STAGE_MAP_GUEST, rc); /* O_DIRECT from a guest page that is gone */
 	stage_die_errno(rc, "%s", what);
 }
 
-static void add_extent(const struct wr_source *src, uint32_t worker, uint64_t first, uint32_t n, uint32_t crc)
+static void write_released(void *ctx, uint32_t owner)
 {
-	stage_test_hook("writer");
-	int rc = wr_snapfile_add_run(&file, src->guest + first * src->geo.page_size, first, n, crc);
-	if (rc == -E2BIG)
-		stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: more extents than guest pages", worker);
-	if (rc < 0)
-		file_failed(rc, "writing page data to the snapshot");
-	stage_stat_add(src->stats, SHM_STAT_BYTES, (uint64_t)n * src->geo.page_size);
+	uint32_t worker = owner / WK_ARENA_BUFFERS, buffer = owner % WK_ARENA_BUFFERS;
+	if (--writes_from[worker][buffer] == 0)
+		wr_source_give_back(ctx, worker, buffer);
 }
 
 static void file_put(struct wr_sink *s, const struct wr_run *r)
 {
 	struct wr_source *src = s->src;
 	const struct proto_desc *d = &r->d;
-	switch (d->encoding) {
-	case PROTO_ENC_ZERO:
+	const uint64_t page = src->geo.page_size;
+	if (d->encoding == PROTO_ENC_ZERO) {
 		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages);
 		return;
-	case PROTO_ENC_RAW:
-		add_extent(src, r->worker, d->first_page, d->n_pages, wk_record_crc(&r->rec, 0));
-		break;
-	case PROTO_ENC_SPARSE: {
-		uint32_t e = 0, present = 0, k = 0, start, len;
-		while (proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len)) {
-			add_extent(src, r->worker, d->first_page + start, len, wk_record_crc(&r->rec, e++));
-			present += len;
-		}
-		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
-		break;
 	}
-	default:
+	if (d->encoding != PROTO_ENC_RAW && d->encoding != PROTO_ENC_SPARSE)
 		stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: encoding %u in a snapshot", r->worker,
 			  d->encoding);
+	bool raw = d->encoding == PROTO_ENC_RAW;
+	uint32_t extents = 0, present = 0, k = 0, start = 0, len = d->n_pages;
+	if (raw)
+		extents = 1;
+	else
+		while (proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len))
+			extents++;
+	/* Counted before the first write: a completion reaped while the next
+	 * is submitted must not give the buffer back early. */
+	writes_from[r->worker][d->buffer] = (uint16_t)extents;
+	const uint8_t *arena = src->arena[r->worker] + d->buffer * src->frame_size;
+	const uint32_t owner = r->worker * WK_ARENA_BUFFERS + d->buffer;
+	k = 0;
+	for (uint32_t e = 0; e < extents; e++) {
+		if (!raw)
+			proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len);
+		stage_test_hook("writer");
+		int rc = wr_snapfile_add_extent(&file, arena + present * page, d->first_page + start, len,
+						wk_record_crc(&r->rec, e), owner);
+		if (rc == -E2BIG)
+			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: more extents than guest pages",
+				  r->worker);
+		if (rc < 0)
+			file_failed(rc, "writing page data to the snapshot");
+		present += len;
 	}
-	/* The extents' writes read the guest, not the record. */
-	wr_source_give_back(src, r->worker, d->buffer);
+	stage_stat_add(src->stats, SHM_STAT_BYTES, present * page);
+	stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
 }
 
 static void file_round_end(struct wr_sink *s)
@@ -61,16 +75,25 @@ static void file_round_end(struct wr_sink *s)
 	stage_die(STAGE_EXIT_FAILED, "a snapshot has no rounds");
 }
 
+static void file_progress(struct wr_sink *s)
+{
+	int rc = wr_snapfile_reap(&file);
+	if (rc < 0)
+		file_failed(rc, "writing page data to the snapshot");
+}
+
+/* Workers may be waiting for buffers that only a completion frees: what is
+ * pending goes out before we sleep. */
 static unsigned file_idle(struct wr_sink *s, struct pollfd *pfd, unsigned max)
 {
 	int rc = wr_snapfile_flush(&file);
 	if (rc < 0)
 		file_failed(rc, "writing page data to the snapshot");
-	return 0;
-}
-
-static void file_progress(struct wr_sink *s)
-{
+	file_progress(s);
+	if (!file.queue.in_flight || max == 0)
+		return 0;
+	pfd[0] = (struct pollfd){ .fd = notify_fd, .events = POLLIN };
+	return 1;
 }
 
 static void file_prepare(struct wr_sink *s)
@@ -96,13 +119,18 @@ static void file_check_cancel(struct wr_sink *s)
 	/* The front end stops a snapshot by stopping us. */
 }
 
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, const struct wr_device_state *state)
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state)
 {
 	const char *what = "";
 	int rc = wr_snapfile_begin(&file, WRITER_FD_META, WRITER_FD_DATA, src->geo.page_size,
 				   src->geo.guest_pages * src->geo.page_size, state->bytes, state->len, &what);
 	if (rc < 0)
 		stage_die_errno(rc, "starting the snapshot: %s", what);
+	file.released = write_released;
+	file.released_ctx = src;
+	if ((notify_fd = wr_snapfile_notify_fd(&file)) < 0)
+		stage_die_errno(notify_fd, "an eventfd for the snapshot's write completions");
+	*max_fd = notify_fd > *max_fd ? notify_fd : *max_fd;
 	/* The supervisor reads this to report (and tests assert) real direct I/O. */
 	stage_stat_set(src->stats, SHM_STAT_FLAGS, file.direct ? SHM_FLAG_DIRECT_IO : 0);
 	*s = (struct wr_sink){ .put = file_put, .round_end = file_round_end, .idle = file_idle,

@@ -1,8 +1,7 @@
 /* The network sink: each run becomes one DATA packet on the next channel
- * (writer/wr_net.h): RAW and SPARSE pages straight from the guest mapping
- * (or by sendfile from the guest file) or, with --pages-in-arena (TLS), from
- * the worker's arena buffer where it read them; the SPARSE bitmap and ZSTD
- * frames from the worker's arena.  Prepare is the receiver's "prepared"; commit
+ * (writer/wr_net.h), its payload from the worker's arena buffer where the
+ * worker read the pages (packed) or compressed them, except that with
+ * sendfile a long extent of data pages goes from the guest file itself.  Prepare is the receiver's "prepared"; commit
  * asks the front end, then tells the receiver (doc/architecture.md, "The
  * handoff"). */
 #include <errno.h>
@@ -25,10 +24,9 @@
 struct net_sink {
 	struct wr_net net;
 	bool rounds, zstd;
-	bool pages_in_arena;	/* RAW and SPARSE pages are in the run's arena buffer */
-	/* The data extents of the run being sent: in the guest mapping, or one
-	 * packed piece of the arena buffer. */
-	struct iovec extents[WK_RECORD_MAX_PAGES / 2 + 1];
+	/* The run being sent, in pieces: of the arena buffer, or of the guest
+	 * file (wr_net_file_piece). */
+	struct iovec pieces[WK_RECORD_MAX_PAGES / 2 + 1];
 };
 
 static struct net_sink ns;
@@ -69,6 +67,31 @@ static void sent(struct wr_source *src, int rc, const struct proto_packet *p)
 		stage_stat_add(src->stats, SHM_STAT_BYTES, p->payload_len);
 }
 
+/* A RAW or SPARSE run's data pages as pieces to send; returns how many, and
+ * *present: the data pages.  They lie packed in the arena buffer, in order
+ * (workers/worker_main.c); adjacent pieces there go as one. */
+static uint32_t data_pieces(const struct wr_source *src, const struct wr_run *r, const uint8_t *arena,
+			    uint32_t *present)
+{
+	const uint64_t page = src->geo.page_size;
+	const struct proto_desc *d = &r->d;
+	uint32_t n = 0, packed = 0, k = 0, start = 0, len = d->n_pages;
+	bool raw = d->encoding == PROTO_ENC_RAW;
+	while (raw ? packed == 0 : proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len)) {
+		const uint8_t *from = wr_net_file_piece(&ns.net, (d->first_page + start) * page, len * page);
+		if (!from)
+			from = arena + packed * page;
+		struct iovec *last = n ? &ns.pieces[n - 1] : NULL;
+		if (last && (const uint8_t *)last->iov_base + last->iov_len == from)
+			last->iov_len += len * page;
+		else
+			ns.pieces[n++] = (struct iovec){ (void *)from, len * page };
+		packed += len;
+	}
+	*present = packed;
+	return n;
+}
+
 static void net_put(struct wr_sink *s, const struct wr_run *r)
 {
 	struct wr_source *src = s->src;
@@ -77,48 +100,29 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 	struct proto_packet p = { .type = PROTO_PKT_DATA, .encoding = d->encoding, .round = src->round,
 				  .n_pages = d->n_pages, .first_page = d->first_page };
 	const uint8_t *arena = src->arena[r->worker] + d->buffer * src->frame_size;
-	const uint8_t *pages = ns.pages_in_arena ? NULL : src->guest + d->first_page * page;
-	/* With --pages-in-arena RAW and SPARSE pages are in the run's buffer
-	 * (packed: workers/worker_main.c), which goes back once they are sent;
-	 * otherwise they come from the guest, and the buffer (the record only)
-	 * goes back at once. */
-	const int32_t owner = ns.pages_in_arena ? (int32_t)r->worker : -1;
+	uint32_t present = d->n_pages, prefix = 0, n_pieces = 1;
 	switch (d->encoding) {
 	case PROTO_ENC_ZERO:
 		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages);
 		sent(src, wr_net_send(&ns.net, &p, NULL, -1, 0), &p);
 		return;
 	case PROTO_ENC_RAW:
-		p.payload_len = (uint32_t)(d->n_pages * page);
-		p.payload_crc = d->payload_len; /* the worker's CRC of the pages */
-		ns.extents[0] = (struct iovec){ (void *)(ns.pages_in_arena ? arena : pages), p.payload_len };
-		sent(src, wr_net_send_iov(&ns.net, &p, NULL, 0, ns.extents, 1, owner, d->buffer), &p);
-		break;
-	case PROTO_ENC_SPARSE: {
-		uint32_t n_ext = 0, present = 0, k = 0, first, len;
-		while (proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &first, &len)) {
-			if (!ns.pages_in_arena)
-				ns.extents[n_ext++] = (struct iovec){ (void *)(pages + first * page), len * page };
-			present += len;
-		}
-		if (ns.pages_in_arena) /* packed there in order (workers/worker_main.c) */
-			ns.extents[n_ext++] = (struct iovec){ (void *)arena, present * page };
-		if (n_ext > WR_NET_IOV - 2) /* runs are at most 4 MiB: 512 extents of 4 KiB pages */
-			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %u extents in one run", r->worker, n_ext);
-		uint32_t prefix = proto_sparse_bitmap_bytes(d->n_pages);
-		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
+	case PROTO_ENC_SPARSE:
+		n_pieces = data_pieces(src, r, arena, &present);
+		if (n_pieces > WR_NET_IOV - 2) /* runs are at most 4 MiB: 512 extents of 4 KiB pages */
+			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %u extents in one run", r->worker,
+				  n_pieces);
+		if (d->encoding == PROTO_ENC_SPARSE)
+			prefix = proto_sparse_bitmap_bytes(d->n_pages);
 		p.payload_len = (uint32_t)(prefix + present * page);
-		p.payload_crc = d->payload_len; /* the worker's CRC of bitmap then pages */
-		/* The bitmap is copied into the packet's own slot. */
-		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, n_ext, owner, d->buffer),
-		     &p);
+		/* The worker's CRC of the pages (SPARSE: of the bitmap, then the pages). */
+		p.payload_crc = d->payload_len;
 		break;
-	}
 	case PROTO_ENC_ZSTD:
 	case PROTO_ENC_ZSTD_SPARSE: {
 		if (!ns.zstd)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: zstd without compression", r->worker);
-		uint32_t crc, present = d->n_pages, prefix = 0;
+		uint32_t crc;
 		if (d->encoding == PROTO_ENC_ZSTD_SPARSE) {
 			proto_sparse_bitmap_some(r->rec.bitmap, d->n_pages, &present); /* checked in take_run */
 			prefix = proto_sparse_bitmap_bytes(d->n_pages);
@@ -127,19 +131,18 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 		    d->payload_len >= (uint64_t)present * page)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: %s", r->worker,
 				  proto_strerror(PROTO_E_PAYLOAD_LEN));
-		stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
 		p.payload_len = prefix + d->payload_len;
 		p.payload_crc = crc; /* the worker's, over the bitmap then the frame */
-		/* The bitmap is copied into the packet's slot; the frame goes
-		 * back once the kernel is done with it. */
-		ns.extents[0] = (struct iovec){ (void *)arena, d->payload_len };
-		sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.extents, 1, (int32_t)r->worker,
-					  d->buffer), &p);
-		return;
+		ns.pieces[0] = (struct iovec){ (void *)arena, d->payload_len };
+		break;
 	}
 	}
-	if (owner < 0)
-		wr_source_give_back(src, r->worker, d->buffer);
+	stage_stat_add(src->stats, SHM_STAT_ZERO_PAGES, d->n_pages - present);
+	/* The bitmap is copied into the packet's slot; the buffer goes back
+	 * once the kernel is done with what it holds. */
+	sent(src, wr_net_send_iov(&ns.net, &p, r->rec.bitmap, prefix, ns.pieces, n_pieces, (int32_t)r->worker,
+				  d->buffer),
+	     &p);
 }
 
 static void net_round_end(struct wr_sink *s)
@@ -242,11 +245,6 @@ bool wr_sink_net_rounds(void)
 	return ns.rounds;
 }
 
-bool wr_sink_net_maps_guest(void)
-{
-	return !ns.pages_in_arena;
-}
-
 /* The migrate mode's arguments, parsed before anything else is touched. */
 static struct {
 	const char *to;
@@ -268,7 +266,6 @@ bool wr_sink_net_args(void)
 	ns.zstd = stage_arg_flag("zstd");
 	args.connect_timeout_ms = (int)stage_arg_u64("connect-timeout-ms", 0, 3600000);
 	ns.rounds = stage_arg_flag("rounds");
-	ns.pages_in_arena = stage_arg_flag("pages-in-arena");
 	args.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
 	return args.tls != NET_TLS_NONE;
 }
@@ -305,8 +302,7 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, con
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
 		stage_die_errno(-errno, "ignoring SIGPIPE");
 	char what[256] = "";
-	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .base = src->guest,
-				  .bytes = src->geo.guest_pages * src->geo.page_size };
+	struct wr_guest guest = { .fd = STAGE_FD_GUEST, .bytes = src->geo.guest_pages * src->geo.page_size };
 	rc = wr_net_open(&ns.net, args.to, &hs, creds, args.zerocopy, &guest, args.connect_timeout_ms,
 			     args.io_timeout_ms, what, sizeof(what));
 	if (rc < 0)

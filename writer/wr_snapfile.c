@@ -17,15 +17,19 @@ static int write_header(struct wr_snapfile *f)
 	return dio_pwrite_full(f->meta_fd, block, sizeof(block), 0);
 }
 
-/* A write completed in full: only now do its pages count as present. */
-static void write_done(void *ctx, uint64_t first, uint64_t len)
+/* A write completed in full: only now do its pages count as present, and
+ * its pieces go back to their owners. */
+static void write_done(void *ctx, uint64_t slot, uint64_t len)
 {
 	struct wr_snapfile *f = ctx;
-	uint64_t n = len / f->hdr.page_size;
-	for (uint64_t p = first; p < first + n; p++)
+	struct wr_snapfile_write *w = &f->in_flight[slot];
+	for (uint64_t p = w->first; p < w->first + w->pages; p++)
 		proto_bitmap_set(f->bitmap, p);
-	f->hdr.pages_present += n;
+	f->hdr.pages_present += w->pages;
 	f->bytes_written += len;
+	for (uint32_t i = 0; i < w->n; i++)
+		f->released(f->released_ctx, w->owners[i]);
+	f->free_slots[f->n_free++] = (uint32_t)slot;
 }
 
 #define FAIL(step, expr)                 \
@@ -51,6 +55,13 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 		FAIL("getrandom", -errno);
 	f->bitmap = calloc(1, f->hdr.bitmap_len);
 	FAIL("allocating the bitmap", f->bitmap ? 0 : -ENOMEM);
+	/* One more than the queue's depth: a slot is taken before its submit
+	 * waits for one of the queue's to free. */
+	f->in_flight = calloc(WR_SNAPFILE_DEPTH + 1, sizeof(*f->in_flight));
+	f->free_slots = calloc(WR_SNAPFILE_DEPTH + 1, sizeof(*f->free_slots));
+	FAIL("allocating the write slots", f->in_flight && f->free_slots ? 0 : -ENOMEM);
+	for (uint32_t i = 0; i <= WR_SNAPFILE_DEPTH; i++)
+		f->free_slots[f->n_free++] = i;
 	f->table_buf = malloc(WR_SNAPFILE_TABLE_BATCH * PROTO_SNAP_EXTENT_SIZE);
 	FAIL("allocating the extent table buffer", f->table_buf ? 0 : -ENOMEM);
 	FAIL("setting up asynchronous I/O (io_setup)", dio_queue_init(&f->queue, WR_SNAPFILE_DEPTH, write_done, f));
@@ -69,19 +80,6 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 		     dio_pwrite_full(meta_fd, state, state_len, proto_snap_state_offset(&f->hdr)));
 	}
 	return 0;
-}
-
-int wr_snapfile_flush(struct wr_snapfile *f)
-{
-	if (!f->pending_pages)
-		return 0;
-	uint64_t page = f->hdr.page_size;
-	int rc = dio_queue_submit(&f->queue, DIO_WRITE, f->data_fd, (void *)f->pending_src,
-				  f->pending_pages * page, f->hdr.data_offset + f->pending_first * page,
-				  f->pending_first);
-	f->pending_pages = 0;
-	f->writes++;
-	return rc;
 }
 
 /* Buffered records go out in one pwrite through the buffered fd (the table
@@ -112,22 +110,54 @@ static int table_add(struct wr_snapfile *f, uint64_t first, uint32_t n, uint32_t
 	return 0;
 }
 
-int wr_snapfile_add_run(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n, uint32_t crc)
+int wr_snapfile_flush(struct wr_snapfile *f)
+{
+	if (!f->pending.n)
+		return 0;
+	uint32_t slot = f->free_slots[--f->n_free];
+	struct wr_snapfile_write *w = &f->in_flight[slot];
+	*w = f->pending;
+	f->pending.n = 0;
+	f->writes++;
+	int rc = dio_queue_submitv(&f->queue, DIO_WRITE, f->data_fd, w->iov, w->n,
+				   f->hdr.data_offset + w->first * f->hdr.page_size, slot);
+	if (rc < 0)
+		f->free_slots[f->n_free++] = slot;
+	return rc;
+}
+
+int wr_snapfile_add_extent(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n, uint32_t crc,
+			   uint32_t owner)
 {
 	uint64_t page = f->hdr.page_size;
-	int trc = table_add(f, first, n, crc);
-	if (trc < 0)
-		return trc;
-	if (f->pending_pages && first == f->pending_first + f->pending_pages &&
-	    (f->pending_pages + n) * page <= WR_SNAPFILE_MAX_WRITE) {
-		f->pending_pages += n;
-		return 0;
+	if (first >= f->hdr.n_pages || n > f->hdr.n_pages - first)
+		return -EINVAL;
+	int rc = table_add(f, first, n, crc);
+	if (rc < 0)
+		return rc;
+	struct wr_snapfile_write *w = &f->pending;
+	if (w->n && (first != w->first + w->pages || w->n == DIO_QUEUE_MAX_IOV ||
+		     (w->pages + n) * page > WR_SNAPFILE_MAX_WRITE))
+		if ((rc = wr_snapfile_flush(f)) < 0)
+			return rc;
+	if (!w->n) {
+		w->first = first;
+		w->pages = 0;
 	}
-	int rc = wr_snapfile_flush(f);
-	f->pending_src = src;
-	f->pending_first = first;
-	f->pending_pages = n;
-	return rc;
+	w->iov[w->n] = (struct iovec){ (void *)src, n * page };
+	w->owners[w->n++] = owner;
+	w->pages += n;
+	return 0;
+}
+
+int wr_snapfile_notify_fd(struct wr_snapfile *f)
+{
+	return f->queue.notify_fd >= 0 ? f->queue.notify_fd : dio_queue_notify(&f->queue);
+}
+
+int wr_snapfile_reap(struct wr_snapfile *f)
+{
+	return dio_queue_reap(&f->queue);
 }
 
 int wr_snapfile_drain(struct wr_snapfile *f, const char **what)

@@ -6,15 +6,17 @@
  * argv: pageferry-writer --mode=snapshot [--device-state]
  *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile --tls=none|psk|x509
  *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS [--device-state]
- *                        [--pages-in-arena]
  *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
- *       --rounds: a live migration's pre-copy rounds; --pages-in-arena: the workers read RAW and SPARSE pages into
- *       their arena buffers, which we send from, and we do not map the guest)
- * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
+ *       --rounds: a live migration's pre-copy rounds)
+ * The writer does not map the guest: the workers read the pages into their
+ * arena buffers, and we write or send them from there (long pieces of a
+ * migration go by sendfile from the guest file).
+ * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only, for sendfile),
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
  *                7 + 3W with --device-state: the VMM's device state, stored
  *                after the page data (protocol/proto_snapfile.h)
+ *                and an eventfd of our own, signalled as writes complete
  *      migrate:  5 TLS credentials: the key file or the X.509 directory (with --tls)
  *                6 socket to the front end, for the commit decision
  *                7 + 3W with --device-state: the VMM's device state, sent on
@@ -302,7 +304,7 @@ int main(int argc, char **argv)
 	stage_args(argc, argv,
 		   "pageferry-writer --mode=snapshot [--device-state] | --mode=migrate --to=HOST:PORT --channels=N "
 		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
-		   "--io-timeout-ms=MS [--device-state] [--pages-in-arena]");
+		   "--io-timeout-ms=MS [--device-state]");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
 	bool tls = migrate && wr_sink_net_args();
@@ -319,8 +321,6 @@ int main(int argc, char **argv)
 	src->geo = (struct proto_geometry){ .page_size = src->seg.geo.page_size,
 					    .max_run_pages = src->seg.geo.max_run_pages,
 					    .guest_pages = src->seg.geo.guest_pages };
-	if (!migrate || wr_sink_net_maps_guest())
-		src->guest = stage_map_guest(&src->seg, 0);
 	src->stats = shm_segment_stats(&src->seg, SHM_STATS_WRITER);
 	src->frame_size = (uint64_t)src->geo.max_run_pages * src->geo.page_size;
 	for (uint32_t i = 0; i < src->n_workers; i++) {
@@ -336,7 +336,7 @@ int main(int argc, char **argv)
 	if (migrate)
 		wr_sink_net_init(&w.sink, src, &max_fd, &state);
 	else
-		wr_sink_file_init(&w.sink, src, &state);
+		wr_sink_file_init(&w.sink, src, &max_fd, &state);
 	free(state.bytes); /* stored or sent */
 
 	stage_lockdown(SB_ROLE_WRITER, max_fd, !migrate);

@@ -129,11 +129,14 @@ class StageFds(pftest.Workspace):
                 self.assertEqual(want - set(fds), set(), f"{name} lacks fds of its map: {fds}")
                 # Beyond the map: only the network stages' own sockets (and
                 # the receive stage's wake-up pipe), which may also fill a hole
-                # of the map, such as 5 without a key; nothing for the rest.
+                # of the map, such as 5 without a key; the snapshot writer's
+                # eventfd for its write completions; nothing for the rest.
                 extra = {fd: t for fd, t in fds.items() if fd not in want}
                 if mode == "migrate" and name in ("pageferry-writer", "pageferry-receive"):
                     for fd, target in extra.items():
                         self.assertRegex(target, r"^(socket|pipe):\[", f"{name} fd {fd} is {target}")
+                elif mode == "snapshot" and name == "pageferry-writer":
+                    self.assertEqual(list(extra.values()), ["anon_inode:[eventfd]"], f"{name}: {extra}")
                 else:
                     self.assertEqual(extra, {}, f"{name} holds fds beyond its map")
 
