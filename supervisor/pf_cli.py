@@ -135,10 +135,14 @@ def build_parser(only=None):
     add_privilege_options(s)
 
     r = sub.add_parser("restore", help="restore a snapshot into a RAM file",
-                       description="Restore SNAP into FILE: page data is read with O_DIRECT straight "
-                                   "into FILE's mapping; zero pages stay holes. Incomplete, truncated or "
+                       description="Restore SNAP into FILE: page data is read with O_DIRECT and written "
+                                   "into FILE, each extent checked against its CRC-32C; zero pages stay "
+                                   "holes. Incomplete, truncated or "
                                    "corrupt snapshots are refused. FILE is written as FILE.pf-partial "
-                                   "and renamed only on success. With --qmp, SNAP (from snapshot --qmp) "
+                                   "and renamed only on success; with --in-place, FILE is an existing "
+                                   "RAM file of the guest's size (a waiting VMM's, pre-allocated or not) "
+                                   "written where it is and marked by FILE.pf-incomplete until the "
+                                   "restore is complete. With --qmp, SNAP (from snapshot --qmp) "
                                    "goes into a QEMU started with -incoming defer: its RAM file is written "
                                    "in place, then QEMU loads the device state and the guest runs "
                                    "(doc/qemu.md).")
@@ -147,6 +151,9 @@ def build_parser(only=None):
     dst.add_argument("--into", metavar="FILE", help="destination RAM file (replaced on success)")
     dst.add_argument("--qmp", metavar="SOCKET",
                      help="the QMP unix socket of a QEMU waiting with -incoming defer")
+    r.add_argument("--in-place", action="store_true",
+                   help="with --into: write into the existing FILE instead of creating it; its size must "
+                        "be the guest's, and its pages that are zero in the snapshot are zeroed")
     r.add_argument("--no-resume", action="store_true",
                    help="with --qmp: leave the restored guest paused (default: resume it)")
     r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
@@ -440,12 +447,15 @@ def main(stage_dirs, argv=None):
         elif args.cmd == "snapshot":
             pf_jobs.snapshot(ctx, args.guest, args.out, args.workers)
         elif args.cmd == "restore" and args.qmp:
+            if args.in_place:
+                raise pf_jobs.JobError("--in-place goes with --into (with --qmp the VMM's RAM file is "
+                                       "always written in place)", 2)
             import pf_qemu
             pf_qemu.restore(ctx, args.snapshot, args.qmp, args.workers, resume_guest=not args.no_resume)
         elif args.cmd == "restore":
             if args.no_resume:
                 raise pf_jobs.JobError("--no-resume goes with --qmp", 2)
-            pf_jobs.restore(ctx, args.snapshot, args.into, args.workers)
+            pf_jobs.restore(ctx, args.snapshot, args.into, args.workers, in_place=args.in_place)
         elif args.cmd == "check":
             import pf_check
             pf_check.check(ctx, args.snapshot, args.workers)

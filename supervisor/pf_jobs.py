@@ -289,8 +289,8 @@ def device_state(ctx, snap):
 
 
 def restore(ctx, snap, into, workers, in_place=False, finish=None):
-    """in_place: INTO is a waiting VMM's RAM file, written where it is
-    (restore --qmp); finish(summary): called once the RAM is restored and
+    """in_place: INTO is an existing RAM file, written where it is (restore
+    --in-place, --qmp); finish(summary): called once the RAM is restored and
     committed, before the summary is printed."""
     _refuse_partial(snap)
     run, meta_fd = open_snapshot(ctx, "restore", snap)
@@ -299,7 +299,7 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None):
     marker = None
     try:
         if in_place:
-            dest_fd, marker = open_in_place(run, into, "restore --qmp")
+            dest_fd, marker = open_in_place(run, into, "restore in place")
         else:
             dest_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
             run.cleanup_paths.append(partial)

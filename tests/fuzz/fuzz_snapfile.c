@@ -227,7 +227,7 @@ static void check_header(const struct proto_snap_header *h, const uint8_t *field
 	proto_snap_header_encode(h, again);
 	CHECK(memcmp(again, fields, sizeof(again)) == 0);
 	struct proto_snap_header back;
-	uint64_t need = h->data_offset + h->guest_size;
+	uint64_t need = h->data_offset + h->guest_size + h->device_state_len; /* the state follows the pages */
 	CHECK(proto_snap_header_decode(fields, PROTO_SNAP_FIELDS_SIZE, need, &back) == PROTO_OK);
 	CHECK(proto_snap_header_decode(fields, PROTO_SNAP_FIELDS_SIZE, need - 1, &back) == PROTO_E_SNAP_FILE_SIZE);
 	CHECK(proto_snap_header_decode(fields, PROTO_SNAP_FIELDS_SIZE, PROTO_SNAP_HEADER_SIZE - 1, &back) ==

@@ -95,6 +95,43 @@ class DiskSpace(Workspace):
         self.assertLess(used, os.stat(into).st_size * 0.6)
 
 
+class InPlace(Workspace):
+    """restore --in-place: an existing RAM file (a waiting VMM's) written
+    where it is. Every page the snapshot has as zero must come out zero,
+    whatever the file held."""
+
+    def test_restore_over_a_file_full_of_other_data(self):
+        guest = self.guest("mixed", "64M")
+        out, _ = self.snapshot(guest)
+        into = self.path("vmm.ram")
+        with open(into, "wb") as f:
+            f.write(os.urandom(os.stat(guest).st_size))
+        inode = os.stat(into).st_ino
+        r = pf("restore", out, "--into", into, "--in-place", "--json", check=0)
+        s = json.loads(r.stdout)
+        self.assertEqual(s["guest_bytes"], os.stat(guest).st_size)
+        self.assertEqual(os.stat(into).st_ino, inode, "the file was replaced, not written in place")
+        self.assertFalse(os.path.exists(into + ".pf-incomplete"))
+        self.assert_equal_ram(guest, into)
+
+    def test_wrong_size_refused_and_marked(self):
+        out, _ = self.snapshot(self.guest("mixed", "16M"))
+        into = self.path("vmm.ram")
+        with open(into, "wb") as f:
+            f.write(b"\1" * (8 << 20))
+        r = pf("restore", out, "--into", into, "--in-place")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"the snapshot's guest is {16 << 20} bytes but the destination is {8 << 20}", r.stderr)
+        self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", r.stderr)
+        self.assertTrue(os.path.exists(into + ".pf-incomplete"))
+
+    def test_in_place_needs_into(self):
+        out, _ = self.snapshot(self.guest("mixed", "16M"))
+        r = pf("restore", out, "--qmp", self.path("qmp.sock"), "--in-place")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--in-place goes with --into", r.stderr)
+
+
 class BadInput(Workspace):
     def test_missing_guest(self):
         out = self.disk_path("x.pfs")

@@ -1,0 +1,339 @@
+#!/usr/bin/python3
+"""pageferry against QEMU 10 on the whole matrix of issue 16, in one run.
+
+For each guest size and image (all-zero, random, text, mixed, sparse: mostly
+never touched, and `guest`: a real guest's RAM, bench/guest_image.py):
+
+  - TCP rows, for each compression (none, zstd:1) and TLS (none, psk): one
+    pageferry receive --in-place + migrate against one QEMU multifd
+    migration of the same image (bench/migrate.py and bench/qemu_migrate.py:
+    2 channels, max-bandwidth 100 GiB/s, both destinations pre-zeroed);
+  - snapshot: pageferry snapshot against QEMU's mapped-ram save (`migrate
+    file:` with the capabilities mapped-ram and multifd, 2 channels,
+    direct-io, max-bandwidth 100 GiB/s) from a paused QEMU whose RAM is the
+    image, both into files on --disk;
+  - restore, fresh and pre-allocated: pageferry restore --into (a new file;
+    pre-allocated: --in-place into zeros written over a file of the guest's
+    size) against a QEMU started with -incoming defer (RAM: a file of the
+    guest's size with nothing allocated; pre-allocated: the zeroed file with
+    prealloc=on) loading its own snapshot with `migrate-incoming file:`.
+
+Every run of a row alternates the programs (pageferry, QEMU, then QEMU,
+pageferry, ...); each row reports the median of --reps with its range, and
+CPU-seconds per GiB of guest on both sides (pageferry: both its commands,
+front ends and stages, from wait4; QEMU: its processes over the operation).
+Every destination is compared with the image (pageferry verify) after every
+run, for both programs. Time for pageferry is its whole command (its
+receiver already listening for TCP); for QEMU from its command to the
+operation's completion (destination out of inmigrate), QEMU already running.
+
+References measured in the same run: iperf3 over loopback before and after
+(TCP rows), `zstd -b1` on each image (zstd rows), `dd` with O_DIRECT writing
+and reading the image's size on --disk (snapshot and restore rows; restore
+as a ratio of dd's time for the bytes pageferry had to read), and a memory
+scan: one core reading the image (`dd bs=1M of=/dev/null`: the all-zero
+guest's target is within 2x of it).
+
+usage: bench/matrix.py [--sizes 1G] [--images zero,random,text,mixed,sparse,guest]
+                       [--compress none,zstd] [--tls none,psk] [--jobs tcp,snapshot,restore]
+                       [--reps 3] [--disk /var/tmp] [--mem-dir /dev/shm]
+                       [--pageferry build/pageferry] [--out doc]
+Prints a line per run, a table per size; writes OUT/matrix-bench.json.
+Run it with nothing else running on the machine.
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import destination
+import guest_image
+import migrate
+import qemu_migrate
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+PF = os.path.join(ROOT, "build", "pageferry")
+GIB = 1 << 30
+
+
+def timed_command(argv):
+    """(Command finished, wall seconds): pageferry's whole command."""
+    t0 = time.monotonic()
+    c = migrate.Command([str(a) for a in argv]).finish()
+    t1 = time.monotonic()
+    if c.returncode:
+        raise RuntimeError(f"{argv[1]}: {c.stderr.strip()[-300:]}")
+    return c, t1 - t0
+
+
+def dd_seconds(args):
+    t0 = time.monotonic()
+    subprocess.run(["dd"] + args + ["status=none"], check=True)
+    return time.monotonic() - t0
+
+
+def references(image, disk):
+    """The machine's own speed for this image, measured now."""
+    size = os.path.getsize(image)
+    ref = os.path.join(disk, "pf-matrix-dd")
+    try:
+        write = dd_seconds([f"if={image}", f"of={ref}", "bs=4M", "oflag=direct", "conv=fdatasync"])
+        read = dd_seconds([f"if={ref}", "of=/dev/null", "bs=4M", "iflag=direct"])
+    finally:
+        os.unlink(ref)
+    scan = dd_seconds([f"if={image}", "of=/dev/null", "bs=1M"])
+    return {"dd_write_s": write, "dd_read_s": read, "scan_s": scan, "zstd_b1_bytes_per_s": migrate.zstd_bench(image),
+            "bytes": size}
+
+
+# -- QEMU with files (mapped-ram) ------------------------------------------------
+
+def qemu_file_caps(q):
+    q.cmd("migrate-set-capabilities", capabilities=[
+        {"capability": "multifd", "state": True}, {"capability": "mapped-ram", "state": True},
+        {"capability": "x-ignore-shared", "state": False}])
+    q.cmd("migrate-set-parameters", **{"multifd-channels": 2, "direct-io": True,
+                                        "max-bandwidth": qemu_migrate.MAX_BANDWIDTH})
+    got = q.cmd("query-migrate-parameters")
+    if got["max-bandwidth"] != qemu_migrate.MAX_BANDWIDTH or not got.get("direct-io"):
+        raise RuntimeError(f"QEMU kept max-bandwidth {got['max-bandwidth']}, direct-io {got.get('direct-io')}")
+
+
+def qemu_file_op(ram, incoming, uri, prealloc=False, timeout=900):
+    """Save (a paused QEMU whose RAM is `ram`, `migrate`) or load (a QEMU with
+    -incoming defer, `migrate-incoming`) through `uri`; returns the time and
+    CPU of the operation."""
+    tmp = tempfile.mkdtemp(prefix="pf-matrix-qemu-")
+    log = open(os.path.join(tmp, "qemu.log"), "w+")
+    proc = qemu_migrate.start(ram, os.path.join(tmp, "qmp"), incoming, log, prealloc=prealloc)
+    try:
+        q = qemu_migrate.QMP(os.path.join(tmp, "qmp"), proc)
+        qemu_file_caps(q)
+        c0, t0 = qemu_migrate.cpu_seconds(proc.pid), time.monotonic()
+        q.cmd("migrate-incoming" if incoming else "migrate", uri=uri)
+        while True:
+            st = q.cmd("query-migrate")
+            if st.get("status") in ("completed", "failed", "cancelled"):
+                break
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"QEMU still {st.get('status')} after {timeout} s")
+            time.sleep(0.005)
+        if st["status"] != "completed":
+            raise RuntimeError(f"QEMU {st['status']}: {st.get('error-desc', '')}")
+        while incoming and q.cmd("query-status").get("status") == "inmigrate":
+            time.sleep(0.005)
+        t1, c1 = time.monotonic(), qemu_migrate.cpu_seconds(proc.pid)
+        return {"seconds": t1 - t0, "cpu": c1 - c0, "version": q.greeting["QMP"]["version"]["qemu"]}
+    except RuntimeError as e:
+        log.seek(0)
+        tail = log.read().strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"{e} {tail[0]}".strip()) from None
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+        os.rmdir(tmp)
+
+
+# -- one run of each kind, for each program -----------------------------------------
+
+class Image:
+    """An image and the files its rows leave for the next ones."""
+
+    def __init__(self, path, disk):
+        self.path, self.size = path, os.path.getsize(path)
+        self.snap = {"pf": os.path.join(disk, "pf-matrix.pfs"), "qemu": os.path.join(disk, "pf-matrix.qemu")}
+        self.dest = path + ".dst"
+
+    def verified(self):
+        return migrate.verify(self.path, self.dest)
+
+
+def snapshot_run(img, prog):
+    out = img.snap[prog]
+    for p in (out, out + ".pf-partial"):
+        if os.path.exists(p):
+            os.unlink(p)
+    if prog == "pf":
+        c, secs = timed_command([PF, "snapshot", "--guest", img.path, "--out", out, "--workers", 2, "--json"])
+        s = json.loads(c.stdout)
+        return {"seconds": secs, "cpu": c.cpu, "bytes_written": s["bytes_written"], "verified": True}
+    r = qemu_file_op(img.path, False, f"file:{out}")
+    r["verified"] = True  # checked by the restore rows, which load it
+    return r
+
+
+def restore_run(img, prog, kind):
+    destination.prepare(img.dest, img.size, kind, sparse_file=prog == "qemu")
+    allocated = destination.check(img.dest, img.size, kind)
+    try:
+        if prog == "pf":
+            c, secs = timed_command([PF, "restore", img.snap["pf"], "--into", img.dest, "--workers", 2, "--json"] +
+                                    (["--in-place"] if kind == "prealloc" else []))
+            r = {"seconds": secs, "cpu": c.cpu, "bytes_read": json.loads(c.stdout)["bytes_read"]}
+        else:
+            r = qemu_file_op(img.dest, True, f"file:{img.snap['qemu']}", prealloc=kind == "prealloc")
+        r["verified"] = img.verified()
+        r["dest_allocated_before"] = allocated
+        return r
+    finally:
+        destination.remove(img.dest)
+
+
+def tcp_run(img, prog, compress, tls):
+    if prog == "pf":
+        return migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls)
+    return migrate.qemu(img.path, 2, compress, False, "prealloc", tls)
+
+
+def row(label, reps, fn):
+    """reps runs of each program, interleaved; their summaries."""
+    runs = {"pf": [], "qemu": []}
+    for rep in range(reps):
+        for prog in (("pf", "qemu") if rep % 2 == 0 else ("qemu", "pf")):
+            try:
+                r = fn(prog)
+            except RuntimeError as e:
+                r = {"error": str(e)}
+            runs[prog].append(r)
+            state = (f"FAILED: {r['error']}" if "error" in r else
+                     f"{r['seconds']:.3f} s, {r['cpu']:.2f} cpu-s{'' if r['verified'] else ', VERIFY FAILED'}")
+            print(f"  {label} run {rep + 1} {prog:4}: {state}", flush=True)
+    return migrate.summarize(runs["pf"]), migrate.summarize(runs["qemu"])
+
+
+def make_image(name, size, mem_dir):
+    path = os.path.join(mem_dir, f"pf-matrix-{name}.ram")
+    if name == "guest":
+        guest_image.build(size, path)
+    else:
+        subprocess.run([PF, "mkguest", name, str(size), path], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def describe(r, gib, refs, link):
+    """The row's line: times, CPU per GiB, the ratio and the reference."""
+    p, q = r["pf"], r["qemu"]
+    if "error" in p or "error" in q:
+        return f"{r['label']}: {'pageferry' if 'error' in p else 'QEMU'} FAILED: {(p if 'error' in p else q)['error']}"
+    ratio = q["seconds"] / p["seconds"]
+    text = (f"{r['label']}: pageferry {migrate.fmt_range(p, 'seconds', prec=3)} s {p['cpu'] / gib:.2f} cpu-s/GiB | "
+            f"QEMU {migrate.fmt_range(q, 'seconds', prec=3)} s {q['cpu'] / gib:.2f} cpu-s/GiB | "
+            f"{ratio:.2f}x QEMU's speed")
+    if not (p["verified"] and q["verified"]):
+        text += " (VERIFY FAILED)"
+    kind = r["kind"]
+    if kind == "tcp" and r["compress"] == "none":
+        text += f"; sent {p['bytes_sent'] / p['seconds'] / link:.2f} of iperf3"
+    elif kind == "tcp":
+        text += f"; {refs['bytes'] / p['seconds'] / refs['zstd_b1_bytes_per_s']:.2f} of zstd -b1's guest rate"
+    elif kind == "snapshot":
+        text += f"; {refs['dd_write_s'] * p['bytes_written'] / refs['bytes'] / p['seconds']:.2f} of dd oflag=direct"
+    else:
+        text += f"; {refs['dd_read_s'] * p['bytes_read'] / refs['bytes'] / p['seconds']:.2f} of dd iflag=direct"
+    if r["image"] == "zero" and kind == "tcp":
+        text += f"; {p['seconds'] / refs['scan_s']:.2f}x a one-core memory scan"
+    return text
+
+
+def main():
+    global PF
+    ap = argparse.ArgumentParser(description="pageferry against QEMU on issue 16's matrix; see the docstring")
+    ap.add_argument("--sizes", default="1G")
+    ap.add_argument("--images", default="zero,random,text,mixed,sparse,guest")
+    ap.add_argument("--compress", default="none,zstd")
+    ap.add_argument("--tls", default="none,psk")
+    ap.add_argument("--jobs", default="tcp,snapshot,restore")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--disk", default="/var/tmp", help="a directory on a real disk, for the snapshot files")
+    ap.add_argument("--mem-dir", default="/dev/shm",
+                    help="where images and destinations live: a tmpfs (mounted huge=always for huge-page rows)")
+    ap.add_argument("--pageferry", default=PF)
+    ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
+    args = ap.parse_args()
+    PF = migrate.PF = os.path.abspath(args.pageferry)
+    migrate.SHM = args.mem_dir
+    jobs = args.jobs.split(",")
+    t_start = time.monotonic()
+    iperf = [migrate.iperf3()]
+    link = iperf[0]["bytes_per_s"]
+    print(f"iperf3 loopback, one stream: {link / 2**20:.0f} MiB/s", flush=True)
+    rows, refs_by = [], {}
+    for size_arg in args.sizes.split(","):
+        size = int(subprocess.run(["numfmt", "--from=iec", size_arg], capture_output=True, text=True,
+                                  check=True).stdout)
+        gib = size / GIB
+        for name in args.images.split(","):
+            img = Image(make_image(name, size, args.mem_dir), args.disk)
+            try:
+                refs = refs_by[f"{name} {size_arg}"] = references(img.path, args.disk)
+                print(f"{name} {size_arg}: dd write {refs['dd_write_s']:.2f} s, read {refs['dd_read_s']:.2f} s, "
+                      f"scan {refs['scan_s']:.3f} s, zstd -b1 {refs['zstd_b1_bytes_per_s'] / 2**20:.0f} MiB/s, "
+                      f"{os.stat(img.path).st_blocks * 512 >> 20} MiB allocated", flush=True)
+                plan = []
+                if "tcp" in jobs:
+                    plan += [("tcp", c, t) for t in args.tls.split(",") for c in args.compress.split(",")]
+                if "snapshot" in jobs or "restore" in jobs:
+                    plan.append(("snapshot", None, None))
+                if "restore" in jobs:
+                    plan += [("restore", "fresh", None), ("restore", "prealloc", None)]
+                for kind, opt, tls in plan:
+                    label = (f"{name:6} {size_arg} " + (f"tcp {opt:4} tls={tls}" if kind == "tcp" else
+                                                        f"{kind} {opt or ''}".strip()))
+                    if kind == "tcp":
+                        p, q = row(label, args.reps, lambda prog: tcp_run(img, prog, opt, tls))
+                    elif kind == "snapshot":
+                        p, q = row(label, args.reps, lambda prog: snapshot_run(img, prog))
+                    else:
+                        p, q = row(label, args.reps, lambda prog: restore_run(img, prog, opt))
+                    r = {"label": label, "image": name, "size": size_arg, "kind": kind,
+                         "compress": opt if kind == "tcp" else None, "tls": tls,
+                         "dest": opt if kind == "restore" else "prealloc" if kind == "tcp" else None,
+                         "pf": p, "qemu": q}
+                    rows.append(r)
+                    print(describe(r, gib, refs, link), f"[{(time.monotonic() - t_start) / 60:.1f} min]", flush=True)
+            finally:
+                for p in [img.path] + list(img.snap.values()):
+                    if os.path.exists(p):
+                        os.unlink(p)
+    iperf.append(migrate.iperf3())
+    link = statistics.mean(i["bytes_per_s"] for i in iperf)
+    print(f"iperf3 after: {iperf[1]['bytes_per_s'] / 2**20:.0f} MiB/s; {(time.monotonic() - t_start) / 60:.1f} min "
+          "in all\n")
+    print(table(rows, refs_by, link))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "matrix-bench.json"), "w") as f:
+        json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": iperf, "references": refs_by, "reps": args.reps,
+                   "mem_dir": args.mem_dir, "cpus": os.cpu_count(),
+                   "timing": "wall clock; median of reps, [min, max]", "rows": rows}, f, indent=1)
+
+
+def table(rows, refs_by, link):
+    """A markdown table: one line per row."""
+    out = ["| row | pageferry s | QEMU s | QEMU/pageferry | pageferry cpu-s/GiB | QEMU cpu-s/GiB | reference |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p, q = r["pf"], r["qemu"]
+        if "error" in p or "error" in q:
+            out.append(f"| {r['label']} | {'FAILED' if 'error' in p else ''} | {'FAILED' if 'error' in q else ''} "
+                       "| | | | |")
+            continue
+        refs = refs_by[f"{r['image']} {r['size']}"]
+        gib = refs["bytes"] / GIB
+        ref = describe(r, gib, refs, link).split("QEMU's speed", 1)[1].lstrip("; ").replace(" (VERIFY FAILED)", "")
+        out.append(f"| {r['label']} | {migrate.fmt_range(p, 'seconds', prec=3)} | "
+                   f"{migrate.fmt_range(q, 'seconds', prec=3)} | {q['seconds'] / p['seconds']:.2f} | "
+                   f"{p['cpu'] / gib:.2f} | {q['cpu'] / gib:.2f} | {ref} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
