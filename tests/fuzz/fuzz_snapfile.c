@@ -512,8 +512,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK((proto_snap_extent_decode(rec, &h, &e) == PROTO_OK) == model_extent(&h, rec));
 	}
 
-	/* The file: header block, bitmap, table, the pages the bitmap has. */
-	uint64_t file_size = h.data_offset + h.guest_size - (flags & SHORT_FILE ? h.page_size : 0);
+	/* The file: header block, bitmap, table, the pages the bitmap has, and
+	 * room for the device state the header declares. */
+	uint64_t file_size = proto_snap_state_offset(&h) + h.device_state_len - (flags & SHORT_FILE ? h.page_size : 0);
 	CHECK(ftruncate(fd, 0) == 0 && ftruncate(fd, (off_t)file_size) == 0);
 	put_file(fd, bitmap, bitmap_len, h.bitmap_offset);
 	for (uint64_t p = 0; p < h.n_pages && rest_len; p++) {
