@@ -5,18 +5,21 @@ For each guest size and image (all-zero, random, text, mixed, sparse: mostly
 never touched, and `guest`: a real guest's RAM, bench/guest_image.py):
 
   - TCP rows, for each compression (none, zstd:1) and TLS (none, psk): one
-    pageferry receive --in-place + migrate against one QEMU multifd
+    pageferry receive --in-place --zeroed + migrate against one QEMU multifd
     migration of the same image (bench/migrate.py and bench/qemu_migrate.py:
-    2 channels, max-bandwidth 100 GiB/s, both destinations pre-zeroed);
+    2 channels, max-bandwidth 100 GiB/s, both destinations pre-zeroed; both
+    programs told so: QEMU assumes it of a destination's RAM, pageferry is
+    told with --zeroed);
   - snapshot: pageferry snapshot against QEMU's mapped-ram save (`migrate
     file:` with the capabilities mapped-ram and multifd, 2 channels,
     direct-io, max-bandwidth 100 GiB/s) from a paused QEMU whose RAM is the
     image, both into files on --disk;
   - restore, fresh and pre-allocated: pageferry restore --into (a new file;
     pre-allocated: --in-place into zeros written over a file of the guest's
-    size) against a QEMU started with -incoming defer (RAM: a file of the
-    guest's size with nothing allocated; pre-allocated: the zeroed file with
-    prealloc=on) loading its own snapshot with `migrate-incoming file:`.
+    size, with --zeroed as for TCP) against a QEMU started with -incoming
+    defer (RAM: a file of the guest's size with nothing allocated;
+    pre-allocated: the zeroed file with prealloc=on) loading its own
+    snapshot with `migrate-incoming file:`.
 
 Every run of a row alternates the programs (pageferry, QEMU, then QEMU,
 pageferry, ...); each row reports the median of --reps with its range, and
@@ -176,7 +179,7 @@ def restore_run(img, prog, kind):
     try:
         if prog == "pf":
             c, secs = timed_command([PF, "restore", img.snap["pf"], "--into", img.dest, "--workers", 2, "--json"] +
-                                    (["--in-place"] if kind == "prealloc" else []))
+                                    (["--in-place", "--zeroed"] if kind == "prealloc" else []))
             r = {"seconds": secs, "cpu": c.cpu, "bytes_read": json.loads(c.stdout)["bytes_read"]}
         else:
             r = qemu_file_op(img.dest, True, f"file:{img.snap['qemu']}", prealloc=kind == "prealloc")
@@ -189,7 +192,7 @@ def restore_run(img, prog, kind):
 
 def tcp_run(img, prog, compress, tls):
     if prog == "pf":
-        return migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls)
+        return migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls, zeroed=True)
     return migrate.qemu(img.path, 2, compress, False, "prealloc", tls)
 
 

@@ -167,9 +167,11 @@ def verify(guest, dest):
     return subprocess.run([PF, "verify", guest, dest], capture_output=True).returncode == 0
 
 
-def pageferry(guest, channels, compress, zerocopy, dest, tls="none"):
+def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=False):
     """One pageferry receive + migrate of `guest` into a `dest` destination
-    (destination.KINDS); compress is none or zstd (level 1); tls none or psk."""
+    (destination.KINDS); compress is none or zstd (level 1); tls none or psk;
+    zeroed: tell the receiver a prealloc destination reads as zeros, as
+    QEMU's destination assumes of its RAM (receive --zeroed)."""
     port = random.randint(20000, 60000)
     creds = ["--psk-file", qemu_migrate.psk_file()] if tls == "psk" else []
     into = guest + ".dst"
@@ -178,7 +180,8 @@ def pageferry(guest, channels, compress, zerocopy, dest, tls="none"):
     allocated = destination.check(into, size, dest)
     try:
         rx = Command([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
-                      "--json", "--accept-timeout", "30"] + (["--in-place"] if dest == "prealloc" else []) + creds)
+                      "--json", "--accept-timeout", "30"] + (["--in-place"] if dest == "prealloc" else []) +
+                     (["--zeroed"] if zeroed and dest == "prealloc" else []) + creds)
         try:
             wait_listening(port, rx)
         except RuntimeError:

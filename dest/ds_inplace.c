@@ -37,7 +37,7 @@ static int scan_extent(struct ds_inplace *ip, int fd, uint8_t *buf, uint64_t sta
 	return 0;
 }
 
-int ds_inplace_open(struct ds_inplace *ip, int fd, const char **what)
+int ds_inplace_open(struct ds_inplace *ip, int fd, bool zeroed, const char **what)
 {
 	memset(ip, 0, sizeof(*ip));
 	struct stat st;
@@ -54,7 +54,7 @@ int ds_inplace_open(struct ds_inplace *ip, int fd, const char **what)
 		*what = "allocating the destination's page bitmap";
 		rc = -ENOMEM;
 	}
-	for (uint64_t pos = 0; rc == 0 && pos < ip->size;) {
+	for (uint64_t pos = 0; rc == 0 && !zeroed && pos < ip->size;) {
 		uint64_t data, end;
 		int found = stage_next_data_extent(fd, pos, ip->size, &data, &end);
 		if (found < 0) {

@@ -15,6 +15,7 @@
 #ifndef PF_DS_INPLACE_H
 #define PF_DS_INPLACE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "dest/ds_place.h"
@@ -27,9 +28,10 @@ struct ds_inplace {
 	uint64_t nonzero_units;	/* how many bits are set */
 };
 
-/* Read the file's size and which of its 4 KiB units are not zero.  -errno
- * with *what naming the step.  Before lock-down. */
-int ds_inplace_open(struct ds_inplace *ip, int fd, const char **what);
+/* Read the file's size and which of its 4 KiB units are not zero (zeroed:
+ * the user says it reads as zeros, a VMM's newly allocated RAM, and it is
+ * not read).  -errno with *what naming the step.  Before lock-down. */
+int ds_inplace_open(struct ds_inplace *ip, int fd, bool zeroed, const char **what);
 
 /* Make the bytes [off, off + len) (whole units) read as zeros, writing
  * only the units that were not zero at the start.  Threads may call it at

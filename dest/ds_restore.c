@@ -243,8 +243,9 @@ static void absent_pages(struct ds_reader *rd)
 			uint64_t absent = p;
 			while (p < end && !proto_bitmap_test(r->bitmap, p))
 				p++;
-			int rc = r->in_place && p > absent ? ds_place_punch(r->dest, absent * page, (p - absent) * page)
-							   : 0;
+			int rc = r->in_place && !r->dest_zeroed && p > absent
+					 ? ds_place_punch(r->dest, absent * page, (p - absent) * page)
+					 : 0;
 			if (rc < 0) {
 				fail(r, rc, absent * page, (p - absent) * page);
 				return;

@@ -15,7 +15,8 @@
 struct ds_restore {
 	int meta_fd, data_fd;
 	int direct;
-	bool in_place;		/* dest is an existing file of the guest's size (restore --qmp) */
+	bool in_place;		/* dest is an existing file of the guest's size (restore --in-place, --qmp) */
+	bool dest_zeroed;	/* ... that reads as zeros (--zeroed): absent pages are left alone */
 	struct proto_snap_header hdr;
 	uint8_t *bitmap;
 	struct ds_place *dest;	/* where pages go (dest/ds_place.h); NULL: check only */

@@ -4,7 +4,7 @@
  * inflater processes (dest/inflater_main.c).
  *
  * argv: pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS
- *                         --io-timeout-ms=MS [--in-place] [--device-state]
+ *                         --io-timeout-ms=MS [--in-place [--zeroed]] [--device-state]
  * fds (stage/stage_fds.h): 3 control segment (its worker count is the
  *      number of inflaters; its geometry is a placeholder until the
  *      handshake, see its destination line), 4 destination RAM file
@@ -33,7 +33,7 @@
 
 #define USAGE                                                                                              \
 	"pageferry-receive --listen=ADDR:PORT --tls=none|psk|x509 --accept-timeout-ms=MS --io-timeout-ms=MS " \
-	"[--in-place] [--device-state]"
+	"[--in-place [--zeroed]] [--device-state]"
 
 int main(int argc, char **argv)
 {
@@ -47,6 +47,7 @@ int main(int argc, char **argv)
 	int timeout_ms = (int)stage_arg_u64("accept-timeout-ms", 0, 86400000);
 	r.io_timeout_ms = (int)stage_arg_u64("io-timeout-ms", 0, 86400000);
 	int in_place = stage_arg_flag("in-place");
+	bool zeroed = stage_arg_flag("zeroed");
 	r.want_state = stage_arg_flag("device-state");
 	stage_args_done();
 	struct shm_segment seg;
@@ -61,7 +62,7 @@ int main(int argc, char **argv)
 		/* Before anyone connects: learning which pages hold data is not
 		 * on the clock (dest/ds_inplace.h). */
 		const char *what = "";
-		int rc = ds_inplace_open(&inplace, STAGE_FD_GUEST, &what);
+		int rc = ds_inplace_open(&inplace, STAGE_FD_GUEST, zeroed, &what);
 		if (rc < 0)
 			stage_die_errno(rc, "%s", what);
 		r.inplace = &inplace;

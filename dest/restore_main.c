@@ -1,11 +1,12 @@
 /* pageferry-restore: restores a snapshot file into a destination RAM file,
  * or only checks it (`pageferry check`).
  *
- * argv: pageferry-restore --mode=restore|check|state --threads=N [--in-place]
+ * argv: pageferry-restore --mode=restore|check|state --threads=N [--in-place [--zeroed]]
  * fds (stage/stage_fds.h): 3 control segment (statistics only), 4 the
  *      destination RAM file (read-write, empty; with --in-place an existing
  *      file of the guest's size, a waiting VMM's RAM: pages the snapshot
- *      does not have become holes; not in check mode),
+ *      does not have become holes, unless --zeroed says it reads as zeros
+ *      already; not in check mode),
  *      5 the snapshot (buffered: header, bitmap, extent table),
  *      6 the snapshot again, O_DIRECT where the filesystem allows (page data),
  *      7 in state mode: an empty file the snapshot's device state is written
@@ -34,7 +35,7 @@
 #include "dest/ds_restore.h"
 #include "stage/stage.h"
 
-#define USAGE "pageferry-restore --mode=restore|check|state --threads=N [--in-place]"
+#define USAGE "pageferry-restore --mode=restore|check|state --threads=N [--in-place [--zeroed]]"
 #define MAX_THREADS 64
 
 static pthread_barrier_t start_line;
@@ -55,6 +56,7 @@ int main(int argc, char **argv)
 	bool check_only = mode == 1, device_state = mode == 2;
 	int threads = (int)stage_arg_u64("threads", 1, MAX_THREADS);
 	bool in_place = stage_arg_flag("in-place");
+	bool zeroed = stage_arg_flag("zeroed");
 	stage_args_done();
 	/* Up to the snapshot's O_DIRECT fd (state: the device state's); check
 	 * and state: no destination. */
@@ -85,6 +87,7 @@ int main(int argc, char **argv)
 		return STAGE_EXIT_OK;
 	free(state);
 	r.in_place = in_place && mode == 0;
+	r.dest_zeroed = r.in_place && zeroed;
 	struct stat st;
 	if (r.in_place && fstat(STAGE_FD_GUEST, &st) < 0)
 		stage_die_errno(-errno, "fstat of the destination");

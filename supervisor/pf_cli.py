@@ -154,6 +154,8 @@ def build_parser(only=None):
     r.add_argument("--in-place", action="store_true",
                    help="with --into: write into the existing FILE instead of creating it; its size must "
                         "be the guest's, and its pages that are zero in the snapshot are zeroed")
+    r.add_argument("--zeroed", action="store_true",
+                   help="with --in-place or --qmp: FILE is known to read as zeros (a VMM's newly allocated RAM, pre-allocated or not), so pages that are zero at the source are neither looked at nor written there (the default punches them out of FILE). If it held anything else, those pages keep it")
     r.add_argument("--no-resume", action="store_true",
                    help="with --qmp: leave the restored guest paused (default: resume it)")
     r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
@@ -286,6 +288,8 @@ def build_parser(only=None):
                    help="write into the existing FILE instead of creating it: its size must be the guest's; "
                         "which of its pages hold data is learned before the sender connects, and pages "
                         "that are zero at the source are zeroed in it")
+    c.add_argument("--zeroed", action="store_true",
+                   help="with --in-place or --qmp: FILE is known to read as zeros (a VMM's newly allocated RAM, pre-allocated or not), so pages that are zero at the source are neither looked at nor written there (the default reads FILE before the sender connects). If it held anything else, those pages keep it")
     c.add_argument("--no-resume", action="store_true",
                    help="with --qmp: leave the received guest paused (default: resume it)")
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
@@ -451,11 +455,15 @@ def main(stage_dirs, argv=None):
                 raise pf_jobs.JobError("--in-place goes with --into (with --qmp the VMM's RAM file is "
                                        "always written in place)", 2)
             import pf_qemu
-            pf_qemu.restore(ctx, args.snapshot, args.qmp, args.workers, resume_guest=not args.no_resume)
+            pf_qemu.restore(ctx, args.snapshot, args.qmp, args.workers, resume_guest=not args.no_resume,
+                            zeroed=args.zeroed)
         elif args.cmd == "restore":
             if args.no_resume:
                 raise pf_jobs.JobError("--no-resume goes with --qmp", 2)
-            pf_jobs.restore(ctx, args.snapshot, args.into, args.workers, in_place=args.in_place)
+            if args.zeroed and not args.in_place:
+                raise pf_jobs.JobError("--zeroed goes with --in-place or --qmp", 2)
+            pf_jobs.restore(ctx, args.snapshot, args.into, args.workers, in_place=args.in_place,
+                            zeroed=args.zeroed)
         elif args.cmd == "check":
             import pf_check
             pf_check.check(ctx, args.snapshot, args.workers)
@@ -501,9 +509,11 @@ def main(stage_dirs, argv=None):
             def job(into, load_state=None, finish=None):
                 pf_migrate.receive(ctx, args.listen, into, args.workers, args.psk_file, args.accept_timeout,
                                    args.io_timeout, args.in_place or bool(load_state), args.insecure,
-                                   args.tls_creds, load_state, finish)
+                                   args.tls_creds, load_state, finish, zeroed=args.zeroed)
             if args.no_resume and not args.qmp:
                 raise pf_jobs.JobError("--no-resume goes with --qmp", 2)
+            if args.zeroed and not (args.in_place or args.qmp):
+                raise pf_jobs.JobError("--zeroed goes with --in-place or --qmp", 2)
             if args.qmp:
                 import pf_qemu
                 pf_qemu.receive(ctx, args.qmp, job, resume_guest=not args.no_resume)

@@ -288,10 +288,11 @@ def device_state(ctx, snap):
         run.close(True)
 
 
-def restore(ctx, snap, into, workers, in_place=False, finish=None):
+def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False):
     """in_place: INTO is an existing RAM file, written where it is (restore
-    --in-place, --qmp); finish(summary): called once the RAM is restored and
-    committed, before the summary is printed."""
+    --in-place, --qmp), zeroed: one the user says reads as zeros;
+    finish(summary): called once the RAM is restored and committed, before
+    the summary is printed."""
     _refuse_partial(snap)
     run, meta_fd = open_snapshot(ctx, "restore", snap)
     partial = into + PARTIAL_SUFFIX
@@ -305,7 +306,8 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None):
             run.cleanup_paths.append(partial)
             run.fds.append(dest_fd)
         seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers,
-                                    {pf_abi.fd("restore", "dest"): dest_fd}, ["--in-place"] if in_place else [])
+                                    {pf_abi.fd("restore", "dest"): dest_fd},
+                                    (["--in-place"] + (["--zeroed"] if zeroed else [])) if in_place else [])
         p = run.pipeline
 
         try:

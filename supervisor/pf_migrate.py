@@ -279,7 +279,7 @@ class InflaterNotices:
 
 
 def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30, in_place=False, insecure=False,
-            tls_creds=None, load_state=None, finish=None):
+            tls_creds=None, load_state=None, finish=None, zeroed=False):
     """load_state(bytes): receive --qmp: the sender must send a device
     state, which this is given once the RAM is whole and checked, as the
     last step before the commit (it refuses the commit by raising
@@ -314,6 +314,8 @@ def receive(ctx, listen, into, workers, psk_file, accept_timeout, io_timeout=30,
             fds[pf_abi.fd("receive", "creds")] = creds
         if in_place:
             args.append("--in-place")
+            if zeroed:
+                args.append("--zeroed")
         state_fd = None
         if load_state:
             state_fd = pf_stages.memfd("pageferry-device-state", 0)

@@ -266,7 +266,7 @@ def receive(ctx, qmp_path, receive_job, resume_guest=True):
         receive_job(ram, load, finish)
 
 
-def restore(ctx, snap, qmp_path, workers, resume_guest=True):
+def restore(ctx, snap, qmp_path, workers, resume_guest=True, zeroed=False):
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = waiting_ram(qmp)
         state = pf_jobs.device_state(ctx, snap)
@@ -279,4 +279,4 @@ def restore(ctx, snap, qmp_path, workers, resume_guest=True):
             summary.update(qmp=qmp_path, device_state_bytes=len(state), resumed=resume_guest,
                            load_ms=round((time.monotonic() - began) * 1000))
 
-        pf_jobs.restore(ctx, snap, ram, workers, in_place=True, finish=finish)
+        pf_jobs.restore(ctx, snap, ram, workers, in_place=True, finish=finish, zeroed=zeroed)

@@ -169,6 +169,12 @@ class Veth(VethWorkspace, Base):
         self.round_trip("text", 1, "none", netns=self.veth.ns, addr=self.veth.addr[1])
 
 
+def read_page(path, page):
+    with open(path, "rb") as f:
+        f.seek(page * 4096)
+        return f.read(4096)
+
+
 class InPlace(Base):
     """receive --in-place: an existing RAM file (a destination VMM's) is
     written where it is, whatever it held, and marked until complete."""
@@ -199,6 +205,41 @@ class InPlace(Base):
                 self.assert_equal_ram(guest, into)
                 self.assertEqual(os.stat(into).st_ino, inode)
                 self.assertFalse(os.path.exists(into + ".pf-incomplete"))
+
+    def test_zeroed_destination_is_taken_at_its_word(self):
+        """--zeroed: the file reads as zeros, says the user, so it is not
+        read and zero pages are not written: into zeros the copy is exact
+        and the pre-allocation stays; a stale page a zero page should have
+        cleared is left (which is why it is not the default)."""
+        guest = self.guest("mixed", "64M")
+        size = os.stat(guest).st_size
+        for compress in ("none", "zstd"):
+            with self.subTest(compress=compress):
+                into = self.path("vm.ram")
+                with open(into, "wb") as f:
+                    f.write(bytes(size))
+                port = free_port()
+                rx = self.start_receiver(port, into, "--in-place", "--zeroed", "--workers", 2)
+                r = self.migrate(guest, port, "--channels", 2, "--compress", compress)
+                code, _, err = self.finish(rx)
+                self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+                self.assert_equal_ram(guest, into)
+                self.assertEqual(os.stat(into).st_blocks * 512, size, "the pre-allocation was given up")
+        zero_page = next(p for p in range(size // 4096) if not any(read_page(guest, p)))
+        with open(into, "r+b") as f:
+            f.seek(zero_page * 4096)
+            f.write(b"stale" * 800)
+        port = free_port()
+        rx = self.start_receiver(port, into, "--in-place", "--zeroed")
+        r = self.migrate(guest, port)
+        code, _, err = self.finish(rx)
+        self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
+        self.assertEqual(read_page(into, zero_page)[:5], b"stale")
+
+    def test_zeroed_needs_in_place(self):
+        r = pf("receive", "--listen", "127.0.0.1:1", "--into", self.path("x.ram"), "--zeroed")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--zeroed goes with --in-place or --qmp", r.stderr)
 
     def test_size_mismatch_refused_on_both_ends(self):
         guest = self.guest("mixed", "64M")

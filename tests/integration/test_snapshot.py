@@ -114,6 +114,24 @@ class InPlace(Workspace):
         self.assertFalse(os.path.exists(into + ".pf-incomplete"))
         self.assert_equal_ram(guest, into)
 
+    def test_zeroed_file_keeps_its_allocation(self):
+        """--zeroed: pages absent from the snapshot are left alone (the
+        default punches them out, giving up a VMM's pre-allocation)."""
+        guest = self.guest("mixed", "64M")
+        out, _ = self.snapshot(guest)
+        size = os.stat(guest).st_size
+        for zeroed, want_full in ((["--zeroed"], True), ([], False)):
+            with self.subTest(zeroed=zeroed):
+                into = self.path("vmm.ram")
+                with open(into, "wb") as f:
+                    f.write(bytes(size))
+                pf("restore", out, "--into", into, "--in-place", *zeroed, check=0)
+                self.assert_equal_ram(guest, into)
+                self.assertEqual(os.stat(into).st_blocks * 512 == size, want_full, os.stat(into).st_blocks)
+        r = pf("restore", out, "--into", into, "--zeroed")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--zeroed goes with --in-place or --qmp", r.stderr)
+
     def test_wrong_size_refused_and_marked(self):
         out, _ = self.snapshot(self.guest("mixed", "16M"))
         into = self.path("vmm.ram")
