@@ -41,7 +41,9 @@ usage: bench/matrix.py [--sizes 1G] [--images zero,random,text,mixed,sparse,gues
                        [--compress none,zstd] [--tls none,psk] [--jobs tcp,snapshot,restore]
                        [--reps 3] [--disk /var/tmp] [--mem-dir /dev/shm]
                        [--pageferry build/pageferry] [--out doc]
-Prints a line per run, a table per size; writes OUT/matrix-bench.json.
+       bench/matrix.py --report OUT/matrix-bench.json   (the table and chart again)
+Prints a line per run and a table; writes OUT/matrix-bench.json and
+OUT/matrix.png (QEMU's time over pageferry's, per row).
 Run it with nothing else running on the machine.
 """
 import argparse
@@ -260,7 +262,14 @@ def main():
                     help="where images and destinations live: a tmpfs (mounted huge=always for huge-page rows)")
     ap.add_argument("--pageferry", default=PF)
     ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
+    ap.add_argument("--report", metavar="JSON", help="print the table and draw the chart of an earlier run")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            d = json.load(f)
+        print(table(d["rows"], d["references"], d["iperf3_bytes_per_s"]))
+        chart(d["rows"], os.path.join(os.path.dirname(os.path.abspath(args.report)), "matrix.png"))
+        return
     PF = migrate.PF = os.path.abspath(args.pageferry)
     migrate.SHM = args.mem_dir
     jobs = args.jobs.split(",")
@@ -316,6 +325,37 @@ def main():
         json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": iperf, "references": refs_by, "reps": args.reps,
                    "mem_dir": args.mem_dir, "cpus": os.cpu_count(),
                    "timing": "wall clock; median of reps, [min, max]", "rows": rows}, f, indent=1)
+    chart(rows, os.path.join(args.out, "matrix.png"))
+
+
+def chart(rows, path):
+    """QEMU's time over pageferry's for every row (above 1: pageferry is
+    faster), whiskers from the two programs' ranges."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart")
+        return
+    ok = [r for r in rows if "error" not in r["pf"] and "error" not in r["qemu"]]
+    ratio = [r["qemu"]["seconds"] / r["pf"]["seconds"] for r in ok]
+    lo = [r["qemu"]["seconds_range"][0] / r["pf"]["seconds_range"][1] for r in ok]
+    hi = [r["qemu"]["seconds_range"][1] / r["pf"]["seconds_range"][0] for r in ok]
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(ok) + 1.5))
+    y = range(len(ok))
+    ax.barh(list(y), ratio, xerr=[[m - a for m, a in zip(ratio, lo)], [b - m for m, b in zip(ratio, hi)]],
+            color=["tab:green" if v >= 1.5 else "tab:olive" if v >= 1 else "tab:red" for v in ratio], capsize=2)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels([" ".join(r["label"].split()) for r in ok], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    for x, style in ((1, "-"), (1.5, "--")):
+        ax.axvline(x, color="black", linestyle=style, linewidth=0.8)
+    ax.set_xlabel("QEMU's time / pageferry's (above 1: pageferry faster; dashed: the 1.5x target)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"chart: {path}")
 
 
 def table(rows, refs_by, link):
