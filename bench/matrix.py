@@ -121,15 +121,7 @@ def qemu_file_op(ram, incoming, uri, prealloc=False, timeout=900):
         qemu_file_caps(q)
         c0, t0 = qemu_migrate.cpu_seconds(proc.pid), time.monotonic()
         q.cmd("migrate-incoming" if incoming else "migrate", uri=uri)
-        while True:
-            st = q.cmd("query-migrate")
-            if st.get("status") in ("completed", "failed", "cancelled"):
-                break
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"QEMU still {st.get('status')} after {timeout} s")
-            time.sleep(0.005)
-        if st["status"] != "completed":
-            raise RuntimeError(f"QEMU {st['status']}: {st.get('error-desc', '')}")
+        qemu_migrate.wait_completed(q, t0, timeout, "load" if incoming else "save")
         while incoming and q.cmd("query-status").get("status") == "inmigrate":
             time.sleep(0.005)
         t1, c1 = time.monotonic(), qemu_migrate.cpu_seconds(proc.pid)

@@ -118,6 +118,21 @@ def start(image, qmp_path, incoming, log, prealloc=False, tls="none"):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
 
 
+def wait_completed(q, t0, timeout, what="migration"):
+    """Poll query-migrate on q until it ends; returns its status, raises
+    unless it completed (or after timeout seconds from t0)."""
+    while True:
+        st = q.cmd("query-migrate")
+        if st.get("status") in ("completed", "failed", "cancelled"):
+            break
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"QEMU {what} still {st.get('status')} after {timeout} s")
+        time.sleep(0.005)
+    if st["status"] != "completed":
+        raise RuntimeError(f"QEMU {what} {st['status']}: {st.get('error-desc', '')}")
+    return st
+
+
 def configure(q, is_src, channels, comp, zerocopy, tls="none"):
     caps = [{"capability": "multifd", "state": True},
             {"capability": "x-ignore-shared", "state": False}]  # share=on RAM must still be sent
@@ -159,15 +174,7 @@ def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900, tls
         c0 = cpu_seconds(procs["src"].pid), cpu_seconds(procs["dst"].pid)
         t0 = time.monotonic()
         qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
-        while True:
-            st = qs.cmd("query-migrate")
-            if st.get("status") in ("completed", "failed", "cancelled"):
-                break
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"QEMU migration still {st.get('status')} after {timeout} s")
-            time.sleep(0.005)
-        if st["status"] != "completed":
-            raise RuntimeError(f"QEMU migration {st['status']}: {st.get('error-desc', '')}")
+        st = wait_completed(qs, t0, timeout)
         # The destination finishes loading after the source reports completion.
         while qd.cmd("query-status").get("status") == "inmigrate":
             if time.monotonic() - t0 > timeout:
