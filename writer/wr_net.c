@@ -1,8 +1,6 @@
 #include "writer/wr_net.h"
 
 #include <errno.h>
-#include <time.h> /* before linux/errqueue.h, which needs struct timespec */
-#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -21,12 +19,6 @@
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
 
-#ifndef SO_EE_ORIGIN_ZEROCOPY
-#define SO_EE_ORIGIN_ZEROCOPY 5
-#endif
-#ifndef SO_EE_CODE_ZEROCOPY_COPIED
-#define SO_EE_CODE_ZEROCOPY_COPIED 1
-#endif
 
 /* The receiver flushes and checks before it answers: a receiver that answers
  * TCP (keepalive) but not with its result is given this long.  One that
@@ -266,100 +258,6 @@ bool wr_net_link_dead(const struct wr_net *n, int neg_errno)
 	return false;
 }
 
-/* Give back the buffers of sent packets whose notifications all arrived. */
-static void sweep_completed(struct wr_net *n, struct wr_channel *c)
-{
-	uint64_t done = c->sender ? wr_tls_sender_done(c->sender) : c->zc_done;
-	while (c->tail != c->queued && c->inflight[c->tail % WR_NET_INFLIGHT].need_done <= done) {
-		struct wr_inflight *f = &c->inflight[c->tail % WR_NET_INFLIGHT];
-		if (f->worker >= 0 && n->buffer_done)
-			n->buffer_done(n->ctx, (uint32_t)f->worker, f->buffer);
-		c->tail++;
-	}
-}
-
-/* Read completion notifications off the error queue.  wait: block until at
- * least one arrives. */
-static int reap_channel(struct wr_net *n, struct wr_channel *c, bool wait)
-{
-	if (c->sender) {
-		char drain[64];
-		while (read(n->tls_wake[0], drain, sizeof(drain)) > 0)
-			;
-		int rc = wait ? wr_tls_sender_wait(c->sender) : wr_tls_sender_check(c->sender);
-		sweep_completed(n, c);
-		return rc;
-	}
-	for (;;) {
-		char control[128];
-		struct msghdr msg = { .msg_control = control, .msg_controllen = sizeof(control) };
-		ssize_t r = recvmsg(c->conn.fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && errno == EAGAIN) {
-			if (!wait)
-				break;
-			/* A completion needs an acknowledgement.  The kernel ends
-			 * a connection left unacknowledged for --io-timeout
-			 * (TCP_USER_TIMEOUT): take its verdict from SO_ERROR, and
-			 * check the age of the last acknowledgement ourselves in
-			 * case no verdict comes. */
-			struct pollfd p = { .fd = c->conn.fd, .events = 0 };
-			int waited = poll(&p, 1, n->io_timeout_ms > 0 ? n->io_timeout_ms : 10000);
-			if (waited < 0 && errno != EINTR)
-				return -errno;
-			int err = 0;
-			socklen_t len = sizeof(err);
-			if ((p.revents & (POLLERR | POLLHUP)) &&
-			    getsockopt(c->conn.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
-				return -err;
-			if (p.revents & POLLHUP)
-				return -ECONNRESET;
-			struct tcp_info ti;
-			len = sizeof(ti);
-			if (waited == 0 && n->io_timeout_ms > 0 &&
-			    getsockopt(c->conn.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
-			    ti.tcpi_last_ack_recv >= (uint32_t)n->io_timeout_ms)
-				return -ETIMEDOUT;
-			continue;
-		}
-		if (r < 0)
-			return -errno;
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-			if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
-			      (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
-				continue;
-			struct sock_extended_err serr;
-			memcpy(&serr, CMSG_DATA(cm), sizeof(serr));
-			if (serr.ee_origin != SO_EE_ORIGIN_ZEROCOPY) {
-				if (serr.ee_errno)
-					return -(int)serr.ee_errno;
-				continue;
-			}
-			/* ids [ee_info, ee_data], 32-bit and wrapping; TCP completes
-			 * them in order, so the range always starts at zc_done. */
-			uint32_t count = serr.ee_data - serr.ee_info + 1;
-			c->zc_done += count;
-			if (serr.ee_code & SO_EE_CODE_ZEROCOPY_COPIED)
-				c->zc_copied += count;
-		}
-		wait = false;
-	}
-	sweep_completed(n, c);
-	return 0;
-}
-
-int wr_net_reap(struct wr_net *n)
-{
-	for (uint32_t i = 0; i < n->n_channels; i++)
-		if ((n->ch[i].zerocopy || n->ch[i].sender) && n->ch[i].tail != n->ch[i].queued) {
-			int rc = reap_channel(n, &n->ch[i], false);
-			if (rc < 0)
-				return rc;
-		}
-	return 0;
-}
-
 /* sendmsg until all of iov[0..n_iov) is sent (the kernel may take part). */
 static int send_iovs(struct wr_net *n, struct wr_channel *c, struct iovec *iov, size_t n_iov, int flags)
 {
@@ -374,7 +272,7 @@ static int send_iovs(struct wr_net *n, struct wr_channel *c, struct iovec *iov, 
 			 * or copy this once if there is none to wait for. */
 			if (c->zc_issued == c->zc_done)
 				zc = false;
-			else if ((r = reap_channel(n, c, true)) < 0)
+			else if ((r = wr_net_reap_channel(n, c, true)) < 0)
 				return (int)r;
 			continue;
 		}
@@ -430,7 +328,7 @@ static int flush_channel(struct wr_net *n, struct wr_channel *c)
 	size_t i = 0;
 	if (c->sender) {
 		/* One batch in flight: the thread sends this one once the last
-		 * is done; it counts as a completion (sweep_completed). */
+		 * is done; it counts as a completion (wr_net_sweep_completed). */
 		int rc = wr_tls_sender_wait(c->sender);
 		if (rc < 0)
 			return rc;
@@ -460,7 +358,7 @@ static int flush_channel(struct wr_net *n, struct wr_channel *c)
 	c->queued = c->head;
 	c->n_iov = 0;
 	c->queued_bytes = 0;
-	sweep_completed(n, c);
+	wr_net_sweep_completed(n, c);
 	return 0;
 }
 
@@ -526,7 +424,7 @@ static int queue_packet(struct wr_net *n, struct wr_channel *c, struct proto_pac
 		if ((rc = flush_channel(n, c)) < 0)
 			return rc;
 	while (c->head - c->tail == WR_NET_INFLIGHT) {
-		if ((rc = flush_channel(n, c)) < 0 || (rc = reap_channel(n, c, true)) < 0)
+		if ((rc = flush_channel(n, c)) < 0 || (rc = wr_net_reap_channel(n, c, true)) < 0)
 			return rc;
 	}
 	p->seq = c->seq;
@@ -619,7 +517,7 @@ int wr_net_finish(struct wr_net *n, uint32_t *status)
 	}
 	for (uint32_t i = 0; i < n->n_channels; i++)
 		while (n->ch[i].tail != n->ch[i].queued) {
-			int rc = reap_channel(n, &n->ch[i], true);
+			int rc = wr_net_reap_channel(n, &n->ch[i], true);
 			if (rc < 0)
 				return rc;
 		}

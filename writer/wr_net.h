@@ -132,6 +132,11 @@ void wr_net_cancel(struct wr_net *n);
 int wr_net_flush(struct wr_net *n);
 /* Give back buffers whose sends completed, without waiting. */
 int wr_net_reap(struct wr_net *n);
+/* Within the writer's network side (writer/wr_net_reap.c): read channel
+ * c's completions (wait: until at least one arrives), and give back the
+ * buffers of packets that are done. */
+int wr_net_reap_channel(struct wr_net *n, struct wr_channel *c, bool wait);
+void wr_net_sweep_completed(struct wr_net *n, struct wr_channel *c);
 /* Fill pfd with the channels that wait for completions (POLLERR wakes a
  * poll when one arrives); returns how many. */
 unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max);
