@@ -45,16 +45,16 @@ int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *
  * (of this submission or of an earlier request reaped meanwhile). */
 int dio_queue_submit(struct dio_queue *q, enum dio_op op, int fd, void *buf, uint64_t len, uint64_t off,
 		     uint64_t tag);
+/* The same from up to DIO_QUEUE_MAX_IOV pieces of memory, to or from one
+ * stretch of the file (tag's completion covers them all). */
+int dio_queue_submitv(struct dio_queue *q, enum dio_op op, int fd, const struct iovec *iov, uint32_t n_iov,
+		      uint64_t off, uint64_t tag);
 /* Have every completion signal an eventfd (made here, before lock-down):
  * a caller that sleeps in poll wakes for it.  Returns the fd or -errno. */
 int dio_queue_notify(struct dio_queue *q);
 /* Take the completions there are, without waiting (and reset the eventfd).
  * -errno if a request failed. */
 int dio_queue_reap(struct dio_queue *q);
-/* The same from up to DIO_QUEUE_MAX_IOV pieces of memory, to or from one
- * stretch of the file (tag's completion covers them all). */
-int dio_queue_submitv(struct dio_queue *q, enum dio_op op, int fd, const struct iovec *iov, uint32_t n_iov,
-		      uint64_t off, uint64_t tag);
 /* Wait for at least one completion (none in flight: return at once).
  * -errno if a request failed. */
 int dio_queue_wait(struct dio_queue *q);

@@ -30,6 +30,9 @@ TLS_CREDS_HELP = ("TLS 1.3 with X.509 certificates, in the layout of QEMU's tls-
                   "by that CA%s")
 
 
+ZEROED_HELP = ("with --in-place or --qmp: FILE is known to read as zeros (a VMM's newly allocated RAM, "
+               "pre-allocated or not), so pages that are zero at the source are neither looked at nor written "
+               "there (the default %s). If it held anything else, those pages keep it")
 RUN_AS_HELP = ("the user (and group) every stage process becomes once it has opened what it needs; it also "
                "drops every capability (default: nobody, with its primary group). Needs root: when pageferry "
                "does not run as root, its stages keep its user and only drop their capabilities")
@@ -155,7 +158,7 @@ def build_parser(only=None):
                    help="with --into: write into the existing FILE instead of creating it; its size must "
                         "be the guest's, and its pages that are zero in the snapshot are zeroed")
     r.add_argument("--zeroed", action="store_true",
-                   help="with --in-place or --qmp: FILE is known to read as zeros (a VMM's newly allocated RAM, pre-allocated or not), so pages that are zero at the source are neither looked at nor written there (the default punches them out of FILE). If it held anything else, those pages keep it")
+                   help=ZEROED_HELP % "punches them out of FILE")
     r.add_argument("--no-resume", action="store_true",
                    help="with --qmp: leave the restored guest paused (default: resume it)")
     r.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
@@ -289,7 +292,7 @@ def build_parser(only=None):
                         "which of its pages hold data is learned before the sender connects, and pages "
                         "that are zero at the source are zeroed in it")
     c.add_argument("--zeroed", action="store_true",
-                   help="with --in-place or --qmp: FILE is known to read as zeros (a VMM's newly allocated RAM, pre-allocated or not), so pages that are zero at the source are neither looked at nor written there (the default reads FILE before the sender connects). If it held anything else, those pages keep it")
+                   help=ZEROED_HELP % "reads FILE before the sender connects")
     c.add_argument("--no-resume", action="store_true",
                    help="with --qmp: leave the received guest paused (default: resume it)")
     c.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",

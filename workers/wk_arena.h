@@ -26,7 +26,8 @@ static inline uint64_t wk_arena_size(uint64_t buffer_size)
 
 /* A source worker's arena: buffer b is one run's room of frame_size bytes
  * at b * frame_size (its pages, or its zstd frame) and a run record
- * (workers/wk_record.h) after all the frames.  The front end sizes the memfd with pf_abi.source_arena_bytes. */
+ * (workers/wk_record.h) after all the frames.  The front end sizes the
+ * memfd with pf_abi.source_arena_bytes. */
 static inline uint64_t wk_arena_source_size(uint64_t frame_size)
 {
 	return WK_ARENA_BUFFERS * (frame_size + WK_RECORD_BYTES);

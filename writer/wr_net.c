@@ -19,7 +19,6 @@
 #include "protocol/proto_bytes.h"
 #include "protocol/proto_crc32c.h"
 
-
 /* The receiver flushes and checks before it answers: a receiver that answers
  * TCP (keepalive) but not with its result is given this long.  One that
  * stops answering altogether is noticed within --io-timeout (keepalive). */

@@ -24,9 +24,9 @@
 #define WR_NET_BATCH_BYTES (1u << 20)
 #define WR_NET_IOV 1024u	/* iovecs in one sendmsg (the kernel's UIO_MAXIOV) */
 #define WR_NET_SLOT_BYTES (PROTO_PACKET_HEADER_SIZE + PROTO_SPARSE_BITMAP_MAX)
-/* Guest pieces at least this long go by sendfile (wr_net_file_piece).  A shorter one costs less
- * copied inside the gathered sendmsg than as a call of its own that also
- * ends the TCP segment (mixed guest: 16 KiB made it 0.25 s slower per 4 GiB).
+/* Guest pieces at least this long go by sendfile (wr_net_file_piece).  A
+ * shorter one costs less copied inside the gathered sendmsg than as a call
+ * of its own that also ends the TCP segment (mixed guest: 16 KiB made it 0.25 s slower per 4 GiB).
  * The front end's summary quotes it (pf_abi.SENDFILE_MIN_BYTES). */
 #define WR_SENDFILE_MIN (64u << 10)
 

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "protocol/proto_desc.h"
+#include "protocol/proto_packet.h"
 #include "shm/shm_ring.h"
 #include "shm/shm_segment.h"
 #include "workers/wk_record.h"
@@ -61,6 +62,20 @@ struct wr_sink {
 	void (*check_cancel)(struct wr_sink *s);
 	struct wr_source *src;
 };
+
+/* A RAW or SPARSE run's data extents in page order: the next one's first
+ * page within the run and length, with *k the cursor (0 to begin).  RAW has
+ * one, the whole run; the record has as many extent CRCs (wk_record_read). */
+static inline bool wr_run_next_extent(const struct wr_run *r, uint32_t *k, uint32_t *start, uint32_t *len)
+{
+	if (r->d.encoding == PROTO_ENC_SPARSE)
+		return proto_sparse_next_extent(r->rec.bitmap, r->d.n_pages, k, start, len);
+	if (*k)
+		return false;
+	*start = 0;
+	*k = *len = r->d.n_pages;
+	return true;
+}
 
 /* Give worker i's arena buffer back (the sink is done with it). */
 void wr_source_give_back(void *src, uint32_t worker, uint32_t buffer);

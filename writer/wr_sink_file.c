@@ -40,25 +40,16 @@ static void file_put(struct wr_sink *s, const struct wr_run *r)
 	if (d->encoding != PROTO_ENC_RAW && d->encoding != PROTO_ENC_SPARSE)
 		stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: encoding %u in a snapshot", r->worker,
 			  d->encoding);
-	bool raw = d->encoding == PROTO_ENC_RAW;
-	uint32_t extents = 0, present = 0, k = 0, start = 0, len = d->n_pages;
-	if (raw)
-		extents = 1;
-	else
-		while (proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len))
-			extents++;
 	/* Counted before the first write: a completion reaped while the next
 	 * is submitted must not give the buffer back early. */
-	writes_from[r->worker][d->buffer] = (uint16_t)extents;
+	writes_from[r->worker][d->buffer] = (uint16_t)r->rec.n_extents;
 	const uint8_t *arena = src->arena[r->worker] + d->buffer * src->frame_size;
 	const uint32_t owner = r->worker * WK_ARENA_BUFFERS + d->buffer;
-	k = 0;
-	for (uint32_t e = 0; e < extents; e++) {
-		if (!raw)
-			proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len);
+	uint32_t e = 0, present = 0, k = 0, start, len;
+	while (wr_run_next_extent(r, &k, &start, &len)) {
 		stage_test_hook("writer");
 		int rc = wr_snapfile_add_extent(&file, arena + present * page, d->first_page + start, len,
-						wk_record_crc(&r->rec, e), owner);
+						wk_record_crc(&r->rec, e++), owner);
 		if (rc == -E2BIG)
 			stage_die(STAGE_EXIT_FAILED, "descriptor from worker %u: more extents than guest pages",
 				  r->worker);

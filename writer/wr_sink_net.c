@@ -75,9 +75,8 @@ static uint32_t data_pieces(const struct wr_source *src, const struct wr_run *r,
 {
 	const uint64_t page = src->geo.page_size;
 	const struct proto_desc *d = &r->d;
-	uint32_t n = 0, packed = 0, k = 0, start = 0, len = d->n_pages;
-	bool raw = d->encoding == PROTO_ENC_RAW;
-	while (raw ? packed == 0 : proto_sparse_next_extent(r->rec.bitmap, d->n_pages, &k, &start, &len)) {
+	uint32_t n = 0, packed = 0, k = 0, start, len;
+	while (wr_run_next_extent(r, &k, &start, &len)) {
 		const uint8_t *from = wr_net_file_piece(&ns.net, (d->first_page + start) * page, len * page);
 		if (!from)
 			from = arena + packed * page;

@@ -152,7 +152,7 @@ int wr_snapfile_add_extent(struct wr_snapfile *f, const uint8_t *src, uint64_t f
 
 int wr_snapfile_notify_fd(struct wr_snapfile *f)
 {
-	return f->queue.notify_fd >= 0 ? f->queue.notify_fd : dio_queue_notify(&f->queue);
+	return dio_queue_notify(&f->queue);
 }
 
 int wr_snapfile_reap(struct wr_snapfile *f)

@@ -55,14 +55,15 @@ struct wr_snapfile {
 int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t page_size,
 		      uint64_t guest_size, const uint8_t *state, uint32_t state_len, const char **what);
 /* An eventfd that becomes readable as writes complete (for poll; made here,
- * before lock-down), or -errno. */
+ * once, before lock-down), or -errno. */
 int wr_snapfile_notify_fd(struct wr_snapfile *f);
 /* Pages [first, first+n) from `src` (aligned for O_DIRECT) go to their
  * fixed offset, merged with the extent before when adjacent; `src` is not
  * the caller's again until f->released(ctx, owner) says its write
- * completed.  A page's bitmap bit is set only then.  crc (the worker's CRC-32C of the pages) becomes one
- * extent record.  -errno if this or an earlier write failed; -E2BIG if
- * there are more extents than pages (a worker repeats pages). */
+ * completed.  A page's bitmap bit is set only then.  crc (the worker's
+ * CRC-32C of the pages) becomes one extent record.  -errno if this or an
+ * earlier write failed; -E2BIG if there are more extents than pages (a
+ * worker repeats pages). */
 int wr_snapfile_add_extent(struct wr_snapfile *f, const uint8_t *src, uint64_t first, uint32_t n, uint32_t crc,
 			   uint32_t owner);
 /* Submit what is pending without waiting (call before going idle). */
