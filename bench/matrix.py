@@ -21,6 +21,12 @@ never touched, and `guest`: a real guest's RAM, bench/guest_image.py):
     pre-allocated: the zeroed file with prealloc=on) loading its own
     snapshot with `migrate-incoming file:`.
 
+Before every TCP and snapshot run the image's holes are punched again
+(bench/source_image.py): QEMU reads its RAM through a mapping, which on
+tmpfs allocates every hole it touches, so without this every run after
+QEMU's first would move a different image (a sparse guest become an
+all-zero one).
+
 Every run of a row alternates the programs (pageferry, QEMU, then QEMU,
 pageferry, ...); each row reports the median of --reps with its range, and
 CPU-seconds per GiB of guest on both sides (pageferry: both its commands,
@@ -60,6 +66,7 @@ import destination
 import guest_image
 import migrate
 import qemu_migrate
+import source_image
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PF = os.path.join(ROOT, "build", "pageferry")
@@ -146,14 +153,21 @@ class Image:
 
     def __init__(self, path, disk):
         self.path, self.size = path, os.path.getsize(path)
+        self.pristine = source_image.Pristine(path)
         self.snap = {"pf": os.path.join(disk, "pf-matrix.pfs"), "qemu": os.path.join(disk, "pf-matrix.qemu")}
         self.dest = path + ".dst"
 
     def verified(self):
         return migrate.verify(self.path, self.dest)
 
+    def reset(self):
+        """The image's holes back where they were (QEMU's last run allocated
+        them): its allocated bytes, the same before every run."""
+        return self.pristine.reset()
+
 
 def snapshot_run(img, prog):
+    src_allocated = img.reset()
     out = img.snap[prog]
     for p in (out, out + ".pf-partial"):
         if os.path.exists(p):
@@ -161,9 +175,11 @@ def snapshot_run(img, prog):
     if prog == "pf":
         c, secs = timed_command([PF, "snapshot", "--guest", img.path, "--out", out, "--workers", 2, "--json"])
         s = json.loads(c.stdout)
-        return {"seconds": secs, "cpu": c.cpu, "bytes_written": s["bytes_written"], "verified": True}
+        return {"seconds": secs, "cpu": c.cpu, "bytes_written": s["bytes_written"], "verified": True,
+                "src_allocated_before": src_allocated}
     r = qemu_file_op(img.path, False, f"file:{out}")
     r["verified"] = True  # checked by the restore rows, which load it
+    r["src_allocated_before"] = src_allocated
     return r
 
 
@@ -185,9 +201,13 @@ def restore_run(img, prog, kind):
 
 
 def tcp_run(img, prog, compress, tls):
+    src_allocated = img.reset()
     if prog == "pf":
-        return migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls, zeroed=True)
-    return migrate.qemu(img.path, 2, compress, False, "prealloc", tls)
+        r = migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls, zeroed=True)
+    else:
+        r = migrate.qemu(img.path, 2, compress, False, "prealloc", tls)
+    r["src_allocated_before"] = src_allocated
+    return r
 
 
 def row(label, reps, fn):
