@@ -8,9 +8,10 @@ usage: bench/live.py [--size 4G] [--out DIR] [--downtime-limit MS]
 import argparse
 import json
 import os
-import random
 import subprocess
 import time
+
+import ports
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PF = os.path.join(ROOT, "build", "pageferry")
@@ -26,7 +27,7 @@ def run_one(size, rate, pattern, limit):
                             "--pattern", pattern, "--checksum-file", crc], stdout=subprocess.PIPE, text=True)
     try:
         assert sim.stdout.readline().strip() == "ready"
-        port = random.randint(20000, 60000)
+        port = ports.free_port()
         rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", dst, "--workers", "2",
                                "--accept-timeout", "30", "--json"], stdout=subprocess.PIPE, text=True)
         tx = subprocess.run([PF, "migrate", "--guest", ram, "--dirty-log", log, "--to", f"tcp:127.0.0.1:{port}",

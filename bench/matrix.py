@@ -47,7 +47,7 @@ usage: bench/matrix.py [--sizes 1G] [--images zero,random,text,mixed,sparse,gues
                        [--compress none,zstd] [--tls none,psk] [--jobs tcp,snapshot,restore]
                        [--reps 3] [--disk /var/tmp] [--mem-dir /dev/shm]
                        [--pageferry build/pageferry] [--out doc]
-       bench/matrix.py --report OUT/matrix-bench.json   (the table and chart again)
+       bench/matrix.py --report OUT/matrix-bench[-NAME].json   (the table and chart, OUT/matrix[-NAME].png, again)
 Prints a line per run and a table; writes OUT/matrix-bench.json and
 OUT/matrix.png (QEMU's time over pageferry's, per row).
 Run it with nothing else running on the machine.
@@ -55,7 +55,6 @@ Run it with nothing else running on the machine.
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -280,7 +279,10 @@ def main():
         with open(args.report) as f:
             d = json.load(f)
         print(table(d["rows"], d["references"], d["iperf3_bytes_per_s"]))
-        chart(d["rows"], os.path.join(os.path.dirname(os.path.abspath(args.report)), "matrix.png"))
+        # OUT/matrix-bench-4g.json draws OUT/matrix-4g.png, and so on.
+        name = os.path.basename(args.report).replace("matrix-bench", "matrix").removesuffix(".json") + ".png"
+        chart(d["rows"], os.path.join(os.path.dirname(os.path.abspath(args.report)), name),
+              f"images and destinations on {d.get('mem_dir_mount') or d['mem_dir']}")
         return
     PF = migrate.PF = os.path.abspath(args.pageferry)
     migrate.SHM = args.mem_dir
@@ -335,12 +337,24 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "matrix-bench.json"), "w") as f:
         json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": iperf, "references": refs_by, "reps": args.reps,
-                   "mem_dir": args.mem_dir, "cpus": os.cpu_count(),
+                   "mem_dir": args.mem_dir, "mem_dir_mount": mount_of(args.mem_dir), "cpus": os.cpu_count(),
                    "timing": "wall clock; median of reps, [min, max]", "rows": rows}, f, indent=1)
-    chart(rows, os.path.join(args.out, "matrix.png"))
+    chart(rows, os.path.join(args.out, "matrix.png"), f"images and destinations on {mount_of(args.mem_dir)}")
 
 
-def chart(rows, path):
+def mount_of(path):
+    """The filesystem `path` is on, with its options ("tmpfs /dev/shm
+    rw,...,huge=always"): whether the images had huge pages."""
+    path, best = os.path.realpath(path), ("", "")
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            dev, point, fstype, opts = line.split()[:4]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, f"{fstype} {point} {opts}")
+    return best[1]
+
+
+def chart(rows, path, title):
     """QEMU's time over pageferry's for every row (above 1: pageferry is
     faster), whiskers from the two programs' ranges."""
     try:
@@ -364,6 +378,7 @@ def chart(rows, path):
     ax.set_xscale("log")
     for x, style in ((1, "-"), (1.5, "--")):
         ax.axvline(x, color="black", linestyle=style, linewidth=0.8)
+    ax.set_title(title, fontsize=8)
     ax.set_xlabel("QEMU's time / pageferry's (above 1: pageferry faster; dashed: the 1.5x target)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

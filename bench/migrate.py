@@ -46,7 +46,6 @@ import argparse
 import itertools
 import json
 import os
-import random
 import re
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ import time
 
 import destination
 import qemu_migrate
+import ports
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PF = os.path.join(ROOT, "build", "pageferry")
@@ -172,7 +172,7 @@ def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=Fals
     (destination.KINDS); compress is none or zstd (level 1); tls none or psk;
     zeroed: tell the receiver a prealloc destination reads as zeros, as
     QEMU's destination assumes of its RAM (receive --zeroed)."""
-    port = random.randint(20000, 60000)
+    port = ports.free_port()
     creds = ["--psk-file", qemu_migrate.psk_file()] if tls == "psk" else []
     into = guest + ".dst"
     size = os.path.getsize(guest)
@@ -213,7 +213,7 @@ def qemu(guest, channels, compress, zerocopy, dest, tls="none"):
     """One QEMU migration of the same image into the same kind of destination."""
     into = guest + ".dst"
     try:
-        q = qemu_migrate.run(guest, into, channels, compress, zerocopy, random.randint(20000, 60000), dest,
+        q = qemu_migrate.run(guest, into, channels, compress, zerocopy, ports.free_port(), dest,
                              tls=tls)
         q["verified"] = verify(guest, into)
         return q

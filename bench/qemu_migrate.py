@@ -32,13 +32,13 @@ Prints one JSON object. DEST is removed afterwards.
 import argparse
 import json
 import os
-import random
 import socket
 import subprocess
 import tempfile
 import time
 
 import destination
+import ports
 
 MAX_BANDWIDTH = 100 << 30  # bytes/s: far above loopback's few GiB/s
 # TLS rows: the same pre-shared key for both programs, and the same cipher
@@ -218,7 +218,7 @@ def main():
     ap.add_argument("--compress", choices=("none", "zstd"), default="none")
     ap.add_argument("--zerocopy", action="store_true")
     ap.add_argument("--tls", choices=("none", "psk"), default="none")
-    ap.add_argument("--port", type=int, default=random.randint(20000, 60000))
+    ap.add_argument("--port", type=int, default=ports.free_port())
     a = ap.parse_args()
     try:
         print(json.dumps(run(a.image, a.dest, a.channels, a.compress, a.zerocopy, a.port, a.dest_kind, tls=a.tls)))
