@@ -348,7 +348,7 @@ def mount_of(path):
     path, best = os.path.realpath(path), ("", "")
     with open("/proc/self/mounts") as f:
         for line in f:
-            dev, point, fstype, opts = line.split()[:4]
+            _, point, fstype, opts = line.split()[:4]
             if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
                 best = (point, f"{fstype} {point} {opts}")
     return best[1]

@@ -54,8 +54,8 @@ import tempfile
 import time
 
 import destination
-import qemu_migrate
 import ports
+import qemu_migrate
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PF = os.path.join(ROOT, "build", "pageferry")
