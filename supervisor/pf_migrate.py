@@ -140,9 +140,12 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             log.hand_off()
         sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
         wk = [seg.stats(pf_abi.STATS_WORKER0 + i) for i in range(workers)]
-        # The workers count zero pages (the writer cannot see those inside
-        # zstd frames); runs a replaced worker had not answered count twice.
-        zero = sum(s["zero_pages"] for s in wk)
+        # Zero pages as the writer took them: every output once, a replaced
+        # worker's included (the workers' own counts also hold the runs a
+        # worker checked and died before handing over, which its replacement
+        # checks again). A zstd frame holds no zero page: ZSTD_SPARSE's bitmap
+        # names them.
+        zero = wr["zero_pages"]
         zc_on = bool(wr["flags"] & pf_abi.FLAG_ZEROCOPY)
         by_sendfile = bool(wr["flags"] & pf_abi.FLAG_SENDFILE)
         cpu = pf_report.pipeline_cpu(p)
