@@ -15,6 +15,8 @@ import ctypes.util
 import errno
 import os
 
+from destination import allocated
+
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
@@ -41,10 +43,6 @@ def holes(path):
     finally:
         os.close(fd)
     return found
-
-
-def allocated(path):
-    return os.stat(path).st_blocks * 512
 
 
 class Pristine:

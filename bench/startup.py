@@ -27,10 +27,11 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+
+import ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,12 +44,6 @@ def wall(cmd):
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
     return ms, r.stdout
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port):
@@ -64,7 +59,7 @@ def listening(port):
 
 def migrate_round(pf, guest, dest):
     """(ms until the receiver listens, migrate's wall ms, migrate's seconds in ms)."""
-    port = free_port()
+    port = ports.free_port()
     t0 = time.perf_counter()
     rx = subprocess.Popen([pf, "receive", "--listen", f"127.0.0.1:{port}", "--into", dest, "--in-place",
                            "--accept-timeout", "30", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

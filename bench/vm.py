@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import ports  # noqa: E402
 import qemu_guest  # noqa: E402
 
 MAX_BANDWIDTH = 100 << 30
@@ -66,12 +66,6 @@ def completed(q, what):
     r = q.wait_migration(300)
     if r.get("status") != "completed":
         raise SystemExit(f"QEMU {what}: {r.get('status')}: {r.get('error-desc', '')}")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pf(args, binary):
@@ -217,7 +211,7 @@ def main():
                 results[("restore", who)].append(r)
                 print(f"restore rep {rep} {who:9}: {r['seconds']:.3f} s", flush=True)
             for who in order:
-                r = (b.migrate_pf if who == "pageferry" else b.migrate_qemu)(free_port())
+                r = (b.migrate_pf if who == "pageferry" else b.migrate_qemu)(ports.free_port())
                 results[("migrate", who)].append(r)
                 print(f"migrate rep {rep} {who:9}: {r['downtime_s']:.3f} s stop->cont", flush=True)
             for f in files.values():
