@@ -129,7 +129,8 @@ def build_parser(only=None):
                                    "verify them); a guest that changed while it was copied fails the "
                                    "snapshot. With --qmp, pageferry asks QEMU for its RAM file, stops the "
                                    "guest, stores QEMU's device state in the snapshot too, and resumes the "
-                                   "guest if it was running (doc/qemu.md).")
+                                   "guest if it was running; a VM that did not stay stopped (another QMP "
+                                   "client resumed or reset it) fails the snapshot (doc/qemu.md).")
     add_guest_or_qmp(s, "")
     s.add_argument("--out", required=True, metavar="SNAP", help="snapshot file to create (replaced on success)")
     s.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
@@ -191,7 +192,8 @@ def build_parser(only=None):
                                    "a live guest runs on here. With --qmp, the whole QEMU VM: pageferry stops "
                                    "it, sends its device state inside the same TLS session, and leaves it "
                                    "stopped once the destination (receive --qmp) has loaded it; on any "
-                                   "failure before that it resumes it (doc/qemu.md).")
+                                   "failure before that (a VM that did not stay stopped among them) it "
+                                   "resumes it (doc/qemu.md).")
     add_guest_or_qmp(g, "; not with --dirty-log")
     g.add_argument("--to", required=True, metavar="tcp:HOST:PORT", help="where `pageferry receive` listens")
     g.add_argument("--channels", type=positive_int, default=2, metavar="N",
@@ -482,10 +484,10 @@ def main(stage_dirs, argv=None):
                         "max_bandwidth": args.max_bandwidth, "auto_converge": args.auto_converge,
                         "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout,
                         "pause_lease": args.pause_lease}
-            def job(guest, device_state=None, finish=None):
+            def job(guest, device_state=None, finish=None, held_stopped=None):
                 pf_migrate.migrate(ctx, guest, args.to, args.channels, args.compress, args.zerocopy,
                                    args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
-                                   args.insecure, args.tls_creds, device_state, finish)
+                                   args.insecure, args.tls_creds, device_state, finish, held_stopped)
             if args.qmp and live:
                 raise pf_jobs.JobError("--qmp moves a stopped VM: it does not go with --dirty-log", 2)
             if args.qmp:

@@ -82,6 +82,7 @@ class Run:
         self.cleanup_paths = []
         self.fds = []
         self.interrupted = None
+        self.refusal = None  # the front end's own reason for calling the commit off
         self.start = time.monotonic()
 
     def _on_signal(self, signum, frame):
@@ -123,6 +124,8 @@ class Run:
                 raise JobError("cancelled", 1)
             if self.interrupted:
                 raise JobError(f"interrupted by {signal.Signals(self.interrupted).name}", 130)
+            if self.refusal:
+                raise JobError(self.refusal, 1)
             cause = self.pipeline.root_cause()
             code = 3 if os.WIFSIGNALED(cause.status) else 1
             why = cause.describe_failure()
@@ -174,10 +177,13 @@ def open_in_place(run, into, what):
     return dest_fd, marker
 
 
-def snapshot(ctx, guest, out, workers, device_state=None, finish=None):
+def snapshot(ctx, guest, out, workers, device_state=None, finish=None, held_stopped=None):
     """device_state: a VMM's device state (bytes) to store in the snapshot;
     finish(summary): called once the snapshot is committed, before the
-    summary is printed (snapshot --qmp resumes the guest there)."""
+    summary is printed (snapshot --qmp resumes the guest there);
+    held_stopped(): raises JobError unless the guest's VMM kept it stopped
+    all along; given, it replaces the final re-check of the guest and is
+    called right before the commit (pf_source.recheck_args)."""
     guest_fd, size, page = check_guest(guest)
     partial = out + PARTIAL_SUFFIX
     run = Run(ctx, "snapshot", size)
@@ -194,7 +200,7 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None):
                                  size // page)
         run.fds.append(os.dup(seg.fd))
         p = run.pipeline
-        writer_args = ["--mode=snapshot"]
+        writer_args = ["--mode=snapshot"] + pf_source.recheck_args(held_stopped)
         writer_fds = {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd}
         if device_state is not None:
             pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
@@ -208,6 +214,8 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None):
         sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
         zero = wr["zero_pages"]
         pf_stages.test_hook("snapshot:before-commit")
+        if held_stopped:
+            held_stopped()
         os.rename(partial, out)
         _fsync_dir(out)
         ok = True
@@ -225,6 +233,7 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None):
             "peak_rss_kib": pf_report.peak_rss_kib(p),
             "peak_anon_kib": run.sampler.peak_kib,
             "replacements": len(p.replacements), "replaced_stages": p.replacements,
+            "unchanged_guest": pf_source.unchanged_guest(held_stopped, False),
         }
         if device_state is not None:
             summary["device_state_bytes"] = len(device_state)

@@ -55,10 +55,11 @@ def round_records(seg, workers):
 
 
 def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None,
-            io_timeout=30, insecure=False, tls_creds=None, device_state=None, finish=None):
+            io_timeout=30, insecure=False, tls_creds=None, device_state=None, finish=None, held_stopped=None):
     """device_state: a VMM's device state (bytes), sent on the main channel
     (migrate --qmp); finish(summary): called once the destination committed,
-    before the summary is printed."""
+    before the summary is printed; held_stopped: as for pf_jobs.snapshot,
+    called when the receiver is prepared, before the commit is decided."""
     hostport = parse_target(to)
     pf_tls.require_authentication("--to", hostport, psk_file or tls_creds, insecure, "the receiver")
     level = parse_compress(compress)
@@ -87,6 +88,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         writer_args = ["--mode=migrate", f"--to={hostport}", f"--channels={channels}", f"--zerocopy={zerocopy}",
                        f"--connect-timeout-ms={int(connect_timeout * 1000)}",
                        f"--io-timeout-ms={int(io_timeout * 1000)}", f"--tls={tls}"]
+        writer_args += pf_source.recheck_args(held_stopped)
         if creds is not None:
             writer_fds[pf_abi.fd("writer", "creds")] = creds
         if level:
@@ -108,7 +110,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             worker_args=worker_args,
             scanner_args=scanner_args, scanner_fds=scanner_fds)
         commit_theirs.close()
-        p.watch_fd(commit_fd, lambda: decide_commit(run, commit_fd, log))
+        p.watch_fd(commit_fd, lambda: decide_commit(run, commit_fd, log, held_stopped))
         if live:
             status = pf_status.StatusFile()
         start = time.monotonic()
@@ -166,6 +168,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             "cpu_seconds_per_gib": round(sum(cpu.values()) / (size / (1 << 30)), 3),
             "peak_anon_kib": run.sampler.peak_kib,
             "replacements": len(p.replacements), "replaced_stages": p.replacements,
+            "unchanged_guest": pf_source.unchanged_guest(held_stopped, bool(live)),
         }
         if live:
             sc = seg.stats(pf_abi.STATS_SCANNER)
@@ -207,10 +210,11 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         run.close(ok)
 
 
-def decide_commit(run, fd, log):
+def decide_commit(run, fd, log, held_stopped=None):
     """The writer reports the receiver prepared: every check passed there and
     the copy is durable. Commit only if the guest is still ours to hand over:
-    not cancelled, and (live) still paused under our lease."""
+    not cancelled, (live) still paused under our lease, and (held_stopped)
+    kept stopped by its VMM all along, which stands for the re-check."""
     if not os.read(fd, 1):
         run.pipeline.watched.pop(fd)  # the writer died; the pipeline reports why
         return
@@ -222,6 +226,12 @@ def decide_commit(run, fd, log):
         if log.seen_paused:  # the prepared answer may be what shows the pause first
             pf_stages.test_hook("migrate:paused")
     pf_stages.test_hook("migrate:before-commit")
+    if verdict == b"C" and held_stopped:
+        try:
+            held_stopped()
+        except JobError as e:
+            run.refusal = str(e)
+            verdict = b"A"
     os.write(fd, verdict)
 
 

@@ -11,6 +11,12 @@ Decisions:
   multifd and mapped-ram off) are set back to what they were once the state
   is taken: a later migration of this QEMU by other means would otherwise
   leave its RAM behind, or lose the user's settings.
+- A stopped VM's RAM does not change (QEMU's own migration relies on it,
+  and its device state's trip, which refuses a VM with a migration blocker,
+  has just stopped the devices that could write it): so pageferry skips the
+  re-read that proves a paused guest unchanged and checks instead, before
+  the commit, that QEMU kept the VM stopped (kept_stopped): still paused,
+  no RESUME or RESET event since the device state was taken.
 - The destination gets its device state only once its RAM is whole, is
   never resumed unless QEMU reports the load completed, and a QEMU whose
   load failed is left as it is (it refuses a second incoming migration:
@@ -175,6 +181,31 @@ def load_state(qmp, state):
     _set_caps(qmp, was)
 
 
+# Events after which the RAM may not be what was read: vCPUs ran (RESUME,
+# WAKEUP), or a reset loaded firmware and ROMs into it (RESET).
+CHANGING_EVENTS = ("RESUME", "WAKEUP", "RESET")
+
+
+def kept_stopped(qmp, mark):
+    """A job's held_stopped for a VM stopped since QMP event `mark`: raises
+    JobError unless QEMU still has it stopped and said nothing since that
+    would have changed its RAM (another QMP client's cont, system_reset)."""
+    try:
+        status = run_state(qmp)  # also reads the events that came meanwhile
+    except OSError as e:
+        raise JobError(f"QEMU at {qmp.where}: {e.strerror or e}: cannot tell whether the VM stayed stopped "
+                       "while its RAM was copied; nothing was committed")
+    events = qmp.events_since(mark)
+    if events is None:
+        raise JobError(f"QEMU at {qmp.where} sent more than {pf_qmp.MAX_EVENTS} events while the RAM was copied: "
+                       "cannot tell whether the VM stayed stopped; nothing was committed")
+    changing = [e for e in events if e in CHANGING_EVENTS]
+    if changing or status not in ("paused", "postmigrate"):
+        what = f"reported {changing[0]}" if changing else f"is {status}"
+        raise JobError(f"the guest changed while it was copied: QEMU at {qmp.where} {what} meanwhile (another QMP "
+                       "client?); nothing was committed")
+
+
 def resume(qmp):
     qmp.execute("cont")
     qmp.wait_event("RESUME", timeout=10)
@@ -182,8 +213,9 @@ def resume(qmp):
 
 def _move(qmp_path, verb, job, resume_after):
     """Stop the guest behind qmp_path, take its device state, and run
-    job(ram_file, state, finish) — the snapshot or the migration, which
-    calls finish(summary) once its copy is committed.  resume_after: resume
+    job(ram_file, state, finish, held_stopped) — the snapshot or the
+    migration, which calls held_stopped() before it commits (kept_stopped)
+    and finish(summary) once its copy is committed.  resume_after: resume
     a guest that was running once the copy is committed (a snapshot) or
     leave it stopped (a migration: it runs on the destination now).  On any
     failure before that, a guest that was running is resumed."""
@@ -205,6 +237,7 @@ def _move(qmp_path, verb, job, resume_after):
                 state = save_state(qmp)
             finally:
                 _set_caps(qmp, was)
+            mark = qmp.n_events
 
             def finish(summary):
                 nonlocal done
@@ -214,7 +247,7 @@ def _move(qmp_path, verb, job, resume_after):
                 summary.update(qmp=qmp_path, device_state_bytes=len(state),
                                downtime_ms=round((time.monotonic() - stopped) * 1000) if stopped else None)
 
-            job(ram, state, finish)
+            job(ram, state, finish, lambda: kept_stopped(qmp, mark))
         except BaseException:
             if was_running and not done:
                 try:
@@ -225,12 +258,12 @@ def _move(qmp_path, verb, job, resume_after):
 
 
 def snapshot(ctx, qmp_path, out, workers):
-    _move(qmp_path, "snapshot", lambda ram, state, finish: pf_jobs.snapshot(
-        ctx, ram, out, workers, device_state=state, finish=finish), resume_after=True)
+    _move(qmp_path, "snapshot", lambda ram, state, finish, held_stopped: pf_jobs.snapshot(
+        ctx, ram, out, workers, device_state=state, finish=finish, held_stopped=held_stopped), resume_after=True)
 
 
 def migrate(ctx, qmp_path, migrate_job):
-    """migrate_job(ram_file, device_state, finish): pf_migrate.migrate with
+    """migrate_job(ram_file, device_state, finish, held_stopped): pf_migrate.migrate with
     the user's options.  The guest stays stopped here once the destination
     has committed: downtime_ms runs from the stop to that commit, which the
     destination's cont follows at once."""

@@ -16,7 +16,10 @@ Decisions:
   after a failure needs it.
 - Events are kept in arrival order, at most MAX_EVENTS of them (the oldest
   go first): pageferry waits for a handful (STOP, RESUME, MIGRATION), and a
-  QEMU emitting without end must not grow our memory.
+  QEMU emitting without end must not grow our memory. Apart from them,
+  every event's name is numbered as it comes (events_since), also at most
+  MAX_EVENTS: enough to tell what happened between two points of a job,
+  and to know when more came than can be told.
 - ram_blocks reads query-memdev (every memory backend: size, share) and
   then each backend's QOM object for what query-memdev leaves out: its type
   and, for memory-backend-file, its mem-path, offset and discard-data.
@@ -81,6 +84,8 @@ class QMP:
         self.where = path
         self.timeout = timeout
         self.events = collections.deque(maxlen=MAX_EVENTS)
+        self.n_events = 0
+        self._names = collections.deque(maxlen=MAX_EVENTS)  # (number, name)
         self._buf = bytearray()
         self._next_id = 0
         self._abandoned = set()  # ids of commands that timed out
@@ -160,6 +165,16 @@ class QMP:
         if "data" in msg:
             _field(msg, "data", (dict,), f"QEMU at {self.where}: event {msg['event']}")
         self.events.append(msg)
+        self.n_events += 1
+        self._names.append((self.n_events, msg["event"]))
+
+    def events_since(self, mark):
+        """The names of the events that came after the first `mark`
+        (n_events then), in order, as far as they have been read; None when
+        more came than are remembered."""
+        if self.n_events - mark > MAX_EVENTS:
+            return None
+        return [name for n, name in self._names if n > mark]
 
     # -- commands ---------------------------------------------------------------
 

@@ -15,6 +15,21 @@ def give_device_state(run, device_state, workers, writer_args, writer_fds):
     writer_fds[pf_abi.fd("writer", "state", 0, workers)] = state_fd
 
 
+def recheck_args(held_stopped):
+    """The writer re-reads the guest after the copy to prove it did not
+    change (doc/architecture.md, "A guest that changes while it is copied"),
+    unless the front end can vouch for that itself (held_stopped)."""
+    return ["--guest-held-stopped"] if held_stopped else []
+
+
+def unchanged_guest(held_stopped, live):
+    """The summary's word on how a committed copy is known to be the
+    guest's memory at one moment."""
+    if live:
+        return "dirty-log"
+    return "qemu-kept-it-stopped" if held_stopped else "re-read"
+
+
 def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds, worker_args=None,
                  scanner_args=(), scanner_fds=None):
     """Start the source pipeline: scanner -> workers -> writer, wired by

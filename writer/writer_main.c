@@ -6,6 +6,7 @@
  * argv: pageferry-writer --mode=snapshot [--device-state]
  *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile --tls=none|psk|x509
  *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS [--device-state]
+ *       either mode: [--guest-held-stopped]
  *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
  *       --rounds: a live migration's pre-copy rounds)
  * The writer does not map the guest: the workers read the pages into their
@@ -55,6 +56,7 @@ struct writer {
 	bool ended[SHM_MAX_WORKERS];
 	uint32_t n_ended;
 	bool rounds;
+	bool held_stopped; /* --guest-held-stopped */
 	/* Pre-copy rounds: descriptors after a worker's fence wait here. */
 	bool fenced[SHM_MAX_WORKERS];
 	uint32_t n_fenced;
@@ -122,8 +124,8 @@ void wr_source_drop(void *ctx, uint32_t worker, const struct proto_desc *d)
 void wr_source_after_failure(struct wr_source *src)
 {
 	struct writer *w = (struct writer *)src; /* src is its first member */
-	if (src->rechecked)
-		return; /* it passed: the failure is about something else */
+	if (src->rechecked || w->held_stopped)
+		return; /* it passed, or the guest cannot have changed: the failure is about something else */
 	bool ended[SHM_MAX_WORKERS];
 	for (uint32_t i = 0; i < src->n_workers; i++) {
 		/* Taken from the ring but not handled: handled now. */
@@ -304,12 +306,13 @@ int main(int argc, char **argv)
 	stage_args(argc, argv,
 		   "pageferry-writer --mode=snapshot [--device-state] | --mode=migrate --to=HOST:PORT --channels=N "
 		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
-		   "--io-timeout-ms=MS [--device-state]");
+		   "--io-timeout-ms=MS [--device-state] [--guest-held-stopped]");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
 	bool tls = migrate && wr_sink_net_args();
 	w.rounds = migrate && wr_sink_net_rounds();
 	bool device_state = stage_arg_flag("device-state");
+	w.held_stopped = stage_arg_flag("guest-held-stopped");
 	stage_args_done();
 	src->round = 1;
 	stage_attach_segment(&src->seg);
@@ -362,7 +365,8 @@ int main(int argc, char **argv)
 	 * meanwhile (its pages are all out of our hands now), then complete. */
 	w.sink.prepare(&w.sink);
 	uint64_t first = 0, last = 0;
-	bool changed = wr_recheck_by_workers(&src->seg, src->in, src->back, w.rounds, &first, &last) > 0;
+	bool changed = wr_recheck_by_workers(&src->seg, src->in, src->back, w.rounds || w.held_stopped, &first,
+					     &last) > 0;
 	src->rechecked = true;
 	w.sink.commit(&w.sink, changed, first, last);
 	stage_stat_set(src->stats, SHM_STAT_STATE, SHM_PROC_DONE);

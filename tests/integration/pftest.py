@@ -14,6 +14,7 @@ Decisions:
   random guesses collided with ports in use.
 - CRC-32C has one implementation, pfwire.crc32c."""
 import os
+import select
 import shutil
 import signal
 import socket
@@ -177,6 +178,21 @@ class Workspace(unittest.TestCase):
                     return pid
             time.sleep(0.02)
         self.fail(f"{name} never started under pid {parent.pid}")
+
+    def wait_stderr(self, p, text, timeout=60):
+        """Read p's stderr until a line contains text (the front-end hooks say
+        where they stopped)."""
+        deadline, seen = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stderr], [], [], 0.2)
+            if ready:
+                line = p.stderr.readline()
+                if not line:
+                    break
+                seen += line
+                if text in line:
+                    return
+        self.fail(f"never saw {text!r} on stderr; got {seen!r}")
 
     def finish(self, p, timeout=None):
         """(exit status, stdout, stderr) of p once it ends."""

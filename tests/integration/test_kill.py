@@ -14,7 +14,6 @@ Points "before-commit" / "after-commit" stop a front end exactly there
 (PAGEFERRY_TEST_FE_HOOK, -Dtest_hooks=true builds); mid-transfer kills use
 the "crawl" stage hook, which makes every run take 20 ms."""
 import os
-import select
 import shutil
 import signal
 import sys
@@ -48,21 +47,6 @@ class Matrix(Workspace):
         if fe_hook:
             env["PAGEFERRY_TEST_FE_HOOK"] = fe_hook
         return self.spawn([PF] + list(args), env=env)
-
-    def wait_stderr(self, p, text, timeout=60):
-        """Read p's stderr until a line contains text (the front-end hooks say
-        where they stopped)."""
-        deadline, seen = time.monotonic() + timeout, ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([p.stderr], [], [], 0.2)
-            if ready:
-                line = p.stderr.readline()
-                if not line:
-                    break
-                seen += line
-                if text in line:
-                    return
-        self.fail(f"never saw {text!r} on stderr; got {seen!r}")
 
     def kill(self, pid):
         os.kill(pid, signal.SIGKILL)

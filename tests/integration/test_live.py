@@ -58,7 +58,9 @@ class Live(Workspace):
         rx = self.receiver()
         r = self.migrate("--channels", "2")
         self.assertEqual(r.returncode, 0, r.stderr)
-        s = json.loads(r.stdout)["live"]
+        summary = json.loads(r.stdout)
+        self.assertEqual(summary["unchanged_guest"], "dirty-log")
+        s = summary["live"]
         self.assertGreaterEqual(s["rounds"], 2)
         self.assertEqual(len(s["per_round"]), s["rounds"])
         self.assertGreater(s["downtime_ms"], 0)

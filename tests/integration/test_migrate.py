@@ -71,8 +71,10 @@ class Loopback(Base):
             for channels in (1, 4):
                 for compress in ("none", "zstd"):
                     with self.subTest(pattern=pattern, channels=channels, compress=compress):
-                        s = json.loads(self.round_trip(pattern, channels, compress, guest=guest,
-                                                       zerocopy="sendfile").stdout)["zerocopy"]
+                        summary = json.loads(self.round_trip(pattern, channels, compress, guest=guest,
+                                                             zerocopy="sendfile").stdout)
+                        self.assertEqual(summary["unchanged_guest"], "re-read")
+                        s = summary["zerocopy"]
                         self.assertTrue(s["sendfile"])
                         self.assertFalse(s["active"])
                         if pattern in ("random", "text") and compress == "none":

@@ -24,6 +24,7 @@ waits are bounded, and what is checked is what the guests print."""
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 import unittest
@@ -78,7 +79,11 @@ class SnapshotRestore(Base):
         shm = cls.class_tempdir(SHM)
         cls.class_env = dict(os.environ, PAGEFERRY_RUN_DIR=cls.class_tempdir(None))
         cls.initrd_path = qemu_guest.build_initramfs(os.path.join(shm, "initrd.gz"))
-        cls.source = start_guest(shm, "src", os.path.join(shm, "src.ram"), cls.initrd_path)
+        # A second QMP monitor: another client of the same QEMU, which
+        # pageferry's own connection does not see (test_guest_resumed...).
+        cls.other_qmp = os.path.join(shm, "src-other.qmp")
+        cls.source = start_guest(shm, "src", os.path.join(shm, "src.ram"), cls.initrd_path,
+                                 extra=("-qmp", f"unix:{cls.other_qmp},server=on,wait=off"))
         cls.addClassCleanup(cls.source.kill)
         cls.source.wait_ready()
         # Far enough past 0 that a destination that rebooted (counting from
@@ -159,6 +164,8 @@ class SnapshotRestore(Base):
         self.assertGreaterEqual(s["downtime_ms"], 0)
         self.assertEqual(s["guest_bytes"], RAM_BYTES)
         self.assertTrue(os.path.exists(self.snap))
+        # QEMU held the VM stopped: no re-read of its RAM after the copy.
+        self.assertEqual(s["unchanged_guest"], "qemu-kept-it-stopped")
 
     def test_source_keeps_running(self):
         """pageferry resumed the source it had stopped: it counts on, and
@@ -201,6 +208,31 @@ class SnapshotRestore(Base):
         self.assertEqual(status(self.source), "running")
         now = self.source.last_counter()
         self.source.wait_for_counter(now + 2)
+
+    def test_guest_resumed_while_copied_is_refused(self):
+        """Another QMP client resumes the VM (and stops it again) while
+        pageferry copies its RAM: pageferry, which skipped the re-read
+        because QEMU held the VM stopped, sees the RESUME and commits
+        nothing; the guest, running before, runs on."""
+        self.snapshot_summary()
+        out = os.path.join(self.disk, "resumed.pfs")
+        p = self.spawn([pftest.PF, "snapshot", "--qmp", self.source.qmp_path, "--out", out],
+                       env={"PAGEFERRY_TEST_FE_HOOK": "snapshot:before-commit"})
+        self.wait_stderr(p, "stopped at snapshot:before-commit")
+        other = qemu_guest.QMP(self.other_qmp)
+        other.execute("cont")
+        other.execute("stop")
+        other.close()
+        os.kill(p.pid, signal.SIGCONT)
+        code, _, err = self.finish(p)
+        self.assertEqual(code, 1, err)
+        self.assertEqual(err, f"pageferry snapshot: the guest changed while it was copied: QEMU at "
+                              f"{self.source.qmp_path} reported RESUME meanwhile (another QMP client?); "
+                              "nothing was committed\n")
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse(os.path.exists(out + ".pf-partial"))
+        self.assertEqual(status(self.source), "running")
+        self.source.wait_for_counter(self.source.last_counter() + 2)
 
     def test_restore_continues_where_source_stopped(self):
         dest = self.destination("dst")
@@ -309,7 +341,10 @@ class Migration(pftest.VethWorkspace, Base):
         self.initrd_path = self.initrd()
 
     def guests(self):
-        src = start_guest(self.shm, "src", self.path("src.ram"), self.initrd_path, procs=self.procs)
+        # A second QMP monitor on the source: another client of it.
+        self.other_qmp = self.path("src-other.qmp")
+        src = start_guest(self.shm, "src", self.path("src.ram"), self.initrd_path, procs=self.procs,
+                          extra=("-qmp", f"unix:{self.other_qmp},server=on,wait=off"))
         dst = start_guest(self.shm, "dst", self.path("dst.ram"), self.initrd_path, procs=self.procs,
                           incoming=True)
         src.wait_ready()
@@ -336,6 +371,7 @@ class Migration(pftest.VethWorkspace, Base):
         self.assertEqual((tcode, rcode), (0, 0), f"migrate: {terr} receive: {rerr}")
         sent, received = json.loads(tout), json.loads(rout)
         self.assertEqual(sent["tls"], "psk")
+        self.assertEqual(sent["unchanged_guest"], "qemu-kept-it-stopped")
         self.assertGreater(sent["device_state_bytes"], 0)
         self.assertEqual(received["device_state_bytes"], sent["device_state_bytes"])
         self.assertIsInstance(sent["downtime_ms"], (int, float))
@@ -374,6 +410,30 @@ class Migration(pftest.VethWorkspace, Base):
         src.wait_for_counter(src.last_counter() + 3)
         checks = src.wait_for_sums(len(src.sums()) + 1)
         self.assertEqual(checks[-1], ("OK", src.sum0()))
+
+    def test_guest_resumed_while_copied_is_not_committed(self):
+        """Another QMP client resumes the source VM (and stops it again)
+        after its RAM was sent: the receiver is prepared, but pageferry,
+        which skipped the re-read because QEMU held the VM stopped, sees
+        the RESUME and calls the commit off; the source runs on."""
+        src, dst = self.guests()
+        rx, to = self.start_receive(dst)
+        tx = self.migrate(src, to, env={"PAGEFERRY_TEST_FE_HOOK": "migrate:before-commit"})
+        self.wait_stderr(tx, "stopped at migrate:before-commit")
+        other = qemu_guest.QMP(self.other_qmp)
+        other.execute("cont")
+        other.execute("stop")
+        other.close()
+        os.kill(tx.pid, signal.SIGCONT)
+        tcode, _, terr = self.finish(tx)
+        rcode, _, rerr = self.finish(rx)
+        self.assertEqual((tcode, rcode), (1, 1), f"migrate: {terr} receive: {rerr}")
+        self.assertEqual(terr, f"pageferry migrate: the guest changed while it was copied: QEMU at "
+                               f"{src.qmp_path} reported RESUME meanwhile (another QMP client?); "
+                               "nothing was committed\n")
+        self.assertIn("the sender gave up the migration", rerr)
+        self.assertEqual(status(src), "running")
+        self.assertEqual(status(dst), "inmigrate")
 
     def test_plain_sender_refused_by_a_qmp_receiver(self):
         # receive --qmp moves a whole VM: a sender of RAM only is refused by

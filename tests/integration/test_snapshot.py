@@ -41,6 +41,8 @@ class RoundTrip(Workspace):
                 p = s["pages"]
                 self.assertEqual(p["normal"] + p["zero"] + p["hole"], p["total"])
                 self.assertEqual(s["bytes_written"], p["normal"] * 4096)
+                # A guest file nobody vouches for is read again after the copy.
+                self.assertEqual(s["unchanged_guest"], "re-read")
                 into = self.path("restored.ram")
                 r = pf("restore", out, "--into", into, "--workers", workers, "--json", check=0)
                 self.assertTrue(json.loads(r.stdout)["direct_io"])
