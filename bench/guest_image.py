@@ -38,13 +38,20 @@ echo "workload done"
 """
 
 
-def build(size, out):
-    mib = size >> 20
+def workload_init(mib):
+    """The test guest's init with the workload, for a guest of mib MiB;
+    it prints "workload done" before its counters."""
     # ~13 MiB a file (kallsyms twice, busybox once): about 40% of RAM.
     files = max(1, int(mib * 0.4 / 13))
     init = qemu_guest.INIT.replace('echo "sum 0 $s0"\n', 'echo "sum 0 $s0"\n' + WORKLOAD.format(files=files), 1)
     if init == qemu_guest.INIT:
         raise SystemExit("qemu_guest.INIT changed: the workload has nowhere to go")
+    return init
+
+
+def build(size, out):
+    mib = size >> 20
+    init = workload_init(mib)
     work = tempfile.mkdtemp(prefix="pf-guest-image-", dir="/dev/shm")
     old = qemu_guest.RAM_MIB, qemu_guest.INIT
     qemu_guest.RAM_MIB, qemu_guest.INIT = mib, init

@@ -21,6 +21,18 @@ never touched, and `guest`: a real guest's RAM, bench/guest_image.py):
     pre-allocated: the zeroed file with prealloc=on) loading its own
     snapshot with `migrate-incoming file:`.
 
+How pageferry moves the image (--pageferry-moves): `vm` (the default since
+2026-12-02), as QEMU's rows move it: a QEMU never started (-S) whose RAM is
+the image (memory-backend-file, share=on), `migrate --qmp` to `receive --qmp
+--no-resume --zeroed` into a QEMU waiting with -incoming defer whose RAM is
+the pre-zeroed destination (prealloc=on), and `snapshot --qmp`; the device
+state travels too, both QEMUs' CPU over the command counts, and pageferry
+does not read the guest a second time (QEMU holds it stopped: doc/qemu.md).
+`file`: the image file itself (`migrate --guest`, `receive --in-place`,
+`snapshot --guest`), which pageferry reads again after the copy since
+nothing vouches that it did not change. Restore rows read pageferry's
+snapshot into a file either way.
+
 Before every TCP and snapshot run the image's holes are punched again
 (bench/source_image.py): QEMU reads its RAM through a mapping, which on
 tmpfs allocates every hole it touches, so without this every run after
@@ -46,7 +58,7 @@ guest's target is within 2x of it).
 usage: bench/matrix.py [--sizes 1G] [--images zero,random,text,mixed,sparse,guest]
                        [--compress none,zstd] [--tls none,psk] [--jobs tcp,snapshot,restore]
                        [--reps 3] [--disk /var/tmp] [--mem-dir /dev/shm]
-                       [--pageferry build/pageferry] [--out doc]
+                       [--pageferry build/pageferry] [--pageferry-moves vm|file] [--out doc]
        bench/matrix.py --report OUT/matrix-bench[-NAME].json   (the table and chart, OUT/matrix[-NAME].png, again)
 Prints a line per run and a table; writes OUT/matrix-bench.json and
 OUT/matrix.png (QEMU's time over pageferry's, per row).
@@ -165,17 +177,25 @@ class Image:
         return self.pristine.reset()
 
 
-def snapshot_run(img, prog):
+def snapshot_run(img, prog, vm):
     src_allocated = img.reset()
     out = img.snap[prog]
     for p in (out, out + ".pf-partial"):
         if os.path.exists(p):
             os.unlink(p)
+    if prog == "pf" and vm:
+        with qemu_migrate.qemus((img.path, False, False)) as (qmp, qemu_cpu):
+            c0 = qemu_cpu()
+            c, secs = timed_command([PF, "snapshot", "--qmp", qmp[0], "--out", out, "--workers", 2, "--json"])
+            cpu_qemu = qemu_cpu() - c0
+        s = json.loads(c.stdout)
+        return {"seconds": secs, "cpu": c.cpu + cpu_qemu, "cpu_qemu": cpu_qemu, "bytes_written": s["bytes_written"],
+                "verified": True, "src_allocated_before": src_allocated, "unchanged_guest": s["unchanged_guest"]}
     if prog == "pf":
         c, secs = timed_command([PF, "snapshot", "--guest", img.path, "--out", out, "--workers", 2, "--json"])
         s = json.loads(c.stdout)
         return {"seconds": secs, "cpu": c.cpu, "bytes_written": s["bytes_written"], "verified": True,
-                "src_allocated_before": src_allocated}
+                "src_allocated_before": src_allocated, "unchanged_guest": s["unchanged_guest"]}
     r = qemu_file_op(img.path, False, f"file:{out}")
     r["verified"] = True  # checked by the restore rows, which load it
     r["src_allocated_before"] = src_allocated
@@ -199,10 +219,10 @@ def restore_run(img, prog, kind):
         destination.remove(img.dest)
 
 
-def tcp_run(img, prog, compress, tls):
+def tcp_run(img, prog, compress, tls, vm):
     src_allocated = img.reset()
     if prog == "pf":
-        r = migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls, zeroed=True)
+        r = migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls, zeroed=True, vm=vm)
     else:
         r = migrate.qemu(img.path, 2, compress, False, "prealloc", tls)
     r["src_allocated_before"] = src_allocated
@@ -272,6 +292,9 @@ def main():
     ap.add_argument("--mem-dir", default="/dev/shm",
                     help="where images and destinations live: a tmpfs (mounted huge=always for huge-page rows)")
     ap.add_argument("--pageferry", default=PF)
+    ap.add_argument("--pageferry-moves", choices=("vm", "file"), default="vm",
+                    help="vm: pageferry's TCP and snapshot rows move a QEMU VM whose RAM is the image "
+                         "(--qmp), as QEMU's rows do; file: the image file itself (--guest)")
     ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
     ap.add_argument("--report", metavar="JSON", help="print the table and draw the chart of an earlier run")
     args = ap.parse_args()
@@ -287,6 +310,7 @@ def main():
     PF = migrate.PF = os.path.abspath(args.pageferry)
     migrate.SHM = args.mem_dir
     jobs = args.jobs.split(",")
+    vm = args.pageferry_moves == "vm"
     t_start = time.monotonic()
     iperf = [migrate.iperf3()]
     link = iperf[0]["bytes_per_s"]
@@ -314,9 +338,9 @@ def main():
                     label = (f"{name:6} {size_arg} " + (f"tcp {opt:4} tls={tls}" if kind == "tcp" else
                                                         f"{kind} {opt or ''}".strip()))
                     if kind == "tcp":
-                        p, q = row(label, args.reps, lambda prog: tcp_run(img, prog, opt, tls))
+                        p, q = row(label, args.reps, lambda prog: tcp_run(img, prog, opt, tls, vm))
                     elif kind == "snapshot":
-                        p, q = row(label, args.reps, lambda prog: snapshot_run(img, prog))
+                        p, q = row(label, args.reps, lambda prog: snapshot_run(img, prog, vm))
                     else:
                         p, q = row(label, args.reps, lambda prog: restore_run(img, prog, opt))
                     r = {"label": label, "image": name, "size": size_arg, "kind": kind,
@@ -337,7 +361,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "matrix-bench.json"), "w") as f:
         json.dump({"iperf3_bytes_per_s": link, "iperf3_runs": iperf, "references": refs_by, "reps": args.reps,
-                   "mem_dir": args.mem_dir, "mem_dir_mount": mount_of(args.mem_dir), "cpus": os.cpu_count(),
+                   "mem_dir": args.mem_dir, "mem_dir_mount": mount_of(args.mem_dir),
+                   "pageferry_moves": args.pageferry_moves, "cpus": os.cpu_count(),
                    "timing": "wall clock; median of reps, [min, max]", "rows": rows}, f, indent=1)
     chart(rows, os.path.join(args.out, "matrix.png"), f"images and destinations on {mount_of(args.mem_dir)}")
 

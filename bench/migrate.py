@@ -167,38 +167,57 @@ def verify(guest, dest):
     return subprocess.run([PF, "verify", guest, dest], capture_output=True).returncode == 0
 
 
-def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=False):
+def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=False, vm=False):
     """One pageferry receive + migrate of `guest` into a `dest` destination
     (destination.KINDS); compress is none or zstd (level 1); tls none or psk;
     zeroed: tell the receiver a prealloc destination reads as zeros, as
-    QEMU's destination assumes of its RAM (receive --zeroed)."""
-    port = ports.free_port()
-    creds = ["--psk-file", qemu_migrate.psk_file()] if tls == "psk" else []
+    QEMU's destination assumes of its RAM (receive --zeroed); vm: move the
+    whole VM as QEMU's rows do (qemu_migrate.run): a QEMU never started whose
+    RAM is `guest`, `migrate --qmp`, to `receive --qmp --no-resume` into a
+    QEMU waiting with -incoming defer whose RAM is the destination (with
+    prealloc=on for prealloc); their CPU over the migration counts too."""
     into = guest + ".dst"
     size = os.path.getsize(guest)
     destination.prepare(into, size, dest, sparse_file=False)
     allocated = destination.check(into, size, dest)
     try:
-        rx = Command([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", "2",
-                      "--json", "--accept-timeout", "30"] + (["--in-place"] if dest == "prealloc" else []) +
-                     (["--zeroed"] if zeroed and dest == "prealloc" else []) + creds)
-        try:
-            wait_listening(port, rx)
-        except RuntimeError:
-            if rx.poll() is None:
-                rx.proc.kill()
-                rx.finish()
-            raise
-        tx, window, busy, load = machine_load(lambda: Command(
-            [PF, "migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
-             "--compress", "zstd:1" if compress == "zstd" else compress, "--zerocopy", zerocopy,
-             "--workers", "2", "--json"] + creds).finish())
-        rx.finish()
-        if tx.returncode or rx.returncode:
-            raise RuntimeError(f"pageferry failed: {(tx.stderr.strip() or rx.stderr.strip())[-300:]}")
-        ok = verify(guest, into)
+        if not vm:
+            return _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated)
+        with qemu_migrate.qemus((guest, False, False), (into, True, dest == "prealloc")) as (qmp, qemu_cpu):
+            c0 = qemu_cpu()
+            r = _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated, qmp)
+            r["cpu_qemu"] = qemu_cpu() - c0
+            r["cpu"] += r["cpu_qemu"]
+            return r
     finally:
         destination.remove(into)
+
+
+def _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated, qmp=None):
+    """pageferry() with its destination ready; qmp: the (source,
+    destination) QMP sockets of a vm run."""
+    port = ports.free_port()
+    creds = ["--psk-file", qemu_migrate.psk_file()] if tls == "psk" else []
+    source = ["--qmp", qmp[0]] if qmp else ["--guest", guest]
+    target = ["--qmp", qmp[1], "--no-resume"] if qmp else ["--into", into] + (
+        ["--in-place"] if dest == "prealloc" else [])
+    rx = Command([PF, "receive", "--listen", f"127.0.0.1:{port}", "--workers", "2", "--json",
+                  "--accept-timeout", "30"] + target + (["--zeroed"] if zeroed and dest == "prealloc" else []) + creds)
+    try:
+        wait_listening(port, rx)
+    except RuntimeError:
+        if rx.poll() is None:
+            rx.proc.kill()
+            rx.finish()
+        raise
+    tx, window, busy, load = machine_load(lambda: Command(
+        [PF, "migrate"] + source + ["--to", f"tcp:127.0.0.1:{port}", "--channels", str(channels),
+         "--compress", "zstd:1" if compress == "zstd" else compress, "--zerocopy", zerocopy,
+         "--workers", "2", "--json"] + creds).finish())
+    rx.finish()
+    if tx.returncode or rx.returncode:
+        raise RuntimeError(f"pageferry failed: {tx.stderr.strip()[-300:]} {rx.stderr.strip()[-300:]}".strip())
+    ok = verify(guest, into)
     s, r = json.loads(tx.stdout), json.loads(rx.stdout)
     return {"seconds": window[1] - window[0], "self_seconds": s["seconds"], "bytes_sent": s["bytes_sent"],
             "cpu": tx.cpu + rx.cpu, "cpu_src": tx.cpu, "cpu_dst": rx.cpu,
@@ -206,7 +225,8 @@ def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=Fals
             "zc_copied": s["zerocopy"]["copied_by_kernel"], "zc_sends": s["zerocopy"]["sends"], "verified": ok,
             "machine_busy": load,
             "machine_cpu_s_per_gib_sent": busy / (s["bytes_sent"] / 2**30) if s["bytes_sent"] else None,
-            "migrate_window": window, "dest_allocated_before": allocated}
+            "migrate_window": window, "dest_allocated_before": allocated,
+            "unchanged_guest": s["unchanged_guest"]}
 
 
 def qemu(guest, channels, compress, zerocopy, dest, tls="none"):

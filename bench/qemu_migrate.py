@@ -30,6 +30,7 @@ usage: qemu_migrate.py IMAGE DEST --dest-kind prealloc|fresh [--channels N]
 Prints one JSON object. DEST is removed afterwards.
 """
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -116,6 +117,36 @@ def start(image, qmp_path, incoming, log, prealloc=False, tls="none"):
         cmd += ["-object", f"tls-creds-psk,id=tls0,endpoint={'server' if incoming else 'client'},dir={PSK_DIR},"
                 + ("" if incoming else f"username={PSK_USER},") + f"priority={TLS_PRIORITY}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+
+
+@contextlib.contextmanager
+def qemus(*rams):
+    """QEMU processes for pageferry's --qmp runs, started as start() does
+    (-S: never run), one per (ram, incoming, prealloc); yields their QMP
+    socket paths, each up and free for pageferry (one client at a time), and
+    cpu(): their CPU-seconds so far, all together."""
+    tmp = tempfile.mkdtemp(prefix="pf-qemu-vm-")
+    procs, logs = [], []
+    try:
+        paths = []
+        for i, (ram, incoming, prealloc) in enumerate(rams):
+            path = f"{tmp}/{i}.qmp"
+            logs.append(open(f"{tmp}/{i}.log", "w+"))
+            procs.append(start(ram, path, incoming, logs[-1], prealloc=prealloc))
+            q = QMP(path, procs[-1])
+            q.f.close()
+            q.s.close()
+            paths.append(path)
+        yield paths, lambda: sum(cpu_seconds(p.pid) for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for f in logs:
+            f.close()
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+        os.rmdir(tmp)
 
 
 def wait_completed(q, t0, timeout, what="migration"):

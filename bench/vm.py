@@ -7,7 +7,7 @@ MiB of RAM in a shared memory-backend-file, TCG).
 Rows, each run interleaved (pageferry, QEMU, then QEMU, pageferry, ...):
 - save: pageferry `snapshot --qmp` against QEMU's mapped-ram save (capabilities
   mapped-ram + multifd, 2 channels, direct-io, max-bandwidth 100 GiB/s:
-  `migrate file:`), of the one running guest, into files on DISK. Downtime:
+  `migrate file:`), of a running guest, into files on DISK. Downtime:
   the guest's stop to its `cont` (pageferry's downtime_ms; for QEMU measured
   around its commands).
 - restore: each program's file into a fresh QEMU started with -incoming
@@ -18,13 +18,21 @@ Rows, each run interleaved (pageferry, QEMU, then QEMU, pageferry, ...):
   without TLS: pageferry `receive --qmp` + `migrate --qmp` (downtime_ms: the
   stop to the destination's commit, which its `cont` follows at once)
   against QEMU stopped, `migrate tcp:` (multifd, 2 channels, max-bandwidth
-  100 GiB/s), the destination completed, then `cont`. The guest moves on
-  from destination to destination.
-Every restored or migrated guest must print its region's checksum equal to
-the original's, or the run fails. Reference: a memory scan is not needed
-here: the RAM file is 256 MiB, and what dominates is fixed cost.
+  100 GiB/s), the destination completed, then `cont`.
+Every save and every migration moves a guest booted for it (Bench: a guest
+QEMU has read through its mapping has its whole RAM file allocated, and
+would not be the same guest for the next program; until 2026-12-02 one
+guest moved on from run to run). Every restored or migrated guest must
+print its region's checksum equal to its source's, or the run fails. Reference: a memory scan is not needed
+here: at the default 256 MiB what dominates is fixed cost.
+
+--ram-mib N gives the VM N MiB of RAM; --workload has its init, before the
+counters start, run bench/guest_image.py's workload (write text and program
+bytes into a tmpfs filling ~40% of RAM, delete them), so that its RAM holds
+data and freed pages as a guest's that has worked does, not mostly holes.
 
 usage: bench/vm.py [--reps 3] [--pageferry build/pageferry] [--disk /var/tmp] [--out DIR]
+                   [--ram-mib 256] [--workload]
 Prints a line per run and a table; writes DIR/vm-bench.json.
 """
 import argparse
@@ -39,6 +47,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import guest_image  # noqa: E402
 import ports  # noqa: E402
 import qemu_guest  # noqa: E402
 
@@ -77,39 +86,70 @@ def pf(args, binary):
 
 
 class Bench:
+    """Every save and every migration gets a source booted for it alone:
+    QEMU reads its RAM through a mapping, and on tmpfs a read fault on a hole
+    allocates it, so a guest that QEMU has saved or migrated (or received)
+    has every page of its RAM file allocated, and a guest handed on from run
+    to run would not be the same guest for both programs."""
+
     def __init__(self, args):
         self.pf = args.pageferry
+        self.workload = args.workload
         self.work = tempfile.mkdtemp(prefix="pf-vm-", dir="/dev/shm")
         self.disk = tempfile.mkdtemp(prefix="pf-vm-", dir=args.disk)
         self.initrd = qemu_guest.build_initramfs(os.path.join(self.work, "initrd.gz"))
         self.n = 0
-        self.guest = self.start()
-        self.guest.wait_ready()
-        self.sum0 = self.guest.sum0()
-        self.guest.wait_for_counter(3)
+        self.sums = {}  # a saved file -> its guest's region checksum
+        self.allocated = []  # each source's RAM file, allocated bytes, before it was moved
+        self.guests = []
 
     def start(self, incoming=False):
         self.n += 1
         name = f"g{self.n}"
-        return qemu_guest.start_guest(self.work, name, os.path.join(self.work, f"{name}.ram"), self.initrd,
-                                      incoming=incoming)
+        g = qemu_guest.start_guest(self.work, name, os.path.join(self.work, f"{name}.ram"), self.initrd,
+                                   incoming=incoming)
+        self.guests.append(g)
+        return g
 
-    def verified(self, g):
+    def source(self):
+        g = self.start()
+        g.wait_ready(timeout=600)
+        if self.workload:
+            g.wait_for(lambda: "workload done" in g.lines(), "workload", 1800)
+        g.wait_for_counter(3)  # far from 0: a rebooted guest cannot pass for a moved one
+        self.allocated.append(os.stat(g.ram).st_blocks * 512)
+        return g
+
+    def done(self, *guests):
+        for g in guests:
+            g.kill()
+            os.unlink(g.ram)
+            self.guests.remove(g)
+
+    def kill_all(self):
+        for g in list(self.guests):
+            g.kill()
+
+    @staticmethod
+    def verified(g, sum0):
         """The moved guest runs and its region is intact."""
         n = len(g.sums())
         sums = g.wait_for_sums(n + 1, timeout=120)
-        if sums[-1] != ("OK", self.sum0):
+        if sums[-1] != ("OK", sum0):
             raise SystemExit(f"the moved guest's region is wrong: {sums[-1]}")
         return True
 
     # -- save -----------------------------------------------------------------
     def save_pf(self, path):
-        self.guest.close_qmp()
-        s, _ = pf(["snapshot", "--qmp", self.guest.qmp_path, "--out", path, "--json"], self.pf)
+        g = self.source()
+        s, _ = pf(["snapshot", "--qmp", g.qmp_path, "--out", path, "--json"], self.pf)
+        self.sums[path] = g.sum0()
+        self.done(g)
         return {"downtime_s": s["downtime_ms"] / 1000}
 
     def save_qemu(self, path):
-        q = self.guest.qmp()
+        g = self.source()
+        q = g.qmp()
         qemu_caps(q, True)
         t0 = time.monotonic()
         q.execute("stop")
@@ -117,8 +157,8 @@ class Bench:
         completed(q, "save")
         q.execute("cont")
         t1 = time.monotonic()
-        qemu_caps_off(q)
-        self.guest.close_qmp()
+        self.sums[path] = g.sum0()
+        self.done(g)
         return {"downtime_s": t1 - t0}
 
     # -- restore --------------------------------------------------------------
@@ -127,8 +167,8 @@ class Bench:
         g.qmp()
         g.close_qmp()
         _, secs = pf(["restore", path, "--qmp", g.qmp_path, "--json"], self.pf)
-        ok = self.verified(g)
-        g.kill()
+        ok = self.verified(g, self.sums[path])
+        self.done(g)
         return {"seconds": secs, "verified": ok}
 
     def restore_qemu(self, path):
@@ -141,28 +181,29 @@ class Bench:
         q.execute("cont")
         t1 = time.monotonic()
         g.close_qmp()
-        ok = self.verified(g)
-        g.kill()
+        ok = self.verified(g, self.sums[path])
+        self.done(g)
         return {"seconds": t1 - t0, "verified": ok}
 
     # -- migrate --------------------------------------------------------------
     def migrate_pf(self, port):
+        src = self.source()
         dst = self.start(incoming=True)
         dst.qmp()
         dst.close_qmp()
-        self.guest.close_qmp()
         rx = subprocess.Popen([self.pf, "receive", "--listen", f"127.0.0.1:{port}", "--qmp", dst.qmp_path,
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)  # listening: its start-up is off the clock, as QEMU's destination's is
-        s, _ = pf(["migrate", "--qmp", self.guest.qmp_path, "--to", f"tcp:127.0.0.1:{port}", "--json"], self.pf)
+        s, _ = pf(["migrate", "--qmp", src.qmp_path, "--to", f"tcp:127.0.0.1:{port}", "--json"], self.pf)
         out, err = rx.communicate(timeout=300)
         if rx.returncode != 0:
             raise SystemExit(f"pageferry receive: {err.strip()}")
-        return self.moved(dst, {"downtime_s": s["downtime_ms"] / 1000})
+        return self.moved(src, dst, {"downtime_s": s["downtime_ms"] / 1000})
 
     def migrate_qemu(self, port):
+        src = self.source()
         dst = self.start(incoming=True)
-        qd, qs = dst.qmp(), self.guest.qmp()
+        qd, qs = dst.qmp(), src.qmp()
         qemu_caps(qd, False)
         qemu_caps(qs, False)
         qd.execute("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
@@ -174,15 +215,12 @@ class Bench:
             time.sleep(0.002)
         qd.execute("cont")
         t1 = time.monotonic()
-        qemu_caps_off(qd)  # back to the defaults pageferry's next move meets on a QEMU
         dst.close_qmp()
-        self.guest.close_qmp()
-        return self.moved(dst, {"downtime_s": t1 - t0})
+        return self.moved(src, dst, {"downtime_s": t1 - t0})
 
-    def moved(self, dst, result):
-        result["verified"] = self.verified(dst)
-        self.guest.kill()
-        self.guest = dst
+    def moved(self, src, dst, result):
+        result["verified"] = self.verified(dst, src.sum0())
+        self.done(src, dst)
         return result
 
 
@@ -192,7 +230,14 @@ def main():
     ap.add_argument("--pageferry", default=os.path.join(ROOT, "build", "pageferry"))
     ap.add_argument("--disk", default="/var/tmp")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--ram-mib", type=int, default=qemu_guest.RAM_MIB)
+    ap.add_argument("--workload", action="store_true")
     args = ap.parse_args()
+    # Every QEMU of the run (the source and the destinations, which must
+    # match it) gets this RAM; only the source boots and runs the init.
+    qemu_guest.RAM_MIB = args.ram_mib
+    if args.workload:
+        qemu_guest.INIT = guest_image.workload_init(args.ram_mib)
     b = Bench(args)
     results = {("save", "pageferry"): [], ("save", "qemu"): [], ("restore", "pageferry"): [],
                ("restore", "qemu"): [], ("migrate", "pageferry"): [], ("migrate", "qemu"): []}
@@ -217,10 +262,12 @@ def main():
             for f in files.values():
                 os.unlink(f)
     finally:
-        b.guest.kill()
+        b.kill_all()
         shutil.rmtree(b.work, ignore_errors=True)
         shutil.rmtree(b.disk, ignore_errors=True)
-    print(f"\n{args.reps} interleaved runs each, 256 MiB guest, TCG; median [min-max] seconds\n")
+    print(f"\n{args.reps} interleaved runs each, {args.ram_mib} MiB guest"
+          f"{' after the workload' if args.workload else ''} (its RAM file {statistics.median(b.allocated) / 2**20:.0f} MiB "
+          f"allocated before it is moved, a fresh boot for every save and migration), TCG; median [min-max] seconds\n")
     print("| job | measured | pageferry | QEMU | QEMU / pageferry |")
     print("|---|---|---|---|---|")
     table = {}
@@ -232,6 +279,8 @@ def main():
         print(f"| {job} | {what} | {med['pageferry']:.3f} [{v['pageferry'][0]:.3f}-{v['pageferry'][-1]:.3f}] | "
               f"{med['qemu']:.3f} [{v['qemu'][0]:.3f}-{v['qemu'][-1]:.3f}] | {med['qemu'] / med['pageferry']:.2f}× |")
     if args.out:
+        table["guest"] = {"ram_mib": args.ram_mib, "workload": args.workload,
+                          "allocated_bytes": b.allocated}
         with open(os.path.join(args.out, "vm-bench.json"), "w") as f:
             json.dump(table, f, indent=1)
 

@@ -176,10 +176,15 @@ def load_state(qmp, state):
         if r >= 0:
             os.close(r)
     status = run_state(qmp)
-    if status != "paused":
+    if status not in ("paused", "prelaunch"):  # prelaunch: a source that had never run
         raise JobError(f"QEMU at {qmp.where}: after loading the device state its status is {status}, not paused")
     _set_caps(qmp, was)
 
+
+# Run states in which no vCPU runs and pageferry may move the VM: paused,
+# after an outgoing migration (QEMU's or the device state's), or created
+# with -S and never started.
+STOPPED = ("paused", "postmigrate", "prelaunch")
 
 # Events after which the RAM may not be what was read: vCPUs ran (RESUME,
 # WAKEUP), or a reset loaded firmware and ROMs into it (RESET).
@@ -200,7 +205,7 @@ def kept_stopped(qmp, mark):
         raise JobError(f"QEMU at {qmp.where} sent more than {pf_qmp.MAX_EVENTS} events while the RAM was copied: "
                        "cannot tell whether the VM stayed stopped; nothing was committed")
     changing = [e for e in events if e in CHANGING_EVENTS]
-    if changing or status not in ("paused", "postmigrate"):
+    if changing or status not in STOPPED:
         what = f"reported {changing[0]}" if changing else f"is {status}"
         raise JobError(f"the guest changed while it was copied: QEMU at {qmp.where} {what} meanwhile (another QMP "
                        "client?); nothing was committed")
@@ -222,7 +227,7 @@ def _move(qmp_path, verb, job, resume_after):
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = guest_ram(qmp)
         status = run_state(qmp)
-        if status not in ("running", "paused", "postmigrate"):
+        if status != "running" and status not in STOPPED:
             raise JobError(f"QEMU at {qmp.where} is {status}: pageferry {verb}s a guest that runs or is paused")
         was_running = status == "running"
         stopped = None

@@ -326,6 +326,27 @@ class SnapshotRefusals(Base):
         self.refuse("numa2", "ram0", "ram1")
 
 
+class NeverStarted(Base):
+    def test_snapshot_of_a_vm_never_started(self):
+        """A QEMU created with -S whose VM never ran ("prelaunch") is
+        moved as a paused one: its RAM file bit-exact in the snapshot, and
+        it is not started."""
+        g = start_guest(self.shm, "pre", self.path("pre.ram"), self.initrd(), procs=self.procs, paused=True)
+        self.assertEqual(status(g), "prelaunch")
+        with open(g.ram, "r+b") as f:
+            f.write(os.urandom(1 << 20))  # something to copy besides zeros
+        out = self.disk_path("pre.pfs")
+        r = pf("snapshot", "--qmp", g.qmp_path, "--out", out, "--json", env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        s = json.loads(r.stdout)
+        self.assertIsNone(s["downtime_ms"])
+        self.assertEqual(s["unchanged_guest"], "qemu-kept-it-stopped")
+        self.assertIn(status(g), ("prelaunch", "postmigrate"))
+        into = self.path("pre-restored.ram")
+        self.assertEqual(pf("restore", out, "--into", into, env=self.env).returncode, 0)
+        self.assert_equal_ram(g.ram, into)
+
+
 class Migration(pftest.VethWorkspace, Base):
     """migrate --qmp to receive --qmp across a veth pair between two network
     namespaces (10.x addresses inside them only), inside TLS: the two QEMUs
