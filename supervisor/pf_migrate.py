@@ -141,12 +141,11 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         if log:
             log.hand_off()
         sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
-        wk = [seg.stats(pf_abi.STATS_WORKER0 + i) for i in range(workers)]
-        # Zero pages as the writer took them: every output once, a replaced
-        # worker's included (the workers' own counts also hold the runs a
-        # worker checked and died before handing over, which its replacement
-        # checks again). A zstd frame holds no zero page: ZSTD_SPARSE's bitmap
-        # names them.
+        # Zero pages and compressed bytes as the writer took them: every
+        # output once, a replaced worker's included (the workers' own counts
+        # also hold the runs a worker checked and died before handing over,
+        # which its replacement checks again). A zstd frame holds no zero
+        # page: ZSTD_SPARSE's bitmap names them.
         zero = wr["zero_pages"]
         zc_on = bool(wr["flags"] & pf_abi.FLAG_ZEROCOPY)
         by_sendfile = bool(wr["flags"] & pf_abi.FLAG_SENDFILE)
@@ -158,7 +157,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             "packets": wr["packets"],
             "pages": {"total": size // page, "zero": zero, "hole": sc["hole_pages"],
                       "normal": size // page - zero - sc["hole_pages"]},
-            "compressed": {"in_bytes": sum(s["in_bytes"] for s in wk), "out_bytes": sum(s["out_bytes"] for s in wk)},
+            "compressed": {"in_bytes": wr["in_bytes"], "out_bytes": wr["out_bytes"]},
             "zerocopy": {"requested": zerocopy, "active": zc_on, "sendfile": by_sendfile,
                          "sendfile_bytes": wr["sendfile_bytes"], "sends": wr["zc_sends"],
                          "copied_by_kernel": wr["zc_copied"]},

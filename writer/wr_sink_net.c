@@ -132,6 +132,11 @@ static void net_put(struct wr_sink *s, const struct wr_run *r)
 				  proto_strerror(PROTO_E_PAYLOAD_LEN));
 		p.payload_len = prefix + d->payload_len;
 		p.payload_crc = crc; /* the worker's, over the bitmap then the frame */
+		/* Counted as sent, once: a worker's own counts also hold runs it
+		 * compressed and died before handing over, compressed again by its
+		 * replacement. */
+		stage_stat_add(src->stats, SHM_STAT_IN_BYTES, (uint64_t)present * page);
+		stage_stat_add(src->stats, SHM_STAT_OUT_BYTES, d->payload_len);
 		ns.pieces[0] = (struct iovec){ (void *)arena, d->payload_len };
 		break;
 	}

@@ -98,6 +98,19 @@ class Restart(Workspace):
                 self.assert_equal_ram(guest, into)
                 self.assert_zero_pages_counted_once(guest, out)
 
+    def test_compressed_bytes_counted_once_after_a_dead_worker(self):
+        """Every run of a text guest goes out as one zstd frame: the summary's
+        compressed bytes are exactly the guest's pages and the bytes sent,
+        though the worker that died had compressed runs its replacement
+        compressed again."""
+        guest, into, rc, out, err, rx_rc, rx_err = self.migrate("zstd", 1, "text")
+        self.assert_replaced(rc, out, err, 1)
+        self.assertEqual(rx_rc, 0, rx_err)
+        self.assert_equal_ram(guest, into)
+        s = json.loads(out)
+        self.assertEqual(s["compressed"]["in_bytes"], s["pages"]["normal"] * s["page_size"], s)
+        self.assertEqual(s["compressed"]["out_bytes"], s["bytes_sent"], s)
+
     def assert_zero_pages_counted_once(self, guest, out):
         """The summary counts the guest's zero pages once, though the worker
         that died had checked runs its replacement checked again."""
