@@ -60,6 +60,18 @@ class Base(pftest.Workspace):
     def initrd(self):
         return qemu_guest.build_initramfs(self.path("initrd.gz"))
 
+    def resume_and_stop_at(self, p, hook, other_qmp):
+        """Once pageferry (p, started with PAGEFERRY_TEST_FE_HOOK=hook) has
+        stopped itself at hook, another QMP client (other_qmp: a second
+        monitor of the same QEMU) resumes the VM and stops it again; then
+        pageferry goes on."""
+        self.wait_stderr(p, f"stopped at {hook}")
+        other = qemu_guest.QMP(other_qmp)
+        other.execute("cont")
+        other.execute("stop")
+        other.close()
+        os.kill(p.pid, signal.SIGCONT)
+
     def assert_refused(self, r, command, *words):
         """Exit 1 and one line on stderr, from `command`, naming words."""
         self.assertEqual(r.returncode, 1, f"stdout: {r.stdout} stderr: {r.stderr}")
@@ -218,12 +230,7 @@ class SnapshotRestore(Base):
         out = os.path.join(self.disk, "resumed.pfs")
         p = self.spawn([pftest.PF, "snapshot", "--qmp", self.source.qmp_path, "--out", out],
                        env={"PAGEFERRY_TEST_FE_HOOK": "snapshot:before-commit"})
-        self.wait_stderr(p, "stopped at snapshot:before-commit")
-        other = qemu_guest.QMP(self.other_qmp)
-        other.execute("cont")
-        other.execute("stop")
-        other.close()
-        os.kill(p.pid, signal.SIGCONT)
+        self.resume_and_stop_at(p, "snapshot:before-commit", self.other_qmp)
         code, _, err = self.finish(p)
         self.assertEqual(code, 1, err)
         self.assertEqual(err, f"pageferry snapshot: the guest changed while it was copied: QEMU at "
@@ -440,12 +447,7 @@ class Migration(pftest.VethWorkspace, Base):
         src, dst = self.guests()
         rx, to = self.start_receive(dst)
         tx = self.migrate(src, to, env={"PAGEFERRY_TEST_FE_HOOK": "migrate:before-commit"})
-        self.wait_stderr(tx, "stopped at migrate:before-commit")
-        other = qemu_guest.QMP(self.other_qmp)
-        other.execute("cont")
-        other.execute("stop")
-        other.close()
-        os.kill(tx.pid, signal.SIGCONT)
+        self.resume_and_stop_at(tx, "migrate:before-commit", self.other_qmp)
         tcode, _, terr = self.finish(tx)
         rcode, _, rerr = self.finish(rx)
         self.assertEqual((tcode, rcode), (1, 1), f"migrate: {terr} receive: {rerr}")
