@@ -151,6 +151,13 @@ int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
 		rd->free_bufs[rd->n_free++] = i;
 	for (uint32_t i = 0; i < DS_RESTORE_DEPTH + 1; i++)
 		rd->free_open[rd->n_free_open++] = i;
+	rd->queue.notify_fd = -1;
+	/* Nothing to read (an all-zero or empty guest): no buffers and no
+	 * asynchronous I/O context, whose teardown holds a process's exit for
+	 * an RCU grace period (~31 ms here, doc/benchmarks.md "Start-up
+	 * cost"); the reader only places absent pages. */
+	if (r->hdr.extent_count == 0)
+		return 0;
 	int rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
 	if (rc == 0)
 		memset(rd->bufs, 0, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE); /* its pages now, before lock-down */

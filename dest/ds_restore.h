@@ -85,7 +85,8 @@ int ds_restore_open(struct ds_restore *r, int meta_fd, int data_fd, const char *
 /* Size a new destination (holes everywhere; not in place) and open it for
  * ds_place, before lock-down; r->dest points at *pl afterwards. */
 int ds_restore_open_dest(struct ds_restore *r, struct ds_place *pl, int dest_fd, const char **why);
-/* Set up one reader: before lock-down. */
+/* Set up one reader: before lock-down (a snapshot without extents gets
+ * no buffers and no AIO context). */
 int ds_reader_init(struct ds_reader *rd, struct ds_restore *r);
 /* Body of each reader thread (arg: its struct ds_reader).  Restore: claims
  * chunks of the page space and accounts for the pages the snapshot does not
