@@ -15,8 +15,8 @@ Decisions:
   and its device state's trip, which refuses a VM with a migration blocker,
   has just stopped the devices that could write it): so pageferry skips the
   re-read that proves a paused guest unchanged and checks instead, before
-  the commit, that QEMU kept the VM stopped (kept_stopped): still paused,
-  no RESUME or RESET event since the device state was taken.
+  the commit, that QEMU kept the VM stopped (kept_stopped): still stopped,
+  no RESUME, WAKEUP or RESET event since the device state was taken.
 - The destination gets its device state only once its RAM is whole, is
   never resumed unless QEMU reports the load completed, and a QEMU whose
   load failed is left as it is (it refuses a second incoming migration:

@@ -406,13 +406,17 @@ static void run_reader(int fd, struct ds_restore *r, const uint8_t *table)
 	static struct shm_stats stats;
 	/* One reader, set up once: an AIO context costs milliseconds to tear
 	 * down, far more than a run.  Between runs nothing is in flight and
-	 * every buffer is free again. */
+	 * every buffer is free again.  Set up for a file with extents, which
+	 * gets buffers and a context (one without gets neither), whatever this
+	 * first input holds. */
 	static struct ds_reader *rd;
 	uint64_t lowest_bad = lowest_bad_extent(fd, &r->hdr, table);
 	r->stats = &stats;
 	if (!rd) {
+		struct ds_restore reads = *r;
+		reads.hdr.extent_count = 1;
 		CHECK((rd = calloc(1, sizeof(*rd))) != NULL);
-		CHECK(ds_reader_init(rd, r) == 0);
+		CHECK(ds_reader_init(rd, &reads) == 0);
 	}
 	CHECK(rd->n_free == DS_RESTORE_DEPTH && rd->n_free_open == DS_RESTORE_DEPTH + 1);
 	rd->restore = r;
