@@ -149,12 +149,7 @@ def qemu_file_op(ram, incoming, uri, prealloc=False, timeout=900):
         tail = log.read().strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"{e} {tail[0]}".strip()) from None
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
-        for name in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, name))
-        os.rmdir(tmp)
+        qemu_migrate.stop([proc], [log], tmp)
 
 
 # -- one run of each kind, for each program -----------------------------------------
@@ -183,19 +178,15 @@ def snapshot_run(img, prog, vm):
     for p in (out, out + ".pf-partial"):
         if os.path.exists(p):
             os.unlink(p)
-    if prog == "pf" and vm:
-        with qemu_migrate.qemus((img.path, False, False)) as (qmp, qemu_cpu):
+    if prog == "pf":
+        with qemu_migrate.qemus(*([(img.path, False, False)] if vm else [])) as (qmp, qemu_cpu):
             c0 = qemu_cpu()
-            c, secs = timed_command([PF, "snapshot", "--qmp", qmp[0], "--out", out, "--workers", 2, "--json"])
+            source = ["--qmp", qmp[0]] if vm else ["--guest", img.path]
+            c, secs = timed_command([PF, "snapshot"] + source + ["--out", out, "--workers", 2, "--json"])
             cpu_qemu = qemu_cpu() - c0
         s = json.loads(c.stdout)
         return {"seconds": secs, "cpu": c.cpu + cpu_qemu, "cpu_qemu": cpu_qemu, "bytes_written": s["bytes_written"],
                 "verified": True, "src_allocated_before": src_allocated, "unchanged_guest": s["unchanged_guest"]}
-    if prog == "pf":
-        c, secs = timed_command([PF, "snapshot", "--guest", img.path, "--out", out, "--workers", 2, "--json"])
-        s = json.loads(c.stdout)
-        return {"seconds": secs, "cpu": c.cpu, "bytes_written": s["bytes_written"], "verified": True,
-                "src_allocated_before": src_allocated, "unchanged_guest": s["unchanged_guest"]}
     r = qemu_file_op(img.path, False, f"file:{out}")
     r["verified"] = True  # checked by the restore rows, which load it
     r["src_allocated_before"] = src_allocated

@@ -181,9 +181,8 @@ def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=Fals
     destination.prepare(into, size, dest, sparse_file=False)
     allocated = destination.check(into, size, dest)
     try:
-        if not vm:
-            return _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated)
-        with qemu_migrate.qemus((guest, False, False), (into, True, dest == "prealloc")) as (qmp, qemu_cpu):
+        with qemu_migrate.qemus(*([(guest, False, False), (into, True, dest == "prealloc")] if vm else [])) as (
+                qmp, qemu_cpu):
             c0 = qemu_cpu()
             r = _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated, qmp)
             r["cpu_qemu"] = qemu_cpu() - c0
@@ -193,9 +192,9 @@ def pageferry(guest, channels, compress, zerocopy, dest, tls="none", zeroed=Fals
         destination.remove(into)
 
 
-def _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated, qmp=None):
+def _pageferry(guest, into, channels, compress, zerocopy, dest, tls, zeroed, allocated, qmp):
     """pageferry() with its destination ready; qmp: the (source,
-    destination) QMP sockets of a vm run."""
+    destination) QMP sockets of a vm run, empty otherwise."""
     port = ports.free_port()
     creds = ["--psk-file", qemu_migrate.psk_file()] if tls == "psk" else []
     source = ["--qmp", qmp[0]] if qmp else ["--guest", guest]

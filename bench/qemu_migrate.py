@@ -119,12 +119,26 @@ def start(image, qmp_path, incoming, log, prealloc=False, tls="none"):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
 
 
+def stop(procs, logs, tmp):
+    """Kill the QEMU processes, close their logs and remove their scratch
+    directory (sockets, logs)."""
+    for p in procs:
+        p.kill()
+        p.wait()
+    for f in logs:
+        f.close()
+    for name in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, name))
+    os.rmdir(tmp)
+
+
 @contextlib.contextmanager
 def qemus(*rams):
     """QEMU processes for pageferry's --qmp runs, started as start() does
     (-S: never run), one per (ram, incoming, prealloc); yields their QMP
     socket paths, each up and free for pageferry (one client at a time), and
-    cpu(): their CPU-seconds so far, all together."""
+    cpu(): their CPU-seconds so far, all together. No rams: no QEMU, cpu()
+    is 0 (a run of pageferry on the image file itself)."""
     tmp = tempfile.mkdtemp(prefix="pf-qemu-vm-")
     procs, logs = [], []
     try:
@@ -139,14 +153,7 @@ def qemus(*rams):
             paths.append(path)
         yield paths, lambda: sum(cpu_seconds(p.pid) for p in procs)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for f in logs:
-            f.close()
-        for name in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, name))
-        os.rmdir(tmp)
+        stop(procs, logs, tmp)
 
 
 def wait_completed(q, t0, timeout, what="migration"):
@@ -230,14 +237,7 @@ def run(image, dest, channels, comp, zerocopy, port, dest_kind, timeout=900, tls
                 tails.append(f"{side} QEMU: {text.splitlines()[-1]}")
         raise RuntimeError("; ".join([str(e)] + tails)) from None
     finally:
-        for p in procs.values():
-            p.kill()
-            p.wait()
-        for f in logs.values():
-            f.close()
-        for name in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, name))
-        os.rmdir(tmp)
+        stop(procs.values(), logs.values(), tmp)
 
 
 def main():

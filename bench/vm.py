@@ -47,6 +47,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import destination  # noqa: E402
 import guest_image  # noqa: E402
 import ports  # noqa: E402
 import qemu_guest  # noqa: E402
@@ -117,7 +118,7 @@ class Bench:
         if self.workload:
             g.wait_for(lambda: "workload done" in g.lines(), "workload", 1800)
         g.wait_for_counter(3)  # far from 0: a rebooted guest cannot pass for a moved one
-        self.allocated.append(os.stat(g.ram).st_blocks * 512)
+        self.allocated.append(destination.allocated(g.ram))
         return g
 
     def done(self, *guests):
@@ -266,7 +267,8 @@ def main():
         shutil.rmtree(b.work, ignore_errors=True)
         shutil.rmtree(b.disk, ignore_errors=True)
     print(f"\n{args.reps} interleaved runs each, {args.ram_mib} MiB guest"
-          f"{' after the workload' if args.workload else ''} (its RAM file {statistics.median(b.allocated) / 2**20:.0f} MiB "
+          f"{' after the workload' if args.workload else ''} "
+          f"(its RAM file {statistics.median(b.allocated) / 2**20:.0f} MiB "
           f"allocated before it is moved, a fresh boot for every save and migration), TCG; median [min-max] seconds\n")
     print("| job | measured | pageferry | QEMU | QEMU / pageferry |")
     print("|---|---|---|---|---|")
