@@ -79,8 +79,8 @@ _Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4,
 	X(ZC_SENDS)		/* MSG_ZEROCOPY sends whose completion arrived */ \
 	X(ZC_COPIED)		/* ... of which the kernel copied anyway */ \
 	X(ROUND)		/* pre-copy round in progress */ \
-	X(IN_BYTES)		/* worker: bytes given to zstd; writer: pages sent compressed */ \
-	X(OUT_BYTES)		/* worker: frames kept (smaller than their pages); writer: frames sent */ \
+	X(IN_BYTES)		/* writer: pages sent in zstd frames; inflater: frames taken */ \
+	X(OUT_BYTES)		/* writer: those frames; inflater: the pages they gave */ \
 	X(EVENT_US)		/* scanner: CLOCK_MONOTONIC µs of the guest pause; \
 				 * writer: of the receiver's confirmation */ \
 	X(SENDFILE_BYTES)	/* writer: guest bytes sent by sendfile */

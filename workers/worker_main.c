@@ -202,12 +202,10 @@ static uint32_t compress_run(struct worker *w, uint32_t b, uint32_t n_data, cons
 	size_t raw = (size_t)n_data * w->geo.page_size;
 	uint8_t *frame = frame_of(w, b);
 	size_t len = wk_zstd_compress(w->zstd, w->run, frame, raw, raw - PROTO_DESC_FRAME_CRC_BYTES);
-	stage_stat_add(w->stats, SHM_STAT_IN_BYTES, raw);
 	if (!len)
 		return 0;
 	memcpy(frame, w->run, len);
 	put_le32(frame + len, proto_crc32c(proto_crc32c(0, bitmap, bitmap_bytes), frame, len));
-	stage_stat_add(w->stats, SHM_STAT_OUT_BYTES, len);
 	return (uint32_t)len;
 }
 
