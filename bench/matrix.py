@@ -213,7 +213,7 @@ def restore_run(img, prog, kind):
 def tcp_run(img, prog, compress, tls, vm):
     src_allocated = img.reset()
     if prog == "pf":
-        r = migrate.pageferry(img.path, 2, compress, "auto", "prealloc", tls, zeroed=True, vm=vm)
+        r = migrate.pageferry(img.path, 2, compress, "off", "prealloc", tls, zeroed=True, vm=vm)
     else:
         r = migrate.qemu(img.path, 2, compress, False, "prealloc", tls)
     r["src_allocated_before"] = src_allocated

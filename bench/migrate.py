@@ -39,7 +39,7 @@ JSON (DIR/migrate-bench.json) and a PNG chart.
 
 usage: bench/migrate.py [--size 1G] [--patterns mixed,random,zero,text]
          [--dest prealloc,fresh] [--compress none,zstd] [--channels 2]
-         [--zerocopy auto] [--tls none,psk] [--reps 3] [--pageferry build/pageferry]
+         [--zerocopy off] [--tls none,psk] [--reps 3] [--pageferry build/pageferry]
          [--out DIR]
 """
 import argparse
@@ -284,7 +284,7 @@ def main():
     ap.add_argument("--dest", default="prealloc,fresh", help="destination kinds: prealloc, fresh")
     ap.add_argument("--compress", default="none,zstd", help="none, zstd (level 1)")
     ap.add_argument("--channels", default="2", help="channel counts, e.g. 1,2,4")
-    ap.add_argument("--zerocopy", default="auto", help="pageferry --zerocopy modes, e.g. auto,on,off")
+    ap.add_argument("--zerocopy", default="off", help="pageferry --zerocopy modes, e.g. off,sendfile,on,auto")
     ap.add_argument("--qemu-zerocopy", action="store_true", help="QEMU zero-copy-send on uncompressed rows")
     ap.add_argument("--tls", default="none", help="none, psk (TLS 1.3 with a pre-shared key on both programs)")
     ap.add_argument("--reps", type=int, default=3, help="runs of each program per row (median, range)")

@@ -201,11 +201,12 @@ def build_parser(only=None):
     g.add_argument("--compress", default="none", metavar="none|zstd[:LEVEL]",
                    help="zstd per packet (level 1..19, default 1); pages that do not shrink go raw "
                         "(default: none)")
-    g.add_argument("--zerocopy", choices=["auto", "on", "sendfile", "off"], default="auto",
-                   help="how guest pages reach the socket: sendfile splices them from the guest file, on is "
-                        "MSG_ZEROCOPY, off copies them; each of sendfile and on fails where the kernel "
-                        "refuses it; auto takes sendfile, else MSG_ZEROCOPY, else copies, and the summary "
-                        "says which (default: auto)")
+    g.add_argument("--zerocopy", choices=["auto", "on", "sendfile", "off"], default="off",
+                   help="how guest pages reach the socket: off copies them from the buffer the worker "
+                        "checked them in (the fastest over loopback and veth, doc/architecture.md); "
+                        "sendfile splices them from the guest file, on is MSG_ZEROCOPY, each failing where "
+                        "the kernel refuses it; auto takes sendfile, else MSG_ZEROCOPY, else copies; the "
+                        "summary says which (default: off)")
     g.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="zero-checking / compressing worker processes (default: %(default)s)")
     g.add_argument("--psk-file", metavar="FILE", help=PSK_HELP)

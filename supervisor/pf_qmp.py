@@ -263,8 +263,12 @@ class QMP:
 
 def wait_migration(qmp, timeout, poll=0.01):
     """query-migrate's answer once the migration has ended (completed,
-    failed or cancelled), whichever side of it qmp is."""
+    failed or cancelled), whichever side of it qmp is.  The first polls
+    come 1, 2, 4 and 8 ms apart, then every `poll` s: a device state is
+    saved or loaded in a few ms, and a fixed 10 ms sleep was most of the
+    time a small VM's migration spent on it."""
     deadline = time.monotonic() + timeout
+    step = 0.001
     while True:
         r = _obj(qmp.execute("query-migrate"), f"QEMU at {qmp.where}: query-migrate")
         status = _field(r, "status", (str,), f"QEMU at {qmp.where}: query-migrate")
@@ -272,7 +276,8 @@ def wait_migration(qmp, timeout, poll=0.01):
             return r
         if time.monotonic() >= deadline:
             raise JobError(f"QEMU at {qmp.where}: its migration is still {status[:40]} after {timeout:g} s")
-        time.sleep(poll)
+        time.sleep(min(step, poll))
+        step *= 2
 
 
 def _qom_get(qmp, path, prop, kinds, missing=None):
