@@ -203,7 +203,7 @@ def build_parser(only=None):
                         "(default: none)")
     g.add_argument("--zerocopy", choices=["auto", "on", "sendfile", "off"], default="off",
                    help="how guest pages reach the socket: off copies them from the buffer the worker "
-                        "checked them in (the fastest over loopback and veth, doc/architecture.md); "
+                        "checked them in (measured fastest over loopback, doc/architecture.md); "
                         "sendfile splices them from the guest file, on is MSG_ZEROCOPY, each failing where "
                         "the kernel refuses it; auto takes sendfile, else MSG_ZEROCOPY, else copies; the "
                         "summary says which (default: off)")
