@@ -4,7 +4,8 @@ change costs end to end (e.g. issue 12's checksums, re-check and handoff,
 against the commit before them).
 
 usage: bench/ab.py --a BUILD_DIR --b BUILD_DIR [--size 1G] [--patterns random,mixed]
-                   [--reps 3] [--disk /var/tmp] [--jobs snapshot,restore,migrate]
+                   [--reps 3] [--disk /var/tmp] [--mem-dir /dev/shm] [--jobs snapshot,restore,migrate]
+                   [--restore-into fresh|prealloc]
                    [--tls psk] [--compress zstd]
 
 Both builds must read each other's inputs only through their own commands:
@@ -65,12 +66,15 @@ def main():
     ap.add_argument("--patterns", default="random,mixed")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--disk", default="/var/tmp")
+    ap.add_argument("--mem-dir", default="/dev/shm", help="where guests and destinations live (a huge= tmpfs, say)")
+    ap.add_argument("--restore-into", choices=("fresh", "prealloc"), default="fresh",
+                    help="restore into a new file, or in place into a zeroed one (--in-place --zeroed)")
     ap.add_argument("--jobs", default="snapshot,restore,migrate")
     ap.add_argument("--tls", default="none", help="migrations: none, or psk (both ends, one key)")
     ap.add_argument("--compress", default="none", help="migrations: none or zstd")
     a = ap.parse_args()
     builds = {"A": os.path.join(a.a, "pageferry"), "B": os.path.join(a.b, "pageferry")}
-    shm = tempfile.mkdtemp(prefix="pf-ab-", dir="/dev/shm")
+    shm = tempfile.mkdtemp(prefix="pf-ab-", dir=a.mem_dir)
     disk = tempfile.mkdtemp(prefix="pf-ab-", dir=a.disk)
     jobs = a.jobs.split(",")
     rx_args, tx_args = [], ["--compress", a.compress]
@@ -106,7 +110,12 @@ def main():
                         subprocess.run(["dd", f"if={snap}", "of=/dev/null", "bs=4M", "iflag=direct",
                                         "status=none"], check=True)
                         dd.append(time.monotonic() - start)
-                        timed("restore", k, lambda: run([pf, "restore", snap, "--into", into, "--json"])["seconds"])
+                        if a.restore_into == "prealloc":
+                            # A waiting VMM's RAM: zeros written over the guest's size.
+                            subprocess.run(["dd", "if=/dev/zero", f"of={into}", "bs=1M",
+                                            f"count={os.path.getsize(guest) >> 20}", "status=none"], check=True)
+                        timed("restore", k, lambda: run([pf, "restore", snap, "--into", into, "--json"] + (
+                            ["--in-place", "--zeroed"] if a.restore_into == "prealloc" else []))["seconds"])
                         os.unlink(into)
                     if "migrate" in jobs:
                         timed("migrate", k, lambda: migrate(pf, guest, into, 20000 + os.getpid() % 20000 + rep,

@@ -94,6 +94,8 @@ static noreturn void recv_failed(struct ds_net *r, uint32_t c, int rc, const cha
 		truncated(r, c, what);
 	if (rc == -EBADMSG)
 		fail(r, PROTO_E_TLS_RECORD, "data channel %u: receiving %s: %s", c, what, net_conn_why(&r->ch[c].conn, rc));
+	if (rc == -EFAULT && r->place.map)
+		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", r->place.full); /* a page of the mapping it could not fault in */
 	stage_die_errno(rc, "data channel %u: receiving %s", c, what);
 }
 
@@ -335,7 +337,12 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 		return;
 	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
-	if (p.encoding == PROTO_ENC_RAW) {
+	if (p.encoding == PROTO_ENC_RAW && r->place.map) {
+		/* Straight into a mapped destination (ds_place.h), checked there. */
+		uint8_t *at = r->place.map + p.first_page * r->geo.page_size;
+		recv_or_fail(r, c, at, p.payload_len, "raw pages");
+		payload_checked(r, c, &p, proto_crc32c(0, at, p.payload_len));
+	} else if (p.encoding == PROTO_ENC_RAW) {
 		/* Into the channel's payload buffer, checked there, written once. */
 		recv_or_fail(r, c, ch->payload, p.payload_len, "raw pages");
 		payload_checked(r, c, &p, proto_crc32c(0, ch->payload, p.payload_len));

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 
 #include "dio/dio_sync.h"
@@ -13,6 +14,21 @@
 #ifndef HUGETLBFS_MAGIC
 #define HUGETLBFS_MAGIC 0x958458f6
 #endif
+#ifndef TMPFS_MAGIC
+#define TMPFS_MAGIC 0x01021994
+#endif
+
+/* tmpfs says in st_blksize whether it hands this file 2 MiB pages
+ * (huge=always, or within_size): then a mapping costs one fault per 2 MiB. */
+static int huge_tmpfs(int fd, const struct statfs *fs)
+{
+	struct stat st;
+	if (fs->f_type != TMPFS_MAGIC)
+		return 0;
+	if (fstat(fd, &st) < 0)
+		stage_die_errno(-errno, "fstat of the destination");
+	return st.st_blksize >= (2 << 20);
+}
 
 /* What ds_place_write_zeros writes from. */
 static const uint8_t zeros[64 << 10];
@@ -25,7 +41,7 @@ void ds_place_open(struct ds_place *pl, int fd, uint64_t size)
 	struct statfs fs;
 	if (fstatfs(fd, &fs) < 0)
 		stage_die_errno(-errno, "fstatfs of the destination");
-	if (fs.f_type == HUGETLBFS_MAGIC)
+	if (fs.f_type == HUGETLBFS_MAGIC || huge_tmpfs(fd, &fs))
 		pl->map = stage_map_file(fd, "destination", size, 1);
 }
 

@@ -1,8 +1,8 @@
 /* Placing pages in the destination RAM file (the receive stage, its
  * inflaters and the restore stage).
  *
- * By pwrite(2), not through a mapping.  On the VMs pageferry runs on, a
- * page's first touch through a new mapping costs several times the copy
+ * Where pages are 4 KiB, by pwrite(2), not through a mapping.  On the VMs
+ * pageferry runs on, a page's first touch through a new mapping costs several times the copy
  * itself: writing 1 GiB into tmpfs took 0.11 s by pwrite from a 256 KiB
  * buffer, 0.36 s through a mapping populated ahead (MADV_POPULATE_WRITE)
  * and 0.48 s through one faulted page by page (bench/place_cost.c,
@@ -11,9 +11,17 @@
  * per GiB).  So a payload lands in a small buffer that stays in cache, is
  * checked there and written once.
  *
- * hugetlbfs takes no write(2): there the file is mapped (one fault per huge
- * page) and pages are copied in; a full filesystem then raises SIGBUS,
- * which stage_sigbus.h turns into the same message as ENOSPC here.
+ * With 2 MiB pages the file is mapped: hugetlbfs takes no write(2), and
+ * a tmpfs that gives the file huge pages (st_blksize 2 MiB) costs one
+ * fault per 2 MiB there (and 8 bytes of page table), so pages go straight
+ * in: the receiver takes raw pages from the socket into the mapping, and
+ * restore reads into it.  On a huge=always tmpfs that restored 1 GiB in
+ * place in 0.60-0.70 of the time pwrite took, and migrations took the
+ * same time (a pwrite there costs 0.03 s per GiB; doc/benchmarks.md, "Huge
+ * pages: the destination mapped").  A full filesystem then raises SIGBUS,
+ * which stage_sigbus.h turns into the same message as ENOSPC here, ending
+ * the stage; a recv into the mapping may fail with EFAULT instead, which
+ * the receiver reports so too, and to the sender.
  */
 #ifndef PF_DS_PLACE_H
 #define PF_DS_PLACE_H
@@ -23,7 +31,7 @@
 
 struct ds_place {
 	int fd;
-	uint8_t *map;		/* hugetlbfs: the file mapped writable; else NULL */
+	uint8_t *map;		/* 2 MiB pages: the file mapped writable; else NULL */
 	char full[384];		/* why a write found no space, in the user's terms */
 };
 
