@@ -35,6 +35,15 @@ DISK = "/var/tmp"
 COMMAND_TIMEOUT = 300
 
 
+def main_unless(why_not):
+    """A test file's main: meson's "skipped" (exit 77) with why_not when
+    the machine cannot run it, else its tests."""
+    if why_not:
+        print(f"SKIP: {why_not}")
+        raise SystemExit(77)
+    unittest.main(verbosity=2)
+
+
 def pf(*args, env=None, check=None, timeout=COMMAND_TIMEOUT):
     """Run pageferry to completion.  env: variables added to this process's
     environment.  check: the exit status required, if any."""

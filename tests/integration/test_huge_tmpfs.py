@@ -11,10 +11,9 @@ Needs root (mount); where the kernel has no huge pages for tmpfs it exits
 import os
 import subprocess
 import sys
-import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pftest import PF, Workspace, free_port, pf  # noqa: E402
+from pftest import PF, Workspace, free_port, main_unless, pf  # noqa: E402
 
 GUEST = "128M"
 SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
@@ -116,8 +115,4 @@ def can_have_huge_tmpfs():
 
 
 if __name__ == "__main__":
-    why_not = can_have_huge_tmpfs()
-    if why_not:
-        print(f"SKIP: {why_not}")
-        sys.exit(77)
-    unittest.main(verbosity=2)
+    main_unless(can_have_huge_tmpfs())

@@ -10,10 +10,9 @@ import mmap
 import os
 import subprocess
 import sys
-import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pftest import PF, Workspace, free_port, pf  # noqa: E402
+from pftest import PF, Workspace, free_port, main_unless, pf  # noqa: E402
 
 NR = "/proc/sys/vm/nr_hugepages"
 GUEST_MIB = 256
@@ -112,8 +111,4 @@ def can_have_huge_pages():
 
 
 if __name__ == "__main__":
-    why_not = can_have_huge_pages()
-    if why_not:
-        print(f"SKIP: {why_not}")
-        sys.exit(77)
-    unittest.main(verbosity=2)
+    main_unless(can_have_huge_pages())
