@@ -2,13 +2,13 @@
  * inflaters and the restore stage).
  *
  * Where pages are 4 KiB, by pwrite(2), not through a mapping.  On the VMs
- * pageferry runs on, a page's first touch through a new mapping costs several times the copy
- * itself: writing 1 GiB into tmpfs took 0.11 s by pwrite from a 256 KiB
- * buffer, 0.36 s through a mapping populated ahead (MADV_POPULATE_WRITE)
- * and 0.48 s through one faulted page by page (bench/place_cost.c,
- * doc/benchmarks.md "Writing pages: pwrite or a mapping").  And
- * a process that maps the guest builds page tables for all of it (2 MiB
- * per GiB).  So a payload lands in a small buffer that stays in cache, is
+ * pageferry runs on, a page's first touch through a new mapping costs
+ * several times the copy itself: writing 1 GiB into tmpfs took 0.11 s by
+ * pwrite from a 256 KiB buffer, 0.36 s through a mapping populated ahead
+ * (MADV_POPULATE_WRITE) and 0.48 s through one faulted page by page
+ * (bench/place_cost.c, doc/benchmarks.md "Writing pages: pwrite or a
+ * mapping").  And a process that maps the guest builds page tables for all
+ * of it (2 MiB per GiB).  So a payload lands in a small buffer that stays in cache, is
  * checked there and written once.
  *
  * With 2 MiB pages the file is mapped: hugetlbfs takes no write(2), and
