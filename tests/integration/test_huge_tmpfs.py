@@ -4,8 +4,9 @@ commonly back guest RAM): the receiver and restore map it (dest/ds_place.h)
 and take raw pages from the socket, or O_DIRECT reads, straight into it.
 Every copy must be bit-exact, fresh and in place over stale bytes, with and
 without TLS and zstd; a destination filesystem too small for the guest must
-fail with the "no space left" line, which in the mapping comes as EFAULT from
-recv (plain TCP) or SIGBUS in the TLS copy, and leave no destination behind.
+fail with the "no space left" line, which in the mapping comes as SIGBUS (a
+copy into it: from the read-ahead buffer, or TLS's) or as EFAULT (recv into
+it), and leave no destination behind.
 Needs root (mount); where the kernel has no huge pages for tmpfs it exits
 77, which meson reports as skipped."""
 import os
