@@ -26,6 +26,8 @@ import subprocess
 import tempfile
 import time
 
+import destination
+
 
 def children_cpu():
     u = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -40,8 +42,7 @@ def run(cmd):
 
 
 def migrate(pf, guest, dest, port, rx_args, tx_args):
-    subprocess.run(["dd", "if=/dev/zero", f"of={dest}", "bs=1M", f"count={os.path.getsize(guest) >> 20}",
-                    "status=none"], check=True)
+    destination.prepare(dest, os.path.getsize(guest), "prealloc")
     rx = subprocess.Popen([pf, "receive", "--listen", f"127.0.0.1:{port}", "--into", dest, "--in-place",
                            "--accept-timeout", "30", "--json"] + rx_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
@@ -110,10 +111,8 @@ def main():
                         subprocess.run(["dd", f"if={snap}", "of=/dev/null", "bs=4M", "iflag=direct",
                                         "status=none"], check=True)
                         dd.append(time.monotonic() - start)
-                        if a.restore_into == "prealloc":
-                            # A waiting VMM's RAM: zeros written over the guest's size.
-                            subprocess.run(["dd", "if=/dev/zero", f"of={into}", "bs=1M",
-                                            f"count={os.path.getsize(guest) >> 20}", "status=none"], check=True)
+                        # fresh: no file; prealloc: a waiting VMM's RAM, zeros written over it.
+                        destination.prepare(into, os.path.getsize(guest), a.restore_into, sparse_file=False)
                         timed("restore", k, lambda: run([pf, "restore", snap, "--into", into, "--json"] + (
                             ["--in-place", "--zeroed"] if a.restore_into == "prealloc" else []))["seconds"])
                         os.unlink(into)

@@ -20,20 +20,10 @@ usage: bench/send_modes.py [--modes off,sendfile,on] [--patterns random,text,mix
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
 import migrate
-
-
-def median_range(vals):
-    return statistics.median(vals), min(vals), max(vals)
-
-
-def fmt(vals):
-    m, lo, hi = median_range(vals)
-    return f"{m:.3f} [{lo:.3f}-{hi:.3f}]"
 
 
 def main():
@@ -73,11 +63,12 @@ def main():
                           f"{r['cpu']:.2f} cpu-s", flush=True)
         finally:
             os.unlink(guest)
-        q = statistics.median(r["seconds"] for r in runs["qemu"])
+        sums = {who: migrate.summarize(runs[who]) for who in runs}
         for who in modes + ["qemu"]:
-            secs, cpu = [r["seconds"] for r in runs[who]], [r["cpu"] for r in runs[who]]
-            print(f"{pattern:6} {args.size} {args.compress:4} {who:8}: {fmt(secs)} s, {fmt(cpu)} cpu-s, "
-                  f"QEMU's time / this {q / statistics.median(secs):.2f}", flush=True)
+            d = sums[who]
+            print(f"{pattern:6} {args.size} {args.compress:4} {who:8}: {migrate.fmt_range(d, 'seconds', prec=3)} s, "
+                  f"{migrate.fmt_range(d, 'cpu', prec=3)} cpu-s, "
+                  f"QEMU's time / this {sums['qemu']['seconds'] / d['seconds']:.2f}", flush=True)
         rows.append({"pattern": pattern, "size": args.size, "compress": args.compress, "runs": runs})
     link.append(migrate.iperf3()["bytes_per_s"])
     print(f"iperf3 loopback, one stream, after: {link[1] / 2**20:.0f} MiB/s", flush=True)

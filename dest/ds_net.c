@@ -337,16 +337,15 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 		return;
 	}
 	/* Offsets were checked against the geometry by proto_packet_decode. */
-	if (p.encoding == PROTO_ENC_RAW && r->place.map) {
-		/* Straight into a mapped destination (ds_place.h), checked there. */
-		uint8_t *at = r->place.map + p.first_page * r->geo.page_size;
+	if (p.encoding == PROTO_ENC_RAW) {
+		/* Into the channel's payload buffer, checked there, written once;
+		 * or straight into a mapped destination (ds_place.h), checked there. */
+		const uint64_t off = p.first_page * r->geo.page_size;
+		uint8_t *at = r->place.map ? r->place.map + off : ch->payload;
 		recv_or_fail(r, c, at, p.payload_len, "raw pages");
 		payload_checked(r, c, &p, proto_crc32c(0, at, p.payload_len));
-	} else if (p.encoding == PROTO_ENC_RAW) {
-		/* Into the channel's payload buffer, checked there, written once. */
-		recv_or_fail(r, c, ch->payload, p.payload_len, "raw pages");
-		payload_checked(r, c, &p, proto_crc32c(0, ch->payload, p.payload_len));
-		place_or_fail(r, ch->payload, p.first_page * r->geo.page_size, p.payload_len);
+		if (!r->place.map)
+			place_or_fail(r, at, off, p.payload_len);
 	} else if (proto_encoding_is_zstd(p.encoding)) {
 		place_zstd(r, c, &p);
 	} else if (p.encoding == PROTO_ENC_SPARSE) {
