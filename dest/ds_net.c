@@ -18,6 +18,7 @@
 #include "protocol/proto_crc32c.h"
 #include "dest/ds_commit.h"
 #include "stage/stage.h"
+#include "stage/stage_sigbus.h"
 
 /* Statistics are updated by every receiving thread. */
 static void stat_add(struct ds_net *r, int which, uint64_t v)
@@ -155,6 +156,22 @@ static void recv_or_fail(struct ds_net *r, uint32_t c, void *dst, size_t len, co
 		at += n;
 		len -= (size_t)n;
 	}
+}
+
+/* Raw pages straight into the mapped destination.  A page the filesystem
+ * has no room for fails the recv (EFAULT, in recv_failed) or faults in a
+ * copy from the staging buffer or out of TLS (SIGBUS, here): either way the
+ * sender learns why. */
+static void recv_into_mapping(struct ds_net *r, uint32_t c, uint8_t *at, size_t len)
+{
+	sigjmp_buf env;
+	if (sigsetjmp(env, 0)) {
+		(void)stage_fault_recovered();
+		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", r->place.full);
+	}
+	stage_fault_guard(&env);
+	recv_or_fail(r, c, at, len, "raw pages");
+	stage_fault_guard(NULL);
 }
 
 /* Compare a DATA packet's payload with its checksum, right after receiving
@@ -342,7 +359,10 @@ static void handle_packet(struct ds_net *r, uint32_t c)
 		 * or straight into a mapped destination (ds_place.h), checked there. */
 		const uint64_t off = p.first_page * r->geo.page_size;
 		uint8_t *at = r->place.map ? r->place.map + off : ch->payload;
-		recv_or_fail(r, c, at, p.payload_len, "raw pages");
+		if (r->place.map)
+			recv_into_mapping(r, c, at, p.payload_len);
+		else
+			recv_or_fail(r, c, at, p.payload_len, "raw pages");
 		payload_checked(r, c, &p, proto_crc32c(0, at, p.payload_len));
 		if (!r->place.map)
 			place_or_fail(r, at, off, p.payload_len);
@@ -476,6 +496,16 @@ void ds_net_receive_state(struct ds_net *r, int out_fd)
 	close(out_fd);
 }
 
+/* The receive stage dying of anything but fail() (a ring whose inflater
+ * failed, say) during the transfer: the sender hears that it failed here,
+ * not just a reset connection.  fail() holds the lock: it said so itself. */
+static void tell_sender_we_failed(void *arg)
+{
+	struct ds_net *r = arg;
+	if (pthread_mutex_trylock(&r->main_lock) == 0 && r->main.fd >= 0)
+		(void)send_result(r, PROTO_RESULT_LOCAL_FAILURE); /* held until we exit */
+}
+
 void ds_net_start_threads(struct ds_net *r)
 {
 	static struct channel_arg args[PROTO_MAX_CHANNELS];
@@ -485,6 +515,7 @@ void ds_net_start_threads(struct ds_net *r)
 	    (rc = pthread_barrier_init(&r->round_end, NULL, r->n_channels)) != 0 ||
 	    (rc = pthread_mutex_init(&r->main_lock, NULL)) != 0)
 		stage_die_errno(-rc, "setting up the receiving threads");
+	stage_set_last_word(tell_sender_we_failed, r);
 	if (pipe2(r->done_pipe, O_CLOEXEC) < 0)
 		stage_die_errno(-errno, "pipe");
 	if ((r->hs.features & PROTO_F_ROUNDS) && (rc = ds_suspect_init(&r->suspect, r->geo.guest_pages)) < 0)
@@ -562,6 +593,8 @@ void ds_net_receive(struct ds_net *r)
 	if (net_conn_buffered(&r->main) || poll(&pfd, 1, 0) != 0)
 		stage_die(STAGE_EXIT_FAILED, "the sender went away before the commit; nothing was committed");
 	bool committed = ds_commit_ask(&notices);
+	/* This answer is the last word: one said after it would contradict it. */
+	stage_set_last_word(NULL, NULL);
 	rc = send_result(r, committed ? PROTO_OK : PROTO_RESULT_LOCAL_FAILURE);
 	if (rc < 0)
 		stage_die(STAGE_EXIT_FAILED, "the sender went away during the commit (%s)", net_conn_why(&r->main, rc));

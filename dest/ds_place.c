@@ -45,21 +45,33 @@ void ds_place_open(struct ds_place *pl, int fd, uint64_t size)
 		pl->map = stage_map_file(fd, "destination", size, 1);
 }
 
+/* A store into the mapping fails as a pwrite would on a full filesystem:
+ * -ENOSPC, not SIGBUS, so that the receiver can tell the sender. */
+static int store(uint8_t *dst, const void *src, size_t len)
+{
+	sigjmp_buf env;
+	if (sigsetjmp(env, 0))
+		return stage_fault_recovered();
+	stage_fault_guard(&env);
+	if (src)
+		memcpy(dst, src, len);
+	else
+		memset(dst, 0, len);
+	stage_fault_guard(NULL);
+	return 0;
+}
+
 int ds_place_write(const struct ds_place *pl, const void *src, size_t len, uint64_t off)
 {
-	if (pl->map) {
-		memcpy(pl->map + off, src, len);
-		return 0;
-	}
+	if (pl->map)
+		return store(pl->map + off, src, len);
 	return dio_pwrite_full(pl->fd, src, len, off);
 }
 
 int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len)
 {
-	if (pl->map) {
-		memset(pl->map + off, 0, len);
-		return 0;
-	}
+	if (pl->map)
+		return store(pl->map + off, NULL, len);
 	while (len) {
 		size_t n = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
 		int rc = ds_place_write(pl, zeros, n, off);
@@ -80,7 +92,7 @@ int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len)
 
 void ds_place_failure(const struct ds_place *pl, int rc, uint64_t first, uint64_t n, char *out, size_t len)
 {
-	if (rc == -ENOSPC || rc == -EDQUOT)
+	if (rc == -ENOSPC || rc == -EDQUOT || (rc == -EFAULT && pl->map))
 		snprintf(out, len, "%s", pl->full);
 	else
 		snprintf(out, len, "writing pages %llu..%llu of the destination: %s", (unsigned long long)first,

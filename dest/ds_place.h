@@ -18,10 +18,11 @@
  * restore reads into it.  On a huge=always tmpfs that restored 1 GiB in
  * place in 0.60-0.70 of the time pwrite took, and migrations took the
  * same time (a pwrite there costs 0.03 s per GiB; doc/benchmarks.md, "Huge
- * pages: the destination mapped").  A full filesystem then raises SIGBUS,
- * which stage_sigbus.h turns into the same message as ENOSPC here, ending
- * the stage; a recv into the mapping may fail with EFAULT instead, which
- * the receiver reports so too, and to the sender.
+ * pages: the destination mapped").  A full filesystem then faults the
+ * store (SIGBUS), which ds_place_write turns into -ENOSPC as a pwrite
+ * would return (stage_fault_guard); a recv into the mapping fails with
+ * EFAULT or faults in the copy out of TLS, which the receiver reports so
+ * too.  Either way the sender is told why.
  */
 #ifndef PF_DS_PLACE_H
 #define PF_DS_PLACE_H
@@ -51,8 +52,9 @@ int ds_place_write_zeros(const struct ds_place *pl, uint64_t off, uint64_t len);
 int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len);
 
 /* The one line for a failed write of pages first..first + n - 1 (of `page`
- * bytes): "no space left on FILE ..." for ENOSPC and EDQUOT, else which
- * pages and strerror. */
+ * bytes): "no space left on FILE ..." for ENOSPC and EDQUOT, and for
+ * EFAULT on a mapped destination (a read or recv into a page that could
+ * not be allocated); else which pages and strerror. */
 void ds_place_failure(const struct ds_place *pl, int rc, uint64_t first, uint64_t n, char *out, size_t len);
 
 #endif

@@ -280,7 +280,9 @@ int ds_restore_result(struct ds_restore *r, char *line, size_t len)
 		snprintf(line, len, "the snapshot changed while it was read (its extent table no longer checks)");
 		return -1;
 	}
-	if (err && off != UINT64_MAX && r->dest) {
+	/* EFAULT from a read straight into a mapped destination: a page its
+	 * filesystem could not allocate, whichever read it was. */
+	if (err && r->dest && (off != UINT64_MAX || (err == EFAULT && r->dest->map))) {
 		uint64_t n = atomic_load(&r->failed_len);
 		ds_place_failure(r->dest, -err, off / page, (n + page - 1) / page, line, len);
 		return -1;

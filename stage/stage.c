@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,8 @@
 #include <unistd.h>
 
 static char name_buf[64] = "pageferry";
+static _Atomic(void (*)(void *)) last_word;
+static void *last_word_arg;
 
 void stage_set_name(const char *role, int index)
 {
@@ -32,6 +35,9 @@ const char *stage_name(void)
  * and nothing here needs a syscall the sandbox forbids. */
 static noreturn void vdie(int code, int neg_errno, const char *fmt, va_list ap)
 {
+	void (*fn)(void *) = atomic_exchange(&last_word, NULL);
+	if (fn)
+		fn(last_word_arg);
 	char line[512];
 	int n = snprintf(line, sizeof(line), "%s: ", name_buf);
 	if (n < 0)
@@ -46,6 +52,12 @@ static noreturn void vdie(int code, int neg_errno, const char *fmt, va_list ap)
 	line[n++] = '\n';
 	(void)!write(2, line, (size_t)n);
 	_exit(code);
+}
+
+void stage_set_last_word(void (*fn)(void *), void *arg)
+{
+	last_word_arg = arg;
+	atomic_store(&last_word, fn);
 }
 
 static void tie_to_supervisor(void)

@@ -44,6 +44,12 @@ noreturn void stage_die(int code, const char *fmt, ...) __attribute__((format(pr
 /* Same, appending ": strerror(-neg_errno)". */
 noreturn void stage_die_errno(int neg_errno, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* What the first stage_die, from any thread, calls before it writes its
+ * line: a stage whose peer would otherwise learn of its death only as a
+ * reset connection tells it (the receiver, its sender).  fn(arg) runs at
+ * most once; NULL takes it back. */
+void stage_set_last_word(void (*fn)(void *), void *arg);
+
 /* Attach and validate the control segment on fd 3, or die. */
 void stage_attach_segment(struct shm_segment *seg);
 /* Map the guest file on fd 4 (size checked against the segment), or die. */

@@ -1,6 +1,7 @@
 #include "stage/stage_sigbus.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,6 +20,10 @@ static struct {
 	size_t line_len;
 } maps[_STAGE_MAP_MAX];
 
+/* Where this thread resumes after a fault on the destination mapping
+ * (initial-exec: read in the handler without a call into the loader). */
+static __thread sigjmp_buf *resume __attribute__((tls_model("initial-exec")));
+
 static const char outside[] = ": bus error (SIGBUS) outside the guest and destination mappings\n";
 
 static void on_sigbus(int sig, siginfo_t *si, void *uctx)
@@ -30,6 +35,11 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
 	 * error, reported as the generic line below). */
 	for (int k = 0; si->si_code == BUS_ADRERR && k < _STAGE_MAP_MAX; k++)
 		if (maps[k].end && a >= maps[k].base && a < maps[k].end) {
+			sigjmp_buf *to = resume;
+			if (to && k == STAGE_MAP_DEST) {
+				resume = NULL;
+				siglongjmp(*to, 1);
+			}
 			(void)!write(2, maps[k].line, maps[k].line_len);
 			_exit(STAGE_EXIT_FAILED);
 		}
@@ -103,4 +113,22 @@ void stage_die_if_fault(enum stage_mapping kind, int neg_errno)
 {
 	if (neg_errno == -EFAULT && maps[kind].end)
 		stage_die(STAGE_EXIT_FAILED, "%s", maps[kind].reason);
+}
+
+void stage_fault_guard(sigjmp_buf *to)
+{
+	resume = to;
+}
+
+int stage_fault_recovered(void)
+{
+	resume = NULL;
+	sigset_t bus;
+	sigemptyset(&bus);
+	sigaddset(&bus, SIGBUS);
+	/* The handler ran with SIGBUS blocked and the jump kept that mask. */
+	int rc = pthread_sigmask(SIG_UNBLOCK, &bus, NULL);
+	if (rc != 0)
+		stage_die_errno(-rc, "unblocking SIGBUS");
+	return -ENOSPC;
 }

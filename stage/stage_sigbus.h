@@ -6,7 +6,9 @@
  * hugetlbfs: a hole is allocated at the first write).  A load or store then
  * raises SIGBUS; a system call given such an address (recvmsg, sendmsg,
  * O_DIRECT I/O) fails with EFAULT instead.  Both end the stage with the same
- * one line naming the file.
+ * one line naming the file, unless the thread that faulted said where to
+ * resume (stage_fault_guard): a receiver that must tell the sender why
+ * before it ends, or a store that can fail like a write(2) would.
  *
  * Register before lock-down: it reads the file's name from /proc and
  * installs the handler (rt_sigaction and readlink are not in any sandbox).
@@ -14,6 +16,7 @@
 #ifndef PF_STAGE_SIGBUS_H
 #define PF_STAGE_SIGBUS_H
 
+#include <setjmp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,5 +43,22 @@ const char *stage_fault_reason(enum stage_mapping kind);
 /* Die with that message when a mapping of this kind is registered and
  * neg_errno is -EFAULT; otherwise return. */
 void stage_die_if_fault(enum stage_mapping kind, int neg_errno);
+
+/* A store into the destination mapping that may fault, run so that a
+ * fault returns instead of ending the process:
+ *
+ *	sigjmp_buf env;
+ *	if (sigsetjmp(env, 0))
+ *		return stage_fault_recovered();	// -ENOSPC
+ *	stage_fault_guard(&env);
+ *	... stores into the mapping ...
+ *	stage_fault_guard(NULL);
+ *
+ * For this thread only.  The mask is not saved (no system call on the way
+ * in); stage_fault_recovered unblocks SIGBUS again.  Whatever the guarded
+ * code was doing is abandoned half way: only for code whose caller fails
+ * next, or that leaves nothing but the bytes it stored behind. */
+void stage_fault_guard(sigjmp_buf *resume);
+int stage_fault_recovered(void);
 
 #endif

@@ -5,8 +5,9 @@ and take raw pages from the socket, or O_DIRECT reads, straight into it.
 Every copy must be bit-exact, fresh and in place over stale bytes, with and
 without TLS and zstd; a destination filesystem too small for the guest must
 fail with the "no space left" line, which in the mapping comes as SIGBUS (a
-copy into it: from the read-ahead buffer, or TLS's) or as EFAULT (recv into
-it), and leave no destination behind.
+copy into it: from the read-ahead buffer, TLS's, or an inflater's) or as
+EFAULT (recv or an O_DIRECT read into it), tell a sender that the receiver
+failed, and leave no destination behind.
 Needs root (mount); where the kernel has no huge pages for tmpfs it exits
 77, which meson reports as skipped."""
 import os
@@ -35,12 +36,12 @@ class HugeTmpfs(Workspace):
         with open(cls.key, "wb") as f:
             f.write(os.urandom(32))
 
-    def receive(self, guest, into, *args, tls=False):
+    def receive(self, guest, into, *args, tls=False, compress="none"):
         port = free_port()
         creds = ["--psk-file", self.key] if tls else []
         rx = self.spawn([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--workers", 2, *creds,
                          *args])
-        r = pf("migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", *creds)
+        r = pf("migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--compress", compress, *creds)
         code, out, err = self.finish(rx)
         return r, code, err
 
@@ -58,13 +59,13 @@ class HugeTmpfs(Workspace):
                 for compress in ("none", "zstd"):
                     with self.subTest(pattern=pattern, tls=tls, compress=compress):
                         into = os.path.join(self.mnt, "received.ram")
-                        r, code, err = self.receive(guest, into, tls=tls)
+                        r, code, err = self.receive(guest, into, tls=tls, compress=compress)
                         self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
                         self.assert_equal_ram(guest, into)
                         # A waiting VMM's RAM: stale bytes everywhere first.
                         with open(into, "r+b") as f:
                             f.write(b"\xa5" * os.path.getsize(guest))
-                        r, code, err = self.receive(guest, into, "--in-place", tls=tls)
+                        r, code, err = self.receive(guest, into, "--in-place", tls=tls, compress=compress)
                         self.assertEqual((r.returncode, code), (0, 0), r.stderr + err)
                         self.assert_equal_ram(guest, into)
                         os.unlink(into)
@@ -90,16 +91,32 @@ class HugeTmpfs(Workspace):
         small = self.tempdir(None)
         mount_tmpfs(small, "64M")
         self.addCleanup(subprocess.run, ["umount", small], capture_output=True)
-        guest = self.guest("random", GUEST)
         into = os.path.join(small, "received.ram")
-        for tls in (False, True):
-            with self.subTest(tls=tls):
-                r, code, err = self.receive(guest, into, tls=tls)
-                self.assertNotEqual(r.returncode, 0)
-                self.assertNotEqual(code, 0)
-                self.assertIn(f"no space left on {into}", err)
-                self.assertIn("(the filesystem is full)", err)
-                self.assertEqual(os.listdir(small), [])
+        # Raw pages fault in the receiver (recv or a copy into the mapping);
+        # zstd frames of the mixed guest in an inflater, whose death the
+        # receiver must still report to the sender, not just hang up.
+        for pattern, compress in (("random", "none"), ("mixed", "zstd")):
+            guest = self.guest(pattern, GUEST)
+            for tls in (False, True):
+                with self.subTest(pattern=pattern, tls=tls):
+                    r, code, err = self.receive(guest, into, tls=tls, compress=compress)
+                    self.assertNotEqual(code, 0)
+                    self.assertIn(f"no space left on {into}", err)
+                    self.assertIn("(the filesystem is full)", err)
+                    self.assertNotEqual(r.returncode, 0)
+                    self.assertIn("the receiver failed on its side", r.stderr)
+                    self.assertEqual(os.listdir(small), [])
+            os.unlink(guest)
+        # Restore reads O_DIRECT into the mapping: the read fails (EFAULT).
+        guest = self.guest("random", GUEST)
+        snap = self.disk_path("full.pfs")
+        r = pf("snapshot", "--guest", guest, "--out", snap)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = pf("restore", snap, "--into", into)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(r.stderr.strip(), f"pageferry restore: pageferry-restore: no space left on {into} for the "
+                                           "guest's pages (the filesystem is full)")
+        self.assertEqual(os.listdir(small), [])
 
 
 def can_have_huge_tmpfs():
