@@ -158,9 +158,12 @@ int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
 	 * cost"); the reader only places absent pages. */
 	if (r->hdr.extent_count == 0)
 		return 0;
-	int rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
-	if (rc == 0)
-		memset(rd->bufs, 0, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE); /* its pages now, before lock-down */
+	int rc = 0;
+	if (!(r->dest && r->dest->map)) { /* mapped: read straight into it */
+		rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
+		if (rc == 0) /* its pages now, before lock-down */
+			memset(rd->bufs, 0, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
+	}
 	return rc ? rc : dio_queue_init(&rd->queue, DS_RESTORE_DEPTH, piece_done, rd);
 }
 
@@ -172,16 +175,19 @@ static int read_extent(struct ds_reader *rd, uint64_t index, const struct proto_
 	uint32_t o = rd->free_open[--rd->n_free_open]; /* one more than the pieces in flight */
 	rd->open[o] = (struct ds_open_extent){ .index = index, .n_pages = x->n_pages, .want = x->crc,
 					       .submitting = true };
+	const bool mapped = r->dest && r->dest->map;
 	int rc = 0;
 	for (uint64_t done = 0; done < bytes && rc == 0;) {
-		uint64_t len = bytes - done < DS_RESTORE_PIECE ? bytes - done : DS_RESTORE_PIECE;
+		/* Mapped: up to the end of the destination's 2 MiB page. */
+		uint64_t room = mapped ? DS_RESTORE_MAPPED_PIECE - (start + done) % DS_RESTORE_MAPPED_PIECE
+				       : DS_RESTORE_PIECE;
+		uint64_t len = bytes - done < room ? bytes - done : room;
 		while (rd->n_free == 0 && rc == 0)
 			rc = dio_queue_wait(&rd->queue);
 		if (rc < 0)
 			break;
 		uint32_t b = rd->free_bufs[--rd->n_free];
-		uint8_t *into = r->dest && r->dest->map ? r->dest->map + start + done
-						       : rd->bufs + (uint64_t)b * DS_RESTORE_PIECE;
+		uint8_t *into = mapped ? r->dest->map + start + done : rd->bufs + (uint64_t)b * DS_RESTORE_PIECE;
 		rd->piece[b] = (struct ds_piece){ .extent = o, .len = len, .after = bytes - done - len,
 						  .dest_off = start + done, .buf = into };
 		rd->open[o].pending++;

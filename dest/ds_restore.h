@@ -44,8 +44,11 @@ int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, cons
  * long extents pay for it: the disk counts requests, and in one series its
  * restore took 1.23 s against the 0.96 s of reads of up to 4 MiB
  * (doc/benchmarks.md, "Restore through its own buffers").  A destination that is mapped
- * (hugetlbfs: dest/ds_place.h) is read into straight away. */
+ * (2 MiB pages: dest/ds_place.h) is read into straight away, with no buffer
+ * to bound a read: there a piece is the part of an extent inside one 2 MiB
+ * page of the destination, DS_RESTORE_MAPPED_PIECE. */
 #define DS_RESTORE_PIECE (128u << 10)
+#define DS_RESTORE_MAPPED_PIECE (2u << 20)
 #define DS_RESTORE_DEPTH 64u
 
 /* An extent with pieces in flight: its CRC is the XOR of each piece's CRC
