@@ -3,7 +3,7 @@
 rounds and bytes sent per guest byte, for dirty rates of 64 and 256 MiB/s,
 uniform and hot-set, plus a chart of the dirty bytes left after each round.
 
-usage: bench/live.py [--size 4G] [--out DIR] [--downtime-limit MS]
+usage: bench/live.py [--size 4G] [--out DIR] [--downtime-limit MS] [--zerocopy off|sendfile|on|auto]
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ PF = os.path.join(ROOT, "build", "pageferry")
 SHM = "/dev/shm"
 
 
-def run_one(size, rate, pattern, limit):
+def run_one(size, rate, pattern, limit, zerocopy):
     ram, log, crc, dst = (os.path.join(SHM, f"pf-live-bench.{x}") for x in ("ram", "log", "crc", "dst"))
     for f in (crc, dst):
         if os.path.exists(f):
@@ -31,7 +31,7 @@ def run_one(size, rate, pattern, limit):
         rx = subprocess.Popen([PF, "receive", "--listen", f"127.0.0.1:{port}", "--into", dst, "--workers", "2",
                                "--accept-timeout", "30", "--json"], stdout=subprocess.PIPE, text=True)
         tx = subprocess.run([PF, "migrate", "--guest", ram, "--dirty-log", log, "--to", f"tcp:127.0.0.1:{port}",
-                             "--channels", "2", "--workers", "2", "--downtime-limit", str(limit), "--json"],
+                             "--channels", "2", "--workers", "2", "--downtime-limit", str(limit), "--zerocopy", zerocopy, "--json"],
                             capture_output=True, text=True)
         rx.communicate(timeout=120)
         if tx.returncode:
@@ -60,11 +60,13 @@ def main():
     ap.add_argument("--size", default="4G")
     ap.add_argument("--out", default=os.path.join(ROOT, "doc"))
     ap.add_argument("--downtime-limit", type=int, default=300)
+    ap.add_argument("--zerocopy", default="off", help="migrate's send mode (its default: off, copies)")
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
     rows = []
     for rate in (64, 256):
         for pattern in ("uniform", "hot:256"):
-            r = run_one(args.size, rate, pattern, args.downtime_limit)
+            r = run_one(args.size, rate, pattern, args.downtime_limit, args.zerocopy)
             rows.append(r)
             if r["converged"]:
                 print(f"{rate:4} MiB/s {pattern:8}: {r['seconds']:.2f} s total, downtime {r['downtime_ms']:.0f} ms "
@@ -73,7 +75,8 @@ def main():
             else:
                 print(f"{rate:4} MiB/s {pattern:8}: did not converge: {r['error']}", flush=True)
     with open(os.path.join(args.out, "live-bench.json"), "w") as f:
-        json.dump({"size": args.size, "downtime_limit_ms": args.downtime_limit, "rows": rows}, f, indent=1)
+        json.dump({"size": args.size, "downtime_limit_ms": args.downtime_limit, "zerocopy": args.zerocopy,
+                   "rows": rows}, f, indent=1)
     try:
         import matplotlib
         matplotlib.use("Agg")
