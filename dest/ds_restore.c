@@ -158,13 +158,32 @@ int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
 	 * cost"); the reader only places absent pages. */
 	if (r->hdr.extent_count == 0)
 		return 0;
+	/* Few reads to make: one at a time, without that teardown either
+	 * (ds_restore_sync). */
+	const bool sync = ds_restore_sync(&r->hdr);
+	uint32_t n_bufs = sync ? 1 : DS_RESTORE_DEPTH;
+	if (sync) {
+		rd->n_free = 0;
+		rd->free_bufs[rd->n_free++] = 0;
+	}
 	int rc = 0;
 	if (!(r->dest && r->dest->map)) { /* mapped: read straight into it */
-		rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
+		rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)n_bufs * DS_RESTORE_PIECE);
 		if (rc == 0) /* its pages now, before lock-down */
-			memset(rd->bufs, 0, (size_t)DS_RESTORE_DEPTH * DS_RESTORE_PIECE);
+			memset(rd->bufs, 0, (size_t)n_bufs * DS_RESTORE_PIECE);
 	}
-	return rc ? rc : dio_queue_init(&rd->queue, DS_RESTORE_DEPTH, piece_done, rd);
+	if (rc == 0 && sync)
+		dio_queue_init_sync(&rd->queue, piece_done, rd);
+	else if (rc == 0)
+		rc = dio_queue_init(&rd->queue, DS_RESTORE_DEPTH, piece_done, rd);
+	return rc;
+}
+
+bool ds_restore_sync(const struct proto_snap_header *h)
+{
+	/* Reads of at most a piece each, at least one per extent. */
+	uint64_t reads = h->extent_count + h->pages_present * h->page_size / DS_RESTORE_PIECE;
+	return reads <= DS_RESTORE_SYNC_READS;
 }
 
 /* One extent's pages, piece by piece; returns -errno if a read failed. */

@@ -51,6 +51,20 @@ int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, cons
 #define DS_RESTORE_MAPPED_PIECE (2u << 20)
 #define DS_RESTORE_DEPTH 64u
 
+/* A snapshot that needs at most this many reads is read synchronously, one
+ * read at a time per reader thread, with one buffer and no AIO context: a
+ * restore with AIO pays ~0.1 s more for setting it up, its 8 MiB of
+ * buffers per reader and its teardown at exit, which is worth it from
+ * somewhere between 512 reads of 128 KiB (synchronous 0.62 of the time)
+ * and 2048 (1.25); 4399 small reads (a mixed guest's) took 1.33 of the
+ * time (doc/benchmarks.md, "Small restores without AIO").  Overridable at
+ * build time (-DDS_RESTORE_SYNC_READS=0u: always AIO) to measure that
+ * again. */
+#ifndef DS_RESTORE_SYNC_READS
+#define DS_RESTORE_SYNC_READS 1024u
+#endif
+bool ds_restore_sync(const struct proto_snap_header *h);
+
 /* An extent with pieces in flight: its CRC is the XOR of each piece's CRC
  * shifted past the bytes after it (CRC-32C is linear), so pieces may
  * complete in any order. */

@@ -25,7 +25,7 @@ struct dio_request;
 
 struct dio_queue {
 	unsigned long ctx_id;		/* aio_context_t */
-	uint32_t depth;
+	uint32_t depth;			/* 0: synchronous (dio_queue_init_sync) */
 	uint32_t in_flight;
 	uint32_t n_free;
 	uint32_t *free_slots;
@@ -40,6 +40,12 @@ struct dio_queue {
 
 /* Allocates everything and creates the kernel context: call before lock-down. */
 int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *done_ctx);
+/* The same calls without a kernel context: each request is done by
+ * preadv/pwritev in dio_queue_submit*, which calls `done` before it
+ * returns.  For a process with few requests to make: an AIO context's
+ * teardown holds the process's exit for an RCU grace period (~31 ms here,
+ * doc/benchmarks.md "Start-up cost"). */
+void dio_queue_init_sync(struct dio_queue *q, dio_done_fn done, void *done_ctx);
 /* Queue one request; if all slots are busy, waits for a completion first.
  * `buf`, `len` and `off` must suit O_DIRECT on `fd`.  -errno on failure
  * (of this submission or of an earlier request reaped meanwhile). */

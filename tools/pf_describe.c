@@ -20,6 +20,7 @@
 #include "protocol/proto_geometry.h"
 #include "protocol/proto_snapfile.h"
 #include "dest/ds_commit.h"
+#include "dest/ds_restore.h"
 #include "shm/shm_layout.h"
 #include "stage/stage.h"
 #include "stage/stage_fds.h"
@@ -143,6 +144,8 @@ int main(void)
 	       "    return ARENA_BUFFERS * (run_bytes + RECORD_BYTES)\n");
 	constant("MAX_RUN_BYTES", PROTO_MAX_RUN_BYTES, "a run's raw size at most");
 	constant("SNAP_STATE_MAX", PROTO_SNAP_STATE_MAX, "a snapshot's device state at most");
+	constant("RESTORE_PIECE", DS_RESTORE_PIECE, "a restore's read into its own buffers at most");
+	constant("RESTORE_SYNC_READS", DS_RESTORE_SYNC_READS, "a restore of at most this many reads has no AIO");
 	constant("MAX_CHANNELS", PROTO_MAX_CHANNELS, NULL);
 	constant("SENDFILE_MIN_BYTES", WR_SENDFILE_MIN, "guest pieces at least this long go by sendfile");
 

@@ -17,6 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from pftest import DISK, PF, SHM, Workspace, crc32c, free_port, pf  # noqa: E402
+import pf_abi  # noqa: E402  (on the path pftest set: generated from the C headers)
 
 PAGE = 4096
 CORRUPT = re.compile(r"snapshot data is corrupt: pages (\d+)\.\.(\d+) \(extent (\d+)\) do not match their checksum")
@@ -142,15 +143,28 @@ class Format(Base):
         self.assert_no_output(into)
 
 
+def restore_reads(path):
+    """How many reads restore makes of it at least, as dest/ds_restore.c
+    counts them to choose between AIO and one read at a time."""
+    h = header(path)
+    return h["extent_count"] + h["pages_present"] * PAGE // pf_abi.RESTORE_PIECE
+
+
 class Corruption(Base):
-    """Damage in the data region: restore and check fail naming the pages."""
+    """Damage in the data region: restore and check fail naming the pages.
+    A mixed guest's thousands of small extents are read through AIO."""
+    pattern, size, aio = "mixed", "32M", True
 
     @classmethod
     def setUpClass(cls):
-        guest = os.path.join(cls.class_tempdir(SHM), "mixed.ram")
-        pf("mkguest", "mixed", "32M", guest, check=0)
+        guest = os.path.join(cls.class_tempdir(SHM), "guest.ram")
+        pf("mkguest", cls.pattern, cls.size, guest, check=0)
         cls.good = os.path.join(cls.class_tempdir(DISK), "good.pfs")
         pf("snapshot", "--guest", guest, "--out", cls.good, check=0)
+
+    def test_read_the_way_it_should_be(self):
+        # Else this class tests the other read path twice.
+        self.assertEqual(restore_reads(self.good) > pf_abi.RESTORE_SYNC_READS, self.aio)
 
     def damaged(self):
         snap = self.disk_path("bad.pfs")
@@ -193,6 +207,12 @@ class Corruption(Base):
             f.seek(h["data_offset"] + page * PAGE)
             self.assertEqual(f.read(PAGE), bytes(PAGE), "the hole was not punched")
         self.assert_named(snap, page)
+
+
+class CorruptionReadWithoutAio(Corruption):
+    """The same damage in a snapshot with few reads to make (a sparse guest:
+    8 MiB in a few extents), read one at a time without AIO."""
+    pattern, size, aio = "sparse", "1G", False
 
 
 class GuestChanging(Base):
