@@ -147,7 +147,10 @@ int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
 {
 	memset(rd, 0, sizeof(*rd));
 	rd->restore = r;
-	for (uint32_t i = 0; i < DS_RESTORE_DEPTH; i++)
+	/* Few reads to make: one at a time, one buffer (ds_restore_sync). */
+	const bool sync = ds_restore_sync(&r->hdr);
+	const uint32_t n_bufs = sync ? 1 : DS_RESTORE_DEPTH;
+	for (uint32_t i = 0; i < n_bufs; i++)
 		rd->free_bufs[rd->n_free++] = i;
 	for (uint32_t i = 0; i < DS_RESTORE_DEPTH + 1; i++)
 		rd->free_open[rd->n_free_open++] = i;
@@ -158,14 +161,6 @@ int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
 	 * cost"); the reader only places absent pages. */
 	if (r->hdr.extent_count == 0)
 		return 0;
-	/* Few reads to make: one at a time, without that teardown either
-	 * (ds_restore_sync). */
-	const bool sync = ds_restore_sync(&r->hdr);
-	uint32_t n_bufs = sync ? 1 : DS_RESTORE_DEPTH;
-	if (sync) {
-		rd->n_free = 0;
-		rd->free_bufs[rd->n_free++] = 0;
-	}
 	int rc = 0;
 	if (!(r->dest && r->dest->map)) { /* mapped: read straight into it */
 		rc = -posix_memalign((void **)&rd->bufs, 4096, (size_t)n_bufs * DS_RESTORE_PIECE);

@@ -1,4 +1,5 @@
 #include "dio/dio_queue.h"
+#include "dio/dio_sync.h"
 
 #include <errno.h>
 #include <linux/aio_abi.h>
@@ -6,7 +7,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 struct dio_request {
@@ -49,21 +49,6 @@ int dio_queue_init(struct dio_queue *q, uint32_t depth, dio_done_fn done, void *
 	return 0;
 }
 
-/* A short transfer moved `done` bytes: the iovecs now start after them. */
-static void skip_done(struct dio_request *r, uint64_t done)
-{
-	while (done) {
-		struct iovec *v = &r->iov[r->first_iov];
-		if (done < v->iov_len) {
-			v->iov_base = (uint8_t *)v->iov_base + done;
-			v->iov_len -= done;
-			return;
-		}
-		done -= v->iov_len;
-		r->first_iov++;
-	}
-}
-
 void dio_queue_init_sync(struct dio_queue *q, dio_done_fn done, void *done_ctx)
 {
 	memset(q, 0, sizeof(*q));
@@ -72,35 +57,22 @@ void dio_queue_init_sync(struct dio_queue *q, dio_done_fn done, void *done_ctx)
 	q->done_ctx = done_ctx;
 }
 
-/* A synchronous request, short transfers continued as reap() resubmits them. */
+/* A synchronous request: done, and reported done, before it returns. */
 static int transfer_now(struct dio_queue *q, enum dio_op op, int fd, const struct iovec *iov, uint32_t n_iov,
 			uint64_t off, uint64_t tag)
 {
-	struct dio_request r = { .n_iov = n_iov };
+	struct iovec left[DIO_QUEUE_MAX_IOV];
+	uint64_t total = 0;
 	for (uint32_t i = 0; i < n_iov; i++) {
-		r.iov[i] = iov[i];
-		r.total += iov[i].iov_len;
+		left[i] = iov[i];
+		total += iov[i].iov_len;
 	}
-	r.left = r.total;
-	while (r.left) {
-		const struct iovec *v = r.iov + r.first_iov;
-		int n_v = (int)(r.n_iov - r.first_iov);
-		ssize_t n = op == DIO_WRITE ? pwritev(fd, v, n_v, (off_t)off) : preadv(fd, v, n_v, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		if ((uint64_t)n < r.left)
-			q->short_retries++;
-		skip_done(&r, (uint64_t)n);
-		off += (uint64_t)n;
-		r.left -= (uint64_t)n;
-	}
+	int rc = dio_rwv_full(fd, op == DIO_WRITE, left, (int)n_iov, off);
+	if (rc < 0)
+		return rc;
 	q->submitted++;
 	if (q->done)
-		q->done(q->done_ctx, tag, r.total);
+		q->done(q->done_ctx, tag, total);
 	return 0;
 }
 
@@ -136,6 +108,21 @@ static int submit_slot(struct dio_queue *q, uint32_t slot)
 	q->in_flight++;
 	q->submitted++;
 	return 0;
+}
+
+/* A short transfer moved `done` bytes: the iovecs now start after them. */
+static void skip_done(struct dio_request *r, uint64_t done)
+{
+	while (done) {
+		struct iovec *v = &r->iov[r->first_iov];
+		if (done < v->iov_len) {
+			v->iov_base = (uint8_t *)v->iov_base + done;
+			v->iov_len -= done;
+			return;
+		}
+		done -= v->iov_len;
+		r->first_iov++;
+	}
 }
 
 /* Reap at least `min` completions.  A short transfer is resubmitted for the
