@@ -116,6 +116,73 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uin
 		c32 = __builtin_ia32_crc32qi(c32, *p++);
 	return c32;
 }
+
+/* With VPCLMULQDQ (AVX-512), 256 bytes a step: four 512-bit accumulators,
+ * each 128-bit lane A folded forward by D bytes as A.lo * x^(8D+31) ^
+ * A.hi * x^(8D-33) (mod P; the carry-less product of two reflected
+ * operands reads as one 33 bits lower than the exponents it multiplies),
+ * which stays congruent to A * x^(8D), onto the data D bytes on.  What is
+ * left is one 128-bit value R with reg(message) = reg(R || tail), which the
+ * crc32 instruction finishes.  Twice crc_hw's speed on a page in cache
+ * (bench/crc_cost.c). */
+#include <immintrin.h>
+
+static int use_fold;
+static __m512i fold_256, fold_64, fold_lanes; /* constants, one per 128-bit lane */
+static __m128i fold_16;
+
+static uint64_t x_pow(uint64_t e)
+{
+	return x2nmodp(e, 0);
+}
+
+__attribute__((target("avx512f,vpclmulqdq"))) static void fold_init(void)
+{
+	fold_256 = _mm512_set_epi64(x_pow(2048 - 33), x_pow(2048 + 31), x_pow(2048 - 33), x_pow(2048 + 31),
+				    x_pow(2048 - 33), x_pow(2048 + 31), x_pow(2048 - 33), x_pow(2048 + 31));
+	fold_64 = _mm512_set_epi64(x_pow(512 - 33), x_pow(512 + 31), x_pow(512 - 33), x_pow(512 + 31),
+				   x_pow(512 - 33), x_pow(512 + 31), x_pow(512 - 33), x_pow(512 + 31));
+	/* Lanes 0, 1 and 2 of the last accumulator move 48, 32 and 16 bytes on
+	 * to lane 3, which takes them as they are. */
+	fold_lanes = _mm512_set_epi64(0, 0, x_pow(128 - 33), x_pow(128 + 31), x_pow(256 - 33), x_pow(256 + 31),
+				      x_pow(384 - 33), x_pow(384 + 31));
+	fold_16 = _mm_set_epi64x((long long)x_pow(128 - 33), (long long)x_pow(128 + 31));
+}
+
+__attribute__((target("avx512f,vpclmulqdq"))) static inline __m512i fold512(__m512i a, __m512i k, __m512i b)
+{
+	__m512i lo = _mm512_clmulepi64_epi128(a, k, 0x00), hi = _mm512_clmulepi64_epi128(a, k, 0x11);
+	return _mm512_ternarylogic_epi64(lo, hi, b, 0x96); /* lo ^ hi ^ b */
+}
+
+__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) static uint32_t crc_fold(uint32_t crc, const uint8_t *p,
+									      size_t len)
+{
+	__m512i a0 = _mm512_loadu_si512(p), a1 = _mm512_loadu_si512(p + 64);
+	__m512i a2 = _mm512_loadu_si512(p + 128), a3 = _mm512_loadu_si512(p + 192);
+	a0 = _mm512_xor_si512(a0, _mm512_castsi128_si512(_mm_cvtsi32_si128((int)crc)));
+	p += 256;
+	len -= 256;
+	for (; len >= 256; p += 256, len -= 256) {
+		a0 = fold512(a0, fold_256, _mm512_loadu_si512(p));
+		a1 = fold512(a1, fold_256, _mm512_loadu_si512(p + 64));
+		a2 = fold512(a2, fold_256, _mm512_loadu_si512(p + 128));
+		a3 = fold512(a3, fold_256, _mm512_loadu_si512(p + 192));
+	}
+	a1 = fold512(a0, fold_64, a1);
+	a2 = fold512(a1, fold_64, a2);
+	a3 = fold512(a2, fold_64, a3);
+	__m512i f = fold512(a3, fold_lanes, _mm512_maskz_mov_epi64(0xc0, a3));
+	__m128i r = _mm_xor_si128(_mm_xor_si128(_mm512_extracti32x4_epi32(f, 0), _mm512_extracti32x4_epi32(f, 1)),
+				  _mm_xor_si128(_mm512_extracti32x4_epi32(f, 2), _mm512_extracti32x4_epi32(f, 3)));
+	for (; len >= 16; p += 16, len -= 16) {
+		__m128i lo = _mm_clmulepi64_si128(r, fold_16, 0x00), hi = _mm_clmulepi64_si128(r, fold_16, 0x11);
+		r = _mm_xor_si128(_mm_xor_si128(lo, hi), _mm_loadu_si128((const __m128i *)p));
+	}
+	uint64_t c = __builtin_ia32_crc32di(0, (uint64_t)_mm_cvtsi128_si64(r));
+	c = __builtin_ia32_crc32di(c, (uint64_t)_mm_extract_epi64(r, 1));
+	return crc_hw((uint32_t)c, p, len);
+}
 #endif
 
 /* Before main, so that threads never race on the tables (and a sandboxed
@@ -128,6 +195,10 @@ __attribute__((constructor)) static void crc_init(void)
 	if (use_hw) {
 		proto_crc32c_shift_init(&shift_lane, LANE);
 		proto_crc32c_shift_init(&shift_2lane, 2 * LANE);
+		use_fold = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq") &&
+			   __builtin_cpu_supports("pclmul");
+		if (use_fold)
+			fold_init();
 		return;
 	}
 #endif
@@ -142,10 +213,23 @@ __attribute__((constructor)) static void crc_init(void)
 			table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xff];
 }
 
+const char *proto_crc32c_method(void)
+{
+#if defined(__x86_64__)
+	if (use_fold)
+		return "vpclmulqdq";
+	if (use_hw)
+		return "sse4.2";
+#endif
+	return "table";
+}
+
 uint32_t proto_crc32c(uint32_t crc, const void *buf, size_t len)
 {
 	crc = ~crc;
 #if defined(__x86_64__)
+	if (use_fold && len >= 256)
+		return ~crc_fold(crc, buf, len);
 	if (use_hw)
 		return ~crc_hw(crc, buf, len);
 #endif

@@ -6,9 +6,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Continue a CRC: start with crc = 0.  Uses the SSE4.2 crc32 instruction,
- * three streams interleaved, where the CPU has it. */
+/* Continue a CRC: start with crc = 0.  Where the CPU has them, 256 bytes
+ * or more are folded with VPCLMULQDQ (AVX-512), the rest goes through the
+ * SSE4.2 crc32 instruction, three streams interleaved; else byte tables. */
 uint32_t proto_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* Which of those this CPU gets: "vpclmulqdq", "sse4.2" or "table". */
+const char *proto_crc32c_method(void);
 
 /* The CRC of A||B from crc(A), crc(B) and the length of B (zlib's
  * crc32_combine: crc(A) times x^(8 len_b) mod P, plus crc(B)).  A few

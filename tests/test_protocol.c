@@ -85,6 +85,35 @@ static void test_crc32c_long_and_combine(void **state)
 			 proto_crc32c_combine(c, 0, 1ull << 41));
 }
 
+/* Every length and alignment across the folding path's steps (256-byte
+ * blocks, 16-byte folds, the tail), continuing from a CRC already begun,
+ * and the path chosen is the one the CPU has. */
+static void test_crc32c_every_length(void **state)
+{
+	(void)state;
+	static uint8_t buf[4096 + 1100 + 8];
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = rng_byte();
+	for (size_t len = 0; len <= 1100; len++)
+		for (size_t off = 0; off < 4; off++) {
+			uint32_t head = crc32c_reference(buf + 1000, 3);
+			uint32_t whole = proto_crc32c(head, buf + off, len);
+			assert_int_equal(whole, proto_crc32c_combine(head, crc32c_reference(buf + off, len), len));
+		}
+	for (size_t len = 4096 - 17; len <= 4096 + 17; len++)
+		assert_int_equal(proto_crc32c(0, buf + 3, len), crc32c_reference(buf + 3, len));
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	const char *want = "table";
+	if (__builtin_cpu_supports("sse4.2"))
+		want = "sse4.2";
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq") &&
+	    __builtin_cpu_supports("pclmul"))
+		want = "vpclmulqdq";
+	assert_string_equal(proto_crc32c_method(), want);
+#endif
+}
+
 static void test_error_messages_are_distinct(void **state)
 {
 	(void)state;
@@ -532,6 +561,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c_known_vector),
 		cmocka_unit_test(test_crc32c_long_and_combine),
+		cmocka_unit_test(test_crc32c_every_length),
 		cmocka_unit_test(test_error_messages_are_distinct),
 		cmocka_unit_test(test_handshake_roundtrip),
 		cmocka_unit_test(test_handshake_malformed_fields),
