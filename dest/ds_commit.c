@@ -85,5 +85,5 @@ bool ds_commit_ask(struct ds_notices *n)
 
 void ds_commit_answered(void)
 {
-	send_magic(DS_ANSWERED_MAGIC, "telling the front end the sender knows of the commit");
+	send_magic(DS_ANSWERED_MAGIC, "telling the front end the sender has its answer");
 }

@@ -50,7 +50,10 @@ bool ds_commit_read_notices(struct ds_notices *n, struct ds_live *live);
 /* Ask the front end to commit (PFCOMMIT) and wait for its decision: true
  * when it committed.  Dies when the front end goes away. */
 bool ds_commit_ask(struct ds_notices *n);
-/* Tell the front end the sender has been told (PFANSWER), or die. */
+/* Tell the front end the sender has been told (PFANSWER), or die: after a
+ * commit, so that it keeps it; after a failed one, so that it lets this
+ * stage end before its own exit kills it (the sender's writer takes only a
+ * well-formed refusal for "not committed"). */
 void ds_commit_answered(void);
 
 #endif

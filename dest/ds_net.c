@@ -598,6 +598,5 @@ void ds_net_receive(struct ds_net *r)
 	rc = send_result(r, committed ? PROTO_OK : PROTO_RESULT_LOCAL_FAILURE);
 	if (rc < 0)
 		stage_die(STAGE_EXIT_FAILED, "the sender went away during the commit (%s)", net_conn_why(&r->main, rc));
-	if (committed)
-		ds_commit_answered();
+	ds_commit_answered();
 }

@@ -115,7 +115,9 @@ def build_parser(only=None):
         description="Move a virtual machine's RAM: snapshot it to a file and restore it, or migrate "
                     "it over TCP to a pageferry receiver; verify copies.",
         epilog="Exit status: 0 ok, 1 failed (one line says why), 2 usage, 3 a stage process was "
-               "killed (e.g. a sandbox violation), 130 interrupted.")
+               "killed (e.g. a sandbox violation), 4 a migration failed after the destination was told "
+               "to commit and before it answered (it may hold the guest; the source keeps it stopped), "
+               "130 interrupted.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     if only is not None:
         sub = _OneCommand(sub, only)

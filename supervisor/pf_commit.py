@@ -90,8 +90,12 @@ def commit(handover, partial, into, marker, prepare=None):
 
 
 def _answer_failure(handover):
+    """Say F and wait until the stage has told the sender: our failure kills
+    the stages, and a sender that never reads the refusal cannot tell it
+    from a commit it did not hear of (it then keeps its guest stopped)."""
     try:
         handover.answer(False)
+        handover.wait_answered()
     except OSError:
         pass
 

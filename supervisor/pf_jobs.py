@@ -26,6 +26,20 @@ class JobError(Exception):
         self.exit_code = exit_code
 
 
+OUTCOME_UNKNOWN_EXIT = 4
+
+
+class OutcomeUnknown(JobError):
+    """A migration that failed after the destination was told to commit,
+    without its answer: it may hold the committed guest, so the source must
+    not run it too (doc/architecture.md, "The handoff")."""
+
+    def __init__(self, why):
+        super().__init__(f"{why}; the destination was told to commit and its answer never came, so it may "
+                         "hold the guest: the guest is left stopped here; resume it only once the destination "
+                         "is known not to have committed it", OUTCOME_UNKNOWN_EXIT)
+
+
 def _open(path, flags, what, mode=0o644):
     try:
         return os.open(path, flags | os.O_CLOEXEC, mode)
@@ -83,6 +97,8 @@ class Run:
         self.fds = []
         self.interrupted = None
         self.refusal = None  # the front end's own reason for calling the commit off
+        self.commit_granted = False  # migrate: the writer was told to have the destination commit
+        self.destination_refused = False  # ... and the receiver's answer said it did not
         self.start = time.monotonic()
 
     def _on_signal(self, signum, frame):

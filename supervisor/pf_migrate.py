@@ -131,6 +131,10 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         try:
             secs = run.watch(done, on_cancel=on_cancel if live else None)
         except JobError as e:
+            if run.commit_granted and not destination_refused(run, commit_fd):
+                if log:
+                    log.hand_off()  # the VMM keeps it stopped, whatever the lease
+                raise pf_jobs.OutcomeUnknown(str(e)) from None
             if log:
                 log.resume()
                 raise JobError(f"{e}; the guest keeps running on the source", e.exit_code)
@@ -213,9 +217,15 @@ def decide_commit(run, fd, log, held_stopped=None):
     """The writer reports the receiver prepared: every check passed there and
     the copy is durable. Commit only if the guest is still ours to hand over:
     not cancelled, (live) still paused under our lease, and (held_stopped)
-    kept stopped by its VMM all along, which stands for the re-check."""
-    if not os.read(fd, 1):
-        run.pipeline.watched.pop(fd)  # the writer died; the pipeline reports why
+    kept stopped by its VMM all along, which stands for the re-check. After
+    a commit the writer says 'N' if the receiver answered that it did not
+    commit; nothing else lets a failure resume the source."""
+    said = os.read(fd, 1)
+    if not said:
+        run.pipeline.watched.pop(fd)  # the writer ended; the pipeline reports why
+        return
+    if run.commit_granted:
+        run.destination_refused = run.destination_refused or said == b"N"
         return
     verdict = b"C"
     if run.cancel_requested or run.interrupted:
@@ -232,6 +242,19 @@ def decide_commit(run, fd, log, held_stopped=None):
             run.refusal = str(e)
             verdict = b"A"
     os.write(fd, verdict)
+    run.commit_granted = verdict == b"C"
+
+
+def destination_refused(run, fd):
+    """Whether the writer said 'N' before it ended (read here too: the
+    pipeline may have seen the writer's exit before that byte)."""
+    if not run.destination_refused:
+        os.set_blocking(fd, False)
+        try:
+            run.destination_refused = os.read(fd, 1) == b"N"
+        except (BlockingIOError, OSError):
+            pass
+    return run.destination_refused
 
 
 def status_record(seg, workers, page, size, to, elapsed):

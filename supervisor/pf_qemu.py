@@ -253,8 +253,9 @@ def _move(qmp_path, verb, job, resume_after):
                                downtime_ms=round((time.monotonic() - stopped) * 1000) if stopped else None)
 
             job(ram, state, finish, lambda: kept_stopped(qmp, mark))
-        except BaseException:
-            if was_running and not done:
+        except BaseException as e:
+            # An unknown outcome keeps the guest stopped: the destination may run it.
+            if was_running and not done and not isinstance(e, pf_jobs.OutcomeUnknown):
                 try:
                     resume(qmp)
                 except (JobError, OSError):

@@ -535,11 +535,13 @@ int wr_net_why_refused(struct wr_net *n, int wait_ms, uint32_t *status)
 	return rc != 0 ? (rc < 0 ? rc : -EPROTO) : 0;
 }
 
-int wr_net_commit(struct wr_net *n, bool commit, uint32_t *status)
+int wr_net_commit(struct wr_net *n, bool commit)
 {
-	int rc = send_result(n, commit ? PROTO_OK : PROTO_E_CANCELLED);
-	if (rc < 0 || !commit)
-		return rc;
+	return send_result(n, commit ? PROTO_OK : PROTO_E_CANCELLED);
+}
+
+int wr_net_committed(struct wr_net *n, uint32_t *status)
+{
 	return read_result(n, status);
 }
 

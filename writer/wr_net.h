@@ -146,9 +146,11 @@ unsigned wr_net_pollfds(const struct wr_net *n, struct pollfd *pfd, unsigned max
  * receiver's failure. */
 int wr_net_finish(struct wr_net *n, uint32_t *status);
 /* The second phase (doc/architecture.md, "The handoff"): our RESULT, OK to
- * commit or CANCELLED to abort; after a commit, the receiver's RESULT once
- * its copy is committed.  Returns as wr_net_finish. */
-int wr_net_commit(struct wr_net *n, bool commit, uint32_t *status);
+ * commit or CANCELLED to abort (0 or -errno); after a commit,
+ * wr_net_committed waits for the receiver's RESULT once its copy is
+ * committed, and returns as wr_net_finish. */
+int wr_net_commit(struct wr_net *n, bool commit);
+int wr_net_committed(struct wr_net *n, uint32_t *status);
 /* After a failed send: the reason a receiver that gave up sent on the main
  * channel before it closed (its RESULT), if it arrives within wait_ms.
  * 0 and *status, or < 0. */

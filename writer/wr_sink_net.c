@@ -31,8 +31,25 @@ struct net_sink {
 
 static struct net_sink ns;
 
+/* Set once we have told the receiver to commit: from then on only a
+ * well-formed refusal proves that it did not (doc/architecture.md, "The
+ * handoff"), and the front end keeps the guest stopped unless told 'N'. */
+static bool commit_asked;
+
+static void tell_front_end_not_committed(void)
+{
+	char c = 'N';
+	ssize_t n;
+	do
+		n = write(WRITER_FD_COMMIT, &c, 1);
+	while (n < 0 && errno == EINTR);
+	/* If it cannot be told, it keeps the guest stopped: the safe side. */
+}
+
 static noreturn void die_refused(uint32_t status)
 {
+	if (commit_asked)
+		tell_front_end_not_committed();
 	if (status == PROTO_RESULT_LOCAL_FAILURE)
 		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
 	stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s", proto_strerror((enum proto_err)status));
@@ -222,7 +239,12 @@ static void net_commit(struct wr_sink *s, bool changed, uint64_t first, uint64_t
 	struct wr_source *src = s->src;
 	bool commit = !changed && front_end_says_commit();
 	uint32_t status = PROTO_OK;
-	int rc = wr_net_commit(&ns.net, commit, &status);
+	commit_asked = commit;
+	int rc = wr_net_commit(&ns.net, commit);
+	if (rc == 0 && commit) {
+		stage_test_hook("commit-asked");
+		rc = wr_net_committed(&ns.net, &status);
+	}
 	if (changed)
 		wr_recheck_changed(first, last);
 	if (!commit)

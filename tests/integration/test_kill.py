@@ -6,7 +6,11 @@ commit. Whatever is killed, exactly one of these holds:
   (a) the sender reports success, and the destination is committed and
       bit-exact;
   (b) the sender fails, the source guest is intact and (live) running again,
-      and no committed destination exists.
+      and no committed destination exists;
+  (c) the sender failed after it told the receiver to commit and before it
+      heard back: it exits with status 4 and keeps the source guest stopped
+      (live: handed off), and the destination is either committed and
+      bit-exact or not committed. Never running in two places.
 And nothing is left running, no status file survives `pageferry status`,
 and nothing that looks complete is left behind.
 
@@ -27,6 +31,7 @@ from pftest import (PF, Workspace, checksum_at_pause, dirty_log_pause, free_port
 
 SIZE = "256M"
 LEASE_MS = 1000
+OUTCOME_UNKNOWN = 4  # pageferry's exit status (supervisor/pf_jobs.py)
 
 
 class Matrix(Workspace):
@@ -76,7 +81,11 @@ class Matrix(Workspace):
 
     def assert_handoff(self, sender_rc, into, source, sender_err=""):
         committed = os.path.exists(into)
-        if sender_rc == 0:
+        if sender_rc == OUTCOME_UNKNOWN:
+            self.assertIn("the destination was told to commit and its answer never came", sender_err)
+            if committed:
+                self.assert_equal_ram(source, into, "the committed destination differs:")
+        elif sender_rc == 0:
             self.assertTrue(committed, "the sender reported success but nothing was committed")
             self.assert_equal_ram(source, into, "the committed destination differs:")
         else:
@@ -217,6 +226,40 @@ class Matrix(Workspace):
         self.assertNotEqual(rc, 0)
         self.assertIn("pageferry migrate:", err)
 
+    def stopped(self, pid, timeout=60):
+        """Wait until pid is stopped (a stage's "stop" hook raised SIGSTOP)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    return
+            time.sleep(0.02)
+        self.fail(f"pid {pid} never stopped")
+
+    def test_migrate_writer_killed_after_asking_to_commit(self):
+        # The writer stops right after it sent "commit"; the receiver commits
+        # and answers into the socket; the writer is killed before it reads
+        # that. The sender cannot know: status 4, not a resumed source.
+        guest = self.guest("random")
+        into = os.path.join(tempfile.mkdtemp(dir=self.shm), "dest.ram")
+        port = free_port()
+        rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+                         "--workers", 2])
+        tx = self.start(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--workers", 2],
+                        hook="commit-asked:stop")
+        writer = self.wait_child(tx, "pageferry-writer")
+        self.stopped(writer)
+        rx_rc, _, rx_err = self.finish(rx)
+        self.assertEqual(rx_rc, 0, rx_err)
+        self.kill(writer)
+        rc, _, err = self.finish(tx)
+        self.assertEqual(rc, OUTCOME_UNKNOWN, err)
+        self.assertIn("the guest is left stopped here", err)
+        self.assertNotIn("keeps running", err)
+        self.assert_nothing_left(tx, rx)
+        self.assertTrue(os.path.exists(into))
+        self.assert_handoff(rc, into, guest, err)
+
     def test_migrate_receiver_front_end_killed_after_the_commit(self):
         rc, err, into = self.migration(fe_hook="receive:after-commit")
         self.assertEqual(rc, 0, err)
@@ -231,7 +274,9 @@ class Matrix(Workspace):
         self.assertEqual(dirty_log_pause(log), (0, 0), "the guest stays paused")
         self.assertIsNone(sim.poll(), "guestsim died")
 
-    def live(self, tx_hook=None, rx_hook=None, victim=None):
+    def live_start(self, rx_hook=None, tx_hook=None, tx_stage_hook=None):
+        """A guestsim guest and a live migration of it under way: (sim, log,
+        crc, into, rx, tx)."""
         work = tempfile.mkdtemp(dir=self.shm)
         ram, log, crc = (os.path.join(work, n) for n in ("live.ram", "live.log", "live.crc"))
         sim = self.start(["guestsim", "--ram", ram, "--dirty-log", log, "--size", SIZE, "--rate", 8,
@@ -242,9 +287,20 @@ class Matrix(Workspace):
         rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
                          "--workers", 2], fe_hook=rx_hook)
         tx = self.start(["migrate", "--guest", ram, "--dirty-log", log, "--to", f"tcp:127.0.0.1:{port}",
-                         "--pause-lease", LEASE_MS, "--workers", 2],
-                        fe_hook=tx_hook, hook="worker:crawl" if victim else None)
-        if tx_hook:
+                         "--pause-lease", LEASE_MS, "--workers", 2], fe_hook=tx_hook, hook=tx_stage_hook)
+        return sim, log, crc, into, rx, tx
+
+    def live(self, tx_hook=None, rx_hook=None, victim=None, tx_stage_hook=None):
+        """tx_stage_hook: a "stop" hook of the sender's stages, where the
+        victim is killed once it stopped there and the receiver ended."""
+        sim, log, crc, into, rx, tx = self.live_start(rx_hook, tx_hook,
+                                                      tx_stage_hook or ("worker:crawl" if victim else None))
+        if tx_stage_hook:
+            target = self.wait_child(tx, victim)
+            self.stopped(target)
+            rx.wait(timeout=self.finish_timeout)  # committed, its answer in the writer's socket
+            self.kill(target)
+        elif tx_hook:
             self.wait_stderr(tx, f"stopped at {tx_hook}")
             self.kill(tx.pid)
         elif rx_hook:
@@ -279,10 +335,48 @@ class Matrix(Workspace):
                 sim.wait()
 
     def test_live_receiver_killed_before_the_commit(self):
+        # Its front end holds the commit when it is killed: the stage dies
+        # with it, mostly before it can answer that it did not commit, and
+        # then the sender cannot tell (c) from a lost "committed".
         sim, log, _, into, rc, err = self.live(rx_hook="receive:before-commit")
-        self.assertNotEqual(rc, 0)
+        self.assertFalse(os.path.exists(into))
+        if rc == OUTCOME_UNKNOWN:
+            self.assert_kept_stopped(sim, log)
+        else:
+            self.assertNotEqual(rc, 0)
+            self.assert_guest_runs(sim, log)
+
+    def assert_kept_stopped(self, sim, log):
+        """Handed off: the source stays paused, even after the lease would lapse."""
+        time.sleep(LEASE_MS / 1000 + 0.5)
+        self.assertEqual(dirty_log_pause(log)[0], 2)
+        self.assertIsNone(sim.poll())
+
+    def test_live_destination_refuses_the_commit(self):
+        # The receiver answers that it did not commit (its copy vanished
+        # before the rename): a definite answer, so the source resumes.
+        sim, log, _, into, rx, tx = self.live_start(rx_hook="receive:before-commit")
+        self.wait_stderr(rx, "stopped at receive:before-commit")
+        self.stopped(rx.pid)  # said so, and then stopped: SIGCONT before that would be lost
+        os.unlink(into + ".pf-partial")
+        os.kill(rx.pid, signal.SIGCONT)
+        rc, _, err = self.finish(tx)
+        rx_rc, _, rx_err = self.finish(rx)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("the receiver failed on its side", err)
+        self.assertIn("the guest keeps running on the source", err)
+        self.assertIn("was removed during the transfer; nothing was committed", rx_err)
         self.assertFalse(os.path.exists(into))
         self.assert_guest_runs(sim, log)
+        self.assert_nothing_left(tx, rx)
+
+    def test_live_writer_killed_after_asking_to_commit(self):
+        sim, log, crc, into, rc, err = self.live(tx_stage_hook="commit-asked:stop", victim="pageferry-writer")
+        self.assertEqual(rc, OUTCOME_UNKNOWN, err)
+        self.assertNotIn("keeps running", err)
+        self.assertTrue(os.path.exists(into))
+        self.assertEqual(pf("checksum", into, check=0).stdout.strip(), checksum_at_pause(crc))
+        self.assert_kept_stopped(sim, log)
 
     def test_live_receiver_killed_after_the_commit(self):
         sim, log, crc, into, rc, err = self.live(rx_hook="receive:after-commit")
@@ -290,10 +384,7 @@ class Matrix(Workspace):
         at_pause = checksum_at_pause(crc)
         got = pf("checksum", into, check=0).stdout.strip()
         self.assertEqual(got, at_pause)
-        # Handed off: the source stays paused, even after the lease would lapse.
-        time.sleep(LEASE_MS / 1000 + 0.5)
-        self.assertEqual(dirty_log_pause(log)[0], 2)
-        self.assertIsNone(sim.poll())
+        self.assert_kept_stopped(sim, log)
 
     def test_cancel_refuses_a_stale_status_file(self):
         # A status file left by a killed migration whose PID now belongs to

@@ -245,14 +245,17 @@ class Relays(TlsBase):
 
     def test_flipped_commit_commits_nothing(self):
         # The last word, the sender's "commit", altered: the receiver cannot
-        # read it and commits nothing.
+        # read it and commits nothing. The sender cannot tell that from an
+        # answer altered after a commit: the outcome is unknown to it (exit 4,
+        # doc/architecture.md "The handoff"), so it keeps the guest stopped.
         guest = self.guest("random", "16M")
         rx, r, relay = self.through_relay(guest, PSK(), PSK(), flip_commit=True)
         code, _, err = self.finish(rx)
         self.assertTrue(relay.flipped)
         self.assertEqual(code, 1, err)
         self.assertRegex(err.strip(), r"^pageferry receive: pageferry-receive: main channel: TLS: .+$")
-        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("its answer never came", r.stderr)
         self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
         self.assertRegex(r.stderr, r"TLS")
         self.assert_no_output(self.into)
