@@ -87,3 +87,8 @@ void ds_commit_answered(void)
 {
 	send_magic(DS_ANSWERED_MAGIC, "telling the front end the sender has its answer");
 }
+
+void ds_commit_unsent(void)
+{
+	send_magic(DS_UNSENT_MAGIC, "telling the front end the sender does not have its answer");
+}

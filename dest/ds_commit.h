@@ -35,6 +35,7 @@
 #define DS_DECISION_COMMITTED 'C'
 #define DS_DECISION_FAILED 'F'
 #define DS_ANSWERED_MAGIC "PFANSWER"
+#define DS_UNSENT_MAGIC "PFUNSENT"
 
 /* A notice may arrive in pieces: what is read of the next one. */
 struct ds_notices {
@@ -55,5 +56,10 @@ bool ds_commit_ask(struct ds_notices *n);
  * stage end before its own exit kills it (the sender's writer takes only a
  * well-formed refusal for "not committed"). */
 void ds_commit_answered(void);
+/* Tell the front end the answer could not be sent (PFUNSENT), so that it
+ * undoes a commit the sender cannot know of.  Without either word (this
+ * stage killed in between) the front end keeps the commit and says that
+ * the sender may not know of it. */
+void ds_commit_unsent(void);
 
 #endif

@@ -596,7 +596,10 @@ void ds_net_receive(struct ds_net *r)
 	/* This answer is the last word: one said after it would contradict it. */
 	stage_set_last_word(NULL, NULL);
 	rc = send_result(r, committed ? PROTO_OK : PROTO_RESULT_LOCAL_FAILURE);
-	if (rc < 0)
+	if (rc < 0) {
+		ds_commit_unsent();
 		stage_die(STAGE_EXIT_FAILED, "the sender went away during the commit (%s)", net_conn_why(&r->main, rc));
+	}
+	stage_test_hook("answered");
 	ds_commit_answered();
 }

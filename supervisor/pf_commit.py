@@ -5,10 +5,13 @@ The receiver stage, once every check passed, the data is durable and the
 sender said "commit", asks us on the commit socket (dest/ds_commit.h). We
 commit — rename FILE.pf-partial into place, or remove the in-place marker,
 and sync the directory — and say so; the stage tells the sender (inside TLS,
-which only it speaks) and then tells us it has. When that word never comes,
-the sender cannot know of the commit: we undo it. So the sender reports
-success only for a committed destination, and a destination whose sender
-has gone is not committed.
+which only it speaks) and then tells us it has (PFANSWER). When it says
+it could not (PFUNSENT), the sender cannot know of the commit: we undo
+it. When it says neither (killed in between), nobody here knows whether
+the sender heard: the commit stays, and we say so with exit status 4, as
+the sender does when it did not hear (doc/architecture.md, "The
+handoff"). So the sender reports success only for a committed
+destination, and a guest is never left runnable in two places.
 """
 import errno
 import os
@@ -16,12 +19,16 @@ import socket
 
 import pf_jobs
 import pf_stages
-from pf_abi import ANSWERED_MAGIC, COMMIT_MAGIC, DECISION_COMMITTED, DECISION_FAILED, NOTICE_SIZE
+from pf_abi import ANSWERED_MAGIC, COMMIT_MAGIC, DECISION_COMMITTED, DECISION_FAILED, NOTICE_SIZE, UNSENT_MAGIC
 from pf_jobs import JobError
 
 # The stage sends its answer within its own timeouts (--io-timeout); this
 # only bounds a stage that hangs.
 ANSWERED_WAIT_S = 300
+
+
+class AnswerUnknown(OSError):
+    """The stage ended without saying whether the sender has its answer."""
 
 
 class Handover:
@@ -41,14 +48,17 @@ class Handover:
         self.sock.sendall(kind + bytes(NOTICE_SIZE - 1))
 
     def wait_answered(self):
-        """The stage has told the sender; OSError when it could not."""
+        """The stage has told the sender; OSError when it could not,
+        AnswerUnknown when it ended without saying."""
         self.sock.settimeout(ANSWERED_WAIT_S)
         data = b""
         while len(data) < len(ANSWERED_MAGIC):
             more = self.sock.recv(len(ANSWERED_MAGIC) - len(data))
             if not more:
-                raise OSError(0, "the receiver could not send the answer")
+                raise AnswerUnknown(0, "the receiver stage ended without saying whether the sender has the answer")
             data += more
+        if data == UNSENT_MAGIC:
+            raise OSError(0, "the receiver could not send the answer")
         if data != ANSWERED_MAGIC:
             raise OSError(0, "the receiver sent something else than its answer")
 
@@ -81,6 +91,9 @@ def commit(handover, partial, into, marker, prepare=None):
     try:
         handover.answer(True)
         handover.wait_answered()
+    except AnswerUnknown as e:
+        raise JobError(f"{e.strerror}: {into} stays committed; the sender's exit status says whether it knows "
+                       f"(0) or not (4)", pf_jobs.OUTCOME_UNKNOWN_EXIT)
     except OSError as e:
         # The sender cannot learn of the commit: undo it, so that it is not
         # both failed there and committed here.

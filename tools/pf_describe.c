@@ -160,6 +160,7 @@ int main(void)
 	printf("NOTICE_DOWN = b\"%c\"\nNOTICE_UP = b\"%c\"\n", DS_NOTICE_DOWN, DS_NOTICE_UP);
 	printf("DECISION_COMMITTED = b\"%c\"\nDECISION_FAILED = b\"%c\"\n", DS_DECISION_COMMITTED, DS_DECISION_FAILED);
 	printf("ANSWERED_MAGIC = b\"%s\"\n", DS_ANSWERED_MAGIC);
+	printf("UNSENT_MAGIC = b\"%s\"\n", DS_UNSENT_MAGIC);
 	constant("NOTICE_SIZE", DS_NOTICE_SIZE, "kind, 0, u16 LE inflater index");
 
 	printf("\n# protocol/proto_handshake.h, proto_packet.h: the wire (little-endian: '<'),\n"

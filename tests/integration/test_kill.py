@@ -260,6 +260,28 @@ class Matrix(Workspace):
         self.assertTrue(os.path.exists(into))
         self.assert_handoff(rc, into, guest, err)
 
+    def test_migrate_receive_stage_killed_after_its_answer(self):
+        # The receive stage stops right after it sent "committed", before it
+        # tells its front end so, and is killed there: the sender heard (0),
+        # and the front end, which cannot know that, keeps the commit (4)
+        # instead of undoing one the sender reports as done.
+        guest = self.guest("random")
+        into = os.path.join(tempfile.mkdtemp(dir=self.shm), "dest.ram")
+        port = free_port()
+        rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
+                         "--workers", 2], hook="answered:stop")
+        tx = self.start(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--workers", 2])
+        stage = self.wait_child(rx, "pageferry-receive")
+        self.stopped(stage)
+        rc, _, err = self.finish(tx)
+        self.assertEqual(rc, 0, err)
+        self.kill(stage)
+        rx_rc, _, rx_err = self.finish(rx)
+        self.assertEqual(rx_rc, OUTCOME_UNKNOWN, rx_err)
+        self.assertIn(f"{into} stays committed", rx_err)
+        self.assert_nothing_left(tx, rx)
+        self.assert_handoff(rc, into, guest, err)
+
     def test_migrate_receiver_front_end_killed_after_the_commit(self):
         rc, err, into = self.migration(fe_hook="receive:after-commit")
         self.assertEqual(rc, 0, err)
