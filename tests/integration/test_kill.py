@@ -236,17 +236,23 @@ class Matrix(Workspace):
             time.sleep(0.02)
         self.fail(f"pid {pid} never stopped")
 
-    def test_migrate_writer_killed_after_asking_to_commit(self):
-        # The writer stops right after it sent "commit"; the receiver commits
-        # and answers into the socket; the writer is killed before it reads
-        # that. The sender cannot know: status 4, not a resumed source.
+    def stopped_handoff(self, rx_hook=None, tx_hook=None):
+        """A paused migration whose receive or sender stages stop at a stage
+        hook: (guest, into, rx, tx)."""
         guest = self.guest("random")
         into = os.path.join(tempfile.mkdtemp(dir=self.shm), "dest.ram")
         port = free_port()
         rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
-                         "--workers", 2])
+                         "--workers", 2], hook=rx_hook)
         tx = self.start(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--workers", 2],
-                        hook="commit-asked:stop")
+                        hook=tx_hook)
+        return guest, into, rx, tx
+
+    def test_migrate_writer_killed_after_asking_to_commit(self):
+        # The writer stops right after it sent "commit"; the receiver commits
+        # and answers into the socket; the writer is killed before it reads
+        # that. The sender cannot know: status 4, not a resumed source.
+        guest, into, rx, tx = self.stopped_handoff(tx_hook="commit-asked:stop")
         writer = self.wait_child(tx, "pageferry-writer")
         self.stopped(writer)
         rx_rc, _, rx_err = self.finish(rx)
@@ -265,12 +271,7 @@ class Matrix(Workspace):
         # tells its front end so, and is killed there: the sender heard (0),
         # and the front end, which cannot know that, keeps the commit (4)
         # instead of undoing one the sender reports as done.
-        guest = self.guest("random")
-        into = os.path.join(tempfile.mkdtemp(dir=self.shm), "dest.ram")
-        port = free_port()
-        rx = self.start(["receive", "--listen", f"127.0.0.1:{port}", "--into", into, "--accept-timeout", 30,
-                         "--workers", 2], hook="answered:stop")
-        tx = self.start(["migrate", "--guest", guest, "--to", f"tcp:127.0.0.1:{port}", "--workers", 2])
+        guest, into, rx, tx = self.stopped_handoff(rx_hook="answered:stop")
         stage = self.wait_child(rx, "pageferry-receive")
         self.stopped(stage)
         rc, _, err = self.finish(tx)
