@@ -36,20 +36,22 @@ static struct net_sink ns;
  * handoff"), and the front end keeps the guest stopped unless told 'N'. */
 static bool commit_asked;
 
-static void tell_front_end_not_committed(void)
+/* One byte to the front end on WRITER_FD_COMMIT: 1 if written, else -errno. */
+static ssize_t tell_front_end(char c)
 {
-	char c = 'N';
 	ssize_t n;
 	do
 		n = write(WRITER_FD_COMMIT, &c, 1);
 	while (n < 0 && errno == EINTR);
-	/* If it cannot be told, it keeps the guest stopped: the safe side. */
+	return n < 0 ? -errno : n;
 }
 
 static noreturn void die_refused(uint32_t status)
 {
+	/* 'N': not committed.  If it cannot be told, the front end keeps the
+	 * guest stopped: the safe side. */
 	if (commit_asked)
-		tell_front_end_not_committed();
+		(void)tell_front_end('N');
 	if (status == PROTO_RESULT_LOCAL_FAILURE)
 		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
 	stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s", proto_strerror((enum proto_err)status));
@@ -219,13 +221,10 @@ static void net_prepare(struct wr_sink *s)
  * and whether the user cancelled.  One byte each way on WRITER_FD_COMMIT. */
 static bool front_end_says_commit(void)
 {
-	char c = 'P';
-	ssize_t n;
-	do
-		n = write(WRITER_FD_COMMIT, &c, 1);
-	while (n < 0 && errno == EINTR);
+	ssize_t n = tell_front_end('P');
 	if (n != 1)
-		stage_die_errno(n < 0 ? -errno : -EPIPE, "asking the front end to commit");
+		stage_die_errno(n < 0 ? (int)n : -EPIPE, "asking the front end to commit");
+	char c;
 	do
 		n = read(WRITER_FD_COMMIT, &c, 1);
 	while (n < 0 && errno == EINTR);
