@@ -138,7 +138,9 @@ static void piece_done(void *ctx, uint64_t tag, uint64_t len)
 			fail(r, rc, p->dest_off, len);
 	}
 	rd->bytes_done += len;
-	rd->free_bufs[rd->n_free++] = (uint32_t)tag;
+	rd->free_slots |= ((1ull << p->slots) - 1) << tag;
+	if (p->slots > 1)
+		rd->long_pending--;
 	if (--e->pending == 0 && !e->submitting)
 		extent_done(rd, p->extent);
 }
@@ -150,8 +152,8 @@ int ds_reader_init(struct ds_reader *rd, struct ds_restore *r)
 	/* Few reads to make: one at a time, one buffer (ds_restore_sync). */
 	const bool sync = ds_restore_sync(&r->hdr);
 	const uint32_t n_bufs = sync ? 1 : DS_RESTORE_DEPTH;
-	for (uint32_t i = 0; i < n_bufs; i++)
-		rd->free_bufs[rd->n_free++] = i;
+	rd->free_slots = sync ? 1 : ~0ull;
+	rd->max_slots = sync ? 1 : DS_RESTORE_LONG_SLOTS;
 	for (uint32_t i = 0; i < DS_RESTORE_DEPTH + 1; i++)
 		rd->free_open[rd->n_free_open++] = i;
 	rd->queue.notify_fd = -1;
@@ -181,6 +183,36 @@ bool ds_restore_sync(const struct proto_snap_header *h)
 	return reads <= DS_RESTORE_SYNC_READS;
 }
 
+_Static_assert(DS_RESTORE_DEPTH == 64 && DS_RESTORE_DEPTH % DS_RESTORE_LONG_SLOTS == 0,
+	       "slots are the bits of one uint64_t, in groups of a long piece's");
+
+/* The first of n adjacent free slots inside one group of
+ * DS_RESTORE_LONG_SLOTS, taken; or -1.  A single slot comes from a group
+ * already in use where there is one, so that whole groups stay free for
+ * long pieces. */
+static int take_slots(struct ds_reader *rd, uint32_t n)
+{
+	const uint64_t group_mask = (1ull << DS_RESTORE_LONG_SLOTS) - 1, want = (1ull << n) - 1;
+	int whole_group = -1;
+	for (uint32_t g = 0; g < DS_RESTORE_DEPTH; g += DS_RESTORE_LONG_SLOTS) {
+		const uint64_t group = (rd->free_slots >> g) & group_mask;
+		for (uint32_t s = 0; s + n <= DS_RESTORE_LONG_SLOTS; s++) {
+			if (((group >> s) & want) != want)
+				continue;
+			if (n == 1 && group == group_mask) {
+				if (whole_group < 0)
+					whole_group = (int)g;
+				break;
+			}
+			rd->free_slots &= ~(want << (g + s));
+			return (int)(g + s);
+		}
+	}
+	if (whole_group >= 0)
+		rd->free_slots &= ~(want << whole_group);
+	return whole_group;
+}
+
 /* One extent's pages, piece by piece; returns -errno if a read failed. */
 static int read_extent(struct ds_reader *rd, uint64_t index, const struct proto_snap_extent *x)
 {
@@ -194,21 +226,28 @@ static int read_extent(struct ds_reader *rd, uint64_t index, const struct proto_
 	for (uint64_t done = 0; done < bytes && rc == 0;) {
 		/* Mapped: up to the end of the destination's 2 MiB page. */
 		uint64_t room = mapped ? DS_RESTORE_MAPPED_PIECE - (start + done) % DS_RESTORE_MAPPED_PIECE
-				       : DS_RESTORE_PIECE;
+				       : (uint64_t)rd->max_slots * DS_RESTORE_PIECE;
 		uint64_t len = bytes - done < room ? bytes - done : room;
-		while (rd->n_free == 0 && rc == 0)
+		uint32_t n = mapped ? 1 : (uint32_t)((len + DS_RESTORE_PIECE - 1) / DS_RESTORE_PIECE);
+		int b = -1;
+		/* Waiting frees slots: every taken one belongs to a read in flight. */
+		while (rc == 0 && ((n > 1 && rd->long_pending >= DS_RESTORE_LONG_DEPTH) || (b = take_slots(rd, n)) < 0))
 			rc = dio_queue_wait(&rd->queue);
 		if (rc < 0)
 			break;
-		uint32_t b = rd->free_bufs[--rd->n_free];
 		uint8_t *into = mapped ? r->dest->map + start + done : rd->bufs + (uint64_t)b * DS_RESTORE_PIECE;
 		rd->piece[b] = (struct ds_piece){ .extent = o, .len = len, .after = bytes - done - len,
-						  .dest_off = start + done, .buf = into };
+						  .dest_off = start + done, .slots = n, .buf = into };
 		rd->open[o].pending++;
-		rc = dio_queue_submit(&rd->queue, DIO_READ, r->data_fd, into, len, r->hdr.data_offset + start + done, b);
+		if (n > 1)
+			rd->long_pending++;
+		rc = dio_queue_submit(&rd->queue, DIO_READ, r->data_fd, into, len, r->hdr.data_offset + start + done,
+				      (uint64_t)b);
 		if (rc < 0) {
 			rd->open[o].pending--;
-			rd->free_bufs[rd->n_free++] = b;
+			if (n > 1)
+				rd->long_pending--;
+			rd->free_slots |= ((1ull << n) - 1) << b;
 		}
 		done += len;
 	}

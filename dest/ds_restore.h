@@ -35,21 +35,26 @@ struct ds_restore {
  * ("no device state").  -errno / -EBADMSG with *why. */
 int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, const char **why);
 
-/* Page data is read in pieces of at most DS_RESTORE_PIECE bytes (a
- * multiple of 4 KiB, so huge pages are read in parts too) into a reader's
- * own buffers, DS_RESTORE_DEPTH of them in flight per reader: 8 MiB a
- * thread.  Many small pieces rather than a few big ones: a mixed guest's
+/* Page data is read into a reader's own buffers: DS_RESTORE_DEPTH slots of
+ * DS_RESTORE_PIECE bytes, 8 MiB a thread, up to DS_RESTORE_DEPTH reads in
+ * flight.  A piece of an extent takes one slot, or up to
+ * DS_RESTORE_LONG_SLOTS adjacent ones (1 MiB) when the extent is longer,
+ * with at most DS_RESTORE_LONG_DEPTH such long pieces in flight per
+ * reader.  The disk counts requests, and it wants both: a mixed guest's
  * extents are a page or three, and its restore took 1.6-1.7 s per GiB with
- * 8 reads of 1 MiB in flight, 1.2 s with 64 of 128 KiB.  A random guest's
- * long extents pay for it: the disk counts requests, and in one series its
- * restore took 1.23 s against the 0.96 s of reads of up to 4 MiB
- * (doc/benchmarks.md, "Restore through its own buffers").  A destination that is mapped
- * (2 MiB pages: dest/ds_place.h) is read into straight away, with no buffer
- * to bound a read: there a piece is the part of an extent inside one 2 MiB
- * page of the destination, DS_RESTORE_MAPPED_PIECE. */
+ * 8 reads of 1 MiB in flight, 1.2 s with 64 of 128 KiB; a random guest's
+ * extents are 1 MiB, and 64 reads of 128 KiB took 1.07 of the time of 8 of
+ * 1 MiB, which took 1.11 of 2 of 1 MiB (4 of 1 MiB: level with 2;
+ * doc/benchmarks.md, "Restore: long reads for long extents").  A destination
+ * that is mapped (2 MiB pages: dest/ds_place.h) is read into straight away,
+ * with no buffer to bound a read: there a piece is the part of an extent
+ * inside one 2 MiB page of the destination, DS_RESTORE_MAPPED_PIECE, and a
+ * slot only names it. */
 #define DS_RESTORE_PIECE (128u << 10)
+#define DS_RESTORE_LONG_SLOTS 8u
+#define DS_RESTORE_LONG_DEPTH 2u
 #define DS_RESTORE_MAPPED_PIECE (2u << 20)
-#define DS_RESTORE_DEPTH 64u
+#define DS_RESTORE_DEPTH 64u /* slots: one bit each in a uint64_t */
 
 /* A snapshot that needs at most this many reads is read synchronously, one
  * read at a time per reader thread, with one buffer and no AIO context: a
@@ -79,6 +84,7 @@ struct ds_piece {
 	uint32_t extent;	/* its ds_open_extent */
 	uint64_t len, after;	/* bytes, and bytes of its extent after it */
 	uint64_t dest_off;	/* where it goes in the destination */
+	uint32_t slots;		/* of the reader's buffers it holds */
 	uint8_t *buf;		/* where it is read into */
 };
 
@@ -88,9 +94,11 @@ struct ds_reader {
 	uint64_t bytes_done;	/* completed, not yet added to the statistics */
 	uint64_t pages_done;
 	uint8_t records[DS_EXTENT_BATCH * PROTO_SNAP_EXTENT_SIZE];
-	uint8_t *bufs;		/* DS_RESTORE_DEPTH pieces, O_DIRECT-aligned */
-	uint32_t free_bufs[DS_RESTORE_DEPTH], n_free;
-	struct ds_piece piece[DS_RESTORE_DEPTH];
+	uint8_t *bufs;		/* DS_RESTORE_DEPTH slots, O_DIRECT-aligned */
+	uint64_t free_slots;	/* bit s: slot s is free */
+	uint32_t max_slots;	/* that one piece may take */
+	uint32_t long_pending;	/* pieces of more than one slot in flight */
+	struct ds_piece piece[DS_RESTORE_DEPTH]; /* by first slot */
 	struct ds_open_extent open[DS_RESTORE_DEPTH + 1];
 	uint32_t free_open[DS_RESTORE_DEPTH + 1], n_free_open;
 };

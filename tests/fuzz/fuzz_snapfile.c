@@ -439,7 +439,7 @@ static void run_reader(int fd, struct ds_restore *r, const uint8_t *table)
 		CHECK(ds_reader_init(*rd_at, &reads) == 0);
 	}
 	rd = *rd_at;
-	CHECK(rd->n_free == (sync ? 1 : DS_RESTORE_DEPTH) && rd->n_free_open == DS_RESTORE_DEPTH + 1);
+	CHECK(rd->free_slots == (sync ? 1 : ~0ull) && rd->long_pending == 0 && rd->n_free_open == DS_RESTORE_DEPTH + 1);
 	rd->restore = r;
 	rd->bytes_done = rd->pages_done = 0;
 	ds_restore_reader(rd);
