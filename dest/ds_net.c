@@ -96,7 +96,7 @@ static noreturn void recv_failed(struct ds_net *r, uint32_t c, int rc, const cha
 	if (rc == -EBADMSG)
 		fail(r, PROTO_E_TLS_RECORD, "data channel %u: receiving %s: %s", c, what, net_conn_why(&r->ch[c].conn, rc));
 	if (rc == -EFAULT && r->place.map)
-		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", r->place.full); /* a page of the mapping it could not fault in */
+		fail(r, PROTO_E_DEST_FULL, "%s", r->place.full); /* a page of the mapping it could not fault in */
 	stage_die_errno(rc, "data channel %u: receiving %s", c, what);
 }
 
@@ -167,7 +167,7 @@ static void recv_into_mapping(struct ds_net *r, uint32_t c, uint8_t *at, size_t 
 	sigjmp_buf env;
 	if (sigsetjmp(env, 0)) {
 		(void)stage_fault_recovered();
-		fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", r->place.full);
+		fail(r, PROTO_E_DEST_FULL, "%s", r->place.full);
 	}
 	stage_fault_guard(&env);
 	recv_or_fail(r, c, at, len, "raw pages");
@@ -216,7 +216,7 @@ static noreturn void place_failed(struct ds_net *r, int rc, uint64_t off, uint64
 {
 	char line[512];
 	ds_place_failure(&r->place, rc, off / r->geo.page_size, len / r->geo.page_size, line, sizeof(line));
-	fail(r, PROTO_RESULT_LOCAL_FAILURE, "%s", line);
+	fail(r, ds_place_is_full(&r->place, rc) ? PROTO_E_DEST_FULL : PROTO_RESULT_LOCAL_FAILURE, "%s", line);
 }
 
 static void place_or_fail(struct ds_net *r, const uint8_t *src, uint64_t off, uint64_t len)

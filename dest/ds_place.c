@@ -90,9 +90,14 @@ int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len)
 	return ds_place_write_zeros(pl, off, len);
 }
 
+bool ds_place_is_full(const struct ds_place *pl, int rc)
+{
+	return rc == -ENOSPC || rc == -EDQUOT || (rc == -EFAULT && pl->map);
+}
+
 void ds_place_failure(const struct ds_place *pl, int rc, uint64_t first, uint64_t n, char *out, size_t len)
 {
-	if (rc == -ENOSPC || rc == -EDQUOT || (rc == -EFAULT && pl->map))
+	if (ds_place_is_full(pl, rc))
 		snprintf(out, len, "%s", pl->full);
 	else
 		snprintf(out, len, "writing pages %llu..%llu of the destination: %s", (unsigned long long)first,

@@ -27,6 +27,7 @@
 #ifndef PF_DS_PLACE_H
 #define PF_DS_PLACE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,5 +57,8 @@ int ds_place_punch(const struct ds_place *pl, uint64_t off, uint64_t len);
  * EFAULT on a mapped destination (a read or recv into a page that could
  * not be allocated); else which pages and strerror. */
 void ds_place_failure(const struct ds_place *pl, int rc, uint64_t first, uint64_t n, char *out, size_t len);
+/* Is rc (from ds_place_write, or a read into the mapping) the filesystem
+ * being full?  The receiver tells its sender so (PROTO_E_DEST_FULL). */
+bool ds_place_is_full(const struct ds_place *pl, int rc);
 
 #endif

@@ -63,6 +63,8 @@ static const char *const messages[_PROTO_E_MAX] = {
 				   "RAM only (receive without --qmp)",
 	[PROTO_E_STATE_MISSING] = "the receiver needs a VM's device state (receive --qmp), but the sender sends "
 				  "RAM only (migrate without --qmp)",
+	[PROTO_E_DEST_FULL] = "the receiver's destination has no space left for the guest's pages (its own output "
+			      "names the file)",
 };
 
 const char *proto_strerror(enum proto_err err)

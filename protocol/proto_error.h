@@ -66,6 +66,8 @@ enum proto_err {
 	PROTO_E_DEVICE_STATE_CHECKSUM,
 	PROTO_E_STATE_UNWANTED,
 	PROTO_E_STATE_MISSING,
+	/* a receiver's RESULT, beside the generic 0xffff (2026-12-03) */
+	PROTO_E_DEST_FULL,
 	_PROTO_E_MAX
 };
 

@@ -54,6 +54,8 @@ static noreturn void die_refused(uint32_t status)
 		(void)tell_front_end('N');
 	if (status == PROTO_RESULT_LOCAL_FAILURE)
 		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
+	if (status == PROTO_E_DEST_FULL)
+		stage_die(STAGE_EXIT_FAILED, "%s", proto_strerror(PROTO_E_DEST_FULL));
 	stage_die(STAGE_EXIT_FAILED, "the receiver refused the transfer: %s", proto_strerror((enum proto_err)status));
 }
 
