@@ -121,6 +121,14 @@ static void extent_done(struct ds_reader *rd, uint32_t x)
 	rd->free_open[rd->n_free_open++] = x;
 }
 
+/* The n slots from first, of a piece that is done or was never submitted. */
+static void give_back_slots(struct ds_reader *rd, uint32_t first, uint32_t n)
+{
+	rd->free_slots |= ((1ull << n) - 1) << first;
+	if (n > 1)
+		rd->long_pending--;
+}
+
 /* A piece is in: its CRC goes into its extent's, its pages to the
  * destination (written before the extent is known good: a bad one fails
  * the restore, and the front end removes what it wrote). */
@@ -138,9 +146,7 @@ static void piece_done(void *ctx, uint64_t tag, uint64_t len)
 			fail(r, rc, p->dest_off, len);
 	}
 	rd->bytes_done += len;
-	rd->free_slots |= ((1ull << p->slots) - 1) << tag;
-	if (p->slots > 1)
-		rd->long_pending--;
+	give_back_slots(rd, (uint32_t)tag, p->slots);
 	if (--e->pending == 0 && !e->submitting)
 		extent_done(rd, p->extent);
 }
@@ -245,9 +251,7 @@ static int read_extent(struct ds_reader *rd, uint64_t index, const struct proto_
 				      (uint64_t)b);
 		if (rc < 0) {
 			rd->open[o].pending--;
-			if (n > 1)
-				rd->long_pending--;
-			rd->free_slots |= ((1ull << n) - 1) << b;
+			give_back_slots(rd, (uint32_t)b, n);
 		}
 		done += len;
 	}
