@@ -24,6 +24,7 @@ void ds_inflaters_attach(struct ds_inflaters *t, const struct shm_segment *seg, 
 	for (uint32_t i = 0; i < t->n; i++) {
 		struct ds_inflater *f = &t->inf[i];
 		stage_ring(seg, SHM_RING_RECEIVER_TO_INFLATER, i, RECEIVE_FD_RING(i), &f->ring);
+		f->stats = shm_segment_stats(seg, SHM_STATS_WORKER0 + i);
 		f->arena = stage_map_arena(RECEIVE_FD_ARENA(i, t->n), wk_arena_size(WK_ARENA_DEST_BUFFER_SIZE), 1);
 	}
 }
@@ -156,6 +157,15 @@ void ds_inflaters_post(struct ds_inflaters *t, uint32_t i, uint32_t b, uint8_t e
 	pthread_mutex_unlock(&t->lock);
 	if (rc < 0)
 		stage_die_ring(rc, "ring to an inflater");
+}
+
+bool ds_inflaters_found_dest_full(const struct ds_inflaters *t)
+{
+	for (uint32_t i = 0; i < t->n; i++)
+		if (atomic_load_explicit(&t->inf[i].stats->v[SHM_STAT_FLAGS], memory_order_relaxed) &
+		    SHM_FLAG_DEST_FULL)
+			return true;
+	return false;
 }
 
 /* Every inflater has released every slot: all its pages are placed. */

@@ -24,6 +24,7 @@
 #define PF_DS_INFLATERS_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "dest/ds_live.h"
@@ -34,6 +35,7 @@
 
 struct ds_inflater {
 	struct shm_ring ring;	/* we produce, the inflater consumes */
+	const struct shm_stats *stats; /* the inflater's own block (read only) */
 	uint8_t *arena;		/* WK_ARENA_BUFFERS of WK_ARENA_DEST_BUFFER_SIZE, read-write */
 	uint8_t state[WK_ARENA_BUFFERS];	 /* enum in ds_inflaters.c */
 	uint32_t posted_at[WK_ARENA_BUFFERS]; /* ring index of the RUN naming it */
@@ -70,6 +72,10 @@ void ds_inflaters_post(struct ds_inflaters *t, uint32_t i, uint32_t b, uint8_t e
  * pages.  Only while no other thread posts (the receive stage's round
  * barrier). */
 void ds_inflaters_end_round(struct ds_inflaters *t);
+/* Did an inflater fail because the destination's filesystem is full
+ * (SHM_FLAG_DEST_FULL)?  Any thread, no lock: the receive stage's last word
+ * asks it after an inflater hung up. */
+bool ds_inflaters_found_dest_full(const struct ds_inflaters *t);
 /* The end: post END to every inflater and wait until each has placed all
  * and taken it (it exits then).  No other thread posts any more. */
 void ds_inflaters_finish(struct ds_inflaters *t);

@@ -498,12 +498,16 @@ void ds_net_receive_state(struct ds_net *r, int out_fd)
 
 /* The receive stage dying of anything but fail() (a ring whose inflater
  * failed, say) during the transfer: the sender hears that it failed here,
- * not just a reset connection.  fail() holds the lock: it said so itself. */
+ * not just a reset connection, and that the destination is full when an
+ * inflater died of that.  fail() holds the lock: it said so itself. */
 static void tell_sender_we_failed(void *arg)
 {
 	struct ds_net *r = arg;
-	if (pthread_mutex_trylock(&r->main_lock) == 0 && r->main.fd >= 0)
-		(void)send_result(r, PROTO_RESULT_LOCAL_FAILURE); /* held until we exit */
+	if (pthread_mutex_trylock(&r->main_lock) != 0 || r->main.fd < 0)
+		return;
+	/* The lock is held until we exit: one message. */
+	bool full = ds_inflaters_found_dest_full(&r->inflaters);
+	(void)send_result(r, full ? PROTO_E_DEST_FULL : PROTO_RESULT_LOCAL_FAILURE);
 }
 
 void ds_net_start_threads(struct ds_net *r)

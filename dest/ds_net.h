@@ -64,12 +64,11 @@ struct ds_net {
  * fail are closed and logged, and do not end the receive.  Dies with a
  * message when the real sender cannot be served.  r->io_timeout_ms must be
  * set before. */
+void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_tls_creds *creds,
+			   int accept_timeout_ms);
 /* receive --qmp: the device state that follows the main handshake, read
  * and checked, written to out_fd (then closed).  Before lock-down. */
 void ds_net_receive_state(struct ds_net *r, int out_fd);
-
-void ds_net_accept_session(struct ds_net *r, const char *listen_addr, const struct net_tls_creds *creds,
-			   int accept_timeout_ms);
 /* How long a connection may stay silent: a little longer than --io-timeout,
  * so that on a dead link the kernel's verdict comes first. */
 int ds_net_silence_ms(const struct ds_net *r);

@@ -71,10 +71,14 @@ static struct proto_geometry await_session(struct shm_seg_header *h, struct shm_
 	return g;
 }
 
+static struct shm_stats *stats;
+
 static noreturn void place_failed(const struct ds_place *pl, int rc, uint64_t first, uint64_t n)
 {
 	char line[512];
 	ds_place_failure(pl, rc, first, n, line, sizeof(line));
+	if (ds_place_is_full(pl, rc))
+		stage_stat_set(stats, SHM_STAT_FLAGS, SHM_FLAG_DEST_FULL); /* before we hang up */
 	stage_die(STAGE_EXIT_FAILED, "%s", line);
 }
 
@@ -137,7 +141,7 @@ int main(int argc, char **argv)
 	stage_set_name("inflater", (int)index);
 	struct shm_ring in;
 	stage_ring(&seg, SHM_RING_RECEIVER_TO_INFLATER, index, INFLATER_FD_IN, &in);
-	struct shm_stats *stats = shm_segment_stats(&seg, SHM_STATS_WORKER0 + index);
+	stats = shm_segment_stats(&seg, SHM_STATS_WORKER0 + index);
 	bool replacement = getenv("PAGEFERRY_RESTARTED") != NULL;
 	if (replacement && atomic_load_explicit(&stats->v[SHM_STAT_STATE], memory_order_relaxed) == SHM_PROC_DONE)
 		return STAGE_EXIT_OK; /* the one before us took its END and was killed on its way out */

@@ -70,7 +70,6 @@ static int transfer_now(struct dio_queue *q, enum dio_op op, int fd, const struc
 	int rc = dio_rwv_full(fd, op == DIO_WRITE, left, (int)n_iov, off);
 	if (rc < 0)
 		return rc;
-	q->submitted++;
 	if (q->done)
 		q->done(q->done_ctx, tag, total);
 	return 0;
@@ -106,7 +105,6 @@ static int submit_slot(struct dio_queue *q, uint32_t slot)
 		return n < 0 ? -errno : -EIO;
 	}
 	q->in_flight++;
-	q->submitted++;
 	return 0;
 }
 
@@ -154,7 +152,6 @@ static int reap(struct dio_queue *q, long min)
 			skip_done(r, (uint64_t)res);
 			r->off += (uint64_t)res;
 			r->left -= (uint64_t)res;
-			q->short_retries++;
 			int rc = submit_slot(q, slot);
 			if (rc < 0 && !first_err)
 				first_err = rc;

@@ -33,9 +33,6 @@ struct dio_queue {
 	dio_done_fn done;
 	void *done_ctx;
 	int notify_fd;			/* eventfd signalled on each completion, or -1 */
-	/* Statistics */
-	uint64_t submitted;		/* io_submit'ed requests, resubmissions included */
-	uint64_t short_retries;
 };
 
 /* Allocates everything and creates the kernel context: call before lock-down. */

@@ -3,8 +3,9 @@
  * Everything here lives in shared memory, so: fixed-width fields, no pointers
  * (offsets from the segment start only), one writer per cache line, and every
  * offset the protocol depends on pinned by a _Static_assert.  Bump
- * SHM_ABI_VERSION whenever anything in this file changes; doc/architecture.md
- * describes the same layout in prose.
+ * SHM_ABI_VERSION whenever anything in this file changes, except a new flag
+ * bit that a stage built before it leaves clear (doc/formats.md);
+ * doc/architecture.md describes the same layout in prose.
  */
 #ifndef PF_SHM_LAYOUT_H
 #define PF_SHM_LAYOUT_H
@@ -102,6 +103,9 @@ enum shm_proc_state {
 #define SHM_FLAG_DIRECT_IO 1u /* the file data fd really has O_DIRECT */
 #define SHM_FLAG_ZEROCOPY 2u  /* the sockets really have SO_ZEROCOPY */
 #define SHM_FLAG_SENDFILE 4u  /* guest pages go by sendfile from the guest file */
+/* An inflater found the destination's filesystem full (and exits): the
+ * receive stage, which only sees it hang up, tells the sender that. */
+#define SHM_FLAG_DEST_FULL 8u
 
 struct shm_stats {
 	_Alignas(SHM_CACHE_LINE) _Atomic uint64_t v[SHM_STAT_COUNT];
