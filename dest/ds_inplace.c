@@ -46,6 +46,8 @@ int ds_inplace_open(struct ds_inplace *ip, int fd, bool zeroed, const char **wha
 		return -errno;
 	}
 	ip->size = (uint64_t)st.st_size;
+	if (zeroed)
+		return 0; /* nothing to learn: no bitmap (32 KiB per GiB) and no scan buffer */
 	uint64_t units = (ip->size + DS_INPLACE_UNIT - 1) / DS_INPLACE_UNIT;
 	ip->nonzero = calloc(units / 64 + 1, sizeof(uint64_t));
 	uint8_t *buf = aligned_alloc(DS_INPLACE_UNIT, SCAN_BYTES);
@@ -54,7 +56,7 @@ int ds_inplace_open(struct ds_inplace *ip, int fd, bool zeroed, const char **wha
 		*what = "allocating the destination's page bitmap";
 		rc = -ENOMEM;
 	}
-	for (uint64_t pos = 0; rc == 0 && !zeroed && pos < ip->size;) {
+	for (uint64_t pos = 0; rc == 0 && pos < ip->size;) {
 		uint64_t data, end;
 		int found = stage_next_data_extent(fd, pos, ip->size, &data, &end);
 		if (found < 0) {

@@ -29,8 +29,9 @@ struct ds_inplace {
 };
 
 /* Read the file's size and which of its 4 KiB units are not zero (zeroed:
- * the user says it reads as zeros, a VMM's newly allocated RAM, and it is
- * not read).  -errno with *what naming the step.  Before lock-down. */
+ * the user says it reads as zeros, a VMM's newly allocated RAM: it is not
+ * read and no bitmap is allocated).  -errno with *what naming the step.
+ * Before lock-down. */
 int ds_inplace_open(struct ds_inplace *ip, int fd, bool zeroed, const char **what);
 
 /* Make the bytes [off, off + len) (whole units) read as zeros, writing
