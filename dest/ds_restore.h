@@ -44,15 +44,16 @@ int ds_restore_device_state(struct ds_restore *r, int out_fd, uint8_t *buf, cons
  * extents are a page or three, and its restore took 1.6-1.7 s per GiB with
  * 8 reads of 1 MiB in flight, 1.2 s with 64 of 128 KiB; a random guest's
  * extents are 1 MiB, and 64 reads of 128 KiB took 1.07 of the time of 8 of
- * 1 MiB, which took 1.11 of 2 of 1 MiB (4 of 1 MiB: level with 2;
- * doc/benchmarks.md, "Restore: long reads for long extents").  A destination
+ * 1 MiB, which took 1.11 of 2 of 1 MiB (4 of 1 MiB: level with 2 then,
+ * 0.81-0.97 of its time on 2026-12-04; doc/benchmarks.md, "Restore: long
+ * reads for long extents" and "Restore buffers not touched ahead").  A destination
  * that is mapped (2 MiB pages: dest/ds_place.h) is read into straight away,
  * with no buffer to bound a read: there a piece is the part of an extent
  * inside one 2 MiB page of the destination, DS_RESTORE_MAPPED_PIECE, and a
  * slot only names it. */
 #define DS_RESTORE_PIECE (128u << 10)
 #define DS_RESTORE_LONG_SLOTS 8u
-#define DS_RESTORE_LONG_DEPTH 2u
+#define DS_RESTORE_LONG_DEPTH 4u
 #define DS_RESTORE_MAPPED_PIECE (2u << 20)
 #define DS_RESTORE_DEPTH 64u /* slots: one bit each in a uint64_t */
 
