@@ -153,9 +153,10 @@ int main(int argc, char **argv)
 	uint8_t *scratch = aligned_alloc(4096, (size_t)geo.max_run_pages * geo.page_size);
 	if (!z || !scratch)
 		stage_die(STAGE_EXIT_FAILED, "setting up zstd");
-	/* Touch it now: its pages must not be first faulted in after lock-down
-	 * through an mmap the sandbox refuses (malloc may have used mmap). */
-	memset(scratch, 0, (size_t)geo.max_run_pages * geo.page_size);
+	/* Not touched ahead: a page fault is no system call, so the sandbox
+	 * does not mind, and a transfer without zstd never uses it (new memory
+	 * costs ~3 ms per MiB to back on this VM, doc/benchmarks.md "Restore
+	 * buffers not touched ahead"). */
 	stage_lockdown(SB_ROLE_INFLATER, INFLATER_FD_ARENA, 1); /* it writes the destination */
 	stage_stat_set(stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	/* The receive stage may sleep for a release the one before us made

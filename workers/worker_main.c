@@ -428,6 +428,8 @@ int main(int argc, char **argv)
 	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, WORKER_FD_BACK, &w.back);
 	w.frame_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
 	/* Page-aligned: the zero check reads whole 32-byte vectors. */
+	/* zstd's output and the re-check's reads; not touched ahead (most jobs
+	 * use neither; dest/inflater_main.c says why that is safe). */
 	w.run = aligned_alloc(4096, w.frame_size);
 	if (!w.run)
 		stage_die_errno(-ENOMEM, "a buffer for one run");
@@ -438,7 +440,6 @@ int main(int argc, char **argv)
 		if (!w.zstd || !w.probe)
 			stage_die(STAGE_EXIT_FAILED, "setting up zstd level %d", level);
 	}
-	memset(w.run, 0, w.frame_size); /* its pages now, before lock-down */
 	stage_lockdown(SB_ROLE_WORKER, WORKER_FD_ARENA, 0);
 	stage_stat_set(w.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
 	if (replacement)
