@@ -427,9 +427,9 @@ int main(int argc, char **argv)
 	stage_ring(&w.seg, SHM_RING_WORKER_TO_WRITER, index, WORKER_FD_OUT, &w.out);
 	stage_ring(&w.seg, SHM_RING_WRITER_TO_WORKER, index, WORKER_FD_BACK, &w.back);
 	w.frame_size = (uint64_t)w.geo.max_run_pages * w.geo.page_size;
-	/* Page-aligned: the zero check reads whole 32-byte vectors. */
-	/* zstd's output and the re-check's reads; not touched ahead (most jobs
-	 * use neither; dest/inflater_main.c says why that is safe). */
+	/* zstd's output and the re-check's reads.  Page-aligned: the zero check
+	 * reads whole 32-byte vectors.  Not touched ahead: most jobs use neither
+	 * (dest/inflater_main.c says why that is safe). */
 	w.run = aligned_alloc(4096, w.frame_size);
 	if (!w.run)
 		stage_die_errno(-ENOMEM, "a buffer for one run");
