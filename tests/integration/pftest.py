@@ -203,6 +203,17 @@ class Workspace(unittest.TestCase):
                     return
         self.fail(f"never saw {text!r} on stderr; got {seen!r}")
 
+    def stopped(self, pid, timeout=60):
+        """Wait until pid is stopped: a hook says so on stderr and then
+        raises SIGSTOP, and a SIGCONT sent in between would be lost."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    return
+            time.sleep(0.02)
+        self.fail(f"pid {pid} never stopped")
+
     def finish(self, p, timeout=None):
         """(exit status, stdout, stderr) of p once it ends."""
         out, err = p.communicate(timeout=timeout or self.finish_timeout)

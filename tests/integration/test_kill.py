@@ -226,16 +226,6 @@ class Matrix(Workspace):
         self.assertNotEqual(rc, 0)
         self.assertIn("pageferry migrate:", err)
 
-    def stopped(self, pid, timeout=60):
-        """Wait until pid is stopped (a stage's "stop" hook raised SIGSTOP)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                    return
-            time.sleep(0.02)
-        self.fail(f"pid {pid} never stopped")
-
     def stopped_handoff(self, rx_hook=None, tx_hook=None):
         """A paused migration whose receive or sender stages stop at a stage
         hook: (guest, into, rx, tx)."""

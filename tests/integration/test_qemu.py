@@ -66,6 +66,7 @@ class Base(pftest.Workspace):
         monitor of the same QEMU) resumes the VM and stops it again; then
         pageferry goes on."""
         self.wait_stderr(p, f"stopped at {hook}")
+        self.stopped(p.pid)
         other = qemu_guest.QMP(other_qmp)
         other.execute("cont")
         other.execute("stop")

@@ -154,6 +154,7 @@ class RestartDest(Workspace):
             time.sleep(0.05)
         if tx.poll() is not None:
             self.fail(f"the transfer ended while inflater 0 was dead: {tx.communicate()[1]}")
+        self.stopped(rx.pid)
         os.kill(rx.pid, signal.SIGCONT)
         tx_rc, _, tx_err = self.finish(tx)
         rx_rc, rx_out, rx_err = self.finish(rx)
