@@ -83,14 +83,21 @@ def pids():
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def proc_stat(pid):
-    """(ppid, session) of pid, or None once it is gone."""
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command's name (state first),
+    or None once pid is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[3])
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return fields if len(fields) > 3 else None
+    except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+def proc_stat(pid):
+    """(ppid, session) of pid, or None once it is gone."""
+    fields = _stat_fields(pid)
+    return (int(fields[1]), int(fields[3])) if fields else None
 
 
 def proc_name(pid):
@@ -208,9 +215,11 @@ class Workspace(unittest.TestCase):
         raises SIGSTOP, and a SIGCONT sent in between would be lost."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                    return
+            fields = _stat_fields(pid)
+            if fields is None:
+                self.fail(f"pid {pid} ended before it stopped")
+            if fields[0] == "T":
+                return
             time.sleep(0.02)
         self.fail(f"pid {pid} never stopped")
 
