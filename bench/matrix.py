@@ -128,6 +128,11 @@ def mapping_cost(mem_dir):
     return got
 
 
+def describe_mapping_cost(m):
+    return (f"a populated mapping written at {m['mapping_s_per_gib']:.3f} s per GiB, "
+            f"pwrite {m['pwrite_s_per_gib']:.3f}")
+
+
 def dd_seconds(args):
     t0 = time.monotonic()
     subprocess.run(["dd"] + args + ["status=none"], check=True)
@@ -341,8 +346,7 @@ def main():
     jobs = args.jobs.split(",")
     vm = args.pageferry_moves == "vm"
     mappings = [mapping_cost(args.mem_dir)]
-    print(f"pf-place-cost on {args.mem_dir}: a populated mapping written at {mappings[0]['mapping_s_per_gib']:.3f} "
-          f"s per GiB, pwrite {mappings[0]['pwrite_s_per_gib']:.3f}", flush=True)
+    print(f"pf-place-cost on {args.mem_dir}: {describe_mapping_cost(mappings[0])}", flush=True)
     if mappings[0]["mapping_s_per_gib"] > args.max_mapping_cost:
         if not args.even_if_mappings_slow:
             sys.exit(f"matrix.py: this VM makes new mappings slow now ({mappings[0]['mapping_s_per_gib']:.2f} s per "
@@ -394,8 +398,7 @@ def main():
                         os.unlink(p)
     iperf.append(migrate.iperf3())
     mappings.append(mapping_cost(args.mem_dir))
-    print(f"pf-place-cost after: a populated mapping written at {mappings[1]['mapping_s_per_gib']:.3f} s per GiB, "
-          f"pwrite {mappings[1]['pwrite_s_per_gib']:.3f}", flush=True)
+    print(f"pf-place-cost after: {describe_mapping_cost(mappings[1])}", flush=True)
     link = statistics.mean(i["bytes_per_s"] for i in iperf)
     print(f"iperf3 after: {iperf[1]['bytes_per_s'] / 2**20:.0f} MiB/s; {(time.monotonic() - t_start) / 60:.1f} min "
           "in all\n")
