@@ -327,7 +327,7 @@ def build_parser(only=None):
 
     m = sub.add_parser("mkguest", help="make a synthetic guest RAM file",
                        description="Make a synthetic guest RAM image: zero, random, text (English-like), "
-                                   "mixed (scattered 50%% zero / 30%% text / 20%% random pages) or sparse "
+                                   "mixed (scattered 50% zero / 30% text / 20% random pages) or sparse "
                                    "(mostly holes).")
     m.add_argument("pattern", choices=["zero", "random", "text", "mixed", "sparse"])
     m.add_argument("size", help="size with K/M/G suffix, a multiple of 4 KiB")
