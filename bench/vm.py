@@ -26,13 +26,18 @@ guest moved on from run to run). Every restored or migrated guest must
 print its region's checksum equal to its source's, or the run fails. Reference: a memory scan is not needed
 here: at the default 256 MiB what dominates is fixed cost.
 
+--against BUILD/pageferry puts a second pageferry build where QEMU was, to
+measure a change of pageferry's (the columns are then A and B, runs
+interleaved the same way); --rows picks the rows.
+
 --ram-mib N gives the VM N MiB of RAM; --workload has its init, before the
 counters start, run bench/guest_image.py's workload (write text and program
 bytes into a tmpfs filling ~40% of RAM, delete them), so that its RAM holds
 data and freed pages as a guest's that has worked does, not mostly holes.
 
 usage: bench/vm.py [--reps 3] [--pageferry build/pageferry] [--disk /var/tmp] [--out DIR]
-                   [--ram-mib 256] [--workload]
+                   [--ram-mib 256] [--workload] [--rows save,restore,migrate]
+                   [--against OTHER_BUILD/pageferry]
 Prints a line per run and a table; writes DIR/vm-bench.json.
 """
 import argparse
@@ -141,9 +146,9 @@ class Bench:
         return True
 
     # -- save -----------------------------------------------------------------
-    def save_pf(self, path):
+    def save_pf(self, path, build=None):
         g = self.source()
-        s, _ = pf(["snapshot", "--qmp", g.qmp_path, "--out", path, "--json"], self.pf)
+        s, _ = pf(["snapshot", "--qmp", g.qmp_path, "--out", path, "--json"], build or self.pf)
         self.sums[path] = g.sum0()
         self.done(g)
         return {"downtime_s": s["downtime_ms"] / 1000}
@@ -163,11 +168,11 @@ class Bench:
         return {"downtime_s": t1 - t0}
 
     # -- restore --------------------------------------------------------------
-    def restore_pf(self, path):
+    def restore_pf(self, path, build=None):
         g = self.start(incoming=True)
         g.qmp()
         g.close_qmp()
-        _, secs = pf(["restore", path, "--qmp", g.qmp_path, "--json"], self.pf)
+        _, secs = pf(["restore", path, "--qmp", g.qmp_path, "--json"], build or self.pf)
         ok = self.verified(g, self.sums[path])
         self.done(g)
         return {"seconds": secs, "verified": ok}
@@ -187,15 +192,16 @@ class Bench:
         return {"seconds": t1 - t0, "verified": ok}
 
     # -- migrate --------------------------------------------------------------
-    def migrate_pf(self, port):
+    def migrate_pf(self, port, build=None):
         src = self.source()
         dst = self.start(incoming=True)
         dst.qmp()
         dst.close_qmp()
-        rx = subprocess.Popen([self.pf, "receive", "--listen", f"127.0.0.1:{port}", "--qmp", dst.qmp_path,
+        pf_path = build or self.pf
+        rx = subprocess.Popen([pf_path, "receive", "--listen", f"127.0.0.1:{port}", "--qmp", dst.qmp_path,
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)  # listening: its start-up is off the clock, as QEMU's destination's is
-        s, _ = pf(["migrate", "--qmp", src.qmp_path, "--to", f"tcp:127.0.0.1:{port}", "--json"], self.pf)
+        s, _ = pf(["migrate", "--qmp", src.qmp_path, "--to", f"tcp:127.0.0.1:{port}", "--json"], pf_path)
         out, err = rx.communicate(timeout=300)
         if rx.returncode != 0:
             raise SystemExit(f"pageferry receive: {err.strip()}")
@@ -229,39 +235,49 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--pageferry", default=os.path.join(ROOT, "build", "pageferry"))
+    ap.add_argument("--against", default=None, metavar="OTHER_BUILD/pageferry",
+                    help="a second pageferry build instead of QEMU")
+    ap.add_argument("--rows", default="save,restore,migrate")
     ap.add_argument("--disk", default="/var/tmp")
     ap.add_argument("--out", default=None)
     ap.add_argument("--ram-mib", type=int, default=qemu_guest.RAM_MIB)
     ap.add_argument("--workload", action="store_true")
     args = ap.parse_args()
+    rows = args.rows.split(",")
+    if not rows or set(rows) - {"save", "restore", "migrate"} or ("restore" in rows and "save" not in rows):
+        ap.error("--rows: save, restore (which needs save) and migrate")
     # Every QEMU of the run (the source and the destinations, which must
     # match it) gets this RAM; only the source boots and runs the init.
     qemu_guest.RAM_MIB = args.ram_mib
     if args.workload:
         qemu_guest.INIT = guest_image.workload_init(args.ram_mib)
     b = Bench(args)
-    results = {("save", "pageferry"): [], ("save", "qemu"): [], ("restore", "pageferry"): [],
-               ("restore", "qemu"): [], ("migrate", "pageferry"): [], ("migrate", "qemu"): []}
+    # Who runs each row: pageferry against QEMU, or build A against build B.
+    if args.against:
+        names = ("A", "B")
+        runs = {n: {"save": lambda p, build=build: b.save_pf(p, build),
+                    "restore": lambda p, build=build: b.restore_pf(p, build),
+                    "migrate": lambda port, build=build: b.migrate_pf(port, build)}
+                for n, build in zip(names, (args.pageferry, args.against))}
+    else:
+        names = ("pageferry", "qemu")
+        runs = {"pageferry": {"save": b.save_pf, "restore": b.restore_pf, "migrate": b.migrate_pf},
+                "qemu": {"save": b.save_qemu, "restore": b.restore_qemu, "migrate": b.migrate_qemu}}
+    results = {(job, who): [] for job in rows for who in names}
     key = {"save": "downtime_s", "restore": "seconds", "migrate": "downtime_s"}
     try:
         for rep in range(args.reps):
-            order = ("pageferry", "qemu") if rep % 2 == 0 else ("qemu", "pageferry")
-            files = {"pageferry": os.path.join(b.disk, f"vm-{rep}.pfs"),
-                     "qemu": os.path.join(b.disk, f"vm-{rep}.qemu")}
-            for who in order:
-                r = (b.save_pf if who == "pageferry" else b.save_qemu)(files[who])
-                results[("save", who)].append(r)
-                print(f"save    rep {rep} {who:9}: {r['downtime_s']:.3f} s stop->cont", flush=True)
-            for who in order:
-                r = (b.restore_pf if who == "pageferry" else b.restore_qemu)(files[who])
-                results[("restore", who)].append(r)
-                print(f"restore rep {rep} {who:9}: {r['seconds']:.3f} s", flush=True)
-            for who in order:
-                r = (b.migrate_pf if who == "pageferry" else b.migrate_qemu)(ports.free_port())
-                results[("migrate", who)].append(r)
-                print(f"migrate rep {rep} {who:9}: {r['downtime_s']:.3f} s stop->cont", flush=True)
+            order = names if rep % 2 == 0 else names[::-1]
+            files = {who: os.path.join(b.disk, f"vm-{rep}-{who}.snap") for who in names}
+            for job in rows:
+                for who in order:
+                    r = runs[who][job](ports.free_port() if job == "migrate" else files[who])
+                    results[(job, who)].append(r)
+                    what = "s" if job == "restore" else "s stop->cont"
+                    print(f"{job:7} rep {rep} {who:9}: {r[key[job]]:.3f} {what}", flush=True)
             for f in files.values():
-                os.unlink(f)
+                if os.path.exists(f):
+                    os.unlink(f)
     finally:
         b.kill_all()
         shutil.rmtree(b.work, ignore_errors=True)
@@ -269,20 +285,24 @@ def main():
     print(f"\n{args.reps} interleaved runs each, {args.ram_mib} MiB guest"
           f"{' after the workload' if args.workload else ''} "
           f"(its RAM file {statistics.median(b.allocated) / 2**20:.0f} MiB "
-          f"allocated before it is moved, a fresh boot for every save and migration), TCG; median [min-max] seconds\n")
-    print("| job | measured | pageferry | QEMU | QEMU / pageferry |")
+          f"allocated before it is moved, a fresh boot for every save and migration), TCG; median [min-max] seconds"
+          + (f"; A {args.pageferry}, B {args.against}" if args.against else "") + "\n")
+    first, second = names
+    print(f"| job | measured | {first} | {second} | {second} / {first} |")
     print("|---|---|---|---|---|")
     table = {}
-    for job in ("save", "restore", "migrate"):
-        v = {who: sorted(r[key[job]] for r in results[(job, who)]) for who in ("pageferry", "qemu")}
+    for job in rows:
+        v = {who: sorted(r[key[job]] for r in results[(job, who)]) for who in names}
         med = {who: statistics.median(x) for who, x in v.items()}
         table[job] = {"measured": key[job], **{who: v[who] for who in v}}
         what = "stop to cont" if key[job] == "downtime_s" else "command to running"
-        print(f"| {job} | {what} | {med['pageferry']:.3f} [{v['pageferry'][0]:.3f}-{v['pageferry'][-1]:.3f}] | "
-              f"{med['qemu']:.3f} [{v['qemu'][0]:.3f}-{v['qemu'][-1]:.3f}] | {med['qemu'] / med['pageferry']:.2f}× |")
+        print(f"| {job} | {what} | {med[first]:.3f} [{v[first][0]:.3f}-{v[first][-1]:.3f}] | "
+              f"{med[second]:.3f} [{v[second][0]:.3f}-{v[second][-1]:.3f}] | {med[second] / med[first]:.2f}× |")
     if args.out:
         table["guest"] = {"ram_mib": args.ram_mib, "workload": args.workload,
                           "allocated_bytes": b.allocated}
+        if args.against:
+            table["builds"] = {"A": args.pageferry, "B": args.against}
         with open(os.path.join(args.out, "vm-bench.json"), "w") as f:
             json.dump(table, f, indent=1)
 

@@ -191,8 +191,9 @@ def build_parser(only=None):
                                    "changed while it was copied fails the migration. Succeeds only "
                                    "once the receiver has checked everything and committed its copy "
                                    "(a two-phase handoff); on any failure nothing is committed there and "
-                                   "a live guest runs on here. With --qmp, the whole QEMU VM: pageferry stops "
-                                   "it, sends its device state inside the same TLS session, and leaves it "
+                                   "a live guest runs on here. With --qmp, the whole QEMU VM: once every channel "
+                                   "is up, pageferry stops it (a migration that cannot start never does), "
+                                   "sends its device state inside the same TLS session, and leaves it "
                                    "stopped once the destination (receive --qmp) has loaded it; on any "
                                    "failure before that (a VM that did not stay stopped among them) it "
                                    "resumes it (doc/qemu.md).")
@@ -487,10 +488,10 @@ def main(stage_dirs, argv=None):
                         "max_bandwidth": args.max_bandwidth, "auto_converge": args.auto_converge,
                         "max_rounds": args.max_rounds, "pause_timeout": args.pause_timeout,
                         "pause_lease": args.pause_lease}
-            def job(guest, device_state=None, finish=None, held_stopped=None):
+            def job(guest, take_device_state=None, finish=None, held_stopped=None):
                 pf_migrate.migrate(ctx, guest, args.to, args.channels, args.compress, args.zerocopy,
                                    args.workers, args.psk_file, args.connect_timeout, live, args.io_timeout,
-                                   args.insecure, args.tls_creds, device_state, finish, held_stopped)
+                                   args.insecure, args.tls_creds, take_device_state, finish, held_stopped)
             if args.qmp and live:
                 raise pf_jobs.JobError("--qmp moves a stopped VM: it does not go with --dirty-log", 2)
             if args.qmp:

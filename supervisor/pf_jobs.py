@@ -219,7 +219,7 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None, held_stop
         writer_args = ["--mode=snapshot"] + pf_source.recheck_args(held_stopped)
         writer_fds = {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd}
         if device_state is not None:
-            pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
+            os.write(pf_source.device_state_fd(run, workers, writer_args, writer_fds), device_state)
         pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds)
 
         def done():

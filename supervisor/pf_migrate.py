@@ -55,11 +55,14 @@ def round_records(seg, workers):
 
 
 def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, connect_timeout, live=None,
-            io_timeout=30, insecure=False, tls_creds=None, device_state=None, finish=None, held_stopped=None):
-    """device_state: a VMM's device state (bytes), sent on the main channel
-    (migrate --qmp); finish(summary): called once the destination committed,
-    before the summary is printed; held_stopped: as for pf_jobs.snapshot,
-    called when the receiver is prepared, before the commit is decided."""
+            io_timeout=30, insecure=False, tls_creds=None, take_device_state=None, finish=None, held_stopped=None):
+    """take_device_state() (migrate --qmp): stops the guest and returns its
+    VMM's device state (bytes), sent on the main channel; called once every
+    channel is up and the receiver has taken the offer, and only then is the
+    guest read (doc/qemu.md). finish(summary): called once the destination
+    committed, before the summary is printed; held_stopped: as for
+    pf_jobs.snapshot, called when the receiver is prepared, before the
+    commit is decided."""
     hostport = parse_target(to)
     pf_tls.require_authentication("--to", hostport, psk_file or tls_creds, insecure, "the receiver")
     level = parse_compress(compress)
@@ -94,8 +97,9 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         if level:
             writer_args.append("--zstd")
         worker_args = [f"--zstd-level={level}"] if level else []
-        if device_state is not None:
-            pf_source.give_device_state(run, device_state, workers, writer_args, writer_fds)
+        state_fd = None
+        if take_device_state is not None:
+            state_fd = pf_source.device_state_fd(run, workers, writer_args, writer_fds)
         scanner_args, scanner_fds = [], {}
         if live:
             writer_args.append("--rounds")
@@ -105,12 +109,26 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                             f"--max-rounds={live['max_rounds']}", f"--pause-timeout-ms={live['pause_timeout']}"]
             if live["auto_converge"]:
                 scanner_args.append("--auto-converge")
-        pf_source.spawn_source(
+        start_scanner = pf_source.spawn_source(
             run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds,
             worker_args=worker_args,
-            scanner_args=scanner_args, scanner_fds=scanner_fds)
+            scanner_args=scanner_args, scanner_fds=scanner_fds, scanner_later=state_fd is not None)
         commit_theirs.close()
-        p.watch_fd(commit_fd, lambda: decide_commit(run, commit_fd, log, held_stopped))
+
+        def hand_over_state():
+            """The writer is connected and waits for the state ('S'): stop
+            the guest, take its state, then let the pipeline read it."""
+            if os.fstat(state_fd).st_size:
+                raise JobError("the writer asked for the device state twice")
+            os.write(state_fd, take_device_state())
+            start_scanner()
+            try:
+                os.write(commit_fd, b"G")
+            except OSError:
+                pass  # the writer ended meanwhile: the pipeline reports why
+
+        p.watch_fd(commit_fd, lambda: on_writer(run, commit_fd, log, held_stopped,
+                                                  hand_over_state if state_fd is not None else None))
         if live:
             status = pf_status.StatusFile()
         start = time.monotonic()
@@ -213,16 +231,22 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
         run.close(ok)
 
 
-def decide_commit(run, fd, log, held_stopped=None):
-    """The writer reports the receiver prepared: every check passed there and
-    the copy is durable. Commit only if the guest is still ours to hand over:
-    not cancelled, (live) still paused under our lease, and (held_stopped)
-    kept stopped by its VMM all along, which stands for the re-check. After
-    a commit the writer says 'N' if the receiver answered that it did not
-    commit; nothing else lets a failure resume the source."""
+def on_writer(run, fd, log, held_stopped=None, hand_over_state=None):
+    """A byte from the writer on the commit socket: 'S' (migrate --qmp, once,
+    before any page: connected, ready for the device state) goes to
+    hand_over_state; the writer reports the receiver prepared ('P'): every
+    check passed there and the copy is durable. Commit only if the guest is
+    still ours to hand over: not cancelled, (live) still paused under our
+    lease, and (held_stopped) kept stopped by its VMM all along, which
+    stands for the re-check. After a commit the writer says 'N' if the
+    receiver answered that it did not commit; nothing else lets a failure
+    resume the source."""
     said = os.read(fd, 1)
     if not said:
         run.pipeline.watched.pop(fd)  # the writer ended; the pipeline reports why
+        return
+    if said == b"S" and hand_over_state is not None:
+        hand_over_state()
         return
     if run.commit_granted:
         run.destination_refused = run.destination_refused or said == b"N"

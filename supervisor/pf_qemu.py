@@ -217,13 +217,15 @@ def resume(qmp):
 
 
 def _move(qmp_path, verb, job, resume_after):
-    """Stop the guest behind qmp_path, take its device state, and run
-    job(ram_file, state, finish, held_stopped) — the snapshot or the
-    migration, which calls held_stopped() before it commits (kept_stopped)
-    and finish(summary) once its copy is committed.  resume_after: resume
-    a guest that was running once the copy is committed (a snapshot) or
-    leave it stopped (a migration: it runs on the destination now).  On any
-    failure before that, a guest that was running is resumed."""
+    """Run job(ram_file, take_state, finish, held_stopped) — the snapshot or
+    the migration — on the guest behind qmp_path.  The job calls
+    take_state() when it is ready to read the guest: it stops the guest
+    and returns its device state; then held_stopped() before it commits
+    (kept_stopped) and finish(summary) once its copy is committed.
+    resume_after: resume a guest that was running once the copy is
+    committed (a snapshot) or leave it stopped (a migration: it runs on the
+    destination now).  On any failure before that, a guest that was
+    stopped here is resumed."""
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = guest_ram(qmp)
         status = run_state(qmp)
@@ -231,31 +233,39 @@ def _move(qmp_path, verb, job, resume_after):
             raise JobError(f"QEMU at {qmp.where} is {status}: pageferry {verb}s a guest that runs or is paused")
         was_running = status == "running"
         stopped = None
+        stopping = False
         done = False
-        try:
+        state_bytes = mark = None
+
+        def take_state():
+            nonlocal stopped, stopping, state_bytes, mark
             was = _set_caps(qmp, STATE_CAPS)
-            if was_running:
-                qmp.execute("stop")
-                stopped = time.monotonic()
-                qmp.wait_event("STOP", timeout=10)
             try:
+                if was_running:
+                    stopping = True
+                    qmp.execute("stop")
+                    stopped = time.monotonic()
+                    qmp.wait_event("STOP", timeout=10)
                 state = save_state(qmp)
             finally:
                 _set_caps(qmp, was)
             mark = qmp.n_events
+            state_bytes = len(state)
+            return state
 
-            def finish(summary):
-                nonlocal done
-                if was_running and resume_after:
-                    resume(qmp)
-                done = True
-                summary.update(qmp=qmp_path, device_state_bytes=len(state),
-                               downtime_ms=round((time.monotonic() - stopped) * 1000) if stopped else None)
+        def finish(summary):
+            nonlocal done
+            if was_running and resume_after:
+                resume(qmp)
+            done = True
+            summary.update(qmp=qmp_path, device_state_bytes=state_bytes,
+                           downtime_ms=round((time.monotonic() - stopped) * 1000) if stopped else None)
 
-            job(ram, state, finish, lambda: kept_stopped(qmp, mark))
+        try:
+            job(ram, take_state, finish, lambda: kept_stopped(qmp, mark))
         except BaseException as e:
             # An unknown outcome keeps the guest stopped: the destination may run it.
-            if was_running and not done and not isinstance(e, pf_jobs.OutcomeUnknown):
+            if stopping and not done and not isinstance(e, pf_jobs.OutcomeUnknown):
                 try:
                     resume(qmp)
                 except (JobError, OSError):
@@ -264,15 +274,17 @@ def _move(qmp_path, verb, job, resume_after):
 
 
 def snapshot(ctx, qmp_path, out, workers):
-    _move(qmp_path, "snapshot", lambda ram, state, finish, held_stopped: pf_jobs.snapshot(
-        ctx, ram, out, workers, device_state=state, finish=finish, held_stopped=held_stopped), resume_after=True)
+    _move(qmp_path, "snapshot", lambda ram, take_state, finish, held_stopped: pf_jobs.snapshot(
+        ctx, ram, out, workers, device_state=take_state(), finish=finish, held_stopped=held_stopped),
+        resume_after=True)
 
 
 def migrate(ctx, qmp_path, migrate_job):
-    """migrate_job(ram_file, device_state, finish, held_stopped): pf_migrate.migrate with
-    the user's options.  The guest stays stopped here once the destination
-    has committed: downtime_ms runs from the stop to that commit, which the
-    destination's cont follows at once."""
+    """migrate_job(ram_file, take_device_state, finish, held_stopped):
+    pf_migrate.migrate with the user's options, which stops the guest only
+    once its channels are up.  The guest stays stopped here once the
+    destination has committed: downtime_ms runs from the stop to that
+    commit, which the destination's cont follows at once."""
     _move(qmp_path, "migrate", migrate_job, resume_after=False)
 
 

@@ -5,14 +5,15 @@ import pf_abi
 from pf_stages import memfd, wake_pair
 
 
-def give_device_state(run, device_state, workers, writer_args, writer_fds):
+def device_state_fd(run, workers, writer_args, writer_fds):
     """The writer stores (snapshot) or sends (migrate) a VMM's device state:
-    a memfd holding it, on the fd stage/stage_fds.h gives it."""
+    an empty memfd on the fd stage/stage_fds.h gives it, for the caller to
+    write the state into (a migration's writer reads it only when told)."""
     state_fd = memfd("pageferry-device-state", 0)
     run.fds.append(state_fd)
-    os.write(state_fd, device_state)
     writer_args.append("--device-state")
     writer_fds[pf_abi.fd("writer", "state", 0, workers)] = state_fd
+    return state_fd
 
 
 def recheck_args(held_stopped):
@@ -31,13 +32,16 @@ def unchanged_guest(held_stopped, live):
 
 
 def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds, worker_args=None,
-                 scanner_args=(), scanner_fds=None):
+                 scanner_args=(), scanner_fds=None, scanner_later=False):
     """Start the source pipeline: scanner -> workers -> writer, wired by
     their rings' wake sockets on the fds of stage/stage_fds.h (pf_abi.fd),
     each worker with its arena of buffers for runs of run_bytes.
     writer_fds / scanner_fds: role-specific fds, {fd number: fd we hold};
     worker_args: extra named args for every worker. Workers are replaced
-    when they die (pf_stages.Pipeline.spawn, restartable)."""
+    when they die (pf_stages.Pipeline.spawn, restartable).
+    scanner_later: the scanner, which starts reading the guest at once, is
+    not started yet: returns the function that starts it (migrate --qmp,
+    once the guest is stopped); else returns None."""
     pipeline = run.pipeline
     pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
     arenas = [memfd(f"pageferry-arena-{i}", pf_abi.source_arena_bytes(run_bytes)) for i in range(workers)]
@@ -55,12 +59,28 @@ def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds
                         pf_abi.fd("worker", "out"): pairs[(1, i)][0].fileno(),
                         pf_abi.fd("worker", "back"): pairs[(2, i)][1].fileno(),
                         pf_abi.fd("worker", "arena"): arenas[i]}, restartable=True)
-    fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
-           **(scanner_fds or {})}
-    fds.update({pf_abi.fd("scanner", "ring", i): pairs[(0, i)][0].fileno() for i in range(workers)})
-    pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
     # Our copies must go, or a dead stage's peer would never see it hang up
-    # (the pipeline keeps the workers' own ends: they are replaced instead).
-    for a, b in pairs.values():
-        a.close()
+    # (the pipeline keeps the workers' own ends: they are replaced instead);
+    # the scanner's ends once it has them.
+    scanner_ends = []
+    for (ring, _), (a, b) in pairs.items():
+        if ring == 0:
+            scanner_ends.append(a)
+        else:
+            a.close()
         b.close()
+
+    def start_scanner():
+        fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
+               **(scanner_fds or {})}
+        fds.update({pf_abi.fd("scanner", "ring", i): end.fileno() for i, end in enumerate(scanner_ends)})
+        try:
+            pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
+        finally:
+            for end in scanner_ends:
+                end.close()
+
+    if scanner_later:
+        return start_scanner
+    start_scanner()
+    return None

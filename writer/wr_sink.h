@@ -94,14 +94,19 @@ struct wr_device_state {
 	uint8_t *bytes;
 	uint32_t len;
 };
+/* The state, whole, from the memfd the front end gave us (fstat, pread:
+ * before lock-down); the fd is closed once read.  Dies on a bad length. */
+void wr_device_state_read(int fd, struct wr_device_state *out);
 
 void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state);
 /* The migrate mode's named arguments (stage/stage.h), before anything is
  * opened; returns whether a pre-shared key comes on WRITER_FD_PSK. */
 bool wr_sink_net_args(void);
 /* Connects and handshakes every channel, before lock-down; *max_fd grows
- * to cover the sockets.  Also knows (--rounds) whether rounds come. */
-void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state);
+ * to cover the sockets.  Also knows (--rounds) whether rounds come.
+ * device_state (migrate --qmp): then asks the front end for the VMM's
+ * device state on WRITER_FD_COMMIT and sends it on the main channel. */
+void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, bool device_state);
 bool wr_sink_net_rounds(void);
 
 #endif

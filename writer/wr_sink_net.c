@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -312,7 +313,26 @@ static void send_device_state(const struct wr_device_state *state)
 		stage_die_errno(rc, "sending the device state to %s", args.to);
 }
 
-void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state)
+/* migrate --qmp: every channel is up and the receiver has taken our offer;
+ * only now does the front end stop the guest and take its device state
+ * ('S': we are ready for it; 'G': it is in WRITER_FD_STATE), so that a
+ * migration that cannot start never stops the guest, and its downtime
+ * holds no connecting or handshakes (doc/qemu.md). */
+static void await_device_state(const struct wr_source *src, struct wr_device_state *state)
+{
+	ssize_t n = tell_front_end('S');
+	if (n != 1)
+		stage_die_errno(n < 0 ? (int)n : -EPIPE, "asking the front end for the device state");
+	char c = 0;
+	do
+		n = read(WRITER_FD_COMMIT, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1 || c != 'G')
+		stage_die(STAGE_EXIT_PEER, "the front end went away before it handed over the device state");
+	wr_device_state_read(WRITER_FD_STATE(src->n_workers), state);
+}
+
+void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, bool device_state)
 {
 	struct net_tls_creds *creds;
 	char why[256] = "";
@@ -321,7 +341,7 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, con
 		stage_die_errno(rc, "%s", why);
 	struct proto_handshake hs = { .geo = src->geo, .n_channels = (uint16_t)args.channels,
 				      .features = (ns.zstd ? PROTO_F_ZSTD : 0) | (ns.rounds ? PROTO_F_ROUNDS : 0) |
-						  (state->len ? PROTO_F_DEVICE_STATE : 0) };
+						  (device_state ? PROTO_F_DEVICE_STATE : 0) };
 	if (getrandom(hs.session_id, sizeof(hs.session_id), 0) != sizeof(hs.session_id))
 		stage_die_errno(-errno, "getrandom for the session id");
 	/* sendfile has no MSG_NOSIGNAL: a receiver that went away must be
@@ -336,8 +356,12 @@ void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, con
 		stage_die_errno(rc, "%s", what);
 	if (rc > 0)
 		stage_die(STAGE_EXIT_FAILED, "%s", what);
-	if (state->len)
-		send_device_state(state);
+	if (device_state) {
+		struct wr_device_state state;
+		await_device_state(src, &state);
+		send_device_state(&state);
+		free(state.bytes);
+	}
 	ns.net.buffer_done = wr_source_give_back;
 	ns.net.ctx = src;
 	stage_stat_set(src->stats, SHM_STAT_FLAGS,

@@ -19,9 +19,11 @@
  *                after the page data (protocol/proto_snapfile.h)
  *                and an eventfd of our own, signalled as writes complete
  *      migrate:  5 TLS credentials: the key file or the X.509 directory (with --tls)
- *                6 socket to the front end, for the commit decision
+ *                6 socket to the front end, for the commit decision (and
+ *                with --device-state, for the state: writer/wr_sink_net.c)
  *                7 + 3W with --device-state: the VMM's device state, sent on
- *                the main channel after its handshake (protocol/proto_state.h)
+ *                the main channel after its handshake (protocol/proto_state.h),
+ *                read only once the front end says it is there
  *      7 + 2i  wake socket of ring worker i -> writer   (we consume)
  *      8 + 2i  wake socket of ring writer -> worker i   (buffers back)
  *      7 + 2W + i  worker i's arena, read-only
@@ -266,9 +268,7 @@ disarm:
 	}
 }
 
-/* The VMM's device state, whole, from the memfd the front end gave us;
- * the fd is closed once read. */
-static void read_device_state(int fd, struct wr_device_state *out)
+void wr_device_state_read(int fd, struct wr_device_state *out)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0)
@@ -333,14 +333,15 @@ int main(int argc, char **argv)
 						wk_arena_source_size(src->frame_size), 0);
 	}
 	int max_fd = WRITER_FD_ARENA(src->n_workers - 1, src->n_workers);
-	struct wr_device_state state = { 0 };
-	if (device_state)
-		read_device_state(WRITER_FD_STATE(src->n_workers), &state);
-	if (migrate)
-		wr_sink_net_init(&w.sink, src, &max_fd, &state);
-	else
+	if (migrate) {
+		wr_sink_net_init(&w.sink, src, &max_fd, device_state);
+	} else {
+		struct wr_device_state state = { 0 };
+		if (device_state)
+			wr_device_state_read(WRITER_FD_STATE(src->n_workers), &state);
 		wr_sink_file_init(&w.sink, src, &max_fd, &state);
-	free(state.bytes); /* stored or sent */
+		free(state.bytes); /* stored */
+	}
 
 	stage_lockdown(SB_ROLE_WRITER, max_fd, !migrate);
 	stage_stat_set(src->stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);

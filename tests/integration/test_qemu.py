@@ -459,6 +459,30 @@ class Migration(pftest.VethWorkspace, Base):
         self.assertEqual(status(src), "running")
         self.assertEqual(status(dst), "inmigrate")
 
+    def test_migration_that_cannot_start_never_stops_the_guest(self):
+        """The guest is stopped only once every channel is up and the
+        receiver has taken the offer: a receiver that refuses it (here one
+        without --qmp, which moves RAM only) leaves the source running
+        without a pause, as its other QMP monitor sees (no STOP event)."""
+        src = start_guest(self.shm, "src", self.path("src.ram"), self.initrd_path, procs=self.procs,
+                          extra=("-qmp", f"unix:{self.path('src-other.qmp')},server=on,wait=off"))
+        src.wait_ready()
+        watcher = qemu_guest.QMP(self.path("src-other.qmp"))
+        port = pftest.free_port()
+        rx = self.spawn([pftest.PF, "receive", "--listen", f"{self.veth.addr[1]}:{port}", "--into",
+                         self.path("plain.ram"), "--psk-file", self.key, "--accept-timeout", 60],
+                        ns=self.veth.ns[1])
+        tx = self.migrate(src, f"tcp:{self.veth.addr[1]}:{port}")
+        tcode, _, terr = self.finish(tx)
+        rcode, _, rerr = self.finish(rx)
+        why = "the sender sends a VM's device state (migrate --qmp), but the receiver takes RAM only"
+        self.assertEqual((tcode, rcode), (1, 1), f"migrate: {terr} receive: {rerr}")
+        self.assertIn(why, terr)
+        self.assertEqual(status(src), "running")
+        self.assertEqual(watcher.status(), "running")  # also reads the events that came meanwhile
+        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")], [])
+        watcher.close()
+
     def test_plain_sender_refused_by_a_qmp_receiver(self):
         # receive --qmp moves a whole VM: a sender of RAM only is refused by
         # name at its handshake, on both ends, and QEMU is left waiting.
