@@ -1,7 +1,7 @@
 /* pageferry-restore: restores a snapshot file into a destination RAM file,
  * or only checks it (`pageferry check`).
  *
- * argv: pageferry-restore --mode=restore|check|state --threads=N [--in-place [--zeroed]]
+ * argv: pageferry-restore --mode=restore|check --threads=N [--in-place [--zeroed]] [--device-state]
  * fds (stage/stage_fds.h): 3 control segment (statistics only), 4 the
  *      destination RAM file (read-write, empty; with --in-place an existing
  *      file of the guest's size, a waiting VMM's RAM: pages the snapshot
@@ -9,9 +9,10 @@
  *      already; not in check mode),
  *      5 the snapshot (buffered: header, bitmap, extent table),
  *      6 the snapshot again, O_DIRECT where the filesystem allows (page data),
- *      7 in state mode: an empty file the snapshot's device state is written
- *      to, checked; nothing else is done (restore --qmp asks for it before
- *      it touches the destination).
+ *      7 with --device-state (restore --qmp): an empty file the snapshot's
+ *      device state is written to, checked against its CRC before anything
+ *      is written to the destination (a snapshot without one is refused
+ *      there).
  *
  * The snapshot is untrusted input: header, bitmap and extent table are
  * decoded field by field and checked (protocol/proto_snapfile.c,
@@ -35,7 +36,7 @@
 #include "dest/ds_restore.h"
 #include "stage/stage.h"
 
-#define USAGE "pageferry-restore --mode=restore|check|state --threads=N [--in-place [--zeroed]]"
+#define USAGE "pageferry-restore --mode=restore|check --threads=N [--in-place [--zeroed]] [--device-state]"
 #define MAX_THREADS 64
 
 static pthread_barrier_t start_line;
@@ -51,17 +52,19 @@ int main(int argc, char **argv)
 	stage_set_name("restore", -1);
 	stage_tie_to_supervisor();
 	stage_args(argc, argv, USAGE);
-	static const char *const modes[] = { "restore", "check", "state", NULL };
-	int mode = stage_arg_choice("mode", modes);
-	bool check_only = mode == 1, device_state = mode == 2;
+	static const char *const modes[] = { "restore", "check", NULL };
+	bool check_only = stage_arg_choice("mode", modes) == 1;
 	int threads = (int)stage_arg_u64("threads", 1, MAX_THREADS);
 	bool in_place = stage_arg_flag("in-place");
 	bool zeroed = stage_arg_flag("zeroed");
+	bool device_state = stage_arg_flag("device-state");
 	stage_args_done();
-	/* Up to the snapshot's O_DIRECT fd (state: the device state's); check
-	 * and state: no destination. */
+	if (check_only && device_state)
+		stage_die(STAGE_EXIT_USAGE, "--device-state goes with --mode=restore (usage: %s)", USAGE);
+	/* Up to the snapshot's O_DIRECT fd (--device-state: the device
+	 * state's); check: no destination. */
 	static const int no_dest[] = { STAGE_FD_GUEST };
-	stage_close_inherited_fds(device_state ? RESTORE_FD_STATE : RESTORE_FD_DATA, no_dest, mode ? 1 : 0);
+	stage_close_inherited_fds(device_state ? RESTORE_FD_STATE : RESTORE_FD_DATA, no_dest, check_only ? 1 : 0);
 	struct shm_segment seg;
 	stage_attach_segment(&seg);
 
@@ -72,21 +75,19 @@ int main(int argc, char **argv)
 		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
-	/* check and restore: the section's CRC; state: and hand it over. */
+	/* The section's CRC, before any page; --device-state: and hand it over. */
 	uint8_t *state = malloc(r.hdr.device_state_len ? r.hdr.device_state_len : 1);
 	if (!state)
 		stage_die_errno(-ENOMEM, "allocating the device state");
-	if (device_state)
-		stage_lockdown(SB_ROLE_RESTORE, RESTORE_FD_STATE, 1);
 	rc = ds_restore_device_state(&r, device_state ? RESTORE_FD_STATE : -1, state, &why);
 	if (rc == -EBADMSG)
 		stage_die(STAGE_EXIT_FAILED, "snapshot refused: %s", why);
 	if (rc < 0)
 		stage_die_errno(rc, "%s", why);
-	if (device_state)
-		return STAGE_EXIT_OK;
 	free(state);
-	r.in_place = in_place && mode == 0;
+	if (device_state && close(RESTORE_FD_STATE) < 0)
+		stage_die_errno(-errno, "closing the device state");
+	r.in_place = in_place && !check_only;
 	r.dest_zeroed = r.in_place && zeroed;
 	struct stat st;
 	if (r.in_place && fstat(STAGE_FD_GUEST, &st) < 0)

@@ -295,29 +295,13 @@ def _refuse_partial(snap):
         raise JobError(f"{snap} is an unfinished snapshot (pageferry stopped before it committed it)")
 
 
-def device_state(ctx, snap):
-    """The device state stored in SNAP (snapshot --qmp), checked against its
-    CRC by the restore stage, which refuses a snapshot without one; nothing
-    else is read."""
-    _refuse_partial(snap)
-    run, meta_fd = open_snapshot(ctx, "restore", snap)
-    try:
-        state_fd = pf_stages.memfd("pageferry-device-state", 0)
-        run.fds.append(state_fd)
-        seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "state", 1,
-                                    {pf_abi.fd("restore", "state"): state_fd})
-        run.watch(lambda: 0)
-        seg.close()
-        return os.pread(state_fd, os.fstat(state_fd).st_size, 0)
-    finally:
-        run.close(True)
-
-
-def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False):
+def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False, device_state_fd=None):
     """in_place: INTO is an existing RAM file, written where it is (restore
     --in-place, --qmp), zeroed: one the user says reads as zeros;
     finish(summary): called once the RAM is restored and committed, before
-    the summary is printed."""
+    the summary is printed; device_state_fd (restore --qmp): an empty file
+    the stage writes SNAP's device state to, checked, before it writes any
+    page (a snapshot without one is refused there)."""
     _refuse_partial(snap)
     run, meta_fd = open_snapshot(ctx, "restore", snap)
     partial = into + PARTIAL_SUFFIX
@@ -330,15 +314,23 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False)
             dest_fd = _open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, "create destination", 0o600)
             run.cleanup_paths.append(partial)
             run.fds.append(dest_fd)
-        seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers,
-                                    {pf_abi.fd("restore", "dest"): dest_fd},
-                                    (["--in-place"] + (["--zeroed"] if zeroed else [])) if in_place else [])
+        fds, args = {pf_abi.fd("restore", "dest"): dest_fd}, []
+        if in_place:
+            args += ["--in-place"] + (["--zeroed"] if zeroed else [])
+        if device_state_fd is not None:
+            fds[pf_abi.fd("restore", "state")] = device_state_fd
+            args.append("--device-state")
+        seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers, fds, args)
         p = run.pipeline
 
         try:
             secs = run.watch(pages_done(run, seg))
         except JobError as e:
-            if marker:
+            if marker and seg.stats(pf_abi.STATS_DEST)["state"] == pf_abi.PROC_STARTING:
+                # Refused before lock-down, before its readers wrote a page
+                # (a bad header, no device state): FILE is as it was.
+                os.unlink(marker)
+            elif marker:
                 e.args = (f"{e.args[0]}; {into} is incomplete (marked by {marker})",) + e.args[1:]
             raise
         st = seg.stats(pf_abi.STATS_DEST)

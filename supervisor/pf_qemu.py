@@ -30,6 +30,7 @@ import time
 import pf_abi
 import pf_jobs
 import pf_qmp
+import pf_stages
 from pf_jobs import JobError
 
 STATE_FD_NAME = "pageferry-state"
@@ -318,16 +319,23 @@ def receive(ctx, qmp_path, receive_job, resume_guest=True):
 
 
 def restore(ctx, snap, qmp_path, workers, resume_guest=True, zeroed=False):
+    """The restore stage checks SNAP's device state before it writes a page
+    and hands it over with the RAM; QEMU loads it once the RAM is whole."""
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = waiting_ram(qmp)
-        state = pf_jobs.device_state(ctx, snap)
+        state_fd = pf_stages.memfd("pageferry-device-state", 0)
         began = time.monotonic()
 
         def finish(summary):
+            state = os.pread(state_fd, os.fstat(state_fd).st_size, 0)
             load_state(qmp, state)
             if resume_guest:
                 resume(qmp)
             summary.update(qmp=qmp_path, device_state_bytes=len(state), resumed=resume_guest,
                            load_ms=round((time.monotonic() - began) * 1000))
 
-        pf_jobs.restore(ctx, snap, ram, workers, in_place=True, finish=finish, zeroed=zeroed)
+        try:
+            pf_jobs.restore(ctx, snap, ram, workers, in_place=True, finish=finish, zeroed=zeroed,
+                            device_state_fd=state_fd)
+        finally:
+            os.close(state_fd)

@@ -286,6 +286,7 @@ class SnapshotRestore(Base):
         self.assert_refused(r, "restore", "-incoming defer")
         self.assertEqual(status(dest), "prelaunch")
         self.assertEqual(digest(dest.ram), before, "the refused restore wrote the destination's RAM")
+        self.assertFalse(os.path.exists(dest.ram + ".pf-incomplete"), "an untouched RAM file marked incomplete")
 
     def test_restore_refuses_snapshot_without_device_state(self):
         """A .pfs from plain `snapshot --guest` holds RAM only: restoring it
@@ -300,6 +301,7 @@ class SnapshotRestore(Base):
         self.assert_refused(r, "restore", "no device state")
         self.assertEqual(status(dest), "inmigrate")
         self.assertEqual(digest(dest.ram), before, "the refused restore wrote the destination's RAM")
+        self.assertFalse(os.path.exists(dest.ram + ".pf-incomplete"), "an untouched RAM file marked incomplete")
 
 
 class SnapshotRefusals(Base):

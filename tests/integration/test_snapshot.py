@@ -142,14 +142,34 @@ class InPlace(Workspace):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--zeroed goes with --in-place or --qmp", r.stderr)
 
-    def test_wrong_size_refused_and_marked(self):
+    def test_wrong_size_refused_untouched_and_not_marked(self):
+        """Refused before the restore stage's lock-down, before a page is
+        written: the file is as it was, so no marker stays."""
         out, _ = self.snapshot(self.guest("mixed", "16M"))
         into = self.path("vmm.ram")
         with open(into, "wb") as f:
             f.write(b"\1" * (8 << 20))
         r = pf("restore", out, "--into", into, "--in-place")
         self.assertEqual(r.returncode, 1, r.stderr)
-        self.assertIn(f"the snapshot's guest is {16 << 20} bytes but the destination is {8 << 20}", r.stderr)
+        self.assertEqual(r.stderr, f"pageferry restore: pageferry-restore: the snapshot's guest is {16 << 20} "
+                                   f"bytes but the destination is {8 << 20}\n")
+        self.assertFalse(os.path.exists(into + ".pf-incomplete"))
+        with open(into, "rb") as f:
+            self.assertEqual(f.read(), b"\1" * (8 << 20))
+
+    def test_failure_after_pages_were_written_is_marked(self):
+        """A snapshot whose page data is corrupt is refused by the readers,
+        after lock-down: FILE may hold some of its pages, so it stays marked
+        and the error says so."""
+        out, _ = self.snapshot(self.guest("random", "16M"))
+        with open(out, "r+b") as f:
+            f.seek(-(8 << 20), os.SEEK_END)
+            f.write(b"\xff" * 4096)
+        into = self.path("vmm.ram")
+        with open(into, "wb") as f:
+            f.write(bytes(16 << 20))
+        r = pf("restore", out, "--into", into, "--in-place")
+        self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn(f"{into} is incomplete (marked by {into}.pf-incomplete)", r.stderr)
         self.assertTrue(os.path.exists(into + ".pf-incomplete"))
 
