@@ -193,10 +193,13 @@ def open_in_place(run, into, what):
     return dest_fd, marker
 
 
-def snapshot(ctx, guest, out, workers, device_state=None, finish=None, held_stopped=None):
-    """device_state: a VMM's device state (bytes) to store in the snapshot;
-    finish(summary): called once the snapshot is committed, before the
-    summary is printed (snapshot --qmp resumes the guest there);
+def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held_stopped=None):
+    """take_device_state() (snapshot --qmp): stops the guest and returns its
+    VMM's device state (bytes) to store in the snapshot; called once the
+    snapshot file is made and the writer and workers are started, and only
+    then is the guest read. finish(summary): called once the snapshot is
+    committed, before the summary is printed (snapshot --qmp resumes the
+    guest there);
     held_stopped(): raises JobError unless the guest's VMM kept it stopped
     all along; given, it replaces the final re-check of the guest and is
     called right before the commit (pf_source.recheck_args)."""
@@ -218,9 +221,16 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None, held_stop
         p = run.pipeline
         writer_args = ["--mode=snapshot"] + pf_source.recheck_args(held_stopped)
         writer_fds = {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd}
-        if device_state is not None:
-            os.write(pf_source.device_state_fd(run, workers, writer_args, writer_fds), device_state)
-        pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds)
+        state_fd = state_bytes = None
+        if take_device_state is not None:
+            state_fd = pf_source.device_state_fd(run, workers, writer_args, writer_fds)
+        start_scanner = pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args,
+                                               writer_fds, scanner_later=state_fd is not None)
+        if start_scanner:
+            # The writer reads the state once the pages are written, which
+            # they are only after the scanner has started.
+            state_bytes = pf_source.fill_device_state(state_fd, take_device_state())
+            start_scanner()
 
         def done():
             w = seg.stats(pf_abi.STATS_WRITER)
@@ -251,8 +261,8 @@ def snapshot(ctx, guest, out, workers, device_state=None, finish=None, held_stop
             "replacements": len(p.replacements), "replaced_stages": p.replacements,
             "unchanged_guest": pf_source.unchanged_guest(held_stopped, False),
         }
-        if device_state is not None:
-            summary["device_state_bytes"] = len(device_state)
+        if state_bytes is not None:
+            summary["device_state_bytes"] = state_bytes
         seg.close()
         if finish:
             finish(summary)

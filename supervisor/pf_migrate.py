@@ -120,7 +120,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             the guest, take its state, then let the pipeline read it."""
             if os.fstat(state_fd).st_size:
                 raise JobError("the writer asked for the device state twice")
-            os.write(state_fd, take_device_state())
+            pf_source.fill_device_state(state_fd, take_device_state())
             start_scanner()
             try:
                 os.write(commit_fd, b"G")

@@ -276,7 +276,7 @@ def _move(qmp_path, verb, job, resume_after):
 
 def snapshot(ctx, qmp_path, out, workers):
     _move(qmp_path, "snapshot", lambda ram, take_state, finish, held_stopped: pf_jobs.snapshot(
-        ctx, ram, out, workers, device_state=take_state(), finish=finish, held_stopped=held_stopped),
+        ctx, ram, out, workers, take_device_state=take_state, finish=finish, held_stopped=held_stopped),
         resume_after=True)
 
 

@@ -16,6 +16,14 @@ def device_state_fd(run, workers, writer_args, writer_fds):
     return state_fd
 
 
+def fill_device_state(state_fd, state):
+    """The state into the writer's memfd, whole; returns its length."""
+    done = 0
+    while done < len(state):
+        done += os.pwrite(state_fd, state[done:], done)
+    return done
+
+
 def recheck_args(held_stopped):
     """The writer re-reads the guest after the copy to prove it did not
     change (doc/architecture.md, "A guest that changes while it is copied"),

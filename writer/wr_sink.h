@@ -98,7 +98,9 @@ struct wr_device_state {
  * before lock-down); the fd is closed once read.  Dies on a bad length. */
 void wr_device_state_read(int fd, struct wr_device_state *out);
 
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state);
+/* device_state (snapshot --qmp): the VMM's device state is read from
+ * WRITER_FD_STATE and stored once the pages are written. */
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, bool device_state);
 /* The migrate mode's named arguments (stage/stage.h), before anything is
  * opened; returns whether a pre-shared key comes on WRITER_FD_PSK. */
 bool wr_sink_net_args(void);

@@ -5,6 +5,7 @@
  * worker once the last of its writes completed. */
 #include <errno.h>
 
+#include "protocol/proto_error.h"
 #include "stage/stage.h"
 #include "workers/wk_arena.h"
 #include "writer/wr_recheck.h"
@@ -12,6 +13,10 @@
 #include "writer/wr_snapfile.h"
 
 static struct wr_snapfile file;
+/* snapshot --qmp: the VMM's device state, in WRITER_FD_STATE by the time
+ * the scanner starts (the front end stops the guest and takes it only once
+ * we run), stored once the pages are written. */
+static int state_fd = -1;
 /* Writes not yet completed from each arena buffer. */
 static uint16_t writes_from[SHM_MAX_WORKERS][WK_ARENA_BUFFERS];
 static int notify_fd;
@@ -91,6 +96,10 @@ static void file_prepare(struct wr_sink *s)
 {
 	const char *what = "";
 	int rc = wr_snapfile_drain(&file, &what);
+	if (rc == 0 && state_fd >= 0)
+		rc = wr_snapfile_copy_state(&file, state_fd, &what);
+	if (rc == -EMSGSIZE)
+		stage_die(STAGE_EXIT_FAILED, "the device state: %s", proto_strerror(PROTO_E_DEVICE_STATE_LEN));
 	if (rc < 0)
 		file_failed(rc, what);
 }
@@ -110,15 +119,19 @@ static void file_check_cancel(struct wr_sink *s)
 	/* The front end stops a snapshot by stopping us. */
 }
 
-void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, const struct wr_device_state *state)
+void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, bool device_state)
 {
 	const char *what = "";
 	int rc = wr_snapfile_begin(&file, WRITER_FD_META, WRITER_FD_DATA, src->geo.page_size,
-				   src->geo.guest_pages * src->geo.page_size, state->bytes, state->len, &what);
+				   src->geo.guest_pages * src->geo.page_size, &what);
 	if (rc < 0)
 		stage_die_errno(rc, "starting the snapshot: %s", what);
 	file.released = write_released;
 	file.released_ctx = src;
+	if (device_state) {
+		state_fd = WRITER_FD_STATE(src->n_workers);
+		*max_fd = state_fd > *max_fd ? state_fd : *max_fd;
+	}
 	if ((notify_fd = wr_snapfile_notify_fd(&file)) < 0)
 		stage_die_errno(notify_fd, "an eventfd for the snapshot's write completions");
 	*max_fd = notify_fd > *max_fd ? notify_fd : *max_fd;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dio/dio_sync.h"
@@ -42,7 +43,7 @@ static void write_done(void *ctx, uint64_t slot, uint64_t len)
 	} while (0)
 
 int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t page_size,
-		      uint64_t guest_size, const uint8_t *state, uint32_t state_len, const char **what)
+		      uint64_t guest_size, const char **what)
 {
 	memset(f, 0, sizeof(*f));
 	f->meta_fd = meta_fd;
@@ -70,15 +71,27 @@ int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t 
 	FAIL("writing the header", write_header(f));
 	FAIL("writing the bitmap", dio_pwrite_full(meta_fd, f->bitmap, f->hdr.bitmap_len, f->hdr.bitmap_offset));
 	FAIL("sizing the file", ftruncate(meta_fd, (off_t)(f->hdr.data_offset + guest_size)) < 0 ? -errno : 0);
-	if (state_len) {
-		/* Right after the page data; its length and CRC go into the
-		 * header, which says COMPLETE only later. */
-		f->hdr.flags |= PROTO_SNAP_F_DEVICE_STATE;
-		f->hdr.device_state_len = state_len;
-		f->hdr.device_state_crc = proto_crc32c(0, state, state_len);
+	return 0;
+}
+
+int wr_snapfile_copy_state(struct wr_snapfile *f, int state_fd, const char **what)
+{
+	static uint8_t chunk[64 << 10];
+	struct stat st;
+	FAIL("fstat of the device state", fstat(state_fd, &st) < 0 ? -errno : 0);
+	FAIL("the device state's length", st.st_size <= 0 || (uint64_t)st.st_size > PROTO_SNAP_STATE_MAX ? -EMSGSIZE : 0);
+	uint32_t len = (uint32_t)st.st_size, crc = 0;
+	for (uint32_t done = 0; done < len;) {
+		uint32_t n = len - done < sizeof(chunk) ? len - done : (uint32_t)sizeof(chunk);
+		FAIL("reading the device state", dio_pread_full(state_fd, chunk, n, done));
 		FAIL("writing the device state into the snapshot",
-		     dio_pwrite_full(meta_fd, state, state_len, proto_snap_state_offset(&f->hdr)));
+		     dio_pwrite_full(f->meta_fd, chunk, n, proto_snap_state_offset(&f->hdr) + done));
+		crc = proto_crc32c(crc, chunk, n);
+		done += n;
 	}
+	f->hdr.flags |= PROTO_SNAP_F_DEVICE_STATE;
+	f->hdr.device_state_len = len;
+	f->hdr.device_state_crc = crc;
 	return 0;
 }
 

@@ -49,11 +49,15 @@ struct wr_snapfile {
 };
 
 /* Size the file, write a WRITING header and an empty bitmap, set up the
- * queue; with a device state (state_len > 0: the VMM's, up to
- * PROTO_SNAP_STATE_MAX bytes), write it after the page data with its
- * CRC-32C in the header.  -errno with *what naming the step on failure. */
+ * queue.  -errno with *what naming the step on failure. */
 int wr_snapfile_begin(struct wr_snapfile *f, int meta_fd, int data_fd, uint32_t page_size,
-		      uint64_t guest_size, const uint8_t *state, uint32_t state_len, const char **what);
+		      uint64_t guest_size, const char **what);
+/* The VMM's device state, the whole of file state_fd (1 byte up to
+ * PROTO_SNAP_STATE_MAX), copied after the page data through a small static
+ * buffer (no allocation: it runs after lock-down), with its length and
+ * CRC-32C in the header, which says COMPLETE only at wr_snapfile_finish.
+ * -EMSGSIZE for a bad length. */
+int wr_snapfile_copy_state(struct wr_snapfile *f, int state_fd, const char **what);
 /* An eventfd that becomes readable as writes complete (for poll; made here,
  * once, before lock-down), or -errno. */
 int wr_snapfile_notify_fd(struct wr_snapfile *f);

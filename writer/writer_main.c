@@ -16,7 +16,9 @@
  *      snapshot: 5 snapshot file, buffered (header and bitmap)
  *                6 the same file opened O_DIRECT (page data only)
  *                7 + 3W with --device-state: the VMM's device state, stored
- *                after the page data (protocol/proto_snapfile.h)
+ *                after the page data (protocol/proto_snapfile.h), read once
+ *                the pages are written (the front end fills it before it
+ *                starts the scanner)
  *                and an eventfd of our own, signalled as writes complete
  *      migrate:  5 TLS credentials: the key file or the X.509 directory (with --tls)
  *                6 socket to the front end, for the commit decision (and
@@ -333,15 +335,10 @@ int main(int argc, char **argv)
 						wk_arena_source_size(src->frame_size), 0);
 	}
 	int max_fd = WRITER_FD_ARENA(src->n_workers - 1, src->n_workers);
-	if (migrate) {
+	if (migrate)
 		wr_sink_net_init(&w.sink, src, &max_fd, device_state);
-	} else {
-		struct wr_device_state state = { 0 };
-		if (device_state)
-			wr_device_state_read(WRITER_FD_STATE(src->n_workers), &state);
-		wr_sink_file_init(&w.sink, src, &max_fd, &state);
-		free(state.bytes); /* stored */
-	}
+	else
+		wr_sink_file_init(&w.sink, src, &max_fd, device_state);
 
 	stage_lockdown(SB_ROLE_WRITER, max_fd, !migrate);
 	stage_stat_set(src->stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);

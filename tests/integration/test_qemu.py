@@ -209,16 +209,21 @@ class SnapshotRestore(Base):
         self.source.close_qmp()
         self.assertEqual(status(self.source), "running")
 
-    def test_failed_snapshot_resumes_the_guest(self):
-        """A snapshot that fails after pageferry stopped the guest (here:
-        its file cannot be created) resumes it and leaves no snapshot."""
+    def test_snapshot_that_cannot_start_never_stops_the_guest(self):
+        """The guest is stopped only once the snapshot file is made and the
+        writer and workers run: one whose file cannot be created fails
+        with the guest running all along (no STOP event on another
+        monitor) and leaves no snapshot."""
         self.snapshot_summary()
+        watcher = qemu_guest.QMP(self.other_qmp)
         out = os.path.join(self.disk, "no-such-dir", "x.pfs")
         r = pf("snapshot", "--qmp", self.source.qmp_path, "--out", out, env=self.env)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertEqual(r.stderr.strip(), f"pageferry snapshot: cannot create snapshot {out}.pf-partial: "
                                            "No such file or directory")
-        self.assertEqual(status(self.source), "running")
+        self.assertEqual(watcher.status(), "running")  # also reads the events that came meanwhile
+        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")], [])
+        watcher.close()
         now = self.source.last_counter()
         self.source.wait_for_counter(now + 2)
 
