@@ -3,9 +3,14 @@
  * fds (stage/stage_fds.h): 3 control segment, 4 guest (read-only),
  *      5 + i  wake socket of ring scanner -> worker i (i < n_workers)
  *      5 + n_workers  the dirty log, read-write (--live)
- * argv: pageferry-scanner
+ *                     or, with --held, a pipe from the front end
+ * argv: pageferry-scanner [--held]
  *       pageferry-scanner --live --downtime-limit-ms=MS --max-bandwidth=BYTES_PER_S [--auto-converge]
  *                         --max-rounds=N --pause-timeout-ms=MS
+ *
+ * --held (snapshot and migrate --qmp): started before the guest is
+ * stopped, ready and locked down, the scanner reads nothing of the guest
+ * until the front end, having stopped it, writes 'G' on the pipe.
  *
  * In live mode the whole RAM is round 1; later rounds come from the dirty
  * log (scanner/sc_precopy.c).  Each round ends with a FENCE on every worker
@@ -115,13 +120,30 @@ static uint8_t *map_dirty_log(const struct scanner *s, int fd)
 	return log;
 }
 
+#define USAGE                                                                                   \
+	"pageferry-scanner [--held | --live --downtime-limit-ms=MS --max-bandwidth=BYTES_PER_S " \
+	"[--auto-converge] --max-rounds=N --pause-timeout-ms=MS]"
+
+/* --held: 'G' once the front end has stopped the guest; anything else (it
+ * went away: end of file) ends us before we read a page. */
+static void wait_for_go(int fd)
+{
+	char c = 0;
+	ssize_t n;
+	do
+		n = read(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1 || c != 'G')
+		stage_die(STAGE_EXIT_PEER, "the front end went away before it stopped the guest");
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
 	struct scanner s = { 0 };
 	stage_set_name("scanner", -1);
 	stage_tie_to_supervisor();
-	stage_args(argc, argv, "pageferry-scanner [--live --downtime-limit-ms=MS --max-bandwidth=BYTES_PER_S "
-			       "[--auto-converge] --max-rounds=N --pause-timeout-ms=MS]");
+	stage_args(argc, argv, USAGE);
 	struct sc_precopy_params params = { 0 };
 	int live = stage_arg_flag("live");
 	if (live) {
@@ -131,11 +153,16 @@ int main(int argc, char **argv)
 		params.max_rounds = (uint32_t)stage_arg_u64("max-rounds", 2, SHM_MAX_ROUNDS);
 		params.pause_timeout_us = stage_arg_u64("pause-timeout-ms", 1, 600000) * 1000;
 	}
+	int held = stage_arg_flag("held");
 	stage_args_done();
+	if (held && live)
+		stage_die(STAGE_EXIT_USAGE, "--held does not go with --live (usage: %s)", USAGE);
 	stage_attach_segment(&s.seg);
 	s.n_workers = s.seg.geo.n_workers;
-	stage_close_inherited_fds(live ? SCANNER_FD_DIRTY_LOG(s.n_workers) : SCANNER_FD_RING(s.n_workers - 1), NULL,
-				  0);
+	stage_close_inherited_fds(live ? SCANNER_FD_DIRTY_LOG(s.n_workers)
+				  : held ? SCANNER_FD_GO(s.n_workers)
+					 : SCANNER_FD_RING(s.n_workers - 1),
+				  NULL, 0);
 	s.stats = shm_segment_stats(&s.seg, SHM_STATS_SCANNER);
 	s.writer_stats = shm_segment_stats(&s.seg, SHM_STATS_WRITER);
 	s.round = 1;
@@ -151,9 +178,13 @@ int main(int argc, char **argv)
 		max_fd = SCANNER_FD_DIRTY_LOG(s.n_workers);
 		s.max_bandwidth = params.max_bandwidth;
 	}
+	if (held)
+		max_fd = SCANNER_FD_GO(s.n_workers);
 	stage_lockdown(SB_ROLE_SCANNER, max_fd, 0);
-	s.pacing_start_us = sc_now_us();
 	stage_stat_set(s.stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
+	if (held)
+		wait_for_go(SCANNER_FD_GO(s.n_workers));
+	s.pacing_start_us = sc_now_us();
 
 	const uint64_t page = s.seg.geo.page_size;
 	const uint64_t size = s.seg.geo.guest_pages * page;

@@ -21,6 +21,7 @@
 /* pageferry-scanner */
 #define SCANNER_FD_RING(i) (5 + (int)(i))	  /* wake socket of ring scanner -> worker i */
 #define SCANNER_FD_DIRTY_LOG(n) (5 + (int)(n)) /* the VMM's dirty log, read-write (--live) */
+#define SCANNER_FD_GO(n) (5 + (int)(n))	/* --held (never with --live): one byte, 'G', says start */
 
 /* pageferry-worker */
 #define WORKER_FD_IN 5		/* wake socket of ring scanner -> this worker (we consume) */

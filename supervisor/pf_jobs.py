@@ -224,13 +224,13 @@ def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held
         state_fd = state_bytes = None
         if take_device_state is not None:
             state_fd = pf_source.device_state_fd(run, workers, writer_args, writer_fds)
-        start_scanner = pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args,
-                                               writer_fds, scanner_later=state_fd is not None)
-        if start_scanner:
+        let_scanner_go = pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args,
+                                                writer_fds, scanner_held=state_fd is not None)
+        if let_scanner_go:
             # The writer reads the state once the pages are written, which
-            # they are only after the scanner has started.
+            # they are only after the scanner has gone.
             state_bytes = pf_source.fill_device_state(state_fd, take_device_state())
-            start_scanner()
+            let_scanner_go()
 
         def done():
             w = seg.stats(pf_abi.STATS_WRITER)

@@ -109,10 +109,10 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
                             f"--max-rounds={live['max_rounds']}", f"--pause-timeout-ms={live['pause_timeout']}"]
             if live["auto_converge"]:
                 scanner_args.append("--auto-converge")
-        start_scanner = pf_source.spawn_source(
+        let_scanner_go = pf_source.spawn_source(
             run, seg, guest_fd, workers, run_pages * page, writer_args, writer_fds,
             worker_args=worker_args,
-            scanner_args=scanner_args, scanner_fds=scanner_fds, scanner_later=state_fd is not None)
+            scanner_args=scanner_args, scanner_fds=scanner_fds, scanner_held=state_fd is not None)
         commit_theirs.close()
 
         def hand_over_state():
@@ -121,7 +121,7 @@ def migrate(ctx, guest, to, channels, compress, zerocopy, workers, psk_file, con
             if os.fstat(state_fd).st_size:
                 raise JobError("the writer asked for the device state twice")
             pf_source.fill_device_state(state_fd, take_device_state())
-            start_scanner()
+            let_scanner_go()
             try:
                 os.write(commit_fd, b"G")
             except OSError:

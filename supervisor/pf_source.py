@@ -40,16 +40,17 @@ def unchanged_guest(held_stopped, live):
 
 
 def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds, worker_args=None,
-                 scanner_args=(), scanner_fds=None, scanner_later=False):
+                 scanner_args=(), scanner_fds=None, scanner_held=False):
     """Start the source pipeline: scanner -> workers -> writer, wired by
     their rings' wake sockets on the fds of stage/stage_fds.h (pf_abi.fd),
     each worker with its arena of buffers for runs of run_bytes.
     writer_fds / scanner_fds: role-specific fds, {fd number: fd we hold};
     worker_args: extra named args for every worker. Workers are replaced
     when they die (pf_stages.Pipeline.spawn, restartable).
-    scanner_later: the scanner, which starts reading the guest at once, is
-    not started yet: returns the function that starts it (migrate --qmp,
-    once the guest is stopped); else returns None."""
+    scanner_held: the scanner, which would read the guest at once, is
+    started held (--held: ready, locked down, waiting on a pipe): returns
+    the function that lets it go (snapshot and migrate --qmp, once the
+    guest is stopped); else returns None."""
     pipeline = run.pipeline
     pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
     arenas = [memfd(f"pageferry-arena-{i}", pf_abi.source_arena_bytes(run_bytes)) for i in range(workers)]
@@ -67,28 +68,31 @@ def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds
                         pf_abi.fd("worker", "out"): pairs[(1, i)][0].fileno(),
                         pf_abi.fd("worker", "back"): pairs[(2, i)][1].fileno(),
                         pf_abi.fd("worker", "arena"): arenas[i]}, restartable=True)
+    fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
+           **(scanner_fds or {})}
+    fds.update({pf_abi.fd("scanner", "ring", i): pairs[(0, i)][0].fileno() for i in range(workers)})
+    go = None
+    if scanner_held:
+        go_r, go = os.pipe2(os.O_CLOEXEC)
+        fds[pf_abi.fd("scanner", "go", n=workers)] = go_r
+    try:
+        held = ["--held"] if go is not None else []
+        pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args) + held, fds)
+    finally:
+        if go is not None:
+            os.close(go_r)
+            run.fds.append(go)
     # Our copies must go, or a dead stage's peer would never see it hang up
-    # (the pipeline keeps the workers' own ends: they are replaced instead);
-    # the scanner's ends once it has them.
-    scanner_ends = []
-    for (ring, _), (a, b) in pairs.items():
-        if ring == 0:
-            scanner_ends.append(a)
-        else:
-            a.close()
+    # (the pipeline keeps the workers' own ends: they are replaced instead).
+    for a, b in pairs.values():
+        a.close()
         b.close()
+    if go is None:
+        return None
 
-    def start_scanner():
-        fds = {pf_abi.fd("scanner", "segment"): seg.fd, pf_abi.fd("scanner", "guest"): guest_fd,
-               **(scanner_fds or {})}
-        fds.update({pf_abi.fd("scanner", "ring", i): end.fileno() for i, end in enumerate(scanner_ends)})
+    def let_scanner_go():
         try:
-            pipeline.spawn("pageferry-scanner", "pageferry-scanner", list(scanner_args), fds)
-        finally:
-            for end in scanner_ends:
-                end.close()
-
-    if scanner_later:
-        return start_scanner
-    start_scanner()
-    return None
+            os.write(go, b"G")
+        except OSError:
+            pass  # the scanner ended: the pipeline reports why
+    return let_scanner_go

@@ -207,6 +207,7 @@ int main(void)
 	FD("scanner", "guest", STAGE_FD_GUEST);
 	FD("scanner", "ring", SCANNER_FD_RING(i));
 	FD("scanner", "dirty_log", SCANNER_FD_DIRTY_LOG(n));
+	FD("scanner", "go", SCANNER_FD_GO(n));
 	FD("worker", "guest", STAGE_FD_GUEST);
 	FD("worker", "in", WORKER_FD_IN);
 	FD("worker", "out", WORKER_FD_OUT);
