@@ -89,15 +89,6 @@ void wr_source_drop(void *src, uint32_t worker, const struct proto_desc *d);
  * fails the stage if the guest changed, returns otherwise. */
 void wr_source_after_failure(struct wr_source *src);
 
-/* A VMM's device state the sink stores (snapshot) or sends (migrate); len 0: none. */
-struct wr_device_state {
-	uint8_t *bytes;
-	uint32_t len;
-};
-/* The state, whole, from the memfd the front end gave us (fstat, pread:
- * before lock-down); the fd is closed once read.  Dies on a bad length. */
-void wr_device_state_read(int fd, struct wr_device_state *out);
-
 /* device_state (snapshot --qmp): the VMM's device state is read from
  * WRITER_FD_STATE and stored once the pages are written. */
 void wr_sink_file_init(struct wr_sink *s, struct wr_source *src, int *max_fd, bool device_state);

@@ -10,15 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "dio/dio_sync.h"
+#include "protocol/proto_crc32c.h"
+#include "protocol/proto_snapfile.h"
+#include "protocol/proto_state.h"
 #include "stage/stage.h"
 #include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
 #include "writer/wr_net.h"
-#include "protocol/proto_crc32c.h"
-#include "protocol/proto_state.h"
 #include "writer/wr_recheck.h"
 #include "writer/wr_sink.h"
 
@@ -298,6 +301,32 @@ bool wr_sink_net_args(void)
 	return args.tls != NET_TLS_NONE;
 }
 
+/* A VMM's device state, sent on the main channel. */
+struct wr_device_state {
+	uint8_t *bytes;
+	uint32_t len;
+};
+
+/* The state, whole, from the memfd the front end filled (fstat, pread:
+ * before lock-down); the fd is closed once read.  Dies on a bad length. */
+static void read_device_state(int fd, struct wr_device_state *out)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		stage_die_errno(-errno, "fstat of the device state");
+	if (st.st_size <= 0 || (uint64_t)st.st_size > PROTO_SNAP_STATE_MAX)
+		stage_die(STAGE_EXIT_FAILED, "the device state is %lld bytes: %s", (long long)st.st_size,
+			  proto_strerror(PROTO_E_DEVICE_STATE_LEN));
+	out->bytes = malloc((size_t)st.st_size);
+	if (!out->bytes)
+		stage_die_errno(-ENOMEM, "allocating the device state");
+	int rc = dio_pread_full(fd, out->bytes, (uint64_t)st.st_size, 0);
+	if (rc < 0)
+		stage_die_errno(rc, "reading the device state");
+	out->len = (uint32_t)st.st_size;
+	close(fd);
+}
+
 /* migrate --qmp: the VMM's device state on the main channel, after every
  * channel's handshake (protocol/proto_state.h), inside TLS when TLS is on. */
 static void send_device_state(const struct wr_device_state *state)
@@ -329,7 +358,7 @@ static void await_device_state(const struct wr_source *src, struct wr_device_sta
 	while (n < 0 && errno == EINTR);
 	if (n != 1 || c != 'G')
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it handed over the device state");
-	wr_device_state_read(WRITER_FD_STATE(src->n_workers), state);
+	read_device_state(WRITER_FD_STATE(src->n_workers), state);
 }
 
 void wr_sink_net_init(struct wr_sink *s, struct wr_source *src, int *max_fd, bool device_state)

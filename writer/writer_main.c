@@ -38,14 +38,11 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdbool.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dio/dio_sync.h"
 #include "protocol/proto_desc.h"
-#include "protocol/proto_snapfile.h"
 #include "stage/stage.h"
 #include "stage/stage_sigbus.h"
 #include "workers/wk_arena.h"
@@ -268,24 +265,6 @@ disarm:
 		if (rc < 0 && shm_ring_ready_count(&src->in[i]) == 0)
 			stage_die_ring(rc, "ring from worker");
 	}
-}
-
-void wr_device_state_read(int fd, struct wr_device_state *out)
-{
-	struct stat st;
-	if (fstat(fd, &st) < 0)
-		stage_die_errno(-errno, "fstat of the device state");
-	if (st.st_size <= 0 || (uint64_t)st.st_size > PROTO_SNAP_STATE_MAX)
-		stage_die(STAGE_EXIT_FAILED, "the device state is %lld bytes: %s", (long long)st.st_size,
-			  proto_strerror(PROTO_E_DEVICE_STATE_LEN));
-	out->bytes = malloc((size_t)st.st_size);
-	if (!out->bytes)
-		stage_die_errno(-ENOMEM, "allocating the device state");
-	int rc = dio_pread_full(fd, out->bytes, (uint64_t)st.st_size, 0);
-	if (rc < 0)
-		stage_die_errno(rc, "reading the device state");
-	out->len = (uint32_t)st.st_size;
-	close(fd);
 }
 
 /* A guest that shrank after its last page was read faults nowhere: check
