@@ -128,12 +128,7 @@ static uint8_t *map_dirty_log(const struct scanner *s, int fd)
  * went away: end of file) ends us before we read a page. */
 static void wait_for_go(int fd)
 {
-	char c = 0;
-	ssize_t n;
-	do
-		n = read(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 1 || c != 'G')
+	if (stage_read_byte(fd) != 'G')
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it stopped the guest");
 	close(fd);
 }

@@ -157,6 +157,16 @@ void stage_lockdown(enum sb_role role, int max_fd, int writes_files)
 	stage_test_hook("locked");
 }
 
+int stage_read_byte(int fd)
+{
+	unsigned char c;
+	ssize_t n;
+	do
+		n = read(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	return n == 1 ? c : -1;
+}
+
 void stage_close_inherited_fds(int max_fd, const int *unused, size_t n)
 {
 	if (close_range((unsigned)max_fd + 1, ~0U, 0) < 0)

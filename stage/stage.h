@@ -79,6 +79,10 @@ static inline void stage_stat_set(struct shm_stats *st, int which, uint64_t v)
 	atomic_store_explicit(&st->v[which], v, memory_order_relaxed);
 }
 
+/* One byte from the front end on fd (a word on a socket or pipe it
+ * holds): the byte, or -1 once it has gone (end of file, an error). */
+int stage_read_byte(int fd);
+
 /* Close every fd the stage was not given, as sshd does: everything above
  * max_fd (close_range), and each of the `n` fds in `unused` (optional fds
  * of the map this run does not use, e.g. no pre-shared key).  What the

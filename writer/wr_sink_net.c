@@ -230,11 +230,8 @@ static bool front_end_says_commit(void)
 	ssize_t n = tell_front_end('P');
 	if (n != 1)
 		stage_die_errno(n < 0 ? (int)n : -EPIPE, "asking the front end to commit");
-	char c;
-	do
-		n = read(WRITER_FD_COMMIT, &c, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 1)
+	int c = stage_read_byte(WRITER_FD_COMMIT);
+	if (c < 0)
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it decided the commit");
 	return c == 'C';
 }
@@ -352,11 +349,7 @@ static void await_device_state(const struct wr_source *src, struct wr_device_sta
 	ssize_t n = tell_front_end('S');
 	if (n != 1)
 		stage_die_errno(n < 0 ? (int)n : -EPIPE, "asking the front end for the device state");
-	char c = 0;
-	do
-		n = read(WRITER_FD_COMMIT, &c, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 1 || c != 'G')
+	if (stage_read_byte(WRITER_FD_COMMIT) != 'G')
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it handed over the device state");
 	read_device_state(WRITER_FD_STATE(src->n_workers), state);
 }
