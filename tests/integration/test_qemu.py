@@ -73,6 +73,14 @@ class Base(pftest.Workspace):
         other.close()
         os.kill(p.pid, signal.SIGCONT)
 
+    def assert_never_paused(self, watcher):
+        """The guest behind watcher (a second QMP monitor, connected before
+        the job) runs and was never stopped meanwhile: no STOP or RESUME
+        event came; closes watcher."""
+        self.assertEqual(watcher.status(), "running")  # also reads the events that came meanwhile
+        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")], [])
+        watcher.close()
+
     def assert_refused(self, r, command, *words):
         """Exit 1 and one line on stderr, from `command`, naming words."""
         self.assertEqual(r.returncode, 1, f"stdout: {r.stdout} stderr: {r.stderr}")
@@ -221,9 +229,7 @@ class SnapshotRestore(Base):
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertEqual(r.stderr.strip(), f"pageferry snapshot: cannot create snapshot {out}.pf-partial: "
                                            "No such file or directory")
-        self.assertEqual(watcher.status(), "running")  # also reads the events that came meanwhile
-        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")], [])
-        watcher.close()
+        self.assert_never_paused(watcher)
         now = self.source.last_counter()
         self.source.wait_for_counter(now + 2)
 
@@ -486,9 +492,7 @@ class Migration(pftest.VethWorkspace, Base):
         self.assertEqual((tcode, rcode), (1, 1), f"migrate: {terr} receive: {rerr}")
         self.assertIn(why, terr)
         self.assertEqual(status(src), "running")
-        self.assertEqual(watcher.status(), "running")  # also reads the events that came meanwhile
-        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")], [])
-        watcher.close()
+        self.assert_never_paused(watcher)
 
     def test_plain_sender_refused_by_a_qmp_receiver(self):
         # receive --qmp moves a whole VM: a sender of RAM only is refused by
