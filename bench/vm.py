@@ -303,6 +303,7 @@ def main():
                           "allocated_bytes": b.allocated}
         if args.against:
             table["builds"] = {"A": args.pageferry, "B": args.against}
+        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "vm-bench.json"), "w") as f:
             json.dump(table, f, indent=1)
 

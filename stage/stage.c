@@ -134,6 +134,12 @@ void *stage_map_arena(int fd, uint64_t size, int writable)
 	return stage_map_file(fd, "arena", size, writable);
 }
 
+void stage_populate(const void *p, uint64_t size, int writable, const char *what)
+{
+	if (madvise((void *)p, size, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) < 0 && errno != EINVAL)
+		stage_die_errno(-errno, "faulting in %s", what);
+}
+
 void stage_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker, int wake_fd,
 		struct shm_ring *out)
 {

@@ -58,6 +58,11 @@ void *stage_map_guest(const struct shm_segment *seg, int writable);
 void *stage_map_file(int fd, const char *what, uint64_t size, int writable);
 /* Map a worker's arena (workers/wk_arena.h) of `size` bytes on fd, or die. */
 void *stage_map_arena(int fd, uint64_t size, int writable);
+/* Fault in every page of a mapping now, before lock-down (allocating a
+ * shared file's missing pages when writable), so that the copy does not pay
+ * for it later; dies naming `what`.  A kernel without MADV_POPULATE_* (before
+ * 5.14) is left to fault as it goes. */
+void stage_populate(const void *p, uint64_t size, int writable, const char *what);
 /* Bind ring (kind, worker) with its wake fd, or die. */
 void stage_ring(const struct shm_segment *seg, enum shm_ring_kind kind, uint32_t worker, int wake_fd,
 		struct shm_ring *out);

@@ -50,8 +50,13 @@ def spawn_source(run, seg, guest_fd, workers, run_bytes, writer_args, writer_fds
     scanner_held: the scanner, which would read the guest at once, is
     started held (--held: ready, locked down, waiting on a pipe): returns
     the function that lets it go (snapshot and migrate --qmp, once the
-    guest is stopped); else returns None."""
+    guest is stopped); else returns None. The time until then costs the
+    guest nothing, so workers and writer fault the arenas in meanwhile
+    (--populate-arena) rather than in the downtime."""
     pipeline = run.pipeline
+    if scanner_held:
+        writer_args = list(writer_args) + ["--populate-arena"]
+        worker_args = list(worker_args or []) + ["--populate-arena"]
     pairs = {(k, i): wake_pair() for k in range(3) for i in range(workers)}
     arenas = [memfd(f"pageferry-arena-{i}", pf_abi.source_arena_bytes(run_bytes)) for i in range(workers)]
     run.fds.extend(arenas)

@@ -14,7 +14,9 @@
  *      6 wake socket of ring this worker -> writer    (we produce)
  *      7 wake socket of ring writer -> this worker    (buffers coming back)
  *      8 its arena (read-write)
- * argv: pageferry-worker --index=I [--zstd-level=LEVEL]
+ * argv: pageferry-worker --index=I [--zstd-level=LEVEL] [--populate-arena]
+ *   --populate-arena: fault the arena in before lock-down (the guest is not
+ *   stopped yet: snapshot and migrate --qmp), not run by run in the downtime
  *
  * A run is read (pread) straight into one of our arena buffers and its data
  * pages stay there, packed (a SPARSE run's zero pages left out), for the
@@ -403,9 +405,10 @@ int main(int argc, char **argv)
 	struct worker w = { 0 };
 	stage_set_name("worker", -1);
 	stage_tie_to_supervisor();
-	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL]");
+	stage_args(argc, argv, "pageferry-worker --index=I [--zstd-level=LEVEL] [--populate-arena]");
 	uint64_t index64 = stage_arg_u64("index", 0, SHM_MAX_WORKERS - 1);
 	int level = (int)stage_arg_u64_or("zstd-level", 1, 19, 0);
+	bool populate = stage_arg_flag("populate-arena");
 	stage_args_done();
 	bool replacement = getenv("PAGEFERRY_RESTARTED") != NULL;
 	stage_close_inherited_fds(WORKER_FD_ARENA, NULL, 0);
@@ -434,6 +437,8 @@ int main(int argc, char **argv)
 	if (!w.run)
 		stage_die_errno(-ENOMEM, "a buffer for one run");
 	w.arena = stage_map_arena(WORKER_FD_ARENA, wk_arena_source_size(w.frame_size), 1);
+	if (populate)
+		stage_populate(w.arena, wk_arena_source_size(w.frame_size), 1, "the arena");
 	if (level) {
 		w.zstd = wk_zstd_new(level, w.frame_size);
 		w.probe = wk_zstd_new(level, w.geo.page_size);

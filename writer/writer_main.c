@@ -6,7 +6,9 @@
  * argv: pageferry-writer --mode=snapshot [--device-state]
  *       pageferry-writer --mode=migrate --to=HOST:PORT --channels=N --zerocopy=off|auto|on|sendfile --tls=none|psk|x509
  *                        [--zstd] --connect-timeout-ms=MS [--rounds] --io-timeout-ms=MS [--device-state]
- *       either mode: [--guest-held-stopped]
+ *       either mode: [--guest-held-stopped] [--populate-arena]
+ *       (--populate-arena: fault the workers' arenas in before lock-down,
+ *       while the guest still runs: snapshot and migrate --qmp)
  *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
  *       --rounds: a live migration's pre-copy rounds)
  * The writer does not map the guest: the workers read the pages into their
@@ -287,13 +289,14 @@ int main(int argc, char **argv)
 	stage_args(argc, argv,
 		   "pageferry-writer --mode=snapshot [--device-state] | --mode=migrate --to=HOST:PORT --channels=N "
 		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
-		   "--io-timeout-ms=MS [--device-state] [--guest-held-stopped]");
+		   "--io-timeout-ms=MS [--device-state] [--guest-held-stopped] [--populate-arena]");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
 	bool tls = migrate && wr_sink_net_args();
 	w.rounds = migrate && wr_sink_net_rounds();
 	bool device_state = stage_arg_flag("device-state");
 	w.held_stopped = stage_arg_flag("guest-held-stopped");
+	bool populate = stage_arg_flag("populate-arena");
 	stage_args_done();
 	src->round = 1;
 	stage_attach_segment(&src->seg);
@@ -312,6 +315,8 @@ int main(int argc, char **argv)
 		stage_ring(&src->seg, SHM_RING_WRITER_TO_WORKER, i, WRITER_FD_RING_BACK(i), &src->back[i]);
 		src->arena[i] = stage_map_arena(WRITER_FD_ARENA(i, src->n_workers),
 						wk_arena_source_size(src->frame_size), 0);
+		if (populate)
+			stage_populate(src->arena[i], wk_arena_source_size(src->frame_size), 0, "a worker's arena");
 	}
 	int max_fd = WRITER_FD_ARENA(src->n_workers - 1, src->n_workers);
 	if (migrate)
