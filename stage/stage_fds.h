@@ -38,6 +38,8 @@
 #define WRITER_FD_RING_BACK(i) (8 + 2 * (int)(i)) /* wake socket of ring writer -> worker i */
 #define WRITER_FD_ARENA(i, n) (7 + 2 * (int)(n) + (int)(i)) /* worker i's arena, read-only (--zstd=1) */
 #define WRITER_FD_STATE(n) (7 + 3 * (int)(n)) /* --device-state: the VMM's device state, read-only */
+#define WRITER_FD_GUEST_READ(n) (8 + 3 * (int)(n)) /* snapshot --guest-read-notice: one byte, 'R', once
+							* every page is out of the guest */
 
 /* pageferry-restore (--mode=restore, or check: no destination) */
 #define RESTORE_FD_META 5	/* the snapshot, buffered (header, bitmap, extents) */

@@ -193,16 +193,19 @@ def open_in_place(run, into, what):
     return dest_fd, marker
 
 
-def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held_stopped=None):
+def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held_stopped=None, guest_read=None):
     """take_device_state() (snapshot --qmp): stops the guest and returns its
     VMM's device state (bytes) to store in the snapshot; called once the
     snapshot file is made and the writer and workers are started, and only
     then is the guest read. finish(summary): called once the snapshot is
-    committed, before the summary is printed (snapshot --qmp resumes the
-    guest there);
+    committed, before the summary is printed;
     held_stopped(): raises JobError unless the guest's VMM kept it stopped
     all along; given, it replaces the final re-check of the guest and is
-    called right before the commit (pf_source.recheck_args)."""
+    called right before the commit (pf_source.recheck_args), or, with
+    guest_read, once every page is out of the guest;
+    guest_read() (with take_device_state and held_stopped): called then,
+    after held_stopped() passed, while the pages are still being written
+    (snapshot --qmp resumes the guest there)."""
     guest_fd, size, page = check_guest(guest)
     partial = out + PARTIAL_SUFFIX
     run = Run(ctx, "snapshot", size)
@@ -221,11 +224,29 @@ def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held
         p = run.pipeline
         writer_args = ["--mode=snapshot"] + pf_source.recheck_args(held_stopped)
         writer_fds = {pf_abi.fd("writer", "meta"): meta_fd, pf_abi.fd("writer", "data"): data_fd}
-        state_fd = state_bytes = None
+        state_fd = state_bytes = notice = None
         if take_device_state is not None:
             state_fd = pf_source.device_state_fd(run, workers, writer_args, writer_fds)
-        let_scanner_go = pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args,
-                                                writer_fds, scanner_held=state_fd is not None)
+            if guest_read is not None:
+                notice, notice_w = pf_source.guest_read_notice(run, workers, writer_args, writer_fds)
+        try:
+            let_scanner_go = pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args,
+                                                    writer_fds, scanner_held=state_fd is not None)
+        finally:
+            if notice is not None:
+                os.close(notice_w)  # the writer's now: its end of the pipe
+        read_checked = []
+        if notice is not None:
+            def on_guest_read():
+                said = os.read(notice, 1)
+                p.watched.pop(notice)
+                if said != b"R":
+                    return  # the writer ended first; the pipeline says why
+                pf_stages.test_hook("snapshot:guest-read")
+                held_stopped()
+                read_checked.append(True)
+                guest_read()
+            p.watch_fd(notice, on_guest_read)
         if let_scanner_go:
             # The writer reads the state once the pages are written, which
             # they are only after the scanner has gone.
@@ -240,7 +261,7 @@ def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held
         sc, wr = seg.stats(pf_abi.STATS_SCANNER), seg.stats(pf_abi.STATS_WRITER)
         zero = wr["zero_pages"]
         pf_stages.test_hook("snapshot:before-commit")
-        if held_stopped:
+        if held_stopped and not read_checked:
             held_stopped()
         os.rename(partial, out)
         _fsync_dir(out)

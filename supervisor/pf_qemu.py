@@ -218,22 +218,23 @@ def resume(qmp):
 
 
 def _move(qmp_path, verb, job, resume_after):
-    """Run job(ram_file, take_state, finish, held_stopped) — the snapshot or
-    the migration — on the guest behind qmp_path.  The job calls
+    """Run job(ram_file, take_state, finish, held_stopped, guest_read) — the
+    snapshot or the migration — on the guest behind qmp_path.  The job calls
     take_state() when it is ready to read the guest: it stops the guest
     and returns its device state; then held_stopped() before it commits
     (kept_stopped) and finish(summary) once its copy is committed.
-    resume_after: resume a guest that was running once the copy is
-    committed (a snapshot) or leave it stopped (a migration: it runs on the
-    destination now).  On any failure before that, a guest that was
-    stopped here is resumed."""
+    resume_after: resume a guest that was running as soon as every page is
+    out of it (a snapshot: the job calls guest_read() then, its pages still
+    being written) or leave it stopped (a migration: it runs on the
+    destination now; guest_read is None).  On any failure before that, a
+    guest that was stopped here is resumed."""
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = guest_ram(qmp)
         status = run_state(qmp)
         if status != "running" and status not in STOPPED:
             raise JobError(f"QEMU at {qmp.where} is {status}: pageferry {verb}s a guest that runs or is paused")
         was_running = status == "running"
-        stopped = None
+        stopped = resumed = None
         stopping = False
         done = False
         state_bytes = mark = None
@@ -254,19 +255,26 @@ def _move(qmp_path, verb, job, resume_after):
             state_bytes = len(state)
             return state
 
-        def finish(summary):
-            nonlocal done
-            if was_running and resume_after:
+        def guest_read():
+            nonlocal resumed
+            if was_running:
                 resume(qmp)
+                resumed = time.monotonic()
+
+        def finish(summary):
+            nonlocal done, resumed
+            if was_running and resume_after and resumed is None:
+                resume(qmp)
+                resumed = time.monotonic()
             done = True
             summary.update(qmp=qmp_path, device_state_bytes=state_bytes,
-                           downtime_ms=round((time.monotonic() - stopped) * 1000) if stopped else None)
+                           downtime_ms=round(((resumed or time.monotonic()) - stopped) * 1000) if stopped else None)
 
         try:
-            job(ram, take_state, finish, lambda: kept_stopped(qmp, mark))
+            job(ram, take_state, finish, lambda: kept_stopped(qmp, mark), guest_read if resume_after else None)
         except BaseException as e:
             # An unknown outcome keeps the guest stopped: the destination may run it.
-            if stopping and not done and not isinstance(e, pf_jobs.OutcomeUnknown):
+            if stopping and not done and resumed is None and not isinstance(e, pf_jobs.OutcomeUnknown):
                 try:
                     resume(qmp)
                 except (JobError, OSError):
@@ -275,9 +283,9 @@ def _move(qmp_path, verb, job, resume_after):
 
 
 def snapshot(ctx, qmp_path, out, workers):
-    _move(qmp_path, "snapshot", lambda ram, take_state, finish, held_stopped: pf_jobs.snapshot(
-        ctx, ram, out, workers, take_device_state=take_state, finish=finish, held_stopped=held_stopped),
-        resume_after=True)
+    _move(qmp_path, "snapshot", lambda ram, take_state, finish, held_stopped, guest_read: pf_jobs.snapshot(
+        ctx, ram, out, workers, take_device_state=take_state, finish=finish, held_stopped=held_stopped,
+        guest_read=guest_read), resume_after=True)
 
 
 def migrate(ctx, qmp_path, migrate_job):
@@ -286,7 +294,8 @@ def migrate(ctx, qmp_path, migrate_job):
     once its channels are up.  The guest stays stopped here once the
     destination has committed: downtime_ms runs from the stop to that
     commit, which the destination's cont follows at once."""
-    _move(qmp_path, "migrate", migrate_job, resume_after=False)
+    _move(qmp_path, "migrate", lambda ram, take_state, finish, held_stopped, _: migrate_job(
+        ram, take_state, finish, held_stopped), resume_after=False)
 
 
 def waiting_ram(qmp):

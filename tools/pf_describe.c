@@ -222,6 +222,7 @@ int main(void)
 	FD("writer", "ring_back", WRITER_FD_RING_BACK(i));
 	FD("writer", "arena", WRITER_FD_ARENA(i, n));
 	FD("writer", "state", WRITER_FD_STATE(n));
+	FD("writer", "guest_read", WRITER_FD_GUEST_READ(n));
 	FD("restore", "dest", STAGE_FD_GUEST);
 	FD("restore", "meta", RESTORE_FD_META);
 	FD("restore", "data", RESTORE_FD_DATA);

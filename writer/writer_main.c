@@ -9,6 +9,9 @@
  *       either mode: [--guest-held-stopped] [--populate-arena]
  *       (--populate-arena: fault the workers' arenas in before lock-down,
  *       while the guest still runs: snapshot and migrate --qmp)
+ *       snapshot with --device-state and --guest-held-stopped: [--guest-read-notice]
+ *       ('R' on WRITER_FD_GUEST_READ once every worker has ended: every page
+ *       is in an arena, so the VMM may resume the guest while we write)
  *       (--tls=psk: a pre-shared key file on fd 5, --tls=x509: the credentials directory there; --zstd: the workers compress;
  *       --rounds: a live migration's pre-copy rounds)
  * The writer does not map the guest: the workers read the pages into their
@@ -280,6 +283,22 @@ static void check_guest_size(const struct wr_source *src)
 		stage_die(STAGE_EXIT_FAILED, "%s", stage_fault_reason(STAGE_MAP_GUEST));
 }
 
+/* Every page is in the workers' arenas and nothing reads the guest again
+ * (--guest-held-stopped: no re-check): the front end may let it run while
+ * the pages are written. */
+static void tell_guest_read(int fd)
+{
+	static const char c = 'R';
+	ssize_t n;
+	do
+		n = write(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		stage_die(STAGE_EXIT_PEER, "the front end went away before every page was read from the guest");
+	if (close(fd) < 0)
+		stage_die_errno(-errno, "closing the guest-read notice");
+}
+
 int main(int argc, char **argv)
 {
 	static struct writer w;
@@ -289,7 +308,7 @@ int main(int argc, char **argv)
 	stage_args(argc, argv,
 		   "pageferry-writer --mode=snapshot [--device-state] | --mode=migrate --to=HOST:PORT --channels=N "
 		   "--zerocopy=off|auto|on|sendfile --tls=none|psk|x509 [--zstd] --connect-timeout-ms=MS [--rounds] "
-		   "--io-timeout-ms=MS [--device-state] [--guest-held-stopped] [--populate-arena]");
+		   "--io-timeout-ms=MS [--device-state] [--guest-held-stopped] [--populate-arena] [--guest-read-notice]");
 	static const char *const modes[] = { "snapshot", "migrate", NULL };
 	bool migrate = stage_arg_choice("mode", modes) == 1;
 	bool tls = migrate && wr_sink_net_args();
@@ -297,13 +316,18 @@ int main(int argc, char **argv)
 	bool device_state = stage_arg_flag("device-state");
 	w.held_stopped = stage_arg_flag("guest-held-stopped");
 	bool populate = stage_arg_flag("populate-arena");
+	bool notice = stage_arg_flag("guest-read-notice");
 	stage_args_done();
+	if (notice && (migrate || !device_state || !w.held_stopped))
+		stage_die(STAGE_EXIT_USAGE, "--guest-read-notice goes with --mode=snapshot, --device-state and "
+					    "--guest-held-stopped");
 	src->round = 1;
 	stage_attach_segment(&src->seg);
 	src->n_workers = src->seg.geo.n_workers;
 	static const int no_creds[] = { WRITER_FD_CREDS };
-	stage_close_inherited_fds(device_state ? WRITER_FD_STATE(src->n_workers)
-					       : WRITER_FD_ARENA(src->n_workers - 1, src->n_workers),
+	stage_close_inherited_fds(notice		? WRITER_FD_GUEST_READ(src->n_workers)
+				  : device_state ? WRITER_FD_STATE(src->n_workers)
+						 : WRITER_FD_ARENA(src->n_workers - 1, src->n_workers),
 				  no_creds, migrate && !tls);
 	src->geo = (struct proto_geometry){ .page_size = src->seg.geo.page_size,
 					    .max_run_pages = src->seg.geo.max_run_pages,
@@ -323,6 +347,8 @@ int main(int argc, char **argv)
 		wr_sink_net_init(&w.sink, src, &max_fd, device_state);
 	else
 		wr_sink_file_init(&w.sink, src, &max_fd, device_state);
+	if (notice && WRITER_FD_GUEST_READ(src->n_workers) > max_fd)
+		max_fd = WRITER_FD_GUEST_READ(src->n_workers);
 
 	stage_lockdown(SB_ROLE_WRITER, max_fd, !migrate);
 	stage_stat_set(src->stats, SHM_STAT_STATE, SHM_PROC_LOCKED_DOWN);
@@ -343,6 +369,8 @@ int main(int argc, char **argv)
 			w.sink.progress(&w.sink);
 	}
 	check_guest_size(src);
+	if (notice)
+		tell_guest_read(WRITER_FD_GUEST_READ(src->n_workers));
 	/* Durable where it goes, then the check that the guest did not change
 	 * meanwhile (its pages are all out of our hands now), then complete. */
 	w.sink.prepare(&w.sink);

@@ -236,13 +236,13 @@ class SnapshotRestore(Base):
     def test_guest_resumed_while_copied_is_refused(self):
         """Another QMP client resumes the VM (and stops it again) while
         pageferry copies its RAM: pageferry, which skipped the re-read
-        because QEMU held the VM stopped, sees the RESUME and commits
-        nothing; the guest, running before, runs on."""
+        because QEMU held the VM stopped, sees the RESUME once every page
+        is read and commits nothing; the guest, running before, runs on."""
         self.snapshot_summary()
         out = os.path.join(self.disk, "resumed.pfs")
         p = self.spawn([pftest.PF, "snapshot", "--qmp", self.source.qmp_path, "--out", out],
-                       env={"PAGEFERRY_TEST_FE_HOOK": "snapshot:before-commit"})
-        self.resume_and_stop_at(p, "snapshot:before-commit", self.other_qmp)
+                       env={"PAGEFERRY_TEST_FE_HOOK": "snapshot:guest-read"})
+        self.resume_and_stop_at(p, "snapshot:guest-read", self.other_qmp)
         code, _, err = self.finish(p)
         self.assertEqual(code, 1, err)
         self.assertEqual(err, f"pageferry snapshot: the guest changed while it was copied: QEMU at "
@@ -252,6 +252,31 @@ class SnapshotRestore(Base):
         self.assertFalse(os.path.exists(out + ".pf-partial"))
         self.assertEqual(status(self.source), "running")
         self.source.wait_for_counter(self.source.last_counter() + 2)
+
+    def test_guest_runs_again_before_the_snapshot_is_committed(self):
+        """Once every page is out of the guest, pageferry resumes it and
+        writes the rest meanwhile: at the last step before the commit the
+        guest already runs and the snapshot is not yet in place; then it
+        is committed."""
+        self.snapshot_summary()
+        watcher = qemu_guest.QMP(self.other_qmp)
+        out = os.path.join(self.disk, "early.pfs")
+        p = self.spawn([pftest.PF, "snapshot", "--qmp", self.source.qmp_path, "--out", out, "--json"],
+                       env={"PAGEFERRY_TEST_FE_HOOK": "snapshot:before-commit"})
+        self.wait_stderr(p, "stopped at snapshot:before-commit")
+        self.stopped(p.pid)
+        self.assertEqual(watcher.status(), "running")
+        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")],
+                         ["STOP", "RESUME"])
+        watcher.close()
+        self.assertFalse(os.path.exists(out))
+        self.assertTrue(os.path.exists(out + ".pf-partial"))
+        os.kill(p.pid, signal.SIGCONT)
+        code, stdout, err = self.finish(p)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(stdout)["unchanged_guest"], "qemu-kept-it-stopped")
+        self.assertTrue(os.path.exists(out))
+        os.unlink(out)
 
     def test_restore_continues_where_source_stopped(self):
         dest = self.destination("dst")
