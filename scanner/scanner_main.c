@@ -151,7 +151,7 @@ int main(int argc, char **argv)
 	int held = stage_arg_flag("held");
 	stage_args_done();
 	if (held && live)
-		stage_die(STAGE_EXIT_USAGE, "--held does not go with --live (usage: %s)", USAGE);
+		stage_usage_error("--held does not go with --live");
 	stage_attach_segment(&s.seg);
 	s.n_workers = s.seg.geo.n_workers;
 	stage_close_inherited_fds(live ? SCANNER_FD_DIRTY_LOG(s.n_workers)

@@ -173,6 +173,15 @@ int stage_read_byte(int fd)
 	return n == 1 ? c : -1;
 }
 
+int stage_write_byte(int fd, char c)
+{
+	ssize_t n;
+	do
+		n = write(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n == 1 ? 0 : -EPIPE;
+}
+
 void stage_close_inherited_fds(int max_fd, const int *unused, size_t n)
 {
 	if (close_range((unsigned)max_fd + 1, ~0U, 0) < 0)
@@ -189,7 +198,7 @@ static char **arg_v;
 static const char *arg_usage = "";
 static uint64_t arg_used;
 
-static noreturn __attribute__((format(printf, 1, 2))) void usage_error(const char *fmt, ...)
+void stage_usage_error(const char *fmt, ...)
 {
 	char what[256];
 	va_list ap;
@@ -212,15 +221,15 @@ void stage_args(int argc, char **argv, const char *usage)
 	arg_count = argc - 1;
 	arg_v = argv + 1;
 	if (arg_count > MAX_ARGS)
-		usage_error("%d arguments are too many", arg_count);
+		stage_usage_error("%d arguments are too many", arg_count);
 	for (int k = 0; k < arg_count; k++) {
 		const char *a = arg_v[k];
 		if (strncmp(a, "--", 2) != 0 || arg_name_len(a) == 0)
-			usage_error("argument '%s' is not --NAME=VALUE", a);
+			stage_usage_error("argument '%s' is not --NAME=VALUE", a);
 		for (int j = 0; j < k; j++)
 			if (arg_name_len(arg_v[j]) == arg_name_len(a) &&
 			    strncmp(arg_v[j], a, arg_name_len(a) + 2) == 0)
-				usage_error("argument '%s' given twice", a);
+				stage_usage_error("argument '%s' given twice", a);
 	}
 }
 
@@ -244,9 +253,9 @@ static const char *value_of(const char *name, int required)
 	int has_value = 0;
 	const char *v = find_arg(name, &has_value);
 	if (!v && required)
-		usage_error("missing argument --%s", name);
+		stage_usage_error("missing argument --%s", name);
 	if (v && (!has_value || !*v))
-		usage_error("argument --%s needs a value", name);
+		stage_usage_error("argument --%s needs a value", name);
 	return v;
 }
 
@@ -256,7 +265,7 @@ static uint64_t parse_u64(const char *name, const char *v, uint64_t min, uint64_
 	errno = 0;
 	unsigned long long x = strtoull(v, &end, 10);
 	if (*v < '0' || *v > '9' || *end || errno || x < min || x > max)
-		usage_error("bad argument '--%s=%s' (expected %llu..%llu)", name, v, (unsigned long long)min,
+		stage_usage_error("bad argument '--%s=%s' (expected %llu..%llu)", name, v, (unsigned long long)min,
 			    (unsigned long long)max);
 	return x;
 }
@@ -289,7 +298,7 @@ int stage_arg_choice(const char *name, const char *const *choices)
 	for (int k = 0; choices[k]; k++)
 		if (strcmp(v, choices[k]) == 0)
 			return k;
-	usage_error("bad argument '--%s=%s'", name, v);
+	stage_usage_error("bad argument '--%s=%s'", name, v);
 }
 
 int stage_arg_flag(const char *name)
@@ -297,7 +306,7 @@ int stage_arg_flag(const char *name)
 	int has_value = 0;
 	const char *v = find_arg(name, &has_value);
 	if (v && has_value)
-		usage_error("argument --%s takes no value", name);
+		stage_usage_error("argument --%s takes no value", name);
 	return v != NULL;
 }
 
@@ -305,7 +314,7 @@ void stage_args_done(void)
 {
 	for (int k = 0; k < arg_count; k++)
 		if (!(arg_used & (UINT64_C(1) << k)))
-			usage_error("unknown argument '%s'", arg_v[k]);
+			stage_usage_error("unknown argument '%s'", arg_v[k]);
 }
 
 #ifdef PF_TEST_HOOKS

@@ -87,6 +87,8 @@ static inline void stage_stat_set(struct shm_stats *st, int which, uint64_t v)
 /* One byte from the front end on fd (a word on a socket or pipe it
  * holds): the byte, or -1 once it has gone (end of file, an error). */
 int stage_read_byte(int fd);
+/* One byte to the front end on fd: 0, or -errno (-EPIPE for a short write). */
+int stage_write_byte(int fd, char c);
 
 /* Close every fd the stage was not given, as sshd does: everything above
  * max_fd (close_range), and each of the `n` fds in `unused` (optional fds
@@ -114,6 +116,8 @@ int stage_arg_choice(const char *name, const char *const *choices);
 /* 1 when --NAME (without a value) was given. */
 int stage_arg_flag(const char *name);
 void stage_args_done(void);
+/* Arguments that do not go together: "<name>: <fmt...> (usage: <usage line>)", exit 2. */
+noreturn void stage_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Integration-test hook, compiled in only with -Dtest_hooks=true: with
  * PAGEFERRY_TEST_HOOK=ROLE:ACTION in the environment, the stage whose role is

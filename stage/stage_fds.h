@@ -45,6 +45,7 @@
 #define RESTORE_FD_META 5	/* the snapshot, buffered (header, bitmap, extents) */
 #define RESTORE_FD_DATA 6	/* the snapshot again, O_DIRECT (page data) */
 #define RESTORE_FD_STATE 7	/* --device-state: the snapshot's device state is written here (empty file) */
+#define RESTORE_FD_DONE 8	/* --done-notice: one byte, 'D', once every page is written and synced */
 
 /* pageferry-receive */
 #define RECEIVE_FD_CREDS 5	/* TLS credentials, the key file or the X.509 directory (--tls) */

@@ -326,13 +326,16 @@ def _refuse_partial(snap):
         raise JobError(f"{snap} is an unfinished snapshot (pageferry stopped before it committed it)")
 
 
-def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False, device_state_fd=None):
+def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False, device_state_fd=None,
+            ram_complete=None):
     """in_place: INTO is an existing RAM file, written where it is (restore
     --in-place, --qmp), zeroed: one the user says reads as zeros;
     finish(summary): called once the RAM is restored and committed, before
     the summary is printed; device_state_fd (restore --qmp): an empty file
     the stage writes SNAP's device state to, checked, before it writes any
-    page (a snapshot without one is refused there)."""
+    page (a snapshot without one is refused there); ram_complete() (restore
+    --qmp): called as soon as the stage says every page is written and
+    synced, once committed, while the stage still tears down."""
     _refuse_partial(snap)
     run, meta_fd = open_snapshot(ctx, "restore", snap)
     partial = into + PARTIAL_SUFFIX
@@ -351,8 +354,38 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False,
         if device_state_fd is not None:
             fds[pf_abi.fd("restore", "state")] = device_state_fd
             args.append("--device-state")
-        seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers, fds, args)
+        notice = None
+        if ram_complete is not None:
+            notice, notice_w = os.pipe2(os.O_CLOEXEC)
+            run.fds.append(notice)
+            fds[pf_abi.fd("restore", "done")] = notice_w
+            args.append("--done-notice")
+        try:
+            seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers, fds, args)
+        finally:
+            if notice is not None:
+                os.close(notice_w)  # the stage's now
         p = run.pipeline
+
+        def commit():
+            nonlocal ok
+            pf_stages.test_hook("restore:before-commit")
+            if in_place:
+                os.unlink(marker)
+            else:
+                os.rename(partial, into)
+            _fsync_dir(into)
+            ok = True
+            pf_stages.test_hook("restore:after-commit")
+
+        if notice is not None:
+            def on_done():
+                said = os.read(notice, 1)
+                p.watched.pop(notice)
+                if said == b"D":  # else the stage ended first: the pipeline says why
+                    commit()
+                    ram_complete()
+            p.watch_fd(notice, on_done)
 
         try:
             secs = run.watch(pages_done(run, seg))
@@ -361,19 +394,13 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False,
                 # Refused before lock-down, before its readers wrote a page
                 # (a bad header, no device state): FILE is as it was.
                 os.unlink(marker)
-            elif marker:
+            elif marker and not ok:
                 e.args = (f"{e.args[0]}; {into} is incomplete (marked by {marker})",) + e.args[1:]
             raise
         st = seg.stats(pf_abi.STATS_DEST)
         size = os.fstat(dest_fd).st_size
-        pf_stages.test_hook("restore:before-commit")
-        if in_place:
-            os.unlink(marker)
-        else:
-            os.rename(partial, into)
-        _fsync_dir(into)
-        ok = True
-        pf_stages.test_hook("restore:after-commit")
+        if not ok:
+            commit()
         summary = {
             "command": "restore", "snapshot": snap, "into": into, "threads": workers,
             "guest_bytes": size, "bytes_read": st["bytes"], "seconds": round(secs, 3),

@@ -329,22 +329,26 @@ def receive(ctx, qmp_path, receive_job, resume_guest=True):
 
 def restore(ctx, snap, qmp_path, workers, resume_guest=True, zeroed=False):
     """The restore stage checks SNAP's device state before it writes a page
-    and hands it over with the RAM; QEMU loads it once the RAM is whole."""
+    and hands it over with the RAM; QEMU loads it once the RAM is whole
+    (the stage says so before it has ended)."""
     with pf_qmp.QMP(qmp_path) as qmp:
         ram = waiting_ram(qmp)
         state_fd = pf_stages.memfd("pageferry-device-state", 0)
         began = time.monotonic()
+        loaded = {}
 
-        def finish(summary):
+        def ram_complete():
             state = os.pread(state_fd, os.fstat(state_fd).st_size, 0)
             load_state(qmp, state)
             if resume_guest:
                 resume(qmp)
-            summary.update(qmp=qmp_path, device_state_bytes=len(state), resumed=resume_guest,
-                           load_ms=round((time.monotonic() - began) * 1000))
+            loaded.update(device_state_bytes=len(state), load_ms=round((time.monotonic() - began) * 1000))
+
+        def finish(summary):
+            summary.update(qmp=qmp_path, resumed=resume_guest, **loaded)
 
         try:
             pf_jobs.restore(ctx, snap, ram, workers, in_place=True, finish=finish, zeroed=zeroed,
-                            device_state_fd=state_fd)
+                            device_state_fd=state_fd, ram_complete=ram_complete)
         finally:
             os.close(state_fd)

@@ -227,6 +227,7 @@ int main(void)
 	FD("restore", "meta", RESTORE_FD_META);
 	FD("restore", "data", RESTORE_FD_DATA);
 	FD("restore", "state", RESTORE_FD_STATE);
+	FD("restore", "done", RESTORE_FD_DONE);
 	FD("receive", "dest", STAGE_FD_GUEST);
 	FD("receive", "creds", RECEIVE_FD_CREDS);
 	FD("receive", "commit", RECEIVE_FD_COMMIT);

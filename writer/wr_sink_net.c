@@ -40,22 +40,12 @@ static struct net_sink ns;
  * handoff"), and the front end keeps the guest stopped unless told 'N'. */
 static bool commit_asked;
 
-/* One byte to the front end on WRITER_FD_COMMIT: 1 if written, else -errno. */
-static ssize_t tell_front_end(char c)
-{
-	ssize_t n;
-	do
-		n = write(WRITER_FD_COMMIT, &c, 1);
-	while (n < 0 && errno == EINTR);
-	return n < 0 ? -errno : n;
-}
-
 static noreturn void die_refused(uint32_t status)
 {
 	/* 'N': not committed.  If it cannot be told, the front end keeps the
 	 * guest stopped: the safe side. */
 	if (commit_asked)
-		(void)tell_front_end('N');
+		(void)stage_write_byte(WRITER_FD_COMMIT, 'N');
 	if (status == PROTO_RESULT_LOCAL_FAILURE)
 		stage_die(STAGE_EXIT_FAILED, "the receiver failed on its side (its own output says why)");
 	if (status == PROTO_E_DEST_FULL)
@@ -227,9 +217,9 @@ static void net_prepare(struct wr_sink *s)
  * and whether the user cancelled.  One byte each way on WRITER_FD_COMMIT. */
 static bool front_end_says_commit(void)
 {
-	ssize_t n = tell_front_end('P');
-	if (n != 1)
-		stage_die_errno(n < 0 ? (int)n : -EPIPE, "asking the front end to commit");
+	int rc = stage_write_byte(WRITER_FD_COMMIT, 'P');
+	if (rc < 0)
+		stage_die_errno(rc, "asking the front end to commit");
 	int c = stage_read_byte(WRITER_FD_COMMIT);
 	if (c < 0)
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it decided the commit");
@@ -346,9 +336,9 @@ static void send_device_state(const struct wr_device_state *state)
  * holds no connecting or handshakes (doc/qemu.md). */
 static void await_device_state(const struct wr_source *src, struct wr_device_state *state)
 {
-	ssize_t n = tell_front_end('S');
-	if (n != 1)
-		stage_die_errno(n < 0 ? (int)n : -EPIPE, "asking the front end for the device state");
+	int rc = stage_write_byte(WRITER_FD_COMMIT, 'S');
+	if (rc < 0)
+		stage_die_errno(rc, "asking the front end for the device state");
 	if (stage_read_byte(WRITER_FD_COMMIT) != 'G')
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it handed over the device state");
 	read_device_state(WRITER_FD_STATE(src->n_workers), state);

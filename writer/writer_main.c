@@ -288,12 +288,7 @@ static void check_guest_size(const struct wr_source *src)
  * the pages are written. */
 static void tell_guest_read(int fd)
 {
-	static const char c = 'R';
-	ssize_t n;
-	do
-		n = write(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 1)
+	if (stage_write_byte(fd, 'R') < 0)
 		stage_die(STAGE_EXIT_PEER, "the front end went away before every page was read from the guest");
 	if (close(fd) < 0)
 		stage_die_errno(-errno, "closing the guest-read notice");
@@ -319,8 +314,7 @@ int main(int argc, char **argv)
 	bool notice = stage_arg_flag("guest-read-notice");
 	stage_args_done();
 	if (notice && (migrate || !device_state || !w.held_stopped))
-		stage_die(STAGE_EXIT_USAGE, "--guest-read-notice goes with --mode=snapshot, --device-state and "
-					    "--guest-held-stopped");
+		stage_usage_error("--guest-read-notice goes with --mode=snapshot, --device-state and --guest-held-stopped");
 	src->round = 1;
 	stage_attach_segment(&src->seg);
 	src->n_workers = src->seg.geo.n_workers;

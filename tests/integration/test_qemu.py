@@ -284,6 +284,35 @@ class SnapshotRestore(Base):
         self.assertIs(s["resumed"], True)
         self.assert_continues(dest)
 
+    def test_restore_runs_the_guest_before_its_stage_has_ended(self):
+        """The restore stage says every page is written before its exit
+        (which waits out its AIO contexts' teardown): QEMU loads the state
+        and runs meanwhile. The test stops the stage right after that word;
+        the destination runs all the same, and the command ends once the
+        stage does."""
+        self.snapshot_summary()
+        other = os.path.join(self.shm, "dst3-other.qmp")  # pageferry holds the first monitor
+        dest = start_guest(self.shm, "dst3", self.path("dst3.ram"), self.initrd_path, procs=self.procs,
+                           incoming=True, extra=("-qmp", f"unix:{other},server=on,wait=off"))
+        self.assertEqual(status(dest), "inmigrate")
+        p = self.spawn([pftest.PF, "restore", self.snap, "--qmp", dest.qmp_path, "--json"],
+                       env={"PAGEFERRY_TEST_HOOK": "restored:stop"})
+        stage = self.wait_child(p, "pageferry-restore")
+        self.stopped(stage)
+        watcher = qemu_guest.QMP(other)
+        deadline = time.monotonic() + 30
+        while watcher.status() != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(watcher.status(), "running")
+        watcher.close()
+        self.assertIsNone(p.poll())
+        self.assertFalse(os.path.exists(dest.ram + ".pf-incomplete"))
+        os.kill(stage, signal.SIGCONT)
+        code, out, err = self.finish(p)
+        self.assertEqual(code, 0, err)
+        self.assertIs(json.loads(out)["resumed"], True)
+        self.assert_continues(dest)
+
     def test_restore_no_resume_then_snapshot_of_paused_guest(self):
         """--no-resume: the destination is loaded but paused until the
         test's `cont`. Before that, a `snapshot --qmp` of the paused guest
