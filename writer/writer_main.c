@@ -363,8 +363,10 @@ int main(int argc, char **argv)
 			w.sink.progress(&w.sink);
 	}
 	check_guest_size(src);
-	if (notice)
+	if (notice) {
 		tell_guest_read(WRITER_FD_GUEST_READ(src->n_workers));
+		stage_test_hook("guest-read");
+	}
 	/* Durable where it goes, then the check that the guest did not change
 	 * meanwhile (its pages are all out of our hands now), then complete. */
 	w.sink.prepare(&w.sink);

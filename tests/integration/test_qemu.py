@@ -278,6 +278,34 @@ class SnapshotRestore(Base):
         self.assertTrue(os.path.exists(out))
         os.unlink(out)
 
+    def test_snapshot_failing_after_the_guest_runs_again_leaves_it_running(self):
+        """The writer is killed once it said every page was read, so the
+        guest runs again and the snapshot is never finished: pageferry fails
+        with one line naming the writer, leaves no snapshot file, and the
+        guest, stopped and resumed once, runs on."""
+        self.snapshot_summary()
+        watcher = qemu_guest.QMP(self.other_qmp)
+        out = os.path.join(self.disk, "killed.pfs")
+        p = self.spawn([pftest.PF, "snapshot", "--qmp", self.source.qmp_path, "--out", out],
+                       env={"PAGEFERRY_TEST_HOOK": "guest-read:stop"})
+        writer = self.wait_child(p, "pageferry-writer")
+        self.stopped(writer)
+        deadline = time.monotonic() + 30
+        while watcher.status() != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(watcher.status(), "running")
+        os.kill(writer, signal.SIGKILL)
+        code, _, err = self.finish(p)
+        self.assertEqual(code, 3, err)
+        self.assertEqual(err, "pageferry snapshot: pageferry-writer was killed by signal 9 (SIGKILL)\n")
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse(os.path.exists(out + ".pf-partial"))
+        self.assertEqual(watcher.status(), "running")
+        self.assertEqual([e["event"] for e in watcher.events if e["event"] in ("STOP", "RESUME")],
+                         ["STOP", "RESUME"])
+        watcher.close()
+        self.source.wait_for_counter(self.source.last_counter() + 2)
+
     def test_restore_continues_where_source_stopped(self):
         dest = self.destination("dst")
         s = self.restore(dest)
