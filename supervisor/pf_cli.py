@@ -131,7 +131,8 @@ def build_parser(only=None):
                                    "verify them); a guest that changed while it was copied fails the "
                                    "snapshot. With --qmp, pageferry asks QEMU for its RAM file, stops the "
                                    "guest, stores QEMU's device state in the snapshot too, and resumes the "
-                                   "guest if it was running; a VM that did not stay stopped (another QMP "
+                                   "guest if it was running, as soon as every page has been read (the rest "
+                                   "is written while it runs); a VM that did not stay stopped (another QMP "
                                    "client resumed or reset it) fails the snapshot (doc/qemu.md).")
     add_guest_or_qmp(s, "")
     s.add_argument("--out", required=True, metavar="SNAP", help="snapshot file to create (replaced on success)")
