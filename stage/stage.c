@@ -266,7 +266,7 @@ static uint64_t parse_u64(const char *name, const char *v, uint64_t min, uint64_
 	unsigned long long x = strtoull(v, &end, 10);
 	if (*v < '0' || *v > '9' || *end || errno || x < min || x > max)
 		stage_usage_error("bad argument '--%s=%s' (expected %llu..%llu)", name, v, (unsigned long long)min,
-			    (unsigned long long)max);
+				  (unsigned long long)max);
 	return x;
 }
 

@@ -238,15 +238,11 @@ def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held
         read_checked = []
         if notice is not None:
             def on_guest_read():
-                said = os.read(notice, 1)
-                p.watched.pop(notice)
-                if said != b"R":
-                    return  # the writer ended first; the pipeline says why
                 pf_stages.test_hook("snapshot:guest-read")
                 held_stopped()
                 read_checked.append(True)
                 guest_read()
-            p.watch_fd(notice, on_guest_read)
+            p.watch_word(notice, b"R", on_guest_read)
         if let_scanner_go:
             # The writer reads the state once the pages are written, which
             # they are only after the scanner has gone.
@@ -379,13 +375,7 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False,
             pf_stages.test_hook("restore:after-commit")
 
         if notice is not None:
-            def on_done():
-                said = os.read(notice, 1)
-                p.watched.pop(notice)
-                if said == b"D":  # else the stage ended first: the pipeline says why
-                    commit()
-                    ram_complete()
-            p.watch_fd(notice, on_done)
+            p.watch_word(notice, b"D", lambda: (commit(), ram_complete()))
 
         try:
             secs = run.watch(pages_done(run, seg))

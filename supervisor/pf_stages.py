@@ -115,6 +115,17 @@ class Pipeline:
         the front end something)."""
         self.watched[fd] = callback
 
+    def watch_word(self, fd, word, callback):
+        """Run callback() once, when a stage writes the byte `word` on fd (its
+        notice pipe), ahead of its exit; not if it ends without it (the
+        pipeline reports why)."""
+        def read():
+            said = os.read(fd, 1)
+            self.watched.pop(fd)
+            if said == word:
+                callback()
+        self.watch_fd(fd, read)
+
     def spawn(self, label, binary, args, fds, restartable=False):
         """fds: {target_fd_number: fd_we_hold}. restartable: a stage whose
         death by an accident (a signal not in NOT_REPLACED) is repaired by

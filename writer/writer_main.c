@@ -289,7 +289,7 @@ static void check_guest_size(const struct wr_source *src)
 static void tell_guest_read(int fd)
 {
 	if (stage_write_byte(fd, 'R') < 0)
-		stage_die(STAGE_EXIT_PEER, "the front end went away before every page was read from the guest");
+		stage_die(STAGE_EXIT_PEER, "the front end went away before it learned that every page was read");
 	if (close(fd) < 0)
 		stage_die_errno(-errno, "closing the guest-read notice");
 }
