@@ -130,7 +130,8 @@ static void wait_for_go(int fd)
 {
 	if (stage_read_byte(fd) != 'G')
 		stage_die(STAGE_EXIT_PEER, "the front end went away before it stopped the guest");
-	close(fd);
+	if (close(fd) < 0)
+		stage_die_errno(-errno, "closing the pipe from the front end");
 }
 
 int main(int argc, char **argv)

@@ -228,7 +228,9 @@ def snapshot(ctx, guest, out, workers, take_device_state=None, finish=None, held
         if take_device_state is not None:
             state_fd = pf_source.device_state_fd(run, workers, writer_args, writer_fds)
             if guest_read is not None:
-                notice, notice_w = pf_source.guest_read_notice(run, workers, writer_args, writer_fds)
+                # 'R' once every page is in the workers' arenas.
+                notice, notice_w = pf_stages.word_pipe(run.fds, writer_args, "--guest-read-notice", writer_fds,
+                                                       pf_abi.fd("writer", "guest_read", 0, workers))
         try:
             let_scanner_go = pf_source.spawn_source(run, seg, guest_fd, workers, run_pages * page, writer_args,
                                                     writer_fds, scanner_held=state_fd is not None)
@@ -352,10 +354,7 @@ def restore(ctx, snap, into, workers, in_place=False, finish=None, zeroed=False,
             args.append("--device-state")
         notice = None
         if ram_complete is not None:
-            notice, notice_w = os.pipe2(os.O_CLOEXEC)
-            run.fds.append(notice)
-            fds[pf_abi.fd("restore", "done")] = notice_w
-            args.append("--done-notice")
+            notice, notice_w = pf_stages.word_pipe(run.fds, args, "--done-notice", fds, pf_abi.fd("restore", "done"))
         try:
             seg = spawn_snapshot_reader(ctx, run, snap, meta_fd, "restore", workers, fds, args)
         finally:

@@ -255,23 +255,22 @@ def _move(qmp_path, verb, job, resume_after):
             state_bytes = len(state)
             return state
 
-        def guest_read():
+        def resume_once():
             nonlocal resumed
-            if was_running:
+            if was_running and resumed is None:
                 resume(qmp)
                 resumed = time.monotonic()
 
         def finish(summary):
-            nonlocal done, resumed
-            if was_running and resume_after and resumed is None:
-                resume(qmp)
-                resumed = time.monotonic()
+            nonlocal done
+            if resume_after:
+                resume_once()
             done = True
             summary.update(qmp=qmp_path, device_state_bytes=state_bytes,
                            downtime_ms=round(((resumed or time.monotonic()) - stopped) * 1000) if stopped else None)
 
         try:
-            job(ram, take_state, finish, lambda: kept_stopped(qmp, mark), guest_read if resume_after else None)
+            job(ram, take_state, finish, lambda: kept_stopped(qmp, mark), resume_once if resume_after else None)
         except BaseException as e:
             # An unknown outcome keeps the guest stopped: the destination may run it.
             if stopping and not done and resumed is None and not isinstance(e, pf_jobs.OutcomeUnknown):

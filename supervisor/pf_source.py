@@ -16,17 +16,6 @@ def device_state_fd(run, workers, writer_args, writer_fds):
     return state_fd
 
 
-def guest_read_notice(run, workers, writer_args, writer_fds):
-    """A snapshot's writer says 'R' on a pipe once every page is out of the
-    guest (in the workers' arenas): returns (read end, write end), the write
-    end to close once the writer has it."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    run.fds.append(r)
-    writer_args.append("--guest-read-notice")
-    writer_fds[pf_abi.fd("writer", "guest_read", 0, workers)] = w
-    return r, w
-
-
 def fill_device_state(state_fd, state):
     """The state into the writer's memfd, whole; returns its length."""
     done = 0

@@ -296,6 +296,19 @@ class Pipeline:
         os.close(self._devnull)
 
 
+def word_pipe(keep, args, flag, fds, target):
+    """A pipe on which a stage says one byte to us ahead of its exit
+    (Pipeline.watch_word): its write end goes to the stage on fd target,
+    with flag in its args; the read end is ours, kept in keep (closed with
+    the run). Returns (read end, write end): close the write end once the
+    stage is spawned, so that its death reads as end of file."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    keep.append(r)
+    args.append(flag)
+    fds[target] = w
+    return r, w
+
+
 def memfd(name, size):
     """A memfd of size bytes (an arena): shared with stages by fd, gone with the last of them."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
